@@ -1,0 +1,1 @@
+"""Retrieval of API documentation: loaders, ingest, and search over Milvus."""

@@ -1,0 +1,1 @@
+"""The apihelper gRPC service: pipeline, engines, prompts and the gRPC layer."""

@@ -1,0 +1,104 @@
+"""The Engine protocol: the one seam between the pipeline and a generation backend.
+
+An engine takes a prompt string and streams text deltas. It owns tokenization, batching and
+stop handling; the pipeline never sees token tensors or a vendor type. Adapters (transformers,
+TensorRT-LLM) are the only modules that import their engine library, and they do it lazily.
+
+Contract every adapter keeps:
+- ``stream`` yields ``EngineOutput`` deltas in order; exactly the last one has ``finish_reason``.
+- Cancelling the consumer of ``stream`` (client disconnect, deadline) aborts the request in the
+  engine before ``CancelledError`` propagates; ``abort`` does the same from outside.
+- ``num_in_flight`` counts requests the engine still holds; it returns to 0 after every stream
+  ends, however it ends.
+- ``stream`` raises ``InvalidRequestError`` (field ``max_tokens``) before submitting when the
+  prompt plus ``max_tokens`` does not fit ``info.max_model_len``.
+- ``check_health`` raises ``EngineUnavailableError`` when the engine can no longer serve; a
+  stream whose engine fails raises the same error (never hangs).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from service.prompts import PromptFormat
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"  # end-of-sequence token or a stop string
+    LENGTH = "length"  # max_tokens or the model's context reached
+    CANCELLED = "cancelled"  # aborted (client gone, deadline, shutdown)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings as the engine applies them. ``temperature == 0`` means greedy."""
+
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k filtering
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    repetition_penalty: float = 1.0
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    request_id: str
+    prompt: str
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """One step of a stream: the new text, and on the last step why it ended.
+
+    Token counts are cumulative for the request so far. ``queue_seconds`` is set on the first
+    output: time from submission until the engine started working on the request.
+    """
+
+    text_delta: str
+    token_ids_delta: tuple[int, ...] = ()
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    queue_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    kind: str  # "transformers" | "tensorrt_llm" | a test double's name
+    model: str  # model name or directory
+    prompt_format: PromptFormat
+    max_model_len: int  # prompt + completion tokens the engine accepts
+    random_weights: bool = False  # the development model: its text means nothing
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running: int
+    waiting: int
+    kv_cache_usage: float | None = None  # 0..1 where the engine reports it
+
+
+@runtime_checkable
+class Engine(Protocol):
+    @property
+    def info(self) -> EngineInfo: ...
+
+    @property
+    def num_in_flight(self) -> int: ...
+
+    def stream(self, request: EngineRequest) -> AsyncIterator[EngineOutput]: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    async def check_health(self) -> None: ...
+
+    def stats(self) -> EngineStats: ...
+
+    async def shutdown(self) -> None: ...

@@ -1,0 +1,79 @@
+"""The one error hierarchy of apihelper, shared by every layer.
+
+Every error the service, the retriever or the offline tools raise on purpose derives from
+:class:`ApiHelperError`. The gRPC layer maps the *classes* below to status codes in exactly one
+place (``service.grpc.status``); nothing else decides what a client sees.
+
+    ApiHelperError
+    ├── InvalidRequestError        the request is wrong; names the offending ``field``
+    │   └── UnknownCorpusError     a corpus that is not ingested
+    ├── ResourceExhaustedError     a limit (concurrency, queue) is reached; retry later
+    ├── UnavailableError           a dependency cannot serve right now; retry later
+    │   ├── RetrieverUnavailableError   Milvus is down or unreachable
+    │   └── EngineUnavailableError      the generation engine failed or is shutting down
+    ├── ConfigurationError         bad settings or artifacts, found at start-up (never per request)
+    │   └── MissingDependencyError an optional package (e.g. tensorrt_llm) is not installed
+    └── CorpusLoadError            one input file could not be loaded (ingest goes on without it)
+
+Messages are meant for the person calling: they say what is wrong and, where it helps, what to do.
+They never contain prompt text or credentials.
+"""
+
+from __future__ import annotations
+
+
+class ApiHelperError(Exception):
+    """Base class of every error apihelper raises on purpose."""
+
+
+class InvalidRequestError(ApiHelperError):
+    """A request field has a value the service will not accept."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class UnknownCorpusError(InvalidRequestError):
+    """A request names a corpus that has not been ingested."""
+
+    def __init__(self, corpus: str, known: list[str]) -> None:
+        known_text = ", ".join(sorted(known)) or "none ingested"
+        super().__init__("corpora", f"unknown corpus {corpus!r} (known: {known_text})")
+        self.corpus = corpus
+
+
+class ResourceExhaustedError(ApiHelperError):
+    """A server limit is reached; the same request may succeed later."""
+
+
+class UnavailableError(ApiHelperError):
+    """A dependency of the service cannot serve right now."""
+
+
+class RetrieverUnavailableError(UnavailableError):
+    """The vector store (Milvus) is down, unreachable or failed a query."""
+
+
+class EngineUnavailableError(UnavailableError):
+    """The generation engine failed, is not started, or is shutting down."""
+
+
+class ConfigurationError(ApiHelperError):
+    """Settings or on-disk artifacts (model, engine, manifest) are unusable."""
+
+
+class MissingDependencyError(ConfigurationError):
+    """An optional package needed by the selected component is not installed."""
+
+    def __init__(self, package: str, needed_for: str, how: str) -> None:
+        super().__init__(f"{needed_for} needs the '{package}' package, which is not installed: {how}")
+        self.package = package
+
+
+class CorpusLoadError(ApiHelperError):
+    """One input file of a corpus could not be loaded."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
