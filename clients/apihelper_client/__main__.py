@@ -1,0 +1,3 @@
+from apihelper_client.cli import main
+
+main()

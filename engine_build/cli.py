@@ -1,0 +1,116 @@
+"""``apihelper-build``: the offline command line.
+
+    apihelper-build make-dev-model --out data/dev-model [--corpus PATH ...]
+    apihelper-build ingest --milvus-uri data/milvus.db --corpus rest=spec.yaml --corpus fn=pkg/:python
+
+Heavy libraries are imported inside the commands, so ``--help`` works anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from retriever.types import CorpusFormat
+from service.errors import ApiHelperError, InvalidRequestError
+from service.prompts import PromptFormat
+
+
+def parse_corpus_spec(spec: str) -> tuple[str, Path, CorpusFormat | None]:
+    """``NAME=PATH[:FORMAT]`` -> (name, path, format or None for auto-detection)."""
+    name, sep, rest = spec.partition("=")
+    if not sep or not name or not rest:
+        raise InvalidRequestError("--corpus", f"expected NAME=PATH[:FORMAT], got {spec!r}")
+    path_text, _, fmt_text = rest.rpartition(":")
+    if path_text and fmt_text in {f.value for f in CorpusFormat}:
+        return name, Path(path_text), CorpusFormat(fmt_text)
+    return name, Path(rest), None
+
+
+def cmd_make_dev_model(args: argparse.Namespace) -> int:
+    from engine_build.dev_model import make_dev_model
+
+    manifest = make_dev_model(
+        args.out, _corpus_texts(args.corpus or []), prompt_format=PromptFormat(args.prompt_format), seed=args.seed
+    )
+    print(f"wrote the development model to {args.out} (prompt format {manifest.prompt_format.value}, random weights)")
+    return 0
+
+
+def _corpus_texts(paths: list[Path]) -> Iterator[str]:
+    from retriever.loaders import load_corpus
+
+    for path in paths:
+        _, result = load_corpus(path, None)
+        for doc in result.docs:
+            yield doc.text
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from retriever.embedding import Embedder
+    from retriever.ingest import ingest_corpus
+    from retriever.milvus_store import MilvusStore
+
+    specs = [parse_corpus_spec(s) for s in args.corpus]
+    embedder = Embedder()
+    store = MilvusStore(args.milvus_uri, args.milvus_token)
+    partial = False
+    try:
+        for name, path, fmt in specs:
+            report = ingest_corpus(store, embedder, name, path, fmt, progress=not args.quiet)
+            for problem in report.problems:
+                print(f"  skipped {problem.path}: {problem.message}", file=sys.stderr)
+            partial = partial or bool(report.problems)
+            if report.written == 0:
+                print(f"{name}: up to date, wrote nothing ({report.unchanged} docs unchanged)")
+            else:
+                print(
+                    f"{name}: added {report.added}, updated {report.updated}, deleted {report.deleted}, "
+                    f"unchanged {report.unchanged}"
+                )
+    finally:
+        store.close()
+    return 3 if partial else 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="apihelper-build", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("make-dev-model", help="build the small random-weight development model")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--corpus", type=Path, action="append", help="corpus file/dir to train the tokenizer on")
+    p.add_argument("--prompt-format", choices=[f.value for f in PromptFormat], default="gorilla_v0")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_dev_model)
+
+    p = sub.add_parser(
+        "ingest",
+        help="load API docs and write them to Milvus (idempotent)",
+        description="Exit status: 0 all loaded, 3 some files skipped (listed on stderr), 2 failure.",
+    )
+    p.add_argument("--milvus-uri", required=True, help="Milvus Lite directory or http(s)://host:19530")
+    p.add_argument("--milvus-token", default="", help="Milvus token (user:password or API key)")
+    p.add_argument(
+        "--corpus", action="append", required=True, metavar="NAME=PATH[:FORMAT]",
+        help=f"corpus to ingest; FORMAT one of {', '.join(f.value for f in CorpusFormat)} (default: detected)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_ingest)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except ApiHelperError as exc:
+        print(f"apihelper-build: {exc}", file=sys.stderr)
+        code = 2
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""``apihelper-serve``: the composition root. The only place that picks concrete classes.
+
+Reads Settings once, builds the embedder, the Milvus retriever and the engine, starts the gRPC
+server, and on SIGTERM/SIGINT drains it (health NOT_SERVING -> grace period -> engine shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from service.engine.protocol import Engine
+from service.errors import ApiHelperError
+from service.prompts import PromptFormat
+from service.settings import Settings, load_settings
+
+log = logging.getLogger("apihelper")
+
+
+async def build_engine(settings: Settings) -> Engine:
+    prompt_format = PromptFormat(settings.prompt_format) if settings.prompt_format else None
+    from service.engine.transformers_engine import TransformersEngine
+
+    return await TransformersEngine.load(
+        Path(settings.model),
+        device=settings.device,
+        prompt_format=prompt_format,
+        num_blocks=settings.kv_cache_blocks,
+        block_size=settings.kv_block_size,
+        max_batch_tokens=settings.max_batch_tokens,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    from retriever.embedding import Embedder
+    from retriever.service import open_retriever
+    from service.grpc.server import start_server
+
+    embedder = await asyncio.to_thread(Embedder)
+    retriever = await open_retriever(settings.milvus_uri, settings.milvus_token, embedder)
+    engine = await build_engine(settings)
+    running = await start_server(settings, engine, retriever)
+    print(f"apihelper: listening on {settings.host}:{running.port}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: draining for up to %.1fs", settings.shutdown_grace_seconds)
+    await running.stop()
+    log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = load_settings(sys.argv[1:] if argv is None else argv, os.environ)
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(settings))
+    except ApiHelperError as exc:
+        # Configuration problems found at start-up: one clear line, no traceback.
+        print(f"apihelper-serve: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

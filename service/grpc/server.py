@@ -1,0 +1,105 @@
+"""The gRPC server and its lifecycle: health, reflection, graceful drain.
+
+    start:    bind -> start -> health SERVING once the engine and the retriever answer
+    running:  a monitor re-checks both every few seconds and flips health both ways
+    stop:     health NOT_SERVING at once (load balancers stop sending) -> refuse new RPCs ->
+              in-flight streams get ``shutdown_grace_seconds`` to finish -> engine shutdown
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from apihelper.v1 import apihelper_pb2 as pb
+from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
+from retriever.types import Retriever
+from service.engine.protocol import Engine
+from service.errors import ApiHelperError
+from service.grpc.convert import RequestLimits
+from service.grpc.servicer import ApiHelperServicer
+from service.pipeline import Pipeline
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ApiHelper"].full_name
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    engine: Engine
+    retriever: Retriever
+    grace_seconds: float
+    _monitor: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        """Drain and shut down; safe to call more than once."""
+        self._monitor.cancel()
+        await self.health.enter_graceful_shutdown()  # NOT_SERVING for every service, for good
+        await self.server.stop(self.grace_seconds)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._monitor
+        await self.engine.shutdown()
+        await self.retriever.close()
+
+
+async def start_server(settings: Settings, engine: Engine, retriever: Retriever) -> RunningServer:
+    limits = RequestLimits(
+        max_instruction_bytes=settings.max_instruction_bytes,
+        default_top_k=settings.default_top_k,
+        max_top_k=settings.max_top_k,
+        default_max_tokens=min(settings.default_max_tokens, engine.info.max_model_len // 2),
+        max_model_len=engine.info.max_model_len,
+    )
+    server = grpc.aio.server()
+    pb_grpc.add_ApiHelperServicer_to_server(ApiHelperServicer(Pipeline(retriever, engine), limits), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if settings.reflection:
+        names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if port == 0:
+        raise OSError(f"could not bind {settings.host}:{settings.port}")
+    await server.start()
+    await _update_health(health_servicer, engine, retriever)
+    monitor = asyncio.create_task(
+        _monitor_health(health_servicer, engine, retriever, settings.health_check_interval_seconds),
+        name="apihelper-health-monitor",
+    )
+    log.info("serving %s on %s:%d", SERVICE_NAME, settings.host, port)
+    return RunningServer(server, port, health_servicer, engine, retriever, settings.shutdown_grace_seconds, monitor)
+
+
+async def _update_health(servicer: health.aio.HealthServicer, engine: Engine, retriever: Retriever) -> bool:
+    try:
+        await engine.check_health()
+        await retriever.check_health()
+        ok = True
+    except ApiHelperError as exc:
+        log.warning("health check failed: %s", exc)
+        ok = False
+    state = _SERVING if ok else _NOT_SERVING
+    await servicer.set("", state)
+    await servicer.set(SERVICE_NAME, state)
+    return ok
+
+
+async def _monitor_health(
+    servicer: health.aio.HealthServicer, engine: Engine, retriever: Retriever, interval: float
+) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        await _update_health(servicer, engine, retriever)

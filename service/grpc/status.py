@@ -1,0 +1,46 @@
+"""The one place where apihelper errors become gRPC status codes.
+
+Servicer methods catch ``ApiHelperError`` and call :func:`abort`; anything else is a bug,
+logged with its traceback and reported as INTERNAL without details.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NoReturn
+
+import grpc
+
+from service.errors import (
+    ApiHelperError,
+    ConfigurationError,
+    InvalidRequestError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+
+log = logging.getLogger(__name__)
+
+_CODES: list[tuple[type[ApiHelperError], grpc.StatusCode]] = [
+    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (ConfigurationError, grpc.StatusCode.FAILED_PRECONDITION),
+]
+
+
+def status_code(exc: BaseException) -> grpc.StatusCode:
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+    """End the RPC with the status ``exc`` maps to."""
+    code = status_code(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        log.exception("internal error", exc_info=exc)
+        await context.abort(code, "internal error")
+    await context.abort(code, str(exc))
+    raise AssertionError("context.abort returned")  # it always raises

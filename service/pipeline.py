@@ -1,0 +1,198 @@
+"""The request pipeline: retrieve -> prompt -> engine stream -> parse, with timings.
+
+It speaks only domain types (``GenerateParams`` in, ``PipelineEvent`` out); the gRPC layer
+converts to and from protobuf. Cancellation flows straight through: when the caller stops
+consuming ``generate`` (client gone, deadline), the engine stream is closed, which aborts the
+engine request, and ``CancelledError`` propagates unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from retriever.types import CorpusInfo, RetrievalMode, RetrievalResult, RetrievedDoc, Retriever
+from service.engine.protocol import Engine, EngineRequest, FinishReason, SamplingParams
+from service.errors import InvalidRequestError
+from service.postprocess import ParsedCall, parse_answer
+from service.prompts import PromptFormat, build_prompt
+
+
+@dataclass(frozen=True)
+class RetrieveParams:
+    instruction: str
+    corpora: tuple[str, ...]  # empty: every corpus
+    top_k: int
+    mode: RetrievalMode
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    retrieval: RetrieveParams
+    sampling: SamplingParams
+    prompt_format: PromptFormat | None  # None: the model's own
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Timings:
+    retrieval_ms: float = 0.0
+    embed_ms: float = 0.0
+    search_ms: float = 0.0
+    queue_ms: float = 0.0
+    first_token_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class SourcesEvent:
+    docs: list[RetrievedDoc]
+
+
+@dataclass(frozen=True)
+class DeltaEvent:
+    text: str
+
+
+@dataclass(frozen=True)
+class CompletionEvent:
+    request_id: str
+    finish_reason: FinishReason
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    timings: Timings
+    calls: list[ParsedCall]
+    fields: dict[str, str]
+    model: str
+    prompt_format: PromptFormat
+
+
+PipelineEvent = SourcesEvent | DeltaEvent | CompletionEvent
+
+
+@dataclass(frozen=True)
+class RetrieveOutcome:
+    docs: list[RetrievedDoc]
+    timings: Timings
+
+
+@dataclass
+class _Clock:
+    start: float = field(default_factory=time.perf_counter)
+
+    def ms(self) -> float:
+        return (time.perf_counter() - self.start) * 1000.0
+
+
+class Pipeline:
+    def __init__(self, retriever: Retriever, engine: Engine) -> None:
+        self._retriever = retriever
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    async def list_corpora(self) -> list[CorpusInfo]:
+        return await self._retriever.list_corpora()
+
+    async def retrieve(self, params: RetrieveParams) -> RetrieveOutcome:
+        clock = _Clock()
+        result = await self._retrieve(params)
+        return RetrieveOutcome(result.docs, _retrieval_timings(result, clock.ms()))
+
+    async def generate(self, params: GenerateParams) -> AsyncIterator[PipelineEvent]:
+        clock = _Clock()
+        info = self._engine.info
+        result = await self._retrieve(params.retrieval)
+        retrieval = _retrieval_timings(result, clock.ms())
+
+        fmt = params.prompt_format or info.prompt_format
+        docs, prompt = self._fit_prompt(fmt, params.retrieval.instruction, result.docs, params.sampling)
+        yield SourcesEvent(docs)
+
+        pieces: list[str] = []
+        first_token_ms = queue_ms = 0.0
+        finish = FinishReason.STOP
+        prompt_tokens = completion_tokens = 0
+        request = EngineRequest(params.request_id, prompt, params.sampling)
+        async for out in self._engine.stream(request):
+            if out.queue_seconds is not None:
+                queue_ms = out.queue_seconds * 1000.0
+            prompt_tokens, completion_tokens = out.prompt_tokens, out.completion_tokens
+            if out.text_delta:
+                if not pieces:
+                    first_token_ms = clock.ms()
+                pieces.append(out.text_delta)
+                yield DeltaEvent(out.text_delta)
+            if out.finish_reason is not None:
+                finish = out.finish_reason
+
+        text = "".join(pieces)
+        answer = parse_answer(fmt, text, docs)
+        timings = Timings(
+            retrieval_ms=retrieval.retrieval_ms,
+            embed_ms=retrieval.embed_ms,
+            search_ms=retrieval.search_ms,
+            queue_ms=queue_ms,
+            first_token_ms=first_token_ms,
+            total_ms=clock.ms(),
+        )
+        yield CompletionEvent(
+            request_id=params.request_id,
+            finish_reason=finish,
+            text=text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            timings=timings,
+            calls=answer.calls,
+            fields=answer.fields,
+            model=info.model,
+            prompt_format=fmt,
+        )
+
+    async def _retrieve(self, params: RetrieveParams) -> RetrievalResult:
+        if params.mode is RetrievalMode.NONE:
+            return RetrievalResult([])
+        return await self._retriever.retrieve(
+            params.instruction,
+            corpora=params.corpora or None,
+            top_k=params.top_k,
+            mode=params.mode,
+        )
+
+    def _fit_prompt(
+        self,
+        fmt: PromptFormat,
+        instruction: str,
+        docs: Sequence[RetrievedDoc],
+        sampling: SamplingParams,
+    ) -> tuple[list[RetrievedDoc], str]:
+        """The prompt with as many docs (best first) as fit beside ``max_tokens``.
+
+        Dropping the weakest docs beats failing the request: the best match carries most of
+        the value (Gorilla's paper: the retriever's top document is what the model follows).
+        """
+        budget = self._engine.info.max_model_len - sampling.max_tokens
+        kept = list(docs)
+        while True:
+            prompt = build_prompt(fmt, instruction, kept)
+            if self._engine.count_tokens(prompt) <= budget:
+                return kept, prompt
+            if not kept:
+                raise InvalidRequestError(
+                    "sampling.max_tokens",
+                    f"the instruction plus max_tokens={sampling.max_tokens} exceeds the model's "
+                    f"context of {self._engine.info.max_model_len} tokens",
+                )
+            kept.pop()
+
+
+def _retrieval_timings(result: RetrievalResult, retrieval_ms: float) -> Timings:
+    return Timings(
+        retrieval_ms=retrieval_ms,
+        embed_ms=result.embed_seconds * 1000.0,
+        search_ms=result.search_seconds * 1000.0,
+    )

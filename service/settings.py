@@ -1,0 +1,126 @@
+"""Service settings: one frozen object, read once in ``service.__main__`` and passed down.
+
+Sources, later ones winning: defaults < TOML file (``--config``; top-level keys or a
+``[service]`` table) < ``APIHELPER_<NAME>`` environment variables < command-line flags.
+Nothing here runs at import time; ``load_settings`` takes the environment as an argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from service.errors import ConfigurationError
+
+ENV_PREFIX = "APIHELPER_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Network
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 picks a free port (tests)
+    reflection: bool = True
+    # Retrieval: a Milvus Lite directory, or http(s)://host:19530 for a Milvus server
+    milvus_uri: str = "data/milvus.db"
+    milvus_token: str = dataclasses.field(default="", repr=False)
+    # Engine
+    engine: str = "transformers"  # the only engine so far; TensorRT-LLM comes next
+    model: str = "data/dev-model"  # Hugging Face directory (or engine directory)
+    device: str = "auto"  # auto | cpu | cuda
+    prompt_format: str = ""  # empty: from the model's manifest (gorilla_v0 without one)
+    kv_cache_blocks: int = 256  # paged KV cache size for the transformers engine
+    kv_block_size: int = 32
+    max_batch_tokens: int = 512
+    # Request limits and defaults
+    max_instruction_bytes: int = 8192
+    default_top_k: int = 3
+    max_top_k: int = 50
+    default_max_tokens: int = 128
+    # Lifecycle
+    shutdown_grace_seconds: float = 10.0
+    health_check_interval_seconds: float = 5.0
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigurationError(f"port must be 0..65535, got {self.port}")
+        if self.engine != "transformers":
+            raise ConfigurationError(f"engine must be 'transformers', got {self.engine!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigurationError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if not 1 <= self.default_top_k <= self.max_top_k:
+            raise ConfigurationError("default_top_k must be between 1 and max_top_k")
+        if self.max_instruction_bytes < 1 or self.default_max_tokens < 1:
+            raise ConfigurationError("max_instruction_bytes and default_max_tokens must be positive")
+
+
+def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
+    parser = _parser()
+    args = parser.parse_args(list(argv))
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        values.update(_from_toml(args.config))
+    for f in fields(Settings):
+        env_value = environ.get(ENV_PREFIX + f.name.upper())
+        if env_value is not None:
+            values[f.name] = env_value
+    for f in fields(Settings):
+        cli_value = getattr(args, f.name, None)
+        if cli_value is not None:
+            values[f.name] = cli_value
+    return Settings(**{name: _coerce(name, value) for name, value in values.items()})
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="apihelper-serve",
+        description="Serve retrieval-augmented API-call generation over gRPC.",
+        epilog=f"Every setting can also come from a TOML file or {ENV_PREFIX}<NAME> variables.",
+    )
+    parser.add_argument("--config", type=Path, help="TOML settings file")
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(flag, default=None, metavar=f.name.upper(), help=f"default: {f.default!r}")
+    return parser
+
+
+def _from_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"{path}: {exc}") from exc
+    table = data.get("service", data)
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(table) - known - {"service"})
+    if unknown:
+        raise ConfigurationError(f"{path}: unknown settings {', '.join(unknown)}")
+    return {k: v for k, v in table.items() if k in known}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    if not isinstance(value, str):
+        return value
+    try:
+        if kind in ("bool", bool):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind in ("int", int):
+            return int(value)
+        if kind in ("float", float):
+            return float(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"setting {name}: cannot read {value!r} as {kind}") from exc
+    return value
