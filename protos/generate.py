@@ -23,6 +23,10 @@ def generate(out: Path) -> None:
     from grpc_tools import protoc
 
     well_known = Path(grpc_tools.__file__).resolve().parent / "_proto"
+    # mypy-protobuf's plugin types the gRPC stubs (sync and grpc.aio); it sits beside python.
+    mypy_grpc = Path(sys.executable).parent / "protoc-gen-mypy_grpc"
+    if not mypy_grpc.exists():
+        raise SystemExit(f"{mypy_grpc} is missing: install the dev extras (make install)")
     out.mkdir(parents=True, exist_ok=True)
     args = [
         "protoc",
@@ -31,6 +35,8 @@ def generate(out: Path) -> None:
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",
+        f"--plugin=protoc-gen-mypy_grpc={mypy_grpc}",
+        f"--mypy_grpc_out={out}",
         *PROTO_FILES,
     ]
     if protoc.main(args) != 0:

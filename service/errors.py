@@ -39,7 +39,7 @@ class UnknownCorpusError(InvalidRequestError):
 
     def __init__(self, corpus: str, known: list[str]) -> None:
         known_text = ", ".join(sorted(known)) or "none ingested"
-        super().__init__("corpora", f"unknown corpus {corpus!r} (known: {known_text})")
+        super().__init__("retrieval.corpora", f"unknown corpus {corpus!r} (known: {known_text})")
         self.corpus = corpus
 
 

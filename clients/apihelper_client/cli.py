@@ -47,7 +47,10 @@ def make_channel(args: argparse.Namespace) -> grpc.aio.Channel:
 
 
 def retrieval_options(args: argparse.Namespace) -> pb.RetrievalOptions:
-    return pb.RetrievalOptions(corpora=args.corpus or [], top_k=args.top_k, mode=_MODES[args.mode])
+    options = pb.RetrievalOptions(corpora=args.corpus or [], mode=_MODES[args.mode])
+    if args.top_k is not None:
+        options.top_k = args.top_k
+    return options
 
 
 async def ask(channel: grpc.aio.Channel, args: argparse.Namespace, out: TextIO) -> int:
@@ -131,7 +134,9 @@ async def health_check(channel: grpc.aio.Channel, args: argparse.Namespace, out:
     status = "UNKNOWN"
     while True:
         try:
-            response = await stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=2.0)
+            # types-grpcio-health-checking's HealthStub declares no methods.
+            check = stub.Check  # type: ignore[attr-defined]
+            response = await check(health_pb2.HealthCheckRequest(service=args.service), timeout=2.0)
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
         except grpc.aio.AioRpcError as exc:
             status = f"unreachable ({exc.code().name})"
@@ -155,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     def add_retrieval(p: argparse.ArgumentParser) -> None:
         p.add_argument("instruction")
         p.add_argument("--corpus", action="append", help="corpus to search (repeatable; default all)")
-        p.add_argument("--top-k", type=int, default=0, help="docs to retrieve (default: server's)")
+        p.add_argument("--top-k", type=int, help="docs to retrieve (default: the server's)")
         p.add_argument("--mode", choices=sorted(_MODES), default="hybrid")
 
     p_ask = sub.add_parser("ask", help="stream an answer with its sources")

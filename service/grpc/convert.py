@@ -33,12 +33,12 @@ _MODES = {
     pb.RETRIEVAL_MODE_KEYWORD: RetrievalMode.KEYWORD,
     pb.RETRIEVAL_MODE_NONE: RetrievalMode.NONE,
 }
-_FORMATS_IN: dict[int, PromptFormat | None] = {
+_FORMATS_IN: dict[pb.PromptFormat, PromptFormat | None] = {
     pb.PROMPT_FORMAT_UNSPECIFIED: None,
     pb.PROMPT_FORMAT_GORILLA_V0: PromptFormat.GORILLA_V0,
     pb.PROMPT_FORMAT_OPENFUNCTIONS_V2: PromptFormat.OPENFUNCTIONS_V2,
 }
-_FORMATS_OUT = {fmt: code for code, fmt in _FORMATS_IN.items() if fmt is not None}
+_FORMATS_OUT: dict[PromptFormat, pb.PromptFormat] = {fmt: code for code, fmt in _FORMATS_IN.items() if fmt is not None}
 _FINISH = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
@@ -91,7 +91,7 @@ def _retrieve_params(instruction: str, options: pb.RetrievalOptions, limits: Req
         raise InvalidRequestError(
             "instruction", f"is {size} bytes, over the limit of {limits.max_instruction_bytes}"
         )
-    top_k = options.top_k or limits.default_top_k
+    top_k = options.top_k if options.HasField("top_k") else limits.default_top_k
     if not 1 <= top_k <= limits.max_top_k:
         raise InvalidRequestError("retrieval.top_k", f"must be between 1 and {limits.max_top_k}, got {top_k}")
     if options.mode not in _MODES:

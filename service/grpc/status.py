@@ -7,7 +7,7 @@ logged with its traceback and reported as INTERNAL without details.
 from __future__ import annotations
 
 import logging
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 
@@ -36,7 +36,7 @@ def status_code(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-async def abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
     """End the RPC with the status ``exc`` maps to."""
     code = status_code(exc)
     if code is grpc.StatusCode.INTERNAL:

@@ -1,0 +1,202 @@
+"""End to end over the real transport: a grpc.aio server on a loopback port, a real channel,
+Milvus Lite in a temp dir, and the real transformers engine on the development model."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from apihelper.v1 import apihelper_pb2 as pb
+from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
+from retriever.samples import sample_corpus_path
+from service.engine.protocol import Engine
+from service.grpc.server import RunningServer, start_server
+from service.settings import Settings
+from tests.conftest import SHARED_CORPORA
+
+BACKEND_AI_SPEC = SHARED_CORPORA / "backend.ai" / "openapi.json"
+
+
+@pytest.fixture(scope="module")
+async def running(dev_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningServer]:
+    from retriever.embedding import Embedder
+    from retriever.ingest import ingest_corpus
+    from retriever.milvus_store import MilvusStore
+    from retriever.service import open_retriever
+    from service.engine.transformers_engine import TransformersEngine
+
+    uri = str(tmp_path_factory.mktemp("milvus") / "milvus.db")
+    embedder = await asyncio.to_thread(Embedder)
+    store = MilvusStore(uri, "")
+    await asyncio.to_thread(ingest_corpus, store, embedder, "demo", sample_corpus_path(), None, progress=False)
+    if BACKEND_AI_SPEC.exists():
+        await asyncio.to_thread(ingest_corpus, store, embedder, "rest", BACKEND_AI_SPEC, None, progress=False)
+    store.close()
+
+    settings = Settings(port=0, milvus_uri=uri, model=str(dev_model_dir), shutdown_grace_seconds=2.0)
+    retriever = await open_retriever(uri, "", embedder)
+    engine = await TransformersEngine.load(dev_model_dir, device="cpu")
+    server = await start_server(settings, engine, retriever)
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(scope="module")
+async def channel(running: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+        yield ch
+
+
+def _request(instruction: str = "Create a new session", max_tokens: int = 24, **retrieval: object) -> pb.GenerateRequest:
+    return pb.GenerateRequest(
+        instruction=instruction,
+        retrieval=pb.RetrievalOptions(corpora=["demo"], top_k=2, **retrieval),  # type: ignore[arg-type]
+        sampling=pb.SamplingParams(max_tokens=max_tokens, temperature=0.0),
+    )
+
+
+async def _wait_idle(engine: Engine, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while engine.num_in_flight and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert engine.num_in_flight == 0
+
+
+async def test_generate_streams_sources_then_deltas_then_completion(channel: grpc.aio.Channel) -> None:
+    stub = pb_grpc.ApiHelperStub(channel)
+    events = [m async for m in stub.Generate(_request(), timeout=60)]
+    kinds = [m.WhichOneof("event") for m in events]
+    assert kinds[0] == "sources"
+    assert kinds[-1] == "completion"
+    assert set(kinds[1:-1]) == {"delta"} and len(kinds) - 2 >= 2
+    sources = events[0].sources.sources
+    assert 1 <= len(sources) <= 2
+    assert all(s.corpus == "demo" and s.key and s.text for s in sources)
+    assert sources[0].key == "POST /sessions"
+    completion = events[-1].completion
+    assert completion.text == "".join(m.delta.text for m in events[1:-1])
+    assert completion.usage.completion_tokens > 0 and completion.usage.prompt_tokens > 0
+    assert completion.finish_reason in (pb.FINISH_REASON_STOP, pb.FINISH_REASON_LENGTH)
+    t = completion.timings
+    assert 0 < t.retrieval_ms <= t.first_token_ms <= t.total_ms
+    assert completion.request_id
+
+
+async def test_retrieve_finds_post_session_in_backend_ai_spec(channel: grpc.aio.Channel) -> None:
+    if not BACKEND_AI_SPEC.exists():
+        pytest.skip(f"{BACKEND_AI_SPEC} is absent: needs the third-party corpora in ../shared/corpora")
+    stub = pb_grpc.ApiHelperStub(channel)
+    response = await stub.Retrieve(
+        pb.RetrieveRequest(instruction="Create a new session", retrieval=pb.RetrievalOptions(corpora=["rest"], top_k=5)),
+        timeout=30,
+    )
+    keys = [s.key for s in response.sources]
+    assert len(keys) == 5
+    assert "POST /session" in keys
+    assert response.timings.retrieval_ms > 0
+
+
+async def test_list_corpora(channel: grpc.aio.Channel) -> None:
+    response = await pb_grpc.ApiHelperStub(channel).ListCorpora(pb.ListCorporaRequest(), timeout=10)
+    by_name = {c.name: c for c in response.corpora}
+    demo = by_name["demo"]
+    assert demo.format == "openapi" and demo.doc_count >= 15
+    assert demo.embedding_model and demo.source.endswith("demo_cloud_openapi.yaml")
+    assert demo.HasField("last_ingest")
+    if BACKEND_AI_SPEC.exists():
+        assert by_name["rest"].doc_count == 169
+
+
+async def test_health_is_serving_and_reflection_lists_the_service(channel: grpc.aio.Channel) -> None:
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "apihelper.v1.ApiHelper"):
+        response = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = [s.name async for r in replies for s in r.list_services_response.service]
+    assert "apihelper.v1.ApiHelper" in names
+
+
+async def test_two_streams_interleave(channel: grpc.aio.Channel, running: RunningServer) -> None:
+    stub = pb_grpc.ApiHelperStub(channel)
+
+    async def consume() -> tuple[float, float]:
+        first = 0.0
+        async for m in stub.Generate(_request(max_tokens=48), timeout=60):
+            if m.WhichOneof("event") == "delta" and not first:
+                first = time.monotonic()
+        return first, time.monotonic()
+
+    (first_a, end_a), (first_b, end_b) = await asyncio.gather(consume(), consume())
+    assert first_a < end_b and first_b < end_a, "one stream finished before the other started"
+    await _wait_idle(running.engine)
+
+
+async def test_client_cancel_aborts_the_engine_request(channel: grpc.aio.Channel, running: RunningServer) -> None:
+    stub = pb_grpc.ApiHelperStub(channel)
+    call = stub.Generate(_request(max_tokens=1000, mode=pb.RETRIEVAL_MODE_NONE), timeout=60)
+    deltas = 0
+    async for m in call:
+        if m.WhichOneof("event") == "delta":
+            deltas += 1
+            if deltas == 3:
+                break
+    assert running.engine.num_in_flight == 1
+    call.cancel()
+    await _wait_idle(running.engine)
+
+
+async def test_deadline_aborts_the_engine_request(channel: grpc.aio.Channel, running: RunningServer) -> None:
+    stub = pb_grpc.ApiHelperStub(channel)
+    call = stub.Generate(_request(max_tokens=1000, mode=pb.RETRIEVAL_MODE_NONE), timeout=1.0)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in call:
+            pass
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await _wait_idle(running.engine)
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (pb.GenerateRequest(instruction=""), "instruction"),
+        (pb.GenerateRequest(instruction="   "), "instruction"),
+        (pb.GenerateRequest(instruction="x" * 8193), "instruction"),
+        (pb.GenerateRequest(instruction="é" * 4097), "instruction"),  # 8194 bytes
+        (pb.GenerateRequest(instruction="q", retrieval=pb.RetrievalOptions(corpora=["nope"])), "corpora"),
+        (pb.GenerateRequest(instruction="q", retrieval=pb.RetrievalOptions(top_k=0)), "retrieval.top_k"),
+        (pb.GenerateRequest(instruction="q", retrieval=pb.RetrievalOptions(top_k=51)), "retrieval.top_k"),
+        (pb.GenerateRequest(instruction="q", sampling=pb.SamplingParams(max_tokens=0)), "sampling.max_tokens"),
+        (pb.GenerateRequest(instruction="q", sampling=pb.SamplingParams(max_tokens=10**6)), "sampling.max_tokens"),
+        (pb.GenerateRequest(instruction="q", sampling=pb.SamplingParams(temperature=-0.5)), "sampling.temperature"),
+        (pb.GenerateRequest(instruction="q", sampling=pb.SamplingParams(top_p=0.0)), "sampling.top_p"),
+        (pb.GenerateRequest(instruction="q", prompt_format=99), "prompt_format"),  # type: ignore[arg-type]
+        (pb.GenerateRequest(instruction="q", retrieval=pb.RetrievalOptions(mode=42)), "retrieval.mode"),  # type: ignore[arg-type]
+    ],
+)
+async def test_bad_input_is_invalid_argument_naming_the_field(
+    channel: grpc.aio.Channel, request_: pb.GenerateRequest, field: str
+) -> None:
+    stub = pb_grpc.ApiHelperStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        async for _ in stub.Generate(request_, timeout=10):
+            pass
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in (info.value.details() or "")
+    # The server keeps serving.
+    ok = await stub.Retrieve(pb.RetrieveRequest(instruction="list sessions"), timeout=10)
+    assert ok.sources
+
+
+async def test_unset_top_k_takes_the_server_default(channel: grpc.aio.Channel) -> None:
+    stub = pb_grpc.ApiHelperStub(channel)
+    response = await stub.Retrieve(pb.RetrieveRequest(instruction="list sessions"), timeout=10)
+    assert len(response.sources) == Settings().default_top_k
