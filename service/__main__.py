@@ -11,10 +11,12 @@ import logging
 import os
 import signal
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 from service.engine.protocol import Engine
 from service.errors import ApiHelperError
+from service.metrics import NullRecorder, Recorder
 from service.prompts import PromptFormat
 from service.settings import Settings, load_settings
 
@@ -43,7 +45,25 @@ async def serve(settings: Settings) -> None:
     embedder = await asyncio.to_thread(Embedder)
     retriever = await open_retriever(settings.milvus_uri, settings.milvus_token, embedder)
     engine = await build_engine(settings)
-    running = await start_server(settings, engine, retriever)
+    recorder: Recorder = NullRecorder()
+    prometheus = None
+    if settings.metrics_port:
+        from service.metrics.prometheus import PrometheusRecorder
+
+        prometheus = PrometheusRecorder(
+            version=version("apihelper"),
+            engine_kind=engine.info.kind,
+            model=engine.info.model,
+            prompt_format=engine.info.prompt_format.value,
+            embedding_model=embedder.model_name,
+            engine_stats=engine.stats,
+        )
+        metrics_port = prometheus.serve(settings.metrics_host, settings.metrics_port)
+        print(f"apihelper: metrics on http://{settings.metrics_host}:{metrics_port}/metrics", flush=True)
+        recorder = prometheus
+    if engine.info.random_weights:
+        log.warning("serving %s: a development model with RANDOM weights; its text is not meaningful", engine.info.model)
+    running = await start_server(settings, engine, retriever, recorder)
     print(f"apihelper: listening on {settings.host}:{running.port}", flush=True)
 
     stop = asyncio.Event()
@@ -53,6 +73,8 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("signal received: draining for up to %.1fs", settings.shutdown_grace_seconds)
     await running.stop()
+    if prometheus is not None:
+        prometheus.close()
     log.info("stopped")
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from retriever.types import CorpusInfo, RetrievalMode, RetrievalResult, RetrievedDoc, Retriever
 from service.engine.protocol import Engine, EngineRequest, FinishReason, SamplingParams
 from service.errors import InvalidRequestError
+from service.metrics import NullRecorder, Recorder
 from service.postprocess import ParsedCall, parse_answer
 from service.prompts import PromptFormat, build_prompt
 
@@ -87,9 +88,10 @@ class _Clock:
 
 
 class Pipeline:
-    def __init__(self, retriever: Retriever, engine: Engine) -> None:
+    def __init__(self, retriever: Retriever, engine: Engine, recorder: Recorder | None = None) -> None:
         self._retriever = retriever
         self._engine = engine
+        self._recorder = recorder or NullRecorder()
 
     @property
     def engine(self) -> Engine:
@@ -116,15 +118,22 @@ class Pipeline:
         pieces: list[str] = []
         first_token_ms = queue_ms = 0.0
         finish = FinishReason.STOP
-        prompt_tokens = completion_tokens = 0
+        prompt_tokens = completion_tokens = tokens_at_last_delta = 0
+        last_delta_at = 0.0
         request = EngineRequest(params.request_id, prompt, params.sampling)
         async for out in self._engine.stream(request):
             if out.queue_seconds is not None:
                 queue_ms = out.queue_seconds * 1000.0
+                self._recorder.queue_time(out.queue_seconds)
             prompt_tokens, completion_tokens = out.prompt_tokens, out.completion_tokens
             if out.text_delta:
+                now = time.perf_counter()
                 if not pieces:
                     first_token_ms = clock.ms()
+                    self._recorder.first_token(first_token_ms / 1000.0)
+                else:
+                    self._recorder.inter_token(now - last_delta_at, completion_tokens - tokens_at_last_delta)
+                last_delta_at, tokens_at_last_delta = now, completion_tokens
                 pieces.append(out.text_delta)
                 yield DeltaEvent(out.text_delta)
             if out.finish_reason is not None:
@@ -140,6 +149,7 @@ class Pipeline:
             first_token_ms=first_token_ms,
             total_ms=clock.ms(),
         )
+        self._recorder.generation_finished(timings.total_ms / 1000.0, prompt_tokens, completion_tokens, finish.value)
         yield CompletionEvent(
             request_id=params.request_id,
             finish_reason=finish,
@@ -156,12 +166,14 @@ class Pipeline:
     async def _retrieve(self, params: RetrieveParams) -> RetrievalResult:
         if params.mode is RetrievalMode.NONE:
             return RetrievalResult([])
-        return await self._retriever.retrieve(
+        result = await self._retriever.retrieve(
             params.instruction,
             corpora=params.corpora or None,
             top_k=params.top_k,
             mode=params.mode,
         )
+        self._recorder.retrieval(params.mode.value, result.embed_seconds, result.search_seconds, len(result.docs))
+        return result
 
     def _fit_prompt(
         self,

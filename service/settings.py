@@ -26,6 +26,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 50051  # 0 picks a free port (tests)
     reflection: bool = True
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464  # Prometheus /metrics over HTTP; 0 disables
     # Retrieval: a Milvus Lite directory, or http(s)://host:19530 for a Milvus server
     milvus_uri: str = "data/milvus.db"
     milvus_token: str = dataclasses.field(default="", repr=False)
@@ -48,8 +50,9 @@ class Settings:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ConfigurationError(f"port must be 0..65535, got {self.port}")
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigurationError(f"{name} must be 0..65535, got {getattr(self, name)}")
         if self.engine != "transformers":
             raise ConfigurationError(f"engine must be 'transformers', got {self.engine!r}")
         if self.device not in ("auto", "cpu", "cuda"):

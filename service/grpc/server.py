@@ -24,6 +24,7 @@ from service.engine.protocol import Engine
 from service.errors import ApiHelperError
 from service.grpc.convert import RequestLimits
 from service.grpc.servicer import ApiHelperServicer
+from service.metrics import NullRecorder, Recorder
 from service.pipeline import Pipeline
 from service.settings import Settings
 
@@ -55,7 +56,9 @@ class RunningServer:
         await self.retriever.close()
 
 
-async def start_server(settings: Settings, engine: Engine, retriever: Retriever) -> RunningServer:
+async def start_server(
+    settings: Settings, engine: Engine, retriever: Retriever, recorder: Recorder | None = None
+) -> RunningServer:
     limits = RequestLimits(
         max_instruction_bytes=settings.max_instruction_bytes,
         default_top_k=settings.default_top_k,
@@ -64,7 +67,9 @@ async def start_server(settings: Settings, engine: Engine, retriever: Retriever)
         max_model_len=engine.info.max_model_len,
     )
     server = grpc.aio.server()
-    pb_grpc.add_ApiHelperServicer_to_server(ApiHelperServicer(Pipeline(retriever, engine), limits), server)
+    recorder = recorder or NullRecorder()
+    servicer = ApiHelperServicer(Pipeline(retriever, engine, recorder), limits, recorder)
+    pb_grpc.add_ApiHelperServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:

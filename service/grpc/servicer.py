@@ -8,46 +8,68 @@ here, so it reaches the engine stream, which aborts the engine request.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 
 from apihelper.v1 import apihelper_pb2 as pb
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
 from service.grpc import convert, status
+from service.metrics import Recorder
 from service.pipeline import Pipeline
 
 
 class ApiHelperServicer(pb_grpc.ApiHelperServicer):
-    def __init__(self, pipeline: Pipeline, limits: convert.RequestLimits) -> None:
+    def __init__(self, pipeline: Pipeline, limits: convert.RequestLimits, recorder: Recorder) -> None:
         self._pipeline = pipeline
         self._limits = limits
+        self._recorder = recorder
+
+    @asynccontextmanager
+    async def _rpc(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+        """Record the RPC's outcome and turn errors into a status (mid-stream ones too)."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        self._recorder.rpc_started(name)
+        try:
+            yield
+        except asyncio.CancelledError:
+            # The client went away or its deadline passed: let cancellation reach the engine.
+            remaining = context.time_remaining()
+            expired = remaining is not None and remaining <= 0
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:  # noqa: BLE001 - status.abort maps it; CancelledError passes
+            code = status.status_code(exc)
+            await status.abort(context, exc)
+        finally:
+            self._recorder.rpc_finished(name, code.name, time.perf_counter() - started)
 
     async def Generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[pb.GenerateRequest, pb.GenerateResponse]
     ) -> AsyncIterator[pb.GenerateResponse]:
-        try:
+        async with self._rpc("Generate", context):
             params = convert.generate_params(request, self._limits)
             async for event in self._pipeline.generate(params):
                 yield convert.generate_response(event)
-        except Exception as exc:  # noqa: BLE001 - status.abort maps it; CancelledError passes
-            await status.abort(context, exc)
 
     async def Retrieve(
         self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext[pb.RetrieveRequest, pb.RetrieveResponse]
     ) -> pb.RetrieveResponse:
-        try:
+        async with self._rpc("Retrieve", context):
             params = convert.retrieve_params(request, self._limits)
             return convert.retrieve_response(await self._pipeline.retrieve(params))
-        except Exception as exc:  # noqa: BLE001 - status.abort maps it; CancelledError passes
-            await status.abort(context, exc)
+        raise AssertionError("unreachable: _rpc re-raises or aborts")
 
     async def ListCorpora(
         self,
         request: pb.ListCorporaRequest,
         context: grpc.aio.ServicerContext[pb.ListCorporaRequest, pb.ListCorporaResponse],
     ) -> pb.ListCorporaResponse:
-        try:
+        async with self._rpc("ListCorpora", context):
             return convert.corpora_response(await self._pipeline.list_corpora())
-        except Exception as exc:  # noqa: BLE001 - status.abort maps it; CancelledError passes
-            await status.abort(context, exc)
+        raise AssertionError("unreachable: _rpc re-raises or aborts")

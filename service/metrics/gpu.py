@@ -1,0 +1,83 @@
+"""GPU readings from NVML (nvidia-ml-py): the only module that imports pynvml.
+
+Where the library, the driver or a GPU is missing, ``GpuReader.available`` is False and
+``read`` returns nothing: no GPU series is ever invented.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    index: int
+    name: str
+    utilization_ratio: float | None  # 0..1 over NVML's last sample period
+    memory_used_bytes: int | None
+    memory_total_bytes: int | None
+    power_watts: float | None
+    temperature_celsius: float | None
+
+
+class GpuReader:
+    def __init__(self) -> None:
+        self._nvml: ModuleType | None = None
+        self._handles: list[tuple[int, str, Any]] = []
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            for i in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+                name = pynvml.nvmlDeviceGetName(handle)
+                self._handles.append((i, name.decode() if isinstance(name, bytes) else str(name), handle))
+            self._nvml = pynvml
+        except Exception as exc:  # noqa: BLE001 - no library, no driver or no GPU: all mean "none"
+            log.info("no GPU metrics: NVML unavailable (%s)", type(exc).__name__)
+            self._handles = []
+
+    @property
+    def available(self) -> bool:
+        return self._nvml is not None and bool(self._handles)
+
+    def read(self) -> list[GpuReading]:
+        nvml = self._nvml
+        if nvml is None:
+            return []
+        readings = []
+        for index, name, handle in self._handles:
+            util = _try(lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0)
+            mem = _try(lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
+            power = _try(lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0)
+            temp = _try(lambda: float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)))
+            readings.append(
+                GpuReading(
+                    index=index,
+                    name=name,
+                    utilization_ratio=util,
+                    memory_used_bytes=int(mem.used) if mem is not None else None,
+                    memory_total_bytes=int(mem.total) if mem is not None else None,
+                    power_watts=power,
+                    temperature_celsius=temp,
+                )
+            )
+        return readings
+
+    def close(self) -> None:
+        if self._nvml is not None:
+            _try(self._nvml.nvmlShutdown)
+            self._nvml = None
+
+
+def _try(read: Any) -> Any:
+    """One NVML field; a field a GPU does not support (e.g. power on some boards) is None."""
+    try:
+        return read()
+    except Exception:  # noqa: BLE001 - NVMLError_NotSupported and friends
+        return None
