@@ -8,9 +8,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DATA ?= data
 
-.PHONY: install demo test typecheck proto clean
+.PHONY: install prometheus-tools demo test typecheck proto clean
 
-install: $(STAMP)
+install: $(STAMP) prometheus-tools
+
+# promtool and a Prometheus server for the metrics tests: Debian's package `prometheus`.
+prometheus-tools:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
 
 # torch is pinned in the same pip command: unpinned, pip would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
