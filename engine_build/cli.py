@@ -50,7 +50,7 @@ def _corpus_texts(paths: list[Path]) -> Iterator[str]:
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from retriever.embedding import Embedder
-    from retriever.ingest import ingest_corpus
+    from retriever.ingest import format_report, ingest_corpus
     from retriever.milvus_store import MilvusStore
 
     specs = [parse_corpus_spec(s) for s in args.corpus]
@@ -59,17 +59,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     partial = False
     try:
         for name, path, fmt in specs:
-            report = ingest_corpus(store, embedder, name, path, fmt, progress=not args.quiet)
+            report = ingest_corpus(
+                store, embedder, name, path, fmt, progress=not args.quiet, include=args.include or None
+            )
             for problem in report.problems:
-                print(f"  skipped {problem.path}: {problem.message}", file=sys.stderr)
+                print(f"  problem in {problem.path}: {problem.message}", file=sys.stderr)
             partial = partial or bool(report.problems)
-            if report.written == 0:
-                print(f"{name}: up to date, wrote nothing ({report.unchanged} docs unchanged)")
-            else:
-                print(
-                    f"{name}: added {report.added}, updated {report.updated}, deleted {report.deleted}, "
-                    f"unchanged {report.unchanged}"
-                )
+            print(format_report(report))
     finally:
         store.close()
     return 3 if partial else 0
@@ -96,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--corpus", action="append", required=True, metavar="NAME=PATH[:FORMAT]",
         help=f"corpus to ingest; FORMAT one of {', '.join(f.value for f in CorpusFormat)} (default: detected)",
+    )
+    p.add_argument(
+        "--include", action="append", metavar="MODULE_PREFIX",
+        help="python corpora: only modules under this dotted prefix (repeatable), e.g. ai.backend.client.func",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)

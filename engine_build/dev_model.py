@@ -19,18 +19,23 @@ transformers, tokenizers and torch are imported inside the function: importing t
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from service.engine.manifest import ModelManifest
 from service.prompts import GORILLA_V0_DOCS_LEAD, GORILLA_V0_SYSTEM, OPENFUNCTIONS_V2_SYSTEM, PromptFormat
 
 DEV_MODEL_NAME = "apihelper-dev-model"
 SPECIAL_TOKENS = ("<s>", "</s>", "<unk>", "<pad>")
-# BPE training is the slow part and grows with the text; a couple of MB gives a good vocabulary of
-# a few thousand tokens in well under a second.
-MAX_CORPUS_CHARS = 2_000_000
+# BPE training grows with the text (about 0.1 s per MB of API specs on 2 cores, after imports);
+# 4 MB, at most a quarter of it from any one document, is plenty for a vocabulary of a few
+# thousand tokens and keeps a build under a second whatever the corpus.
+MAX_CORPUS_CHARS = 4_000_000
+MAX_DOC_CHARS = MAX_CORPUS_CHARS // 4
+EOS_ROW_SCALE = 0.7
 
 # Text the tokenizer always sees, so a model built without a corpus still tokenizes prompts and
 # Gorilla-style answers into reasonable pieces (not one token per byte).
@@ -52,6 +57,10 @@ _BUILTIN_TEXT = (
     "hub.KerasLayer('https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/classification/5')",
     "0 1 2 3 4 5 6 7 8 9 10 100 1000 true false null {} [] () <> = == != : ; , . ' \" \\ / - _ +",
     "Ünïcödé ümläuts, ça va, 日本語のテキスト, emoji 🙂 and ✓ check marks.",
+    "To call an API, find the operation that matches the request, fill in its required "
+    "parameters, and send it with the client. Optional parameters have defaults; the response "
+    "is parsed into a result object, and errors raise an exception with a status code.",
+    "session.create(image, name=name, resources=resources).then(lambda s: s.execute(code))",
 )
 
 
@@ -76,9 +85,14 @@ def make_dev_model(
     ``corpus_texts`` are documents the tokenizer is trained on (capped at ``MAX_CORPUS_CHARS``);
     the same arguments give byte-identical weights and tokenizer.
     """
+    import tokenizers
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    import transformers
+
+    # transformers ships partial type hints (many constructors are untyped); treat the libraries
+    # as dynamic so strict mypy passes whichever version is installed.
+    tk: Any = tokenizers
+    tf: Any = transformers
 
     if hidden_size % num_heads or num_heads % num_kv_heads:
         raise ValueError("hidden_size must divide by num_heads, and num_heads by num_kv_heads")
@@ -93,31 +107,28 @@ def make_dev_model(
         for text in corpus_texts or ():
             if corpus_chars >= MAX_CORPUS_CHARS:
                 break
-            text = text[: MAX_CORPUS_CHARS - corpus_chars]
+            text = text[: min(MAX_DOC_CHARS, MAX_CORPUS_CHARS - corpus_chars)]
             corpus_chars += len(text)
             yield text
 
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe = tk.Tokenizer(tk.models.BPE(unk_token="<unk>"))
     # Byte-level: every string round-trips, whatever the corpus; no <unk> is ever needed.
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
+    bpe.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = tk.decoders.ByteLevel()
+    trainer = tk.trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
         special_tokens=list(SPECIAL_TOKENS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     bpe.train_from_iterator(training_text(), trainer=trainer)
-    bos_id = bpe.token_to_id("<s>")
-    eos_id = bpe.token_to_id("</s>")
-    unk_id = bpe.token_to_id("<unk>")
-    pad_id = bpe.token_to_id("<pad>")
+    bos_id, eos_id, unk_id, pad_id = (int(bpe.token_to_id(t)) for t in SPECIAL_TOKENS)
     # Llama checkpoints start every sequence with <s>; so does Gorilla's tokenizer.
-    bpe.post_processor = processors.TemplateProcessing(
+    bpe.post_processor = tk.processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
     )
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = tf.PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         bos_token="<s>",
         eos_token="</s>",
@@ -130,7 +141,7 @@ def make_dev_model(
     actual_vocab = bpe.get_vocab_size()
 
     # --- model -----------------------------------------------------------------------------
-    config = LlamaConfig(
+    config = tf.LlamaConfig(
         vocab_size=actual_vocab,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
@@ -148,14 +159,19 @@ def make_dev_model(
         dtype="float32",
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    model = tf.LlamaForCausalLM(config)
     with torch.no_grad():
-        # <s>, <unk> and <pad> decode to no text: zero their output rows so the random model
-        # (practically) never emits them and every generated token shows up in the stream.
-        # </s> keeps its random row: generations can end on EOS, as a real model's do.
-        for token_id in (bos_id, unk_id, pad_id):
+        # <s>, <unk> and <pad> decode to no text, a lone byte of a multi-byte UTF-8 character
+        # decodes to U+FFFD, and control bytes print as nothing: zero their output rows so the
+        # random model (practically) never emits them and its streams are printable text.
+        # Prompts still use every token.
+        for token_id in _unprintable_token_ids(bpe, (bos_id, unk_id, pad_id)):
             model.lm_head.weight[token_id].zero_()
-    model.generation_config = GenerationConfig(
+        # With its random row </s> wins greedy decoding within 32 tokens for about half of all
+        # prompts, which makes streams too short to show anything; at 0.7 a 128-token greedy
+        # generation still ends on EOS now and then (about 1 prompt in 8), as a real model's do.
+        model.lm_head.weight[eos_id].mul_(EOS_ROW_SCALE)
+    model.generation_config = tf.GenerationConfig(
         bos_token_id=bos_id,
         eos_token_id=eos_id,
         pad_token_id=pad_id,
@@ -184,3 +200,16 @@ def make_dev_model(
     )
     manifest.write(out)
     return manifest
+
+
+def _unprintable_token_ids(bpe: Any, special_ids: Iterable[int]) -> list[int]:
+    """Token ids with no printable text of their own: the given specials, partial UTF-8 bytes
+    and control characters other than newline and tab."""
+    ids = set(special_ids)
+    for token_id in range(bpe.get_vocab_size()):
+        text = bpe.decode([token_id], skip_special_tokens=False)
+        if "\ufffd" in text or any(
+            unicodedata.category(ch) == "Cc" and ch not in "\n\t" for ch in text
+        ):
+            ids.add(token_id)
+    return sorted(ids)

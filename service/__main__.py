@@ -30,8 +30,10 @@ async def build_engine(settings: Settings) -> Engine:
     return await TransformersEngine.load(
         Path(settings.model),
         device=settings.device,
+        dtype=settings.dtype,
         prompt_format=prompt_format,
-        num_blocks=settings.kv_cache_blocks,
+        max_concurrent=settings.max_batch_size,
+        num_blocks=settings.kv_cache_blocks or None,
         block_size=settings.kv_block_size,
         max_batch_tokens=settings.max_batch_tokens,
     )

@@ -8,8 +8,9 @@ engine request, and ``CancelledError`` propagates unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
 from retriever.types import CorpusInfo, RetrievalMode, RetrievalResult, RetrievedDoc, Retriever
@@ -105,7 +106,7 @@ class Pipeline:
         result = await self._retrieve(params)
         return RetrieveOutcome(result.docs, _retrieval_timings(result, clock.ms()))
 
-    async def generate(self, params: GenerateParams) -> AsyncIterator[PipelineEvent]:
+    async def generate(self, params: GenerateParams) -> AsyncGenerator[PipelineEvent, None]:
         clock = _Clock()
         info = self._engine.info
         result = await self._retrieve(params.retrieval)
@@ -121,23 +122,26 @@ class Pipeline:
         prompt_tokens = completion_tokens = tokens_at_last_delta = 0
         last_delta_at = 0.0
         request = EngineRequest(params.request_id, prompt, params.sampling)
-        async for out in self._engine.stream(request):
-            if out.queue_seconds is not None:
-                queue_ms = out.queue_seconds * 1000.0
-                self._recorder.queue_time(out.queue_seconds)
-            prompt_tokens, completion_tokens = out.prompt_tokens, out.completion_tokens
-            if out.text_delta:
-                now = time.perf_counter()
-                if not pieces:
-                    first_token_ms = clock.ms()
-                    self._recorder.first_token(first_token_ms / 1000.0)
-                else:
-                    self._recorder.inter_token(now - last_delta_at, completion_tokens - tokens_at_last_delta)
-                last_delta_at, tokens_at_last_delta = now, completion_tokens
-                pieces.append(out.text_delta)
-                yield DeltaEvent(out.text_delta)
-            if out.finish_reason is not None:
-                finish = out.finish_reason
+        # aclosing: leaving early (an error below, or our own consumer closing us) releases the
+        # engine request now, not whenever the generator is garbage-collected.
+        async with contextlib.aclosing(self._engine.stream(request)) as stream:
+            async for out in stream:
+                if out.queue_seconds is not None:
+                    queue_ms = out.queue_seconds * 1000.0
+                    self._recorder.queue_time(out.queue_seconds)
+                prompt_tokens, completion_tokens = out.prompt_tokens, out.completion_tokens
+                if out.text_delta:
+                    now = time.perf_counter()
+                    if not pieces:
+                        first_token_ms = clock.ms()
+                        self._recorder.first_token(first_token_ms / 1000.0)
+                    else:
+                        self._recorder.inter_token(now - last_delta_at, completion_tokens - tokens_at_last_delta)
+                    last_delta_at, tokens_at_last_delta = now, completion_tokens
+                    pieces.append(out.text_delta)
+                    yield DeltaEvent(out.text_delta)
+                if out.finish_reason is not None:
+                    finish = out.finish_reason
 
         text = "".join(pieces)
         answer = parse_answer(fmt, text, docs)

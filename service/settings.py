@@ -36,9 +36,11 @@ class Settings:
     model: str = "data/dev-model"  # Hugging Face directory (or engine directory)
     device: str = "auto"  # auto | cpu | cuda
     prompt_format: str = ""  # empty: from the model's manifest (gorilla_v0 without one)
-    kv_cache_blocks: int = 256  # paged KV cache size for the transformers engine
+    dtype: str = "auto"  # auto: float32 on CPU, bfloat16/float16 on CUDA
+    max_batch_size: int = 8  # sequences the engine generates for at once
+    max_batch_tokens: int = 512  # tokens per engine step (prefill chunks + decodes)
+    kv_cache_blocks: int = 0  # paged KV cache size in blocks; 0: max_batch_size full contexts
     kv_block_size: int = 32
-    max_batch_tokens: int = 512
     # Request limits and defaults
     max_instruction_bytes: int = 8192
     default_top_k: int = 3

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -15,43 +13,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from apihelper.v1 import apihelper_pb2 as pb
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
-from retriever.samples import sample_corpus_path
 from service.engine.protocol import Engine
-from service.grpc.server import RunningServer, start_server
+from service.grpc.server import RunningServer
 from service.settings import Settings
-from tests.conftest import SHARED_CORPORA
-
-BACKEND_AI_SPEC = SHARED_CORPORA / "backend.ai" / "openapi.json"
-
-
-@pytest.fixture(scope="module")
-async def running(dev_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningServer]:
-    from retriever.embedding import Embedder
-    from retriever.ingest import ingest_corpus
-    from retriever.milvus_store import MilvusStore
-    from retriever.service import open_retriever
-    from service.engine.transformers_engine import TransformersEngine
-
-    uri = str(tmp_path_factory.mktemp("milvus") / "milvus.db")
-    embedder = await asyncio.to_thread(Embedder)
-    store = MilvusStore(uri, "")
-    await asyncio.to_thread(ingest_corpus, store, embedder, "demo", sample_corpus_path(), None, progress=False)
-    if BACKEND_AI_SPEC.exists():
-        await asyncio.to_thread(ingest_corpus, store, embedder, "rest", BACKEND_AI_SPEC, None, progress=False)
-    store.close()
-
-    settings = Settings(port=0, milvus_uri=uri, model=str(dev_model_dir), shutdown_grace_seconds=2.0)
-    retriever = await open_retriever(uri, "", embedder)
-    engine = await TransformersEngine.load(dev_model_dir, device="cpu")
-    server = await start_server(settings, engine, retriever)
-    yield server
-    await server.stop()
-
-
-@pytest.fixture(scope="module")
-async def channel(running: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
-        yield ch
+from tests.conftest import BACKEND_AI_SPEC
 
 
 def _request(instruction: str = "Create a new session", max_tokens: int = 24, **retrieval: object) -> pb.GenerateRequest:

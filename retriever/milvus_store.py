@@ -1,0 +1,533 @@
+"""The Milvus side of retrieval: the ONLY module that imports pymilvus.
+
+One collection per corpus, named ``apihelper_<corpus>`` (corpus names match
+``^[a-z][a-z0-9_]{0,62}$``). Schema:
+
+    pk            VARCHAR(64), primary: sha1 hex of the doc key (keys can be long)
+    key           VARCHAR(4096): the doc key ("METHOD /path", "pkg.mod.Class.method", ...)
+    title         VARCHAR(1024)
+    text          VARCHAR(65535): what the model reads (cut at a UTF-8 boundary if needed)
+    index_text    VARCHAR(65535), analyzed (standard tokenizer, the only one Milvus Lite has)
+    sparse        SPARSE_FLOAT_VECTOR: BM25 Function output over index_text (BM25 index)
+    dense         FLOAT_VECTOR(dim): embedding of index_text (HNSW, COSINE)
+    metadata      JSON
+    content_hash  VARCHAR(64): ApiDoc.content_hash, compared by ingest to skip unchanged docs
+
+Corpus info (format, source, embedding model and dim, doc count, last ingest time) is kept as
+*collection properties* ("apihelper.*" keys, set at creation and changed with
+alter_collection_properties). That works on Milvus Lite and on a Milvus server, needs no extra
+collection, and goes away with the collection it describes.
+
+Everything here blocks; the async retriever calls it through ``asyncio.to_thread``. pymilvus and
+connection failures are turned into :class:`RetrieverUnavailableError` (messages carry the
+operation and Milvus' reason, never the token or URI credentials).
+
+Milvus Lite differences handled here: reopened collections start released (loaded on first use),
+sparse search accepts only ``drop_ratio_search=0``, and BM25 distances come back negative (best
+first); keyword scores are reported as their absolute value so that higher is better everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from retriever.types import ApiDoc, CorpusFormat, CorpusInfo, RetrievalMode, RetrievedDoc
+from service.errors import ConfigurationError, MissingDependencyError, RetrieverUnavailableError
+
+log = logging.getLogger(__name__)
+
+COLLECTION_PREFIX = "apihelper_"
+CORPUS_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+SCHEMA_VERSION = "1"
+
+MAX_KEY_BYTES = 4096
+MAX_TITLE_BYTES = 1024
+MAX_TEXT_BYTES = 65535
+MAX_METADATA_BYTES = 60000  # Milvus rejects JSON values over 64 KiB by default
+RRF_K = 60
+OUTPUT_FIELDS = ["key", "title", "text", "index_text", "metadata"]
+
+_PROP = "apihelper."
+_P_FORMAT = _PROP + "format"
+_P_SOURCE = _PROP + "source"
+_P_MODEL = _PROP + "embedding_model"
+_P_DIM = _PROP + "embedding_dim"
+_P_COUNT = _PROP + "doc_count"
+_P_LAST = _PROP + "last_ingest"
+_P_SCHEMA = _PROP + "schema_version"
+
+
+def valid_corpus_name(name: str) -> bool:
+    return bool(CORPUS_NAME.match(name))
+
+
+def check_corpus_name(name: str) -> None:
+    """Raise ConfigurationError for a name that cannot be a corpus (used by ingest)."""
+    if not valid_corpus_name(name):
+        raise ConfigurationError(
+            f"invalid corpus name {name!r}: use 1-63 characters, lower-case letters, digits and '_', "
+            "starting with a letter"
+        )
+
+
+def collection_name(corpus: str) -> str:
+    return COLLECTION_PREFIX + corpus
+
+
+def doc_pk(key: str) -> str:
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()
+
+
+def fit_bytes(text: str, max_bytes: int) -> str:
+    """``text`` cut to at most ``max_bytes`` UTF-8 bytes without splitting a character."""
+    data = text.encode("utf-8")
+    if len(data) <= max_bytes:
+        return text
+    return data[:max_bytes].decode("utf-8", errors="ignore")
+
+
+def fit_metadata(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Metadata small enough for a Milvus JSON field: big function schemas lose detail first."""
+    plain: dict[str, Any] = json.loads(json.dumps(dict(metadata), default=str, ensure_ascii=False))
+    if len(json.dumps(plain, ensure_ascii=False).encode()) <= MAX_METADATA_BYTES:
+        return plain
+    function = plain.get("function")
+    if isinstance(function, dict) and isinstance(function.get("parameters"), dict):
+        params = function["parameters"]
+        props = params.get("properties") or {}
+        params["properties"] = {
+            name: {k: v for k, v in (schema or {}).items() if k in ("type", "enum", "default")}
+            for name, schema in props.items()
+        }
+        plain["truncated"] = True
+        if len(json.dumps(plain, ensure_ascii=False).encode()) <= MAX_METADATA_BYTES:
+            return plain
+    plain.pop("function", None)
+    plain["truncated"] = True
+    if len(json.dumps(plain, ensure_ascii=False).encode()) <= MAX_METADATA_BYTES:
+        return plain
+    return {"truncated": True, "kind": plain.get("kind")}
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without user:password, for messages."""
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def is_local_uri(uri: str) -> bool:
+    return "://" not in uri
+
+
+@dataclass(frozen=True)
+class CorpusSettings:
+    """What a corpus was built with; stored as collection properties."""
+
+    format: CorpusFormat
+    source: str
+    embedding_model: str
+    embedding_dim: int
+
+
+class MilvusStore:
+    """Blocking access to the apihelper collections of one Milvus (Lite file or server).
+
+    ``uri``: a local path ending in ``.db`` (Milvus Lite; parent directories are created) or
+    ``http(s)://host:19530``. ``token``: "user:password" or an API key for a server.
+    """
+
+    def __init__(self, uri: str, token: str | None = None, *, timeout_s: float = 10.0) -> None:
+        try:
+            from pymilvus import MilvusClient
+        except ImportError as exc:
+            raise MissingDependencyError("pymilvus", "the Milvus retriever", "pip install pymilvus") from exc
+        self._uri = uri
+        self._timeout = timeout_s
+        self._loaded: set[str] = set()
+        self._lock = threading.Lock()
+        if is_local_uri(uri):
+            path = Path(uri).expanduser()
+            if path.suffix != ".db":
+                raise ConfigurationError(
+                    f"Milvus Lite URI {uri!r} must be a path ending in '.db' (or use http://host:19530)"
+                )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            uri = str(path)
+        try:
+            self._client: Any = MilvusClient(uri=uri, token=token or "", timeout=timeout_s)
+        except Exception as exc:  # connection refused, DataDirLockedError, bad URI: all "unavailable"
+            raise RetrieverUnavailableError(
+                f"cannot open Milvus at {redact_uri(self._uri)}: {type(exc).__name__}: {_reason(exc)}"
+            ) from exc
+
+    @property
+    def uri(self) -> str:
+        return redact_uri(self._uri)
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            yield
+        except (RetrieverUnavailableError, ConfigurationError):
+            raise
+        except MilvusException as exc:
+            raise RetrieverUnavailableError(f"Milvus {action} failed: {_reason(exc)}") from exc
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            raise RetrieverUnavailableError(f"Milvus {action} failed: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            # grpc errors surface as grpc.RpcError subclasses; anything else is a bug, re-raised.
+            if type(exc).__module__.startswith(("grpc", "pymilvus", "milvus_lite")):
+                raise RetrieverUnavailableError(f"Milvus {action} failed: {type(exc).__name__}: {exc}") from exc
+            raise
+
+    # ---------------------------------------------------------------- health and corpora
+
+    def ping(self) -> None:
+        """A cheap round trip (list collections); raises RetrieverUnavailableError."""
+        with self._guard("health check"):
+            self._client.list_collections(timeout=self._timeout)
+
+    def corpus_names(self) -> list[str]:
+        """Names of the corpora present (collections named apihelper_<valid name>)."""
+        with self._guard("list collections"):
+            names = self._client.list_collections(timeout=self._timeout)
+        return sorted(
+            n[len(COLLECTION_PREFIX) :]
+            for n in names
+            if n.startswith(COLLECTION_PREFIX) and valid_corpus_name(n[len(COLLECTION_PREFIX) :])
+        )
+
+    def has_corpus(self, corpus: str) -> bool:
+        if not valid_corpus_name(corpus):
+            return False
+        with self._guard("has_collection"):
+            return bool(self._client.has_collection(collection_name(corpus), timeout=self._timeout))
+
+    def _properties(self, corpus: str) -> dict[str, str]:
+        with self._guard("describe collection"):
+            described = self._client.describe_collection(collection_name(corpus), timeout=self._timeout)
+        raw = described.get("properties") or {}
+        return {str(k): str(v) for k, v in raw.items()}
+
+    def corpus_info(self, corpus: str) -> CorpusInfo | None:
+        """The stored info of ``corpus``; None when the collection is not an apihelper corpus."""
+        props = self._properties(corpus)
+        try:
+            fmt = CorpusFormat(props[_P_FORMAT])
+        except (KeyError, ValueError):
+            return None
+        last = props.get(_P_LAST) or ""
+        try:
+            last_ingest = datetime.fromisoformat(last) if last else None
+        except ValueError:
+            last_ingest = None
+        try:
+            count = int(props.get(_P_COUNT, "0"))
+        except ValueError:
+            count = 0
+        return CorpusInfo(
+            name=corpus,
+            format=fmt,
+            doc_count=count,
+            source=props.get(_P_SOURCE, ""),
+            embedding_model=props.get(_P_MODEL, ""),
+            last_ingest=last_ingest,
+        )
+
+    def embedding_dim(self, corpus: str) -> int | None:
+        try:
+            return int(self._properties(corpus).get(_P_DIM, ""))
+        except ValueError:
+            return None
+
+    def list_corpora(self) -> list[CorpusInfo]:
+        infos = []
+        for name in self.corpus_names():
+            info = self.corpus_info(name)
+            if info is not None:
+                infos.append(info)
+        return infos
+
+    # ---------------------------------------------------------------- writing (ingest)
+
+    def create_corpus(self, corpus: str, settings: CorpusSettings) -> None:
+        """Create the collection of ``corpus`` (which must not exist) with its indexes and info."""
+        check_corpus_name(corpus)
+        from pymilvus import DataType, Function, FunctionType
+
+        with self._guard("create collection"):
+            schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=64)
+            schema.add_field("key", DataType.VARCHAR, max_length=MAX_KEY_BYTES)
+            schema.add_field("title", DataType.VARCHAR, max_length=MAX_TITLE_BYTES)
+            schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES)
+            schema.add_field(
+                "index_text",
+                DataType.VARCHAR,
+                max_length=MAX_TEXT_BYTES,
+                enable_analyzer=True,
+                # 'standard' is the only tokenizer Milvus Lite has; a server gives the same tokens.
+                analyzer_params={"tokenizer": "standard", "filter": ["lowercase"]},
+            )
+            schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
+            schema.add_field("dense", DataType.FLOAT_VECTOR, dim=settings.embedding_dim)
+            schema.add_field("metadata", DataType.JSON)
+            schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
+            schema.add_function(
+                Function(
+                    name="index_text_bm25",
+                    function_type=FunctionType.BM25,
+                    input_field_names=["index_text"],
+                    output_field_names=["sparse"],
+                )
+            )
+            index_params = self._client.prepare_index_params()
+            index_params.add_index(
+                "dense", index_type="HNSW", metric_type="COSINE", params={"M": 16, "efConstruction": 200}
+            )
+            index_params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
+            self._client.create_collection(
+                collection_name(corpus),
+                schema=schema,
+                index_params=index_params,
+                properties={
+                    _P_SCHEMA: SCHEMA_VERSION,
+                    _P_FORMAT: settings.format.value,
+                    _P_SOURCE: settings.source,
+                    _P_MODEL: settings.embedding_model,
+                    _P_DIM: str(settings.embedding_dim),
+                    _P_COUNT: "0",
+                    _P_LAST: "",
+                },
+                timeout=self._timeout,
+            )
+        self._loaded.discard(corpus)
+
+    def drop_corpus(self, corpus: str) -> None:
+        if not self.has_corpus(corpus):
+            return
+        with self._guard("drop collection"):
+            self._client.drop_collection(collection_name(corpus), timeout=self._timeout)
+        self._loaded.discard(corpus)
+
+    def update_corpus_info(
+        self,
+        corpus: str,
+        *,
+        settings: CorpusSettings,
+        doc_count: int,
+        last_ingest: datetime | None,
+    ) -> None:
+        props = {
+            _P_FORMAT: settings.format.value,
+            _P_SOURCE: settings.source,
+            _P_MODEL: settings.embedding_model,
+            _P_DIM: str(settings.embedding_dim),
+            _P_COUNT: str(doc_count),
+        }
+        if last_ingest is not None:
+            props[_P_LAST] = last_ingest.astimezone(timezone.utc).isoformat()
+        with self._guard("alter collection properties"):
+            self._client.alter_collection_properties(collection_name(corpus), properties=props, timeout=self._timeout)
+
+    def ensure_loaded(self, corpus: str) -> None:
+        """Load the collection into memory if needed (reopened collections start released)."""
+        if corpus in self._loaded:
+            return
+        with self._lock:
+            if corpus in self._loaded:
+                return
+            name = collection_name(corpus)
+            with self._guard("load collection"):
+                state = self._client.get_load_state(name, timeout=self._timeout)
+                if "Loaded" not in str(state.get("state", "")):
+                    self._client.load_collection(name, timeout=max(self._timeout, 60.0))
+            self._loaded.add(corpus)
+
+    def content_hashes(self, corpus: str) -> dict[str, str]:
+        """Every stored doc's key -> content_hash (strongly consistent read)."""
+        self.ensure_loaded(corpus)
+        out: dict[str, str] = {}
+        with self._guard("query"):
+            iterator = self._client.query_iterator(
+                collection_name(corpus),
+                batch_size=1000,
+                filter="",
+                output_fields=["key", "content_hash"],
+                consistency_level="Strong",
+            )
+            try:
+                while True:
+                    batch = iterator.next()
+                    if not batch:
+                        break
+                    for row in batch:
+                        out[str(row["key"])] = str(row["content_hash"])
+            finally:
+                iterator.close()
+        return out
+
+    def upsert_docs(self, corpus: str, docs: Sequence[ApiDoc], vectors: Sequence[Sequence[float]]) -> None:
+        """Insert or replace ``docs`` (matched by key) with their dense vectors."""
+        if len(docs) != len(vectors):
+            raise ValueError("docs and vectors differ in length")
+        if not docs:
+            return
+        rows = [
+            {
+                "pk": doc_pk(doc.key),
+                "key": doc.key,
+                "title": fit_bytes(doc.title, MAX_TITLE_BYTES),
+                "text": fit_bytes(doc.text, MAX_TEXT_BYTES),
+                "index_text": fit_bytes(doc.index_text, MAX_TEXT_BYTES),
+                "dense": [float(v) for v in vector],
+                "metadata": fit_metadata(doc.metadata),
+                "content_hash": doc.content_hash,
+            }
+            for doc, vector in zip(docs, vectors)
+        ]
+        with self._guard("upsert"):
+            self._client.upsert(collection_name(corpus), rows, timeout=max(self._timeout, 60.0))
+
+    def delete_keys(self, corpus: str, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        with self._guard("delete"):
+            self._client.delete(collection_name(corpus), ids=[doc_pk(k) for k in keys], timeout=self._timeout)
+
+    def flush(self, corpus: str) -> None:
+        """Seal written data (a server otherwise does it in the background)."""
+        with self._guard("flush"):
+            self._client.flush(collection_name(corpus), timeout=max(self._timeout, 60.0))
+
+    # ---------------------------------------------------------------- search
+
+    def search(
+        self,
+        corpus: str,
+        *,
+        mode: RetrievalMode,
+        query_text: str,
+        query_vector: Sequence[float] | None,
+        top_k: int,
+    ) -> list[RetrievedDoc]:
+        """Best ``top_k`` docs of one corpus, best first; scores are higher-is-better.
+
+        Scores: cosine similarity (dense), BM25 (keyword; absolute value, Lite reports it
+        negated), reciprocal-rank-fusion score (hybrid; rank-based, so comparable across corpora).
+        """
+        if mode is RetrievalMode.NONE or top_k <= 0:
+            return []
+        if mode in (RetrievalMode.DENSE, RetrievalMode.HYBRID) and query_vector is None:
+            raise ValueError(f"{mode.value} search needs a query vector")
+        self.ensure_loaded(corpus)
+        try:
+            hits = self._search_once(corpus, mode, query_text, query_vector, top_k)
+        except RetrieverUnavailableError as exc:
+            # Someone released the collection (or Lite reopened): load once more and retry.
+            if "load" not in str(exc).lower() and "released" not in str(exc).lower():
+                raise
+            self._loaded.discard(corpus)
+            self.ensure_loaded(corpus)
+            hits = self._search_once(corpus, mode, query_text, query_vector, top_k)
+        results = []
+        for hit in hits:
+            entity = hit.get("entity") or {}
+            distance = float(hit.get("distance", 0.0))
+            score = abs(distance) if mode is RetrievalMode.KEYWORD else distance
+            metadata = entity.get("metadata")
+            doc = ApiDoc(
+                key=str(entity.get("key", "")),
+                title=str(entity.get("title", "")),
+                text=str(entity.get("text", "")),
+                index_text=str(entity.get("index_text", "")),
+                metadata=metadata if isinstance(metadata, dict) else {},
+            )
+            results.append(RetrievedDoc(doc=doc, corpus=corpus, score=score))
+        results.sort(key=lambda r: r.score, reverse=True)
+        return results
+
+    def _search_once(
+        self,
+        corpus: str,
+        mode: RetrievalMode,
+        query_text: str,
+        query_vector: Sequence[float] | None,
+        top_k: int,
+    ) -> list[dict[str, Any]]:
+        from pymilvus import AnnSearchRequest, RRFRanker
+
+        name = collection_name(corpus)
+        dense_params = {"metric_type": "COSINE", "params": {"ef": max(64, top_k * 2)}}
+        # drop_ratio_search must be 0 on Milvus Lite (and 0 is the exact search on a server).
+        sparse_params = {"metric_type": "BM25", "params": {"drop_ratio_search": 0.0}}
+        with self._guard(f"{mode.value} search"):
+            if mode is RetrievalMode.DENSE:
+                result = self._client.search(
+                    name,
+                    data=[list(query_vector or [])],
+                    anns_field="dense",
+                    limit=top_k,
+                    search_params=dense_params,
+                    output_fields=OUTPUT_FIELDS,
+                    timeout=self._timeout,
+                )
+            elif mode is RetrievalMode.KEYWORD:
+                result = self._client.search(
+                    name,
+                    data=[query_text],
+                    anns_field="sparse",
+                    limit=top_k,
+                    search_params=sparse_params,
+                    output_fields=OUTPUT_FIELDS,
+                    timeout=self._timeout,
+                )
+            else:
+                candidates = min(max(top_k * 4, 40), 16384)
+                requests = [
+                    AnnSearchRequest(
+                        data=[list(query_vector or [])], anns_field="dense", param=dense_params, limit=candidates
+                    ),
+                    AnnSearchRequest(data=[query_text], anns_field="sparse", param=sparse_params, limit=candidates),
+                ]
+                result = self._client.hybrid_search(
+                    name,
+                    reqs=requests,
+                    ranker=RRFRanker(RRF_K),
+                    limit=top_k,
+                    output_fields=OUTPUT_FIELDS,
+                    timeout=self._timeout,
+                )
+        return list(result[0]) if result else []
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception as exc:  # closing is best effort; the process may be exiting
+            log.debug("closing Milvus client failed: %s", exc)
+
+
+def _reason(exc: BaseException) -> str:
+    message = getattr(exc, "message", None)
+    return str(message) if message else str(exc)
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)

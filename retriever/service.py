@@ -1,0 +1,168 @@
+"""The async Retriever the service uses: Milvus search plus query embedding, off the event loop.
+
+:class:`MilvusRetriever` implements :class:`retriever.types.Retriever`. Every blocking call
+(query embedding, pymilvus) runs in a worker thread via ``asyncio.to_thread``; searches over
+several corpora run concurrently and are merged by score, best first. Hybrid scores are
+reciprocal-rank-fusion scores (rank based, so comparable across corpora); dense scores are
+cosine similarities; keyword scores are BM25 (comparable only roughly across corpora).
+
+Corpora ingested after start-up are seen without a restart: the corpus list is cached for
+``corpora_ttl_s`` seconds and re-read at once when a request names a corpus not in the cache.
+(With Milvus Lite, ingest and service cannot share one ``.db`` from two processes, since Lite locks
+its data directory; a Milvus server, or ``milvus-lite server``, has no such limit.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+from retriever.embedding import TextEmbedder
+from retriever.milvus_store import MilvusStore
+from retriever.types import CorpusInfo, RetrievalMode, RetrievalResult, RetrievedDoc
+from service.errors import UnknownCorpusError
+
+log = logging.getLogger(__name__)
+
+
+class MilvusRetriever:
+    """Retriever over the apihelper collections of one Milvus, with one embedding model."""
+
+    def __init__(self, store: MilvusStore, embedder: TextEmbedder, *, corpora_ttl_s: float = 5.0) -> None:
+        self._store = store
+        self._embedder = embedder
+        self._ttl = corpora_ttl_s
+        self._corpora: list[str] = []
+        self._corpora_at = float("-inf")
+        self._corpora_lock = asyncio.Lock()
+
+    @property
+    def store(self) -> MilvusStore:
+        return self._store
+
+    @property
+    def embedder(self) -> TextEmbedder:
+        return self._embedder
+
+    async def corpus_names(self, *, refresh: bool = False) -> list[str]:
+        """Names of the ingested corpora (cached for ``corpora_ttl_s``)."""
+        async with self._corpora_lock:
+            if refresh or time.monotonic() - self._corpora_at > self._ttl:
+                self._corpora = await asyncio.to_thread(self._store.corpus_names)
+                self._corpora_at = time.monotonic()
+            return list(self._corpora)
+
+    async def _resolve(self, corpora: Sequence[str] | None) -> list[str]:
+        known = await self.corpus_names()
+        if corpora is None:
+            return known
+        wanted = list(dict.fromkeys(corpora))  # keep order, drop repeats
+        if any(c not in known for c in wanted):
+            known = await self.corpus_names(refresh=True)  # maybe ingested since the last look
+            for corpus in wanted:
+                if corpus not in known:
+                    raise UnknownCorpusError(corpus, known)
+        return wanted
+
+    async def retrieve(
+        self,
+        query: str,
+        *,
+        corpora: Sequence[str] | None,
+        top_k: int,
+        mode: RetrievalMode,
+    ) -> RetrievalResult:
+        """Best ``top_k`` docs across ``corpora`` (all when None), best first.
+
+        Raises UnknownCorpusError for a corpus that is not ingested and
+        RetrieverUnavailableError when Milvus cannot answer. Mode NONE, ``top_k <= 0`` or a blank
+        query give an empty result (unknown corpora are still reported for NONE).
+        """
+        names = await self._resolve(corpora)
+        if mode is RetrievalMode.NONE or top_k <= 0 or not query.strip() or not names:
+            return RetrievalResult(docs=[])
+
+        embed_seconds = 0.0
+        vector: list[float] | None = None
+        if mode in (RetrievalMode.DENSE, RetrievalMode.HYBRID):
+            started = time.perf_counter()
+            vector = await asyncio.to_thread(self._embedder.embed_query, query)
+            embed_seconds = time.perf_counter() - started
+
+        started = time.perf_counter()
+        per_corpus = await asyncio.gather(
+            *(
+                asyncio.to_thread(
+                    self._store.search,
+                    name,
+                    mode=mode,
+                    query_text=query,
+                    query_vector=vector,
+                    top_k=top_k,
+                )
+                for name in names
+            )
+        )
+        search_seconds = time.perf_counter() - started
+        merged: list[RetrievedDoc] = [hit for hits in per_corpus for hit in hits]
+        # Stable sort: equal scores keep the order the corpora were named in.
+        merged.sort(key=lambda hit: hit.score, reverse=True)
+        return RetrievalResult(docs=merged[:top_k], embed_seconds=embed_seconds, search_seconds=search_seconds)
+
+    async def list_corpora(self) -> list[CorpusInfo]:
+        infos = await asyncio.to_thread(self._store.list_corpora)
+        async with self._corpora_lock:
+            self._corpora = sorted(info.name for info in infos)
+            self._corpora_at = time.monotonic()
+        return infos
+
+    async def check_health(self) -> None:
+        """Return when Milvus answers; raise RetrieverUnavailableError otherwise."""
+        await asyncio.to_thread(self._store.ping)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._store.close)
+
+
+async def open_retriever(
+    uri: str,
+    token: str | None = None,
+    embedder: TextEmbedder | None = None,
+    *,
+    corpora_ttl_s: float = 5.0,
+    timeout_s: float = 10.0,
+    warm_up: bool = True,
+) -> MilvusRetriever:
+    """Connect to Milvus (Lite path or server URI) and return a ready retriever.
+
+    ``embedder`` defaults to the bundled MiniLM :class:`retriever.embedding.Embedder`; with
+    ``warm_up`` its model is loaded now (in a thread) so the first request is not slow.
+    Raises RetrieverUnavailableError when Milvus cannot be reached, ConfigurationError for a bad
+    URI or model. Corpora built with another embedding model are logged (their dense and hybrid
+    searches would compare vectors of different models).
+    """
+    if embedder is None:
+        from retriever.embedding import Embedder
+
+        embedder = Embedder()
+    store = await asyncio.to_thread(MilvusStore, uri, token, timeout_s=timeout_s)
+    retriever = MilvusRetriever(store, embedder, corpora_ttl_s=corpora_ttl_s)
+    try:
+        if warm_up:
+            warm = getattr(embedder, "warm_up", None)
+            if callable(warm):
+                await asyncio.to_thread(warm)
+        for info in await retriever.list_corpora():
+            if info.embedding_model != embedder.model_name:
+                log.warning(
+                    "corpus %s was embedded with %s but queries use %s; re-ingest it",
+                    info.name,
+                    info.embedding_model,
+                    embedder.model_name,
+                )
+    except BaseException:
+        await retriever.close()
+        raise
+    return retriever

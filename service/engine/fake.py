@@ -1,0 +1,157 @@
+"""A scripted ``Engine`` for tests of the layers above it (pipeline, gRPC, clients).
+
+It keeps the whole engine contract (deltas then one final output, stop strings, ``max_tokens``,
+the context limit, cancellation, ``abort``, ``shutdown``, failures) without a model: the answer is
+a fixed text, or a function of the prompt, split into word-sized "tokens". No torch, no threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
+
+from service.engine.protocol import (
+    EngineInfo,
+    EngineOutput,
+    EngineRequest,
+    EngineStats,
+    FinishReason,
+)
+from service.engine.stops import IncrementalText
+from service.errors import EngineUnavailableError, InvalidRequestError
+from service.prompts import PromptFormat
+
+# A token is a run of non-space characters with the whitespace before it (like BPE's "Ġword").
+_PIECE = re.compile(r"\s*\S+|\s+")
+
+GORILLA_V0_REPLY = (
+    "<<<domain>>>: Sessions <<<api_call>>>: POST /sessions <<<api_provider>>>: Backend.AI "
+    "<<<explanation>>>: Create a compute session with the given image. <<<code>>>: "
+    "session = client.ComputeSession.get_or_create('python:3.11')"
+)
+OPENFUNCTIONS_V2_REPLY = "<<function>>create_session(image='python:3.11')"
+
+
+def pieces(text: str) -> list[str]:
+    return _PIECE.findall(text)
+
+
+@dataclass(frozen=True)
+class _Stop:
+    reason: FinishReason | None  # None: fail with EngineUnavailableError
+
+
+class FakeEngine:
+    """``reply`` is the answer text, or a function from the prompt to it."""
+
+    def __init__(
+        self,
+        reply: str | Callable[[str], str] | None = None,
+        *,
+        prompt_format: PromptFormat = PromptFormat.GORILLA_V0,
+        max_model_len: int = 2048,
+        token_delay_s: float = 0.0,
+        model: str = "fake",
+    ) -> None:
+        if reply is None:
+            reply = GORILLA_V0_REPLY if prompt_format is PromptFormat.GORILLA_V0 else OPENFUNCTIONS_V2_REPLY
+        self._reply = reply
+        self._info = EngineInfo(
+            kind="fake", model=model, prompt_format=prompt_format, max_model_len=max_model_len
+        )
+        self._token_delay_s = token_delay_s
+        self._in_flight: dict[str, asyncio.Queue[_Stop]] = {}
+        self._closed = False
+        self.requests: list[EngineRequest] = []  # every request accepted, for assertions
+        self.fail_after: int | None = None  # raise EngineUnavailableError after N tokens
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def count_tokens(self, text: str) -> int:
+        return len(pieces(text)) + 1  # + <s>
+
+    async def stream(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
+        if self._closed:
+            raise EngineUnavailableError("the fake engine is shut down")
+        sampling = request.sampling
+        if sampling.max_tokens < 1:
+            raise InvalidRequestError("sampling.max_tokens", "must be at least 1")
+        prompt_tokens = self.count_tokens(request.prompt)
+        if prompt_tokens + sampling.max_tokens > self._info.max_model_len:
+            raise InvalidRequestError("sampling.max_tokens", "the prompt plus max_tokens exceeds the context")
+        if request.request_id in self._in_flight:
+            raise InvalidRequestError("request_id", "a request with this id is already running")
+        reply = self._reply(request.prompt) if callable(self._reply) else self._reply
+        answer = pieces(reply)
+        try:
+            text = IncrementalText(lambda ids: "".join(answer[i] for i in ids), sampling.stop)
+        except ValueError as exc:
+            raise InvalidRequestError("sampling.stop", str(exc)) from exc
+        control: asyncio.Queue[_Stop] = asyncio.Queue()
+        self._in_flight[request.request_id] = control
+        self.requests.append(request)
+        try:
+            produced = 0  # the answer's first ``produced`` pieces are generated
+            sent = 0  # pieces already reported in token_ids_delta (a piece's id is its index)
+            first = True
+            while True:
+                await asyncio.sleep(self._token_delay_s)  # a cancellation point, as a real step
+                if not control.empty():
+                    stop = control.get_nowait()
+                    if stop.reason is None:
+                        raise EngineUnavailableError("the fake engine is shutting down")
+                    yield EngineOutput("", (), stop.reason, prompt_tokens, produced)
+                    return
+                if self.fail_after is not None and produced >= self.fail_after:
+                    raise EngineUnavailableError("the fake engine failed (fail_after)")
+                done = produced >= len(answer)  # the end of the answer plays the part of EOS
+                if not done:
+                    produced += 1
+                length = not done and produced >= sampling.max_tokens
+                delta, stopped = text.update(range(produced), final=done or length)
+                reason = (
+                    FinishReason.STOP if stopped or done else FinishReason.LENGTH if length else None
+                )
+                if not delta and reason is None:
+                    continue
+                yield EngineOutput(
+                    text_delta=delta,
+                    token_ids_delta=tuple(range(sent, produced)),
+                    finish_reason=reason,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=produced,
+                    queue_seconds=0.0 if first else None,
+                )
+                first = False
+                sent = produced
+                if reason is not None:
+                    return
+        finally:
+            if self._in_flight.get(request.request_id) is control:
+                del self._in_flight[request.request_id]
+
+    async def abort(self, request_id: str) -> None:
+        control = self._in_flight.pop(request_id, None)
+        if control is not None:
+            control.put_nowait(_Stop(FinishReason.CANCELLED))
+
+    async def check_health(self) -> None:
+        if self._closed:
+            raise EngineUnavailableError("the fake engine is shut down")
+
+    def stats(self) -> EngineStats:
+        return EngineStats(running=len(self._in_flight), waiting=0, kv_cache_usage=None)
+
+    async def shutdown(self) -> None:
+        self._closed = True
+        for control in self._in_flight.values():
+            control.put_nowait(_Stop(None))
+        self._in_flight.clear()

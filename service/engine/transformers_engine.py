@@ -1,0 +1,755 @@
+"""The development engine: Hugging Face transformers' continuous batching behind ``Engine``.
+
+This module owns everything the service does with transformers and torch (the only service module
+that imports them, lazily, inside functions): loading a model directory, sizing the paged KV cache,
+driving the continuous-batching manager, and turning its token outputs into ``EngineOutput``
+deltas. It runs the project's small dev model on a CPU and any Llama-class checkpoint (Gorilla) on
+a GPU.
+
+How a request flows:
+- ``stream`` validates and tokenizes, registers a result handler, then ``add_request``s the ids
+  with ``streaming=True``. The manager's thread generates; for every token it hands a
+  ``GenerationOutput`` (all generated ids so far) to the handler through the event loop's
+  ``call_soon_threadsafe``, and the handler drops it into the request's ``asyncio.Queue``.
+- The stream decodes the ids (``service.engine.stops``), holds back half characters and possible
+  stop-string beginnings, and yields text deltas. Requests run concurrently in the manager's
+  batches: nothing here serializes them.
+- However a stream ends (finished, stop string, consumer cancelled, ``aclose``, ``abort``,
+  failure), its ``finally`` cancels the request in the manager if it still runs, removes the
+  handler, and drops the bookkeeping, so ``num_in_flight`` returns to 0.
+
+Sampling, per request (transformers' continuous batching cannot do everything per request):
+- honoured exactly: ``max_tokens``, ``stop``, greedy (``temperature == 0``, run as top-k 1, so it
+  is deterministic), ``temperature``, ``top_p``, ``top_k`` (through the manager's per-request
+  logits processors);
+- not honoured, logged once per engine and listed in ``info.extra``: ``seed`` (the manager has one
+  random generator, seeded by ``load(seed=...)``; a seeded request with ``temperature > 0`` is not
+  reproducible) and ``repetition_penalty`` (no continuous-batching support in transformers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import threading
+import time
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from service.engine.manifest import read_manifest
+from service.engine.protocol import (
+    EngineInfo,
+    EngineOutput,
+    EngineRequest,
+    EngineStats,
+    FinishReason,
+    SamplingParams,
+)
+from service.engine.stops import IncrementalText
+from service.errors import (
+    ConfigurationError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    MissingDependencyError,
+)
+from service.prompts import PromptFormat
+
+logger = logging.getLogger(__name__)
+
+ENGINE_KIND = "transformers"
+# Manifest kinds this engine can run; a TensorRT-LLM engine directory is not a HF checkpoint.
+RUNNABLE_KINDS = ("dev-model", "hf-checkpoint")
+HONOURED_SAMPLING = ("max_tokens", "stop", "temperature", "top_p", "top_k")
+IGNORED_SAMPLING = ("seed", "repetition_penalty")
+# GenerationOutput.status of a failed request (transformers' RequestStatus.FAILED).
+_STATUS_FAILED = 4
+# Prompts up to this many characters are tokenized on the event loop (well under a millisecond);
+# longer ones go to a worker thread so they never stall other streams.
+_INLINE_TOKENIZE_CHARS = 16_384
+
+
+class ContinuousBatchingManager(Protocol):
+    """The part of transformers' ``ContinuousBatchingManager`` this engine uses."""
+
+    def add_request(
+        self,
+        input_ids: list[int],
+        request_id: str | None = None,
+        max_new_tokens: int | None = None,
+        streaming: bool = False,
+        record_timestamps: bool = False,
+        eos_token_id: int | list[int] | None = None,
+        **logit_processor_kwargs: Any,
+    ) -> str | None: ...
+
+    def cancel_request(self, request_id: str) -> None: ...
+
+    def register_result_handler(self, request_id: str, callback: Callable[..., Any]) -> None: ...
+
+    def is_running(self) -> bool: ...
+
+    def stop(
+        self,
+        block: bool = True,
+        timeout: float | None = None,
+        keep_for_next_session: bool = False,
+        hard_stop: bool = False,
+    ) -> None: ...
+
+
+class TokenizerLike(Protocol):
+    """What the engine needs from a tokenizer: prompt to ids, generated ids to text."""
+
+    def encode(self, prompt: str) -> list[int]: ...
+
+    def decode(self, token_ids: Sequence[int]) -> str: ...
+
+
+class HFTokenizer:
+    """A transformers tokenizer as a ``TokenizerLike``."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    def encode(self, prompt: str) -> list[int]:
+        # add_special_tokens: Llama checkpoints (Gorilla, the dev model) expect a leading <s>.
+        return list(self._tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return str(
+            self._tokenizer.decode(
+                list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )
+        )
+
+
+@dataclass(frozen=True)
+class _Aborted:
+    """Queued into a stream by ``abort``: end it with ``FinishReason.CANCELLED``."""
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """Queued into a stream by ``shutdown``: end it with ``EngineUnavailableError``."""
+
+    message: str
+
+
+@dataclass
+class _InFlight:
+    """Bookkeeping of one stream, owned by the event loop thread."""
+
+    request_id: str  # the caller's id
+    manager_id: str  # unique per submission, so a reused caller id never meets a stale one
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    finished_in_manager: bool = False  # the manager sent its final output: nothing to cancel
+    cancelled: bool = False  # cancel_request already sent
+
+    def deliver(self, output: Any) -> None:
+        """The manager's result handler; runs on the event loop (``call_soon_threadsafe``)."""
+        self.queue.put_nowait(output)
+
+
+class TransformersEngine:
+    """An ``Engine`` on transformers' continuous batching; build it with ``load``."""
+
+    def __init__(
+        self,
+        *,
+        manager: ContinuousBatchingManager,
+        tokenizer: TokenizerLike,
+        info: EngineInfo,
+        eos_token_ids: Sequence[int],
+        vocab_size: int,
+        stop_timeout_s: float = 10.0,
+        poll_interval_s: float = 1.0,
+    ) -> None:
+        """Wrap a started manager. ``load`` is the normal way in; tests pass their own parts."""
+        self._manager = manager
+        self._tokenizer = tokenizer
+        self._info = info
+        self._eos_token_ids = tuple(eos_token_ids)
+        self._vocab_size = vocab_size
+        self._stop_timeout_s = stop_timeout_s
+        # How often a waiting stream checks that the manager thread is still alive: a request
+        # queued when the thread died would otherwise wait for an output that never comes.
+        self._poll_interval_s = poll_interval_s
+        self._in_flight: dict[str, _InFlight] = {}
+        self._ids = itertools.count()
+        self._closed = False
+        self._warned: set[str] = set()
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    async def load(
+        cls,
+        model_dir: Path,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        prompt_format: PromptFormat | None = None,
+        max_model_len: int | None = None,
+        max_concurrent: int = 8,
+        block_size: int = 32,
+        num_blocks: int | None = None,
+        max_batch_tokens: int = 512,
+        seed: int | None = None,
+        num_threads: int | None = None,
+        stop_timeout_s: float = 10.0,
+    ) -> TransformersEngine:
+        """Load ``model_dir`` (a HF checkpoint, optionally with an apihelper manifest) and start
+        the continuous-batching manager. The work runs in a thread; the event loop stays free.
+
+        - ``device``: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
+        - ``dtype``: "auto" (float32 on CPU, bfloat16/float16 on CUDA), or a torch dtype name.
+        - ``prompt_format``: used when the directory has no manifest (the manifest wins).
+        - ``max_model_len``: prompt + completion tokens per request; defaults to the manifest's,
+          else the model's ``max_position_embeddings``; never more than the latter.
+        - ``max_concurrent``: requests batched together in one step (more wait in the manager).
+        - ``block_size``: tokens per KV-cache page (transformers' ``page_size``).
+        - ``num_blocks``: KV-cache capacity in pages; default holds ``max_concurrent`` requests
+          of ``max_model_len`` tokens. Set explicitly: transformers' default sizes the cache from
+          free memory (60% of free RAM on a CPU, 90% of a GPU).
+        - ``max_batch_tokens``: tokens per forward step (longer prompts prefill in chunks).
+        - ``seed``: seeds the manager's one random generator (sampling with temperature > 0).
+        - ``num_threads``: torch's intra-op CPU threads, process-wide (``torch.set_num_threads``);
+          None keeps torch's default (one per core). On a small shared CPU, 1 keeps the dev
+          model fast when other processes compete for the cores (OpenMP's spinning threads
+          slow down 10-30x when oversubscribed).
+        """
+        return await asyncio.to_thread(
+            cls._load_sync,
+            model_dir,
+            device=device,
+            dtype=dtype,
+            prompt_format=prompt_format,
+            max_model_len=max_model_len,
+            max_concurrent=max_concurrent,
+            block_size=block_size,
+            num_blocks=num_blocks,
+            max_batch_tokens=max_batch_tokens,
+            seed=seed,
+            num_threads=num_threads,
+            stop_timeout_s=stop_timeout_s,
+        )
+
+    @classmethod
+    def _load_sync(
+        cls,
+        model_dir: Path,
+        *,
+        device: str,
+        dtype: str,
+        prompt_format: PromptFormat | None,
+        max_model_len: int | None,
+        max_concurrent: int,
+        block_size: int,
+        num_blocks: int | None,
+        max_batch_tokens: int,
+        seed: int | None,
+        num_threads: int | None,
+        stop_timeout_s: float,
+    ) -> TransformersEngine:
+        try:
+            import torch
+            import transformers
+        except ImportError as exc:
+            raise MissingDependencyError(
+                "transformers", "the transformers engine", "pip install transformers torch psutil"
+            ) from exc
+        # transformers ships partial type hints (many constructors are untyped); treat it as
+        # dynamic so strict mypy passes whichever version is installed.
+        tf: Any = transformers
+        if not hasattr(tf, "ContinuousBatchingConfig"):
+            raise ConfigurationError(
+                f"the transformers engine needs transformers 5.x (continuous batching with "
+                f"ContinuousBatchingConfig); {tf.__version__} is installed"
+            )
+
+        if not model_dir.is_dir():
+            raise ConfigurationError(f"{model_dir}: model directory not found")
+        if max_concurrent < 1 or block_size < 4 or max_batch_tokens < 1:
+            raise ConfigurationError(
+                "transformers engine: max_concurrent and max_batch_tokens must be >= 1, "
+                "block_size >= 4"
+            )
+        manifest = read_manifest(model_dir)
+        if manifest is not None and manifest.kind not in RUNNABLE_KINDS:
+            raise ConfigurationError(
+                f"{model_dir}: a {manifest.kind!r} artifact; the transformers engine runs "
+                f"{', '.join(RUNNABLE_KINDS)} directories"
+            )
+        if manifest is not None:
+            if prompt_format is not None and prompt_format is not manifest.prompt_format:
+                logger.info(
+                    "%s: manifest prompt format %s overrides the configured %s",
+                    model_dir, manifest.prompt_format.value, prompt_format.value,
+                )
+            fmt = manifest.prompt_format
+        elif prompt_format is not None:
+            fmt = prompt_format
+        else:
+            raise ConfigurationError(
+                f"{model_dir}: no {read_manifest.__module__} manifest; set the prompt format"
+            )
+
+        if num_threads is not None:
+            if num_threads < 1:
+                raise ConfigurationError("transformers engine: num_threads must be >= 1")
+            torch.set_num_threads(num_threads)
+        torch_device = _resolve_device(torch, device)
+        torch_dtype = _resolve_dtype(torch, dtype, torch_device)
+        try:
+            tokenizer = tf.AutoTokenizer.from_pretrained(str(model_dir))
+            model = tf.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigurationError(f"{model_dir}: cannot load the model ({exc})") from exc
+        model = model.to(torch_device).eval()
+        config = model.config.get_text_config()
+
+        position_limit = int(getattr(config, "max_position_embeddings", 0) or 0) or None
+        limit = max_model_len or (manifest.max_model_len if manifest else None) or position_limit
+        if limit is None:
+            raise ConfigurationError(f"{model_dir}: set max_model_len (the config has no limit)")
+        if position_limit is not None and limit > position_limit:
+            raise ConfigurationError(
+                f"{model_dir}: max_model_len {limit} exceeds the model's "
+                f"max_position_embeddings {position_limit}"
+            )
+
+        eos_ids = _eos_token_ids(model.generation_config, tokenizer)
+        if num_blocks is None:
+            num_blocks = math.ceil(max_concurrent * limit / block_size)
+        kv_bytes = num_blocks * block_size * _kv_bytes_per_token(config, torch_dtype.itemsize)
+
+        # Per-request temperature / top-k / top-p exist only as processors the generation config
+        # creates: do_sample on, temperature != 1, top_k != 0, top_p < 1. Each request then sends
+        # its own values (greedy = top-k 1), so these defaults never apply to a request.
+        generation_config = tf.GenerationConfig(
+            do_sample=True,
+            temperature=0.7,
+            top_k=50,
+            top_p=0.95,
+            eos_token_id=list(eos_ids) or None,
+            pad_token_id=_pad_token_id(model.generation_config, tokenizer, eos_ids),
+            max_new_tokens=limit,
+        )
+        cb_config = tf.ContinuousBatchingConfig(
+            page_size=block_size,
+            num_blocks=num_blocks,
+            max_batch_tokens=max_batch_tokens,
+            max_requests_per_batch=max_concurrent,
+            per_request_processors=True,
+            seed=seed,
+        )
+        try:
+            manager = model.init_continuous_batching(
+                generation_config=generation_config, continuous_batching_config=cb_config
+            )
+            _start_manager(torch, manager)
+        except (MemoryError, ValueError, RuntimeError) as exc:
+            raise ConfigurationError(f"{model_dir}: cannot start continuous batching ({exc})") from exc
+        error = _wait_until_ready(manager, timeout_s=120.0)
+        if error is not None:
+            manager.stop(block=True, timeout=stop_timeout_s)
+            raise ConfigurationError(
+                f"{model_dir}: continuous batching failed to start ({error}); check "
+                f"num_blocks ({num_blocks} x {block_size} tokens = {kv_bytes / 2**20:.0f} MiB) "
+                "and max_batch_tokens against the memory available"
+            )
+
+        name = manifest.name if manifest else model_dir.name
+        info = EngineInfo(
+            kind=ENGINE_KIND,
+            model=name,
+            prompt_format=fmt,
+            max_model_len=limit,
+            random_weights=manifest.random_weights if manifest else False,
+            extra={
+                "model_dir": str(model_dir),
+                "device": str(torch_device),
+                "dtype": str(torch_dtype).removeprefix("torch."),
+                "transformers": str(tf.__version__),
+                "block_size": str(block_size),
+                "num_blocks": str(num_blocks),
+                "kv_cache_mib": f"{kv_bytes / 2**20:.1f}",
+                "max_batch_tokens": str(max_batch_tokens),
+                "max_concurrent": str(max_concurrent),
+                "num_threads": str(torch.get_num_threads()),
+                "sampling_per_request": ",".join(HONOURED_SAMPLING),
+                "sampling_ignored": ",".join(IGNORED_SAMPLING),
+            },
+        )
+        logger.info(
+            "transformers engine: %s on %s (%s), max_model_len %d, KV cache %d x %d tokens "
+            "(%.1f MiB)",
+            name, torch_device, info.extra["dtype"], limit, num_blocks, block_size,
+            kv_bytes / 2**20,
+        )
+        return cls(
+            manager=manager,
+            tokenizer=HFTokenizer(tokenizer),
+            info=info,
+            eos_token_ids=eos_ids,
+            vocab_size=int(config.vocab_size),
+            stop_timeout_s=stop_timeout_s,
+        )
+
+    # ------------------------------------------------------------------ Engine protocol
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` encodes to as a prompt (the leading <s> included, as ``stream`` counts)."""
+        return len(self._tokenizer.encode(text))
+
+    async def stream(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
+        """Generate for ``request``, yielding text deltas; the last output has a finish reason."""
+        if self._closed:
+            raise EngineUnavailableError("the generation engine is shut down")
+        sampling = request.sampling
+        processor_kwargs = self._processor_kwargs(sampling)
+        text = _incremental_text(self._tokenizer, sampling.stop)
+        prompt_ids = await self._encode(request.prompt)
+        if len(prompt_ids) + sampling.max_tokens > self._info.max_model_len:
+            raise InvalidRequestError(
+                "sampling.max_tokens",
+                f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({sampling.max_tokens}) "
+                f"exceeds the model's {self._info.max_model_len} tokens; lower max_tokens or "
+                "retrieve fewer documents",
+            )
+        if request.request_id in self._in_flight:
+            raise InvalidRequestError("request_id", "a request with this id is already running")
+        self._check_alive()
+
+        flight = _InFlight(request.request_id, f"{request.request_id}#{next(self._ids)}")
+        self._in_flight[request.request_id] = flight
+        try:
+            # The handler must exist before the request does, or early outputs go to the
+            # manager's shared queue; it is bound to the running loop, so register it here.
+            self._manager.register_result_handler(flight.manager_id, flight.deliver)
+            submitted_at = time.perf_counter()
+            accepted = self._manager.add_request(
+                prompt_ids,
+                request_id=flight.manager_id,
+                max_new_tokens=sampling.max_tokens,
+                streaming=True,
+                eos_token_id=list(self._eos_token_ids) or -1,
+                **processor_kwargs,
+            )
+            if accepted is None:  # the manager refuses new requests once stopping or dead
+                raise EngineUnavailableError("the generation engine is not accepting requests")
+
+            sent_ids = 0  # generated ids already reported in token_ids_delta
+            completion_tokens = 0
+            first = True
+            while True:
+                output = await self._next_output(flight)
+                if isinstance(output, _Aborted):
+                    yield EngineOutput(
+                        text_delta="",
+                        finish_reason=FinishReason.CANCELLED,
+                        prompt_tokens=len(prompt_ids),
+                        completion_tokens=completion_tokens,
+                        queue_seconds=(time.perf_counter() - submitted_at) if first else None,
+                    )
+                    return
+                if isinstance(output, _Failed):
+                    raise EngineUnavailableError(output.message)
+                if output.error is not None or int(output.status) == _STATUS_FAILED:
+                    flight.finished_in_manager = True
+                    raise EngineUnavailableError(f"generation failed in the engine: {output.error}")
+
+                generated = list(output.generated_tokens)
+                completion_tokens = len(generated)
+                finished = bool(output.is_finished())
+                flight.finished_in_manager = finished
+                eos = finished and bool(generated) and generated[-1] in self._eos_token_ids
+                text_ids = generated[:-1] if eos else generated
+                delta, stopped = text.update(text_ids, final=finished)
+                reason: FinishReason | None = None
+                if stopped:
+                    reason = FinishReason.STOP
+                elif finished:
+                    reason = FinishReason.STOP if eos else FinishReason.LENGTH
+                if not delta and reason is None:
+                    continue  # held back (half a character, a possible stop string): wait
+                queue_seconds = None
+                if first:
+                    started = float(output.lifespan[0])
+                    queue_seconds = (
+                        max(0.0, started - float(output.created_time))
+                        if started > 0
+                        else time.perf_counter() - submitted_at
+                    )
+                    first = False
+                yield EngineOutput(
+                    text_delta=delta,
+                    token_ids_delta=tuple(text_ids[sent_ids:]),
+                    finish_reason=reason,
+                    prompt_tokens=len(prompt_ids),
+                    completion_tokens=completion_tokens,
+                    queue_seconds=queue_seconds,
+                )
+                sent_ids = len(text_ids)
+                if reason is not None:
+                    return
+        finally:
+            self._release(flight)
+
+    async def abort(self, request_id: str) -> None:
+        """Abort a running request; its stream ends with ``FinishReason.CANCELLED``."""
+        flight = self._in_flight.get(request_id)
+        if flight is None:
+            return
+        self._release(flight)
+        flight.queue.put_nowait(_Aborted())
+
+    async def check_health(self) -> None:
+        self._check_alive()
+
+    def stats(self) -> EngineStats:
+        processor: Any = getattr(self._manager, "batch_processor", None)
+        scheduler: Any = getattr(processor, "scheduler", None)
+        if scheduler is None:
+            return EngineStats(running=0, waiting=len(self._in_flight))
+        input_queue = getattr(self._manager, "input_queue", None)
+        queued = input_queue.qsize() if input_queue is not None else 0
+        kv_usage: float | None = None
+        try:
+            # Read from the manager's thread while it runs: a torn read is possible but harmless
+            # for a gauge, and a failure here must never break a metrics scrape.
+            kv_usage = max(0.0, min(1.0, 1.0 - float(processor.cache.compute_free_capacity())))
+        except Exception:  # noqa: BLE001 - best effort, see above
+            kv_usage = None
+        return EngineStats(
+            running=len(scheduler.active_requests),
+            waiting=len(scheduler.waiting_requests) + queued,
+            kv_cache_usage=kv_usage,
+        )
+
+    async def shutdown(self) -> None:
+        """Fail the running streams with ``EngineUnavailableError`` and stop the manager."""
+        if self._closed:
+            return
+        self._closed = True
+        for flight in list(self._in_flight.values()):
+            self._release(flight)
+            flight.queue.put_nowait(_Failed("the generation engine is shutting down"))
+        try:
+            await asyncio.wait_for(
+                asyncio.to_thread(self._stop_manager), timeout=self._stop_timeout_s + 5.0
+            )
+        except TimeoutError:
+            logger.warning("transformers engine: the manager did not stop in time")
+
+    # ------------------------------------------------------------------ internals
+
+    def _processor_kwargs(self, sampling: SamplingParams) -> dict[str, Any]:
+        """The manager's per-request logits-processor arguments for ``sampling``."""
+        if sampling.max_tokens < 1:
+            raise InvalidRequestError("sampling.max_tokens", "must be at least 1")
+        if sampling.temperature < 0 or not math.isfinite(sampling.temperature):
+            raise InvalidRequestError("sampling.temperature", "must be a number >= 0")
+        if not 0.0 < sampling.top_p <= 1.0:
+            raise InvalidRequestError("sampling.top_p", "must be in (0, 1]")
+        if sampling.top_k < 0:
+            raise InvalidRequestError("sampling.top_k", "must be >= 0")
+        if sampling.seed is not None:
+            self._warn_once("seed", "per-request seeds are not supported; sampling uses the "
+                            "engine's generator (greedy requests are deterministic)")
+        if sampling.repetition_penalty != 1.0:
+            self._warn_once("repetition_penalty", "repetition_penalty is not supported by "
+                            "transformers' continuous batching and is ignored")
+        # The kwargs' Python types are checked by transformers (float / int exactly).
+        if sampling.temperature == 0.0:
+            # Greedy: keep only the best token, so sampling from what is left is an argmax.
+            return {"temperature": 1.0, "top_k": 1, "top_p": 1.0}
+        top_k = sampling.top_k if sampling.top_k > 0 else self._vocab_size
+        return {
+            "temperature": float(sampling.temperature),
+            "top_k": int(min(top_k, self._vocab_size)),
+            "top_p": float(sampling.top_p),
+        }
+
+    async def _encode(self, prompt: str) -> list[int]:
+        if len(prompt) <= _INLINE_TOKENIZE_CHARS:
+            return self._tokenizer.encode(prompt)
+        return await asyncio.to_thread(self._tokenizer.encode, prompt)
+
+    async def _next_output(self, flight: _InFlight) -> Any:
+        """The next item for ``flight``: the newest manager output, or an abort/failure marker.
+
+        Manager outputs carry all ids generated so far, so when several are waiting (a slow
+        consumer) only the newest matters; markers are never skipped.
+        """
+        while flight.queue.empty():
+            try:
+                async with asyncio.timeout(self._poll_interval_s):
+                    return self._newest(flight, await flight.queue.get())
+            except TimeoutError:
+                self._check_alive()
+        return self._newest(flight, flight.queue.get_nowait())
+
+    @staticmethod
+    def _newest(flight: _InFlight, item: Any) -> Any:
+        while True:
+            if isinstance(item, (_Aborted, _Failed)) or item.is_finished() or item.error is not None:
+                return item
+            if flight.queue.empty():
+                return item
+            item = flight.queue.get_nowait()
+
+    def _check_alive(self) -> None:
+        if self._closed:
+            raise EngineUnavailableError("the generation engine is shut down")
+        if not self._manager.is_running():
+            raise EngineUnavailableError("the generation engine's worker thread is not running")
+        status = getattr(self._manager, "background_thread_status", None)
+        if getattr(status, "fatal_error", None) is not None:
+            raise EngineUnavailableError("the generation engine's worker thread failed")
+
+    def _release(self, flight: _InFlight) -> None:
+        """Cancel ``flight`` in the manager if it still runs and forget it (idempotent)."""
+        if not flight.finished_in_manager and not flight.cancelled:
+            flight.cancelled = True
+            self._manager.cancel_request(flight.manager_id)
+        # A cancelled request never gets a final output, so the manager never drops its handler.
+        router = getattr(self._manager, "output_router", None)
+        handlers = getattr(router, "result_handlers", None)
+        lock = getattr(router, "_lock", None)
+        if isinstance(handlers, dict) and lock is not None:
+            with lock:
+                handlers.pop(flight.manager_id, None)
+        if self._in_flight.get(flight.request_id) is flight:
+            del self._in_flight[flight.request_id]
+
+    def _stop_manager(self) -> None:
+        # hard_stop: running requests were cancelled above; don't let the loop finish them.
+        self._manager.stop(block=True, timeout=self._stop_timeout_s, hard_stop=True)
+        destroy = getattr(self._manager, "destroy", None)
+        if callable(destroy) and not self._manager.is_running():
+            destroy()
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning("transformers engine: %s", message)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _incremental_text(tokenizer: TokenizerLike, stops: Sequence[str]) -> IncrementalText:
+    try:
+        return IncrementalText(tokenizer.decode, stops)
+    except ValueError as exc:
+        raise InvalidRequestError("sampling.stop", str(exc)) from exc
+
+
+def _start_manager(torch: Any, manager: Any) -> None:
+    """Start the manager's generation thread as a daemon thread.
+
+    transformers starts a non-daemon thread that runs until ``stop``; if the service dies
+    without a clean shutdown, the interpreter would wait for it forever. A thread inherits its
+    daemon flag from the thread that creates it, so create it from a daemon thread. Inference
+    mode is thread-local and the manager copies the creator's, so enable it there too.
+    """
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            with torch.inference_mode():
+                manager.start()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            errors.append(exc)
+
+    starter = threading.Thread(target=start, name="cb-manager-starter", daemon=True)
+    starter.start()
+    starter.join()
+    if errors:
+        raise errors[0]
+
+
+def _wait_until_ready(manager: Any, timeout_s: float) -> str | None:
+    """Wait for the manager's thread to build its batch processor (the KV cache is allocated
+    there); the error that stopped it, or None once it is ready.
+
+    Without this a cache that does not fit would only show up as a dead engine on the first
+    request; with it, ``load`` fails with the reason.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = getattr(manager, "background_thread_status", None)
+        fatal = getattr(status, "fatal_error", None)
+        if fatal is not None:
+            return f"{type(fatal).__name__}: {fatal}"
+        if not manager.is_running():
+            return "the generation thread exited"
+        if getattr(manager, "batch_processor", None) is not None:
+            return None
+        time.sleep(0.01)
+    return f"not ready after {timeout_s:.0f}s"
+
+
+def _resolve_device(torch: Any, device: str) -> Any:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigurationError(f"unknown device {device!r}") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigurationError(f"device {device!r} requested but CUDA is not available")
+    return resolved
+
+
+def _resolve_dtype(torch: Any, dtype: str, device: Any) -> Any:
+    if dtype == "auto":
+        if device.type != "cuda":
+            return torch.float32  # half precision on a CPU is slow and not always supported
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    resolved = getattr(torch, dtype, None)
+    if not isinstance(resolved, torch.dtype):
+        raise ConfigurationError(f"unknown dtype {dtype!r}")
+    return resolved
+
+
+def _eos_token_ids(generation_config: Any, tokenizer: Any) -> tuple[int, ...]:
+    ids: list[int] = []
+    configured = getattr(generation_config, "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.append(configured)
+    elif isinstance(configured, (list, tuple)):
+        ids.extend(int(i) for i in configured)
+    if isinstance(getattr(tokenizer, "eos_token_id", None), int):
+        ids.append(tokenizer.eos_token_id)
+    return tuple(dict.fromkeys(i for i in ids if i >= 0))
+
+
+def _pad_token_id(generation_config: Any, tokenizer: Any, eos_ids: Sequence[int]) -> int | None:
+    for candidate in (
+        getattr(generation_config, "pad_token_id", None),
+        getattr(tokenizer, "pad_token_id", None),
+    ):
+        if isinstance(candidate, int):
+            return candidate
+    return eos_ids[0] if eos_ids else None
+
+
+def _kv_bytes_per_token(config: Any, itemsize: int) -> int:
+    heads = int(getattr(config, "num_attention_heads", 1))
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    return 2 * int(config.num_hidden_layers) * kv_heads * head_dim * itemsize
