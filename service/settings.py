@@ -26,6 +26,16 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 50051  # 0 picks a free port (tests)
     reflection: bool = True
+    # Security: a bearer token (or a file holding it); TLS from PEM files, mutual TLS with a client CA
+    auth_token: str = dataclasses.field(default="", repr=False)
+    auth_token_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""  # set: clients must present a certificate signed by this CA
+    # Transport limits
+    max_message_bytes: int = 4 * 1024 * 1024
+    keepalive_time_seconds: float = 60.0
+    keepalive_timeout_seconds: float = 20.0
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # Prometheus /metrics over HTTP; 0 disables
     # Retrieval: a Milvus Lite directory, or http(s)://host:19530 for a Milvus server
@@ -42,6 +52,8 @@ class Settings:
     kv_cache_blocks: int = 0  # paged KV cache size in blocks; 0: max_batch_size full contexts
     kv_block_size: int = 32
     # Request limits and defaults
+    max_concurrent_streams: int = 64  # Generate streams at once; more get RESOURCE_EXHAUSTED
+    default_deadline_seconds: float = 300.0  # for calls that set no deadline
     max_instruction_bytes: int = 8192
     default_top_k: int = 3
     max_top_k: int = 50
@@ -61,8 +73,29 @@ class Settings:
             raise ConfigurationError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not 1 <= self.default_top_k <= self.max_top_k:
             raise ConfigurationError("default_top_k must be between 1 and max_top_k")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigurationError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigurationError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        if self.auth_token and self.auth_token_file:
+            raise ConfigurationError("set auth_token or auth_token_file, not both")
+        if self.max_concurrent_streams < 1 or self.default_deadline_seconds <= 0:
+            raise ConfigurationError("max_concurrent_streams and default_deadline_seconds must be positive")
         if self.max_instruction_bytes < 1 or self.default_max_tokens < 1:
             raise ConfigurationError("max_instruction_bytes and default_max_tokens must be positive")
+
+
+def read_auth_token(settings: Settings) -> str:
+    """The bearer token, from the setting or its file ("" when auth is off)."""
+    if not settings.auth_token_file:
+        return settings.auth_token
+    try:
+        token = Path(settings.auth_token_file).read_text().strip()
+    except OSError as exc:
+        raise ConfigurationError(f"auth_token_file: {exc.strerror}: {settings.auth_token_file}") from exc
+    if not token:
+        raise ConfigurationError(f"auth_token_file {settings.auth_token_file} is empty")
+    return token
 
 
 def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -46,6 +47,10 @@ def make_channel(args: argparse.Namespace) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(args.address, grpc.ssl_channel_credentials(root, key, chain))
 
 
+def call_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {args.token}"),) if args.token else ()
+
+
 def retrieval_options(args: argparse.Namespace) -> pb.RetrievalOptions:
     options = pb.RetrievalOptions(corpora=args.corpus or [], mode=_MODES[args.mode])
     if args.top_k is not None:
@@ -66,7 +71,7 @@ async def ask(channel: grpc.aio.Channel, args: argparse.Namespace, out: TextIO) 
     stub = pb_grpc.ApiHelperStub(channel)
     deltas = 0
     started = time.perf_counter()
-    async for message in stub.Generate(request, timeout=args.timeout):
+    async for message in stub.Generate(request, timeout=args.timeout, metadata=call_metadata(args)):
         event = message.WhichOneof("event")
         if event == "sources":
             print_sources(message.sources.sources, out)
@@ -112,7 +117,9 @@ def print_completion(c: pb.Completion, deltas: int, wall_seconds: float, out: Te
 async def search(channel: grpc.aio.Channel, args: argparse.Namespace, out: TextIO) -> int:
     stub = pb_grpc.ApiHelperStub(channel)
     response = await stub.Retrieve(
-        pb.RetrieveRequest(instruction=args.instruction, retrieval=retrieval_options(args)), timeout=args.timeout
+        pb.RetrieveRequest(instruction=args.instruction, retrieval=retrieval_options(args)),
+        timeout=args.timeout,
+        metadata=call_metadata(args),
     )
     print_sources(response.sources, out)
     out.write(f"retrieval {response.timings.retrieval_ms:.1f} ms\n")
@@ -120,7 +127,9 @@ async def search(channel: grpc.aio.Channel, args: argparse.Namespace, out: TextI
 
 
 async def corpora(channel: grpc.aio.Channel, args: argparse.Namespace, out: TextIO) -> int:
-    response = await pb_grpc.ApiHelperStub(channel).ListCorpora(pb.ListCorporaRequest(), timeout=args.timeout)
+    response = await pb_grpc.ApiHelperStub(channel).ListCorpora(
+        pb.ListCorporaRequest(), timeout=args.timeout, metadata=call_metadata(args)
+    )
     for c in response.corpora:
         when = c.last_ingest.ToDatetime().isoformat() + "Z" if c.HasField("last_ingest") else "never"
         out.write(f"{c.name}\t{c.format}\t{c.doc_count} docs\t{c.embedding_model}\tingested {when}\t{c.source}\n")
@@ -155,6 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--client-cert", help="PEM client certificate for mutual TLS")
     parser.add_argument("--client-key", help="PEM client key for mutual TLS")
     parser.add_argument("--timeout", type=float, default=300.0, help="deadline per call, seconds")
+    parser.add_argument(
+        "--token", default=os.environ.get("APIHELPER_TOKEN"), help="bearer token (default: $APIHELPER_TOKEN)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_retrieval(p: argparse.ArgumentParser) -> None:

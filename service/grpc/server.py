@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,12 +22,13 @@ from apihelper.v1 import apihelper_pb2 as pb
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
 from retriever.types import Retriever
 from service.engine.protocol import Engine
-from service.errors import ApiHelperError
+from service.errors import ApiHelperError, ConfigurationError
+from service.grpc.auth import BearerTokenInterceptor
 from service.grpc.convert import RequestLimits
 from service.grpc.servicer import ApiHelperServicer
 from service.metrics import NullRecorder, Recorder
 from service.pipeline import Pipeline
-from service.settings import Settings
+from service.settings import Settings, read_auth_token
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +68,28 @@ async def start_server(
         default_max_tokens=min(settings.default_max_tokens, engine.info.max_model_len // 2),
         max_model_len=engine.info.max_model_len,
     )
-    server = grpc.aio.server()
+    token = read_auth_token(settings)
+    server = grpc.aio.server(
+        interceptors=[BearerTokenInterceptor(token)] if token else [],
+        options=_channel_options(settings),
+    )
     recorder = recorder or NullRecorder()
-    servicer = ApiHelperServicer(Pipeline(retriever, engine, recorder), limits, recorder)
+    servicer = ApiHelperServicer(
+        Pipeline(retriever, engine, recorder),
+        limits,
+        recorder,
+        max_concurrent_streams=settings.max_concurrent_streams,
+        default_deadline_seconds=settings.default_deadline_seconds,
+    )
     pb_grpc.add_ApiHelperServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    credentials = _server_credentials(settings)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}")
     await server.start()
@@ -86,6 +100,31 @@ async def start_server(
     )
     log.info("serving %s on %s:%d", SERVICE_NAME, settings.host, port)
     return RunningServer(server, port, health_servicer, engine, retriever, settings.shutdown_grace_seconds, monitor)
+
+
+def _channel_options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Pings find dead peers behind NATs and load balancers; a client may ping us as often
+        # as every 10 s without being cut off for abuse.
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if not settings.tls_cert_file:
+        return None
+    try:
+        key = Path(settings.tls_key_file).read_bytes()
+        chain = Path(settings.tls_cert_file).read_bytes()
+        client_ca = Path(settings.tls_client_ca_file).read_bytes() if settings.tls_client_ca_file else None
+    except OSError as exc:
+        raise ConfigurationError(f"TLS files: {exc.strerror}: {exc.filename}") from exc
+    return grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca, require_client_auth=bool(client_ca))
 
 
 async def _update_health(servicer: health.aio.HealthServicer, engine: Engine, retriever: Retriever) -> bool:

@@ -18,16 +18,28 @@ import grpc
 
 from apihelper.v1 import apihelper_pb2 as pb
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
+from service.errors import ResourceExhaustedError
 from service.grpc import convert, status
 from service.metrics import Recorder
 from service.pipeline import Pipeline
 
 
 class ApiHelperServicer(pb_grpc.ApiHelperServicer):
-    def __init__(self, pipeline: Pipeline, limits: convert.RequestLimits, recorder: Recorder) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        limits: convert.RequestLimits,
+        recorder: Recorder,
+        *,
+        max_concurrent_streams: int,
+        default_deadline_seconds: float,
+    ) -> None:
         self._pipeline = pipeline
         self._limits = limits
         self._recorder = recorder
+        self._max_streams = max_concurrent_streams
+        self._default_deadline = default_deadline_seconds
+        self._streams = 0
 
     @contextlib.asynccontextmanager
     async def _rpc(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
@@ -35,8 +47,15 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         self._recorder.rpc_started(name)
+        # A call without a deadline gets the server's, so nothing can hold a stream forever.
+        remaining = context.time_remaining()
+        own_deadline = self._default_deadline if remaining is None else None
         try:
-            yield
+            async with asyncio.timeout(own_deadline):
+                yield
+        except TimeoutError:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+            await context.abort(code, f"no deadline was set and the server's {self._default_deadline:g} s passed")
         except asyncio.CancelledError:
             # The client went away or its deadline passed: let cancellation reach the engine.
             remaining = context.time_remaining()
@@ -53,10 +72,17 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[pb.GenerateRequest, pb.GenerateResponse]
     ) -> AsyncIterator[pb.GenerateResponse]:
         async with self._rpc("Generate", context):
-            params = convert.generate_params(request, self._limits)
-            async with contextlib.aclosing(self._pipeline.generate(params)) as events:
-                async for event in events:
-                    yield convert.generate_response(event)
+            if self._streams >= self._max_streams:
+                # Refuse at once rather than queue without bound: the client can retry elsewhere.
+                raise ResourceExhaustedError(f"{self._streams} streams in progress, the limit is {self._max_streams}")
+            self._streams += 1
+            try:
+                params = convert.generate_params(request, self._limits)
+                async with contextlib.aclosing(self._pipeline.generate(params)) as events:
+                    async for event in events:
+                        yield convert.generate_response(event)
+            finally:
+                self._streams -= 1
 
     async def Retrieve(
         self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext[pb.RetrieveRequest, pb.RetrieveResponse]
