@@ -1,7 +1,9 @@
-"""``apihelper-build``: the offline command line.
+"""apihelper-build: the offline command line (models, engines, corpus ingest).
 
     apihelper-build make-dev-model --out data/dev-model [--corpus PATH ...]
     apihelper-build ingest --milvus-uri data/milvus.db --corpus rest=spec.yaml --corpus fn=pkg/:python
+    apihelper-build apply-delta --base LLAMA_DIR --delta GORILLA_DELTA_DIR --out DIR
+    apihelper-build build-engine --checkpoint DIR --out ENGINE_DIR [--quant fp8] ...
 
 Heavy libraries are imported inside the commands, so ``--help`` works anywhere.
 """
@@ -13,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from engine_build import apply_delta, trtllm_build
 from retriever.types import CorpusFormat
 from service.errors import ApiHelperError, InvalidRequestError
 from service.prompts import PromptFormat
@@ -99,6 +102,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser(
+        "apply-delta", help="merge Gorilla v0 delta weights into LLaMA-7B, tensor by tensor (CPU)"
+    )
+    apply_delta.add_cli_arguments(p)
+    p.set_defaults(func=apply_delta.cli_main)
+
+    p = sub.add_parser(
+        "build-engine", help="compile a HF checkpoint into a TensorRT-LLM engine (GPU, TensorRT-LLM 1.2.x)"
+    )
+    trtllm_build.add_cli_arguments(p)
+    p.set_defaults(func=trtllm_build.cli_main)
     return parser
 
 

@@ -25,6 +25,15 @@ log = logging.getLogger("apihelper")
 
 async def build_engine(settings: Settings) -> Engine:
     prompt_format = PromptFormat(settings.prompt_format) if settings.prompt_format else None
+    if settings.engine == "tensorrt_llm":
+        from service.engine.tensorrt_llm_engine import TensorRTLLMEngine
+
+        return await TensorRTLLMEngine.load(
+            Path(settings.model),
+            prompt_format=prompt_format,
+            kv_cache_free_gpu_memory_fraction=settings.kv_cache_free_gpu_memory_fraction,
+            enable_block_reuse=settings.enable_block_reuse,
+        )
     from service.engine.transformers_engine import TransformersEngine
 
     return await TransformersEngine.load(

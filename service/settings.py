@@ -42,7 +42,7 @@ class Settings:
     milvus_uri: str = "data/milvus.db"
     milvus_token: str = dataclasses.field(default="", repr=False)
     # Engine
-    engine: str = "transformers"  # the only engine so far; TensorRT-LLM comes next
+    engine: str = "transformers"  # transformers | tensorrt_llm
     model: str = "data/dev-model"  # Hugging Face directory (or engine directory)
     device: str = "auto"  # auto | cpu | cuda
     prompt_format: str = ""  # empty: from the model's manifest (gorilla_v0 without one)
@@ -51,6 +51,9 @@ class Settings:
     max_batch_tokens: int = 512  # tokens per engine step (prefill chunks + decodes)
     kv_cache_blocks: int = 0  # paged KV cache size in blocks; 0: max_batch_size full contexts
     kv_block_size: int = 32
+    # TensorRT-LLM: share of free GPU memory for the paged KV cache; reuse of shared-prefix blocks
+    kv_cache_free_gpu_memory_fraction: float = 0.9
+    enable_block_reuse: bool = True
     # Request limits and defaults
     max_concurrent_streams: int = 64  # Generate streams at once; more get RESOURCE_EXHAUSTED
     default_deadline_seconds: float = 300.0  # for calls that set no deadline
@@ -67,8 +70,10 @@ class Settings:
         for name in ("port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigurationError(f"{name} must be 0..65535, got {getattr(self, name)}")
-        if self.engine != "transformers":
-            raise ConfigurationError(f"engine must be 'transformers', got {self.engine!r}")
+        if self.engine not in ("transformers", "tensorrt_llm"):
+            raise ConfigurationError(f"engine must be transformers or tensorrt_llm, got {self.engine!r}")
+        if not 0.0 < self.kv_cache_free_gpu_memory_fraction <= 1.0:
+            raise ConfigurationError("kv_cache_free_gpu_memory_fraction must be in (0, 1]")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigurationError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not 1 <= self.default_top_k <= self.max_top_k:

@@ -1,4 +1,4 @@
-"""``apihelper-client``: the streaming client sample.
+"""apihelper-client: the streaming client sample.
 
     apihelper-client ask "Create a new session"      # sources, streamed answer, parsed call, timings
     apihelper-client search "list folders" --corpus rest
