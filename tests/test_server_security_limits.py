@@ -7,7 +7,7 @@ import argparse
 import asyncio
 import io
 import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -17,34 +17,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from apihelper.v1 import apihelper_pb2 as pb
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
 from apihelper_client import cli
-from retriever.types import ApiDoc, CorpusFormat, CorpusInfo, RetrievalMode, RetrievalResult, RetrievedDoc
 from service.engine.fake import FakeEngine
-from service.errors import UnknownCorpusError
 from service.grpc.server import RunningServer, start_server
 from service.settings import Settings
-
-
-class MemoryRetriever:
-    """One fixed doc in corpus "demo"."""
-
-    DOC = ApiDoc("POST /sessions", "Create a new session", "POST /sessions: create a session", "create session")
-
-    async def retrieve(
-        self, query: str, *, corpora: Sequence[str] | None, top_k: int, mode: RetrievalMode
-    ) -> RetrievalResult:
-        for corpus in corpora or ():
-            if corpus != "demo":
-                raise UnknownCorpusError(corpus, ["demo"])
-        return RetrievalResult([RetrievedDoc(self.DOC, "demo", 1.0)][:top_k])
-
-    async def list_corpora(self) -> list[CorpusInfo]:
-        return [CorpusInfo("demo", CorpusFormat.OPENAPI, 1, "memory", "none", None)]
-
-    async def check_health(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
+from tests.doubles import MemoryRetriever
 
 
 async def _start(settings: Settings, engine: FakeEngine | None = None) -> RunningServer:

@@ -66,6 +66,7 @@ class FakeEngine:
         self._closed = False
         self.requests: list[EngineRequest] = []  # every request accepted, for assertions
         self.fail_after: int | None = None  # raise EngineUnavailableError after N tokens
+        self.healthy = True  # a failure marks the engine unhealthy, as a dead executor would
 
     @property
     def info(self) -> EngineInfo:
@@ -111,6 +112,7 @@ class FakeEngine:
                     yield EngineOutput("", (), stop.reason, prompt_tokens, produced)
                     return
                 if self.fail_after is not None and produced >= self.fail_after:
+                    self.healthy = False
                     raise EngineUnavailableError("the fake engine failed (fail_after)")
                 done = produced >= len(answer)  # the end of the answer plays the part of EOS
                 if not done:
@@ -146,6 +148,8 @@ class FakeEngine:
     async def check_health(self) -> None:
         if self._closed:
             raise EngineUnavailableError("the fake engine is shut down")
+        if not self.healthy:
+            raise EngineUnavailableError("the fake engine failed")
 
     def stats(self) -> EngineStats:
         return EngineStats(running=len(self._in_flight), waiting=0, kv_cache_usage=None)

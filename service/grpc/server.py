@@ -74,15 +74,24 @@ async def start_server(
         options=_channel_options(settings),
     )
     recorder = recorder or NullRecorder()
+    health_servicer = health.aio.HealthServicer()
+    health_checks: set[asyncio.Task[bool]] = set()
+
+    def recheck_health() -> None:
+        if not health_checks:  # one re-check at a time is enough
+            task = asyncio.create_task(_update_health(health_servicer, engine, retriever))
+            health_checks.add(task)
+            task.add_done_callback(health_checks.discard)
+
     servicer = ApiHelperServicer(
         Pipeline(retriever, engine, recorder),
         limits,
         recorder,
         max_concurrent_streams=settings.max_concurrent_streams,
         default_deadline_seconds=settings.default_deadline_seconds,
+        on_unavailable=recheck_health,
     )
     pb_grpc.add_ApiHelperServicer_to_server(servicer, server)
-    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -33,6 +33,7 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
         *,
         max_concurrent_streams: int,
         default_deadline_seconds: float,
+        on_unavailable: Callable[[], None] = lambda: None,
     ) -> None:
         self._pipeline = pipeline
         self._limits = limits
@@ -40,6 +41,7 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
         self._max_streams = max_concurrent_streams
         self._default_deadline = default_deadline_seconds
         self._streams = 0
+        self._on_unavailable = on_unavailable  # re-check health now, not at the next poll
 
     @contextlib.asynccontextmanager
     async def _rpc(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
@@ -64,6 +66,8 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
             raise
         except Exception as exc:  # noqa: BLE001 - status.abort maps it; CancelledError passes
             code = status.status_code(exc)
+            if code is grpc.StatusCode.UNAVAILABLE:
+                self._on_unavailable()
             await status.abort(context, exc)
         finally:
             self._recorder.rpc_finished(name, code.name, time.perf_counter() - started)
