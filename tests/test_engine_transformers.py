@@ -20,6 +20,9 @@ pytest.importorskip("transformers")
 
 from service.engine.transformers_engine import TransformersEngine  # noqa: E402
 
+# The real transformers engine (5.x continuous batching); deselected in the compat env.
+pytestmark = pytest.mark.transformers5
+
 PROMPT = "USER: Create a new session with a python image\nASSISTANT:"
 
 

@@ -18,6 +18,9 @@ from service.grpc.server import RunningServer
 from service.settings import Settings
 from tests.conftest import BACKEND_AI_SPEC
 
+# The real transformers engine (5.x continuous batching); deselected in the compat env.
+pytestmark = pytest.mark.transformers5
+
 
 def _request(instruction: str = "Create a new session", max_tokens: int = 24, **retrieval: object) -> pb.GenerateRequest:
     return pb.GenerateRequest(

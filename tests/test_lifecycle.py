@@ -38,6 +38,7 @@ def _ingest(db: Path, *corpora: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.transformers5
 async def test_sigterm_drains_in_flight_streams_then_exits_0(dev_model_dir: Path, tmp_path: Path) -> None:
     db = tmp_path / "milvus.db"
     ingest = _ingest(db, f"demo={sample_corpus_path()}")

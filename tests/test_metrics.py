@@ -26,6 +26,9 @@ from service.metrics.gpu import GpuReader, GpuReading
 from service.metrics.prometheus import PrometheusRecorder
 from tests.conftest import Serving
 
+# The real transformers engine (5.x continuous batching); deselected in the compat env.
+pytestmark = pytest.mark.transformers5
+
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "apihelper.json"
 
