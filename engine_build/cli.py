@@ -17,7 +17,7 @@ from pathlib import Path
 
 from engine_build import apply_delta, trtllm_build
 from retriever.types import CorpusFormat
-from service.errors import ApiHelperError, InvalidRequestError
+from service.errors import ApiHelperError, CorpusLoadError, InvalidRequestError
 from service.prompts import PromptFormat
 
 
@@ -59,19 +59,27 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     specs = [parse_corpus_spec(s) for s in args.corpus]
     embedder = Embedder()
     store = MilvusStore(args.milvus_uri, args.milvus_token)
-    partial = False
+    partial = failed = 0
     try:
         for name, path, fmt in specs:
-            report = ingest_corpus(
-                store, embedder, name, path, fmt, progress=not args.quiet, include=args.include or None
-            )
+            try:
+                report = ingest_corpus(
+                    store, embedder, name, path, fmt, progress=not args.quiet, include=args.include or None
+                )
+            except CorpusLoadError as exc:
+                # One unreadable corpus must not stop the others; the exit status tells.
+                print(f"{name}: not ingested: {exc}", file=sys.stderr)
+                failed += 1
+                continue
             for problem in report.problems:
                 print(f"  problem in {problem.path}: {problem.message}", file=sys.stderr)
-            partial = partial or bool(report.problems)
+            partial += bool(report.problems)
             print(format_report(report))
     finally:
         store.close()
-    return 3 if partial else 0
+    if failed == len(specs):
+        return 2
+    return 3 if partial or failed else 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,7 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "ingest",
         help="load API docs and write them to Milvus (idempotent)",
-        description="Exit status: 0 all loaded, 3 some files skipped (listed on stderr), 2 failure.",
+        description=(
+            "Exit status: 0 everything loaded; 3 partial (some files or corpora skipped, listed on "
+            "stderr; the rest is ingested); 2 nothing ingested."
+        ),
     )
     p.add_argument("--milvus-uri", required=True, help="Milvus Lite directory or http(s)://host:19530")
     p.add_argument("--milvus-token", default="", help="Milvus token (user:password or API key)")

@@ -17,8 +17,12 @@ from retriever.types import CorpusInfo, RetrievalMode, RetrievalResult, Retrieve
 from service.engine.protocol import Engine, EngineRequest, FinishReason, SamplingParams
 from service.errors import InvalidRequestError
 from service.metrics import NullRecorder, Recorder
-from service.postprocess import ParsedCall, parse_answer
 from service.prompts import PromptFormat, build_prompt
+from service.repetition import RepetitionFilter
+from service.validation import CallCheck, Verdict, check_answer
+
+# How long corpus versions (last ingest times) are reused before Milvus is asked again.
+CORPUS_VERSIONS_TTL_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class GenerateParams:
     sampling: SamplingParams
     prompt_format: PromptFormat | None  # None: the model's own
     request_id: str
+    suppress_repeated_lines: bool = True
 
 
 @dataclass(frozen=True)
@@ -65,10 +70,15 @@ class CompletionEvent:
     prompt_tokens: int
     completion_tokens: int
     timings: Timings
-    calls: list[ParsedCall]
+    checks: list[CallCheck]  # one per call read from the answer, with its verdict
     fields: dict[str, str]
     model: str
     prompt_format: PromptFormat
+    verdict: Verdict
+    verdict_reasons: tuple[str, ...]
+    suppressed_lines: int
+    sampling: SamplingParams  # as applied, defaults filled in
+    corpus_versions: dict[str, str]  # corpus -> last ingest time of the corpora the sources came from
 
 
 PipelineEvent = SourcesEvent | DeltaEvent | CompletionEvent
@@ -93,6 +103,8 @@ class Pipeline:
         self._retriever = retriever
         self._engine = engine
         self._recorder = recorder or NullRecorder()
+        self._versions: dict[str, str] = {}
+        self._versions_at = float("-inf")
 
     @property
     def engine(self) -> Engine:
@@ -116,35 +128,44 @@ class Pipeline:
         docs, prompt = self._fit_prompt(fmt, params.retrieval.instruction, result.docs, params.sampling)
         yield SourcesEvent(docs)
 
-        pieces: list[str] = []
+        repeats = RepetitionFilter(enabled=params.suppress_repeated_lines)
         first_token_ms = queue_ms = 0.0
         finish = FinishReason.STOP
         prompt_tokens = completion_tokens = tokens_at_last_delta = 0
         last_delta_at = 0.0
         request = EngineRequest(params.request_id, prompt, params.sampling)
-        # aclosing: leaving early (an error below, or our own consumer closing us) releases the
-        # engine request now, not whenever the generator is garbage-collected.
+        # aclosing: leaving early (a stop below, an error, or our own consumer closing us)
+        # releases the engine request now, not whenever the generator is garbage-collected.
         async with contextlib.aclosing(self._engine.stream(request)) as stream:
             async for out in stream:
                 if out.queue_seconds is not None:
                     queue_ms = out.queue_seconds * 1000.0
                     self._recorder.queue_time(out.queue_seconds)
                 prompt_tokens, completion_tokens = out.prompt_tokens, out.completion_tokens
-                if out.text_delta:
-                    now = time.perf_counter()
-                    if not pieces:
-                        first_token_ms = clock.ms()
-                        self._recorder.first_token(first_token_ms / 1000.0)
-                    else:
-                        self._recorder.inter_token(now - last_delta_at, completion_tokens - tokens_at_last_delta)
-                    last_delta_at, tokens_at_last_delta = now, completion_tokens
-                    pieces.append(out.text_delta)
-                    yield DeltaEvent(out.text_delta)
                 if out.finish_reason is not None:
                     finish = out.finish_reason
+                if not out.text_delta:
+                    continue
+                # Latency is the engine's: a suppressed repeat was still generated.
+                now = time.perf_counter()
+                if not last_delta_at:
+                    first_token_ms = clock.ms()
+                    self._recorder.first_token(first_token_ms / 1000.0)
+                else:
+                    self._recorder.inter_token(now - last_delta_at, completion_tokens - tokens_at_last_delta)
+                last_delta_at, tokens_at_last_delta = now, completion_tokens
+                shown = repeats.feed(out.text_delta)
+                if shown:
+                    yield DeltaEvent(shown)
+                if repeats.should_stop:
+                    finish = FinishReason.STOP
+                    break
+        tail = repeats.flush()
+        if tail:
+            yield DeltaEvent(tail)
 
-        text = "".join(pieces)
-        answer = parse_answer(fmt, text, docs)
+        text = repeats.text  # exactly what the client was sent
+        checked = check_answer(fmt, text, docs)
         timings = Timings(
             retrieval_ms=retrieval.retrieval_ms,
             embed_ms=retrieval.embed_ms,
@@ -161,11 +182,28 @@ class Pipeline:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             timings=timings,
-            calls=answer.calls,
-            fields=answer.fields,
+            checks=checked.checks,
+            fields=checked.fields,
             model=info.model,
             prompt_format=fmt,
+            verdict=checked.verdict,
+            verdict_reasons=checked.reasons,
+            suppressed_lines=repeats.suppressed_lines,
+            sampling=params.sampling,
+            corpus_versions=await self._corpus_versions({d.corpus for d in docs}),
         )
+
+    async def _corpus_versions(self, corpora: set[str]) -> dict[str, str]:
+        """Last ingest time of each corpus, cached briefly: a re-ingest shows within seconds."""
+        if not corpora:
+            return {}
+        if time.monotonic() - self._versions_at > CORPUS_VERSIONS_TTL_SECONDS or not corpora <= set(self._versions):
+            infos = await self._retriever.list_corpora()
+            self._versions = {
+                i.name: i.last_ingest.isoformat() if i.last_ingest is not None else "" for i in infos
+            }
+            self._versions_at = time.monotonic()
+        return {c: self._versions.get(c, "") for c in sorted(corpora)}
 
     async def _retrieve(self, params: RetrieveParams) -> RetrievalResult:
         if params.mode is RetrievalMode.NONE:

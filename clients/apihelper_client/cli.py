@@ -67,6 +67,7 @@ async def ask(channel: grpc.aio.Channel, args: argparse.Namespace, out: TextIO) 
         retrieval=retrieval_options(args),
         sampling=sampling,
         prompt_format=_FORMATS[args.format],
+        suppress_repeated_lines=not args.keep_repeats,
     )
     stub = pb_grpc.ApiHelperStub(channel)
     deltas = 0
@@ -91,6 +92,22 @@ def print_sources(sources: Sequence[pb.Source], out: TextIO) -> None:
         out.write(f"  {i}. [{s.corpus}] {s.key}  (score {s.score:.4f})  {s.title}\n")
 
 
+class _Colors:
+    """ANSI colours on a terminal, plain text elsewhere (pipes, files, tests)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._on = out.isatty()
+
+    def _paint(self, code: str, text: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self._on else text
+
+    def green(self, text: str) -> str:
+        return self._paint("32", text)
+
+    def red(self, text: str) -> str:
+        return self._paint("31", text)
+
+
 def print_completion(c: pb.Completion, deltas: int, wall_seconds: float, out: TextIO) -> None:
     t = c.timings
     finish = pb.FinishReason.Name(c.finish_reason).removeprefix("FINISH_REASON_").lower()
@@ -99,12 +116,21 @@ def print_completion(c: pb.Completion, deltas: int, wall_seconds: float, out: Te
         f"finish: {finish}   tokens: prompt {c.usage.prompt_tokens}, completion "
         f"{c.usage.completion_tokens}   streamed in {deltas} deltas   model: {c.model}\n"
     )
-    if c.api_calls:
-        for call in c.api_calls:
-            match = f"  (matches {call.matched_key})" if call.matched_key else "  (matches no retrieved doc)"
-            out.write(f"api call: {call.name or call.raw}{match}\n")
-    else:
-        out.write("api call: none found in the answer\n")
+    color = _Colors(out)
+    verdict = pb.Verdict.Name(c.verdict).removeprefix("VERDICT_").lower()
+    for call in c.api_calls:
+        call_verdict = pb.Verdict.Name(call.verdict).removeprefix("VERDICT_").lower()
+        paint = color.green if call.verdict == pb.VERDICT_VALID else color.red
+        where = f" -> {call.matched_key}" if call.matched_key else ""
+        out.write(f"api call: {paint(call_verdict)}  {call.name or call.raw}{where}\n")
+        for reason in call.reasons:
+            out.write(f"    - {reason}\n")
+        if call.suggestion:
+            out.write(f"    did you mean {call.suggestion}?\n")
+    if not c.api_calls:
+        out.write(f"api call: {color.red(verdict)}  none could be read from the answer\n")
+    if c.suppressed_lines:
+        out.write(f"suppressed {c.suppressed_lines} repeated line(s)\n")
     generation_ms = max(t.total_ms - t.first_token_ms, 1e-3)
     rate = (max(c.usage.completion_tokens - 1, 0)) / (generation_ms / 1000.0)
     out.write(
@@ -182,6 +208,9 @@ def _parser() -> argparse.ArgumentParser:
     p_ask.add_argument("--seed", type=int)
     p_ask.add_argument("--stop", action="append")
     p_ask.add_argument("--format", choices=sorted(_FORMATS), default="auto")
+    p_ask.add_argument(
+        "--keep-repeats", action="store_true", help="do not suppress lines the model repeats verbatim"
+    )
     add_retrieval(sub.add_parser("search", help="retrieve docs only"))
     sub.add_parser("corpora", help="list the corpora")
     p_health = sub.add_parser("health", help="check grpc.health.v1")

@@ -25,6 +25,7 @@ from service.pipeline import (
     Timings,
 )
 from service.prompts import PromptFormat
+from service.validation import CallCheck, Verdict
 
 _MODES = {
     pb.RETRIEVAL_MODE_UNSPECIFIED: RetrievalMode.HYBRID,
@@ -43,6 +44,13 @@ _FINISH = {
     FinishReason.STOP: pb.FINISH_REASON_STOP,
     FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
     FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+}
+_VERDICTS = {
+    Verdict.VALID: pb.VERDICT_VALID,
+    Verdict.WRONG_ARGUMENTS: pb.VERDICT_WRONG_ARGUMENTS,
+    Verdict.UNKNOWN_API: pb.VERDICT_UNKNOWN_API,
+    Verdict.UNPARSEABLE: pb.VERDICT_UNPARSEABLE,
+    Verdict.UNCHECKED: pb.VERDICT_UNCHECKED,
 }
 _MAX_STOP_STRINGS = 16
 _MAX_STOP_CHARS = 256
@@ -80,6 +88,9 @@ def generate_params(request: pb.GenerateRequest, limits: RequestLimits) -> Gener
         sampling=_sampling(request.sampling, limits),
         prompt_format=_FORMATS_IN[request.prompt_format],
         request_id=request_id,
+        suppress_repeated_lines=(
+            request.suppress_repeated_lines if request.HasField("suppress_repeated_lines") else True
+        ),
     )
 
 
@@ -164,20 +175,43 @@ def generate_response(event: PipelineEvent) -> pb.GenerateResponse:
     return pb.GenerateResponse(completion=_completion_pb(event))
 
 
+def sampling_pb(s: SamplingParams) -> pb.SamplingParams:
+    out = pb.SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, stop=s.stop)
+    if s.seed is not None:
+        out.seed = s.seed
+    return out
+
+
+def api_call_pb(check: CallCheck) -> pb.ApiCall:
+    c = check.call
+    return pb.ApiCall(
+        raw=c.raw,
+        name=c.name,
+        arguments=c.arguments,
+        matched_key=check.doc_key or c.matched_key,
+        verdict=_VERDICTS[check.verdict],
+        reasons=check.reasons,
+        retrieved=check.retrieved,
+        suggestion=check.suggestion,
+    )
+
+
 def _completion_pb(event: CompletionEvent) -> pb.Completion:
     return pb.Completion(
         finish_reason=_FINISH[event.finish_reason],
         usage=pb.Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens),
         timings=timings_pb(event.timings),
-        api_calls=[
-            pb.ApiCall(raw=c.raw, name=c.name, arguments=c.arguments, matched_key=c.matched_key)
-            for c in event.calls
-        ],
+        api_calls=[api_call_pb(check) for check in event.checks if check.call.raw],
         text=event.text,
         request_id=event.request_id,
         model=event.model,
         prompt_format=_FORMATS_OUT[event.prompt_format],
         fields=event.fields,
+        verdict=_VERDICTS[event.verdict],
+        verdict_reasons=event.verdict_reasons,
+        suppressed_lines=event.suppressed_lines,
+        sampling=sampling_pb(event.sampling),
+        corpus_versions=event.corpus_versions,
     )
 
 

@@ -30,6 +30,15 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_STOP: _ClassVar[FinishReason]
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
     FINISH_REASON_CANCELLED: _ClassVar[FinishReason]
+
+class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERDICT_UNSPECIFIED: _ClassVar[Verdict]
+    VERDICT_VALID: _ClassVar[Verdict]
+    VERDICT_WRONG_ARGUMENTS: _ClassVar[Verdict]
+    VERDICT_UNKNOWN_API: _ClassVar[Verdict]
+    VERDICT_UNPARSEABLE: _ClassVar[Verdict]
+    VERDICT_UNCHECKED: _ClassVar[Verdict]
 RETRIEVAL_MODE_UNSPECIFIED: RetrievalMode
 RETRIEVAL_MODE_HYBRID: RetrievalMode
 RETRIEVAL_MODE_DENSE: RetrievalMode
@@ -42,6 +51,12 @@ FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
 FINISH_REASON_CANCELLED: FinishReason
+VERDICT_UNSPECIFIED: Verdict
+VERDICT_VALID: Verdict
+VERDICT_WRONG_ARGUMENTS: Verdict
+VERDICT_UNKNOWN_API: Verdict
+VERDICT_UNPARSEABLE: Verdict
+VERDICT_UNCHECKED: Verdict
 
 class SamplingParams(_message.Message):
     __slots__ = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")
@@ -70,18 +85,20 @@ class RetrievalOptions(_message.Message):
     def __init__(self, corpora: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., mode: _Optional[_Union[RetrievalMode, str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("instruction", "retrieval", "sampling", "prompt_format", "request_id")
+    __slots__ = ("instruction", "retrieval", "sampling", "prompt_format", "request_id", "suppress_repeated_lines")
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESS_REPEATED_LINES_FIELD_NUMBER: _ClassVar[int]
     instruction: str
     retrieval: RetrievalOptions
     sampling: SamplingParams
     prompt_format: PromptFormat
     request_id: str
-    def __init__(self, instruction: _Optional[str] = ..., retrieval: _Optional[_Union[RetrievalOptions, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., prompt_format: _Optional[_Union[PromptFormat, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    suppress_repeated_lines: bool
+    def __init__(self, instruction: _Optional[str] = ..., retrieval: _Optional[_Union[RetrievalOptions, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., prompt_format: _Optional[_Union[PromptFormat, str]] = ..., request_id: _Optional[str] = ..., suppress_repeated_lines: _Optional[bool] = ...) -> None: ...
 
 class Source(_message.Message):
     __slots__ = ("key", "corpus", "title", "score", "text")
@@ -134,7 +151,7 @@ class Timings(_message.Message):
     def __init__(self, retrieval_ms: _Optional[float] = ..., queue_ms: _Optional[float] = ..., first_token_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., embed_ms: _Optional[float] = ..., search_ms: _Optional[float] = ...) -> None: ...
 
 class ApiCall(_message.Message):
-    __slots__ = ("raw", "name", "arguments", "matched_key")
+    __slots__ = ("raw", "name", "arguments", "matched_key", "verdict", "reasons", "retrieved", "suggestion")
     class ArgumentsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -146,15 +163,30 @@ class ApiCall(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
     MATCHED_KEY_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVED_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTION_FIELD_NUMBER: _ClassVar[int]
     raw: str
     name: str
     arguments: _containers.ScalarMap[str, str]
     matched_key: str
-    def __init__(self, raw: _Optional[str] = ..., name: _Optional[str] = ..., arguments: _Optional[_Mapping[str, str]] = ..., matched_key: _Optional[str] = ...) -> None: ...
+    verdict: Verdict
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    retrieved: bool
+    suggestion: str
+    def __init__(self, raw: _Optional[str] = ..., name: _Optional[str] = ..., arguments: _Optional[_Mapping[str, str]] = ..., matched_key: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., reasons: _Optional[_Iterable[str]] = ..., retrieved: _Optional[bool] = ..., suggestion: _Optional[str] = ...) -> None: ...
 
 class Completion(_message.Message):
-    __slots__ = ("finish_reason", "usage", "timings", "api_calls", "text", "request_id", "model", "prompt_format", "fields")
+    __slots__ = ("finish_reason", "usage", "timings", "api_calls", "text", "request_id", "model", "prompt_format", "fields", "verdict", "verdict_reasons", "suppressed_lines", "sampling", "corpus_versions")
     class FieldsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class CorpusVersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +202,11 @@ class Completion(_message.Message):
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_REASONS_FIELD_NUMBER: _ClassVar[int]
+    SUPPRESSED_LINES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    CORPUS_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
@@ -179,7 +216,12 @@ class Completion(_message.Message):
     model: str
     prompt_format: PromptFormat
     fields: _containers.ScalarMap[str, str]
-    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., api_calls: _Optional[_Iterable[_Union[ApiCall, _Mapping]]] = ..., text: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_format: _Optional[_Union[PromptFormat, str]] = ..., fields: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    verdict: Verdict
+    verdict_reasons: _containers.RepeatedScalarFieldContainer[str]
+    suppressed_lines: int
+    sampling: SamplingParams
+    corpus_versions: _containers.ScalarMap[str, str]
+    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., api_calls: _Optional[_Iterable[_Union[ApiCall, _Mapping]]] = ..., text: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_format: _Optional[_Union[PromptFormat, str]] = ..., fields: _Optional[_Mapping[str, str]] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., verdict_reasons: _Optional[_Iterable[str]] = ..., suppressed_lines: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., corpus_versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("sources", "delta", "completion")
