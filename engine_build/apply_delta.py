@@ -44,6 +44,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from engine_build import artifacts
 from service.engine.manifest import MANIFEST_NAME, ModelManifest
 from service.errors import ConfigurationError
 from service.prompts import PromptFormat
@@ -55,16 +56,7 @@ BIN_INDEX = "pytorch_model.bin.index.json"
 # Tensors whose first dimension is the vocabulary: the delta may have more rows (added tokens).
 VOCAB_TENSOR_SUFFIXES = ("embed_tokens.weight", "lm_head.weight")
 CONFIG_FILES = ("config.json", "generation_config.json")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-)
+TOKENIZER_FILES = artifacts.TOKENIZER_FILES
 # safetensors dtype codes and their sizes; torch dtypes are looked up by name (lazy torch import).
 _ST_DTYPES = {
     "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from engine_build import apply_delta, trtllm_build
+from engine_build.artifacts import corpus_texts
 from retriever.types import CorpusFormat
 from service.errors import ApiHelperError, CorpusLoadError, InvalidRequestError
 from service.prompts import PromptFormat
@@ -36,19 +37,10 @@ def cmd_make_dev_model(args: argparse.Namespace) -> int:
     from engine_build.dev_model import make_dev_model
 
     manifest = make_dev_model(
-        args.out, _corpus_texts(args.corpus or []), prompt_format=PromptFormat(args.prompt_format), seed=args.seed
+        args.out, corpus_texts(args.corpus or []), prompt_format=PromptFormat(args.prompt_format), seed=args.seed
     )
     print(f"wrote the development model to {args.out} (prompt format {manifest.prompt_format.value}, random weights)")
     return 0
-
-
-def _corpus_texts(paths: list[Path]) -> Iterator[str]:
-    from retriever.loaders import load_corpus
-
-    for path in paths:
-        _, result = load_corpus(path, None)
-        for doc in result.docs:
-            yield doc.text
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:

@@ -36,6 +36,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from engine_build import artifacts
+from engine_build.artifacts import corpus_texts
 from service.engine.manifest import ModelManifest, read_manifest
 from service.engine.tensorrt_llm_engine import (
     MANIFEST_KIND,
@@ -63,17 +65,7 @@ DEFAULT_CALIB_TEXTS = 512
 CALIB_DATASET_FILE = "train.jsonl"
 # Copied from the checkpoint into the engine directory when present. Never config.json: the
 # engine directory's config.json is TensorRT-LLM's engine config.
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer.model",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "generation_config.json",
-)
+TOKENIZER_FILES = (*artifacts.TOKENIZER_FILES, "generation_config.json")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _CHUNK = 4 * 2**20
 
@@ -418,7 +410,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cli_main(args: argparse.Namespace) -> int:
     """Run ``apihelper-build trtllm-engine`` with parsed ``args``; returns the exit status."""
-    calib = _corpus_texts(args.calib_corpus) if args.calib_corpus else None
+    calib = corpus_texts(args.calib_corpus) if args.calib_corpus else None
     manifest = build_engine(
         args.checkpoint,
         args.out,
@@ -443,10 +435,3 @@ def cli_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _corpus_texts(paths: list[Path]) -> Iterator[str]:
-    from retriever.loaders import load_corpus
-
-    for path in paths:
-        _, result = load_corpus(path, None)
-        for doc in result.docs:
-            yield doc.text
