@@ -4,6 +4,7 @@
     apihelper-build ingest --milvus-uri data/milvus.db --corpus rest=spec.yaml --corpus fn=pkg/:python
     apihelper-build apply-delta --base LLAMA_DIR --delta GORILLA_DELTA_DIR --out DIR
     apihelper-build build-engine --checkpoint DIR --out ENGINE_DIR [--quant fp8] ...
+    apihelper-build eval-retrieval --milvus-uri URI --corpus NAME --questions FILE.jsonl
 
 Heavy libraries are imported inside the commands, so ``--help`` works anywhere.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from engine_build import apply_delta, trtllm_build
 from engine_build.artifacts import corpus_texts
+from engine_build.eval_cli import add_eval_parser
 from retriever.types import CorpusFormat
 from service.errors import ApiHelperError, CorpusLoadError, InvalidRequestError
 from service.prompts import PromptFormat
@@ -117,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     trtllm_build.add_cli_arguments(p)
     p.set_defaults(func=trtllm_build.cli_main)
+
+    add_eval_parser(sub)
     return parser
 
 

@@ -8,6 +8,11 @@ Modules (heavy libraries are imported lazily, inside functions and constructors)
 - ``retriever.embedding``: ``Embedder`` (llama-index HuggingFaceEmbedding over the bundled MiniLM)
   and the ``TextEmbedder`` protocol.
 - ``retriever.milvus_store``: ``MilvusStore``, the only module that imports pymilvus.
+- ``retriever.textnorm``: ``keyword_terms``, the BM25 normalisation (split, stop words, stemming)
+  applied to stored keywords and to queries alike.
+- ``retriever.fusion``: ``fuse``, the client-side hybrid fusion of dense and BM25 candidates.
+- ``retriever.evaluate``: question files, top-1/top-5/MRR@10/latency through a Retriever
+  (``apihelper-build eval-retrieval``, ``bench/retrieval/run.py``).
 - ``retriever.ingest``: ``ingest_corpus`` (idempotent) and ``format_report``.
 - ``retriever.service``: ``MilvusRetriever`` (async, implements ``Retriever``) and ``open_retriever``.
 - ``retriever.samples``: the project's own demo corpus (``sample_corpus_path()``).

@@ -10,8 +10,10 @@ Corpus info (collection properties): format, source, embedding model/dim and doc
 refreshed on every run; ``last_ingest`` only moves when the run wrote something, so it says
 when the corpus content last changed (the first run always sets it).
 
-If the collection was built with another embedding model or dimension, it is dropped and rebuilt
-(every doc counts as added): vectors from two models cannot be searched together.
+If the collection was built with another embedding model or dimension, or with an older schema
+version (``milvus_store.SCHEMA_VERSION``), it is dropped and rebuilt (every doc counts as added):
+vectors from two models cannot be searched together, and an old schema lacks the normalised
+keyword field.
 
 A file that yields no docs at all raises CorpusLoadError and leaves the collection alone
 (otherwise a typo in a path would delete a whole corpus). Per-line or per-file problems are
@@ -27,7 +29,14 @@ from pathlib import Path
 
 from retriever.embedding import TextEmbedder
 from retriever.loaders import load_corpus
-from retriever.milvus_store import MAX_KEY_BYTES, CorpusSettings, MilvusStore, check_corpus_name, now_utc
+from retriever.milvus_store import (
+    MAX_KEY_BYTES,
+    SCHEMA_VERSION,
+    CorpusSettings,
+    MilvusStore,
+    check_corpus_name,
+    now_utc,
+)
 from retriever.types import ApiDoc, CorpusFormat, IngestReport, LoadProblem
 from service.errors import CorpusLoadError
 
@@ -92,8 +101,13 @@ def ingest_corpus(
     rebuilt = False
     if store.has_corpus(name):
         info = store.corpus_info(name)
-        if info is None or info.embedding_model != settings.embedding_model or store.embedding_dim(name) != settings.embedding_dim:
-            log.warning("corpus %s was built with another embedding model; rebuilding it", name)
+        if (
+            info is None
+            or info.embedding_model != settings.embedding_model
+            or store.embedding_dim(name) != settings.embedding_dim
+            or store.schema_version(name) != SCHEMA_VERSION
+        ):
+            log.warning("corpus %s was built with another embedding model or schema; rebuilding it", name)
             store.drop_corpus(name)
             store.create_corpus(name, settings)
             rebuilt = True

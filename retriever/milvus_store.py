@@ -7,8 +7,11 @@ One collection per corpus, named ``apihelper_<corpus>`` (corpus names match
     key           VARCHAR(4096): the doc key ("METHOD /path", "pkg.mod.Class.method", ...)
     title         VARCHAR(1024)
     text          VARCHAR(65535): what the model reads (cut at a UTF-8 boundary if needed)
-    index_text    VARCHAR(65535), analyzed (standard tokenizer, the only one Milvus Lite has)
-    sparse        SPARSE_FLOAT_VECTOR: BM25 Function output over index_text (BM25 index)
+    index_text    VARCHAR(65535): what the dense vector was made from (ApiDoc.index_text)
+    keywords      VARCHAR(65535), analyzed: ``retriever.textnorm.keyword_terms(index_text)``
+                  (identifiers split, stop words dropped, stemmed in Python, since Milvus Lite
+                  has only the ``standard`` tokenizer and no stemmer)
+    sparse        SPARSE_FLOAT_VECTOR: BM25 Function output over keywords (BM25 index)
     dense         FLOAT_VECTOR(dim): embedding of index_text (HNSW, COSINE)
     metadata      JSON
     content_hash  VARCHAR(64): ApiDoc.content_hash, compared by ingest to skip unchanged docs
@@ -21,6 +24,15 @@ collection, and goes away with the collection it describes.
 Everything here blocks; the async retriever calls it through ``asyncio.to_thread``. pymilvus and
 connection failures are turned into :class:`RetrieverUnavailableError` (messages carry the
 operation and Milvus' reason, never the token or URI credentials).
+
+Search: keyword queries go through the same ``keyword_terms`` as the stored keywords. Hybrid
+search runs a dense and a BM25 search for candidates and fuses them here
+(``retriever.fusion``: standardised scores, BM25 weight ``KEYWORD_WEIGHT``), not with a Milvus
+ranker; bench/retrieval/README.md has the numbers behind that choice.
+
+Schema versions: collections carry ``apihelper.schema_version``. Version 1 (BM25 straight over
+index_text) is still searched, with un-normalised keyword queries; ingest rebuilds a collection
+whose version is not the current one.
 
 Milvus Lite differences handled here: reopened collections start released (loaded on first use),
 sparse search accepts only ``drop_ratio_search=0``, and BM25 distances come back negative (best
@@ -42,6 +54,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from retriever.fusion import KEYWORD_WEIGHT, Scored, fuse
+from retriever.textnorm import keyword_terms
 from retriever.types import ApiDoc, CorpusFormat, CorpusInfo, RetrievalMode, RetrievedDoc
 from service.errors import ConfigurationError, MissingDependencyError, RetrieverUnavailableError
 
@@ -49,13 +63,14 @@ log = logging.getLogger(__name__)
 
 COLLECTION_PREFIX = "apihelper_"
 CORPUS_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 MAX_KEY_BYTES = 4096
 MAX_TITLE_BYTES = 1024
 MAX_TEXT_BYTES = 65535
 MAX_METADATA_BYTES = 60000  # Milvus rejects JSON values over 64 KiB by default
-RRF_K = 60
+# Candidates each side of a hybrid search fetches before fusion (at least top_k).
+HYBRID_CANDIDATES = 50
 OUTPUT_FIELDS = ["key", "title", "text", "index_text", "metadata"]
 
 _PROP = "apihelper."
@@ -159,6 +174,7 @@ class MilvusStore:
         self._uri = uri
         self._timeout = timeout_s
         self._loaded: set[str] = set()
+        self._schema: dict[str, str] = {}  # corpus -> schema version, read when it is loaded
         self._lock = threading.Lock()
         if is_local_uri(uri):
             path = Path(uri).expanduser()
@@ -251,6 +267,10 @@ class MilvusStore:
             last_ingest=last_ingest,
         )
 
+    def schema_version(self, corpus: str) -> str:
+        """The schema version the collection of ``corpus`` was created with ("1" when unset)."""
+        return self._properties(corpus).get(_P_SCHEMA) or "1"
+
     def embedding_dim(self, corpus: str) -> int | None:
         try:
             return int(self._properties(corpus).get(_P_DIM, ""))
@@ -278,12 +298,14 @@ class MilvusStore:
             schema.add_field("key", DataType.VARCHAR, max_length=MAX_KEY_BYTES)
             schema.add_field("title", DataType.VARCHAR, max_length=MAX_TITLE_BYTES)
             schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES)
+            schema.add_field("index_text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES)
             schema.add_field(
-                "index_text",
+                "keywords",
                 DataType.VARCHAR,
                 max_length=MAX_TEXT_BYTES,
                 enable_analyzer=True,
-                # 'standard' is the only tokenizer Milvus Lite has; a server gives the same tokens.
+                # 'standard' is the only tokenizer Milvus Lite has; the text is already normalised
+                # (keyword_terms), so a server's tokenizer gives the same terms.
                 analyzer_params={"tokenizer": "standard", "filter": ["lowercase"]},
             )
             schema.add_field("sparse", DataType.SPARSE_FLOAT_VECTOR)
@@ -292,9 +314,9 @@ class MilvusStore:
             schema.add_field("content_hash", DataType.VARCHAR, max_length=64)
             schema.add_function(
                 Function(
-                    name="index_text_bm25",
+                    name="keywords_bm25",
                     function_type=FunctionType.BM25,
-                    input_field_names=["index_text"],
+                    input_field_names=["keywords"],
                     output_field_names=["sparse"],
                 )
             )
@@ -359,6 +381,7 @@ class MilvusStore:
                 state = self._client.get_load_state(name, timeout=self._timeout)
                 if "Loaded" not in str(state.get("state", "")):
                     self._client.load_collection(name, timeout=max(self._timeout, 60.0))
+            self._schema[corpus] = self.schema_version(corpus)
             self._loaded.add(corpus)
 
     def content_hashes(self, corpus: str) -> dict[str, str]:
@@ -397,6 +420,7 @@ class MilvusStore:
                 "title": fit_bytes(doc.title, MAX_TITLE_BYTES),
                 "text": fit_bytes(doc.text, MAX_TEXT_BYTES),
                 "index_text": fit_bytes(doc.index_text, MAX_TEXT_BYTES),
+                "keywords": fit_bytes(keyword_terms(doc.index_text), MAX_TEXT_BYTES),
                 "dense": [float(v) for v in vector],
                 "metadata": fit_metadata(doc.metadata),
                 "content_hash": doc.content_hash,
@@ -431,7 +455,8 @@ class MilvusStore:
         """Best ``top_k`` docs of one corpus, best first; scores are higher-is-better.
 
         Scores: cosine similarity (dense), BM25 (keyword; absolute value, Lite reports it
-        negated), reciprocal-rank-fusion score (hybrid; rank-based, so comparable across corpora).
+        negated), the fused standardised score (hybrid; see ``retriever.fusion``: about 0 for an
+        average candidate, 2-3 for a clear winner, so roughly comparable across corpora).
         """
         if mode is RetrievalMode.NONE or top_k <= 0:
             return []
@@ -439,30 +464,16 @@ class MilvusStore:
             raise ValueError(f"{mode.value} search needs a query vector")
         self.ensure_loaded(corpus)
         try:
-            hits = self._search_once(corpus, mode, query_text, query_vector, top_k)
+            return self._search_once(corpus, mode, query_text, query_vector, top_k)
         except RetrieverUnavailableError as exc:
-            # Someone released the collection (or Lite reopened): load once more and retry.
-            if "load" not in str(exc).lower() and "released" not in str(exc).lower():
+            # Someone released the collection, Lite reopened, or another process rebuilt it:
+            # load once more and retry.
+            reason = str(exc).lower()
+            if not any(word in reason for word in ("load", "released", "not found", "not exist")):
                 raise
             self._loaded.discard(corpus)
             self.ensure_loaded(corpus)
-            hits = self._search_once(corpus, mode, query_text, query_vector, top_k)
-        results = []
-        for hit in hits:
-            entity = hit.get("entity") or {}
-            distance = float(hit.get("distance", 0.0))
-            score = abs(distance) if mode is RetrievalMode.KEYWORD else distance
-            metadata = entity.get("metadata")
-            doc = ApiDoc(
-                key=str(entity.get("key", "")),
-                title=str(entity.get("title", "")),
-                text=str(entity.get("text", "")),
-                index_text=str(entity.get("index_text", "")),
-                metadata=metadata if isinstance(metadata, dict) else {},
-            )
-            results.append(RetrievedDoc(doc=doc, corpus=corpus, score=score))
-        results.sort(key=lambda r: r.score, reverse=True)
-        return results
+            return self._search_once(corpus, mode, query_text, query_vector, top_k)
 
     def _search_once(
         self,
@@ -471,57 +482,121 @@ class MilvusStore:
         query_text: str,
         query_vector: Sequence[float] | None,
         top_k: int,
-    ) -> list[dict[str, Any]]:
-        from pymilvus import AnnSearchRequest, RRFRanker
+    ) -> list[RetrievedDoc]:
+        if mode is RetrievalMode.DENSE:
+            return self._dense(corpus, query_vector or [], top_k)
+        if mode is RetrievalMode.KEYWORD:
+            return self._keyword(corpus, query_text, top_k)
+        limit = hybrid_candidates(top_k)
+        dense = self._dense(corpus, query_vector or [], limit)
+        keyword = self._keyword(corpus, query_text, limit)
+        return fuse_hits(corpus, dense, keyword, top_k)
 
-        name = collection_name(corpus)
-        dense_params = {"metric_type": "COSINE", "params": {"ef": max(64, top_k * 2)}}
+    def hybrid_search(self, corpus: str, *, query_text: str, query_vector: Sequence[float], top_k: int) -> list[RetrievedDoc]:
+        """Fused dense + BM25 results of one corpus, best first (what ``search`` does for HYBRID).
+
+        (Fetching candidates as keys only and reading the winners afterwards was measured: the
+        third round trip cost what the smaller candidate lists saved, about 5 ms either way.)
+        """
+        if top_k <= 0:
+            return []
+        self.ensure_loaded(corpus)
+        limit = hybrid_candidates(top_k)
+
+        def once() -> list[RetrievedDoc]:
+            dense = self._dense(corpus, query_vector, limit)
+            keyword = self._keyword(corpus, query_text, limit)
+            return fuse_hits(corpus, dense, keyword, top_k)
+
+        try:
+            return once()
+        except RetrieverUnavailableError as exc:
+            reason = str(exc).lower()
+            if not any(word in reason for word in ("load", "released", "not found", "not exist")):
+                raise
+            self._loaded.discard(corpus)
+            self.ensure_loaded(corpus)
+            return once()
+
+    def _dense(self, corpus: str, vector: Sequence[float], limit: int) -> list[RetrievedDoc]:
+        params = {"metric_type": "COSINE", "params": {"ef": max(64, limit * 2)}}
+        with self._guard("dense search"):
+            result = self._client.search(
+                collection_name(corpus),
+                data=[list(vector)],
+                anns_field="dense",
+                limit=limit,
+                search_params=params,
+                output_fields=OUTPUT_FIELDS,
+                timeout=self._timeout,
+            )
+        return self._hits(corpus, result, negate=False)
+
+    def _keyword(self, corpus: str, query_text: str, limit: int) -> list[RetrievedDoc]:
+        # Schema 2 stores keyword_terms(index_text): the query gets the same treatment.
+        terms = keyword_terms(query_text) if self._schema.get(corpus, SCHEMA_VERSION) != "1" else query_text
+        if not terms.strip():
+            return []  # only stop words: BM25 has nothing to match
         # drop_ratio_search must be 0 on Milvus Lite (and 0 is the exact search on a server).
-        sparse_params = {"metric_type": "BM25", "params": {"drop_ratio_search": 0.0}}
-        with self._guard(f"{mode.value} search"):
-            if mode is RetrievalMode.DENSE:
-                result = self._client.search(
-                    name,
-                    data=[list(query_vector or [])],
-                    anns_field="dense",
-                    limit=top_k,
-                    search_params=dense_params,
-                    output_fields=OUTPUT_FIELDS,
-                    timeout=self._timeout,
-                )
-            elif mode is RetrievalMode.KEYWORD:
-                result = self._client.search(
-                    name,
-                    data=[query_text],
-                    anns_field="sparse",
-                    limit=top_k,
-                    search_params=sparse_params,
-                    output_fields=OUTPUT_FIELDS,
-                    timeout=self._timeout,
-                )
-            else:
-                candidates = min(max(top_k * 4, 40), 16384)
-                requests = [
-                    AnnSearchRequest(
-                        data=[list(query_vector or [])], anns_field="dense", param=dense_params, limit=candidates
-                    ),
-                    AnnSearchRequest(data=[query_text], anns_field="sparse", param=sparse_params, limit=candidates),
-                ]
-                result = self._client.hybrid_search(
-                    name,
-                    reqs=requests,
-                    ranker=RRFRanker(RRF_K),
-                    limit=top_k,
-                    output_fields=OUTPUT_FIELDS,
-                    timeout=self._timeout,
-                )
-        return list(result[0]) if result else []
+        params = {"metric_type": "BM25", "params": {"drop_ratio_search": 0.0}}
+        with self._guard("keyword search"):
+            result = self._client.search(
+                collection_name(corpus),
+                data=[terms],
+                anns_field="sparse",
+                limit=limit,
+                search_params=params,
+                output_fields=OUTPUT_FIELDS,
+                timeout=self._timeout,
+            )
+        return self._hits(corpus, result, negate=True)
+
+    @staticmethod
+    def _hits(corpus: str, result: Any, *, negate: bool) -> list[RetrievedDoc]:
+        hits = list(result[0]) if result else []
+        out = []
+        for hit in hits:
+            distance = float(hit.get("distance", 0.0))
+            doc = _doc_of(hit.get("entity") or {})
+            # BM25 distances are negative on Lite (positive on a server): abs() serves both.
+            out.append(RetrievedDoc(doc=doc, corpus=corpus, score=abs(distance) if negate else distance))
+        out.sort(key=lambda r: r.score, reverse=True)
+        return out
 
     def close(self) -> None:
         try:
             self._client.close()
         except Exception as exc:  # closing is best effort; the process may be exiting
             log.debug("closing Milvus client failed: %s", exc)
+
+
+def _doc_of(entity: Mapping[str, Any]) -> ApiDoc:
+    metadata = entity.get("metadata")
+    return ApiDoc(
+        key=str(entity.get("key", "")),
+        title=str(entity.get("title", "")),
+        text=str(entity.get("text", "")),
+        index_text=str(entity.get("index_text", "")),
+        metadata=metadata if isinstance(metadata, dict) else {},
+    )
+
+
+def hybrid_candidates(top_k: int) -> int:
+    """How many candidates each side of a hybrid search fetches for ``top_k`` results."""
+    return min(max(top_k, HYBRID_CANDIDATES), 16384)
+
+
+def fuse_hits(
+    corpus: str, dense: Sequence[RetrievedDoc], keyword: Sequence[RetrievedDoc], top_k: int
+) -> list[RetrievedDoc]:
+    """The hybrid result of one corpus from its dense and keyword candidates (retriever.fusion)."""
+    fused = fuse(
+        [Scored(hit.doc.key, hit.score, hit) for hit in dense],
+        [Scored(hit.doc.key, hit.score, hit) for hit in keyword],
+        keyword_weight=KEYWORD_WEIGHT,
+        top_k=top_k,
+    )
+    return [RetrievedDoc(doc=s.item.doc, corpus=corpus, score=s.score) for s in fused]
 
 
 def _reason(exc: BaseException) -> str:

@@ -24,7 +24,7 @@ class CorpusFormat(str, enum.Enum):
 
 
 class RetrievalMode(str, enum.Enum):
-    HYBRID = "hybrid"  # dense + BM25, fused with reciprocal rank fusion
+    HYBRID = "hybrid"  # dense + BM25, fused from standardised scores (retriever.fusion)
     DENSE = "dense"
     KEYWORD = "keyword"  # BM25 only
     NONE = "none"  # no retrieval: the prompt carries no documentation

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from retriever.loaders._text import (
+    expanded_words,
     first_paragraphs,
     identifier_words,
     join_nonempty,
@@ -441,9 +442,9 @@ def _operation_doc(
     phrase, verbs = action_phrase(method, api_path)
     index_text = join_nonempty(
         [
-            phrase,  # a plain phrase first: "create session", "restart sessions session id"
+            expanded_words(phrase),  # a plain phrase first: "create add new session", "restart ..."
             f"{method} {' '.join(verbs)} {' '.join(split_identifier(api_path))}",
-            identifier_words(operation_id) if operation_id else None,
+            expanded_words(identifier_words(operation_id)) if operation_id else None,
             summary,
             first_paragraphs(plain_description, INDEX_DESCRIPTION) if plain_description.strip() else None,
             privilege_words,

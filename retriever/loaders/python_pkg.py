@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retriever.loaders._text import first_paragraphs, identifier_words, join_nonempty, trim
+from retriever.loaders._text import expanded_words, first_paragraphs, identifier_words, join_nonempty, trim
 from retriever.types import ApiDoc, LoadProblem, LoadResult
 
 MAX_DOCSTRING_TEXT = 1500
@@ -235,7 +235,18 @@ def strip_pep695(source: str) -> str | None:
     return out
 
 
+# Real modules are far smaller; a bigger "source" file is generated data or an attack on the
+# parser's memory and time, and a NUL byte means it is not text at all.
+MAX_SOURCE_BYTES = 2 * 1024 * 1024
+
+
 def _parse(source: _Source, label: str, problems: list[LoadProblem]) -> ast.Module | None:
+    if len(source.data) > MAX_SOURCE_BYTES:
+        problems.append(LoadProblem(label, f"skipped: {len(source.data)} bytes, over {MAX_SOURCE_BYTES}"))
+        return None
+    if b"\x00" in source.data:
+        problems.append(LoadProblem(label, "skipped: a binary file, not Python source"))
+        return None
     try:
         return ast.parse(source.data, filename=label)
     except (SyntaxError, ValueError) as exc:
@@ -578,7 +589,7 @@ def _function_doc(
     )
     index_text = join_nonempty(
         [
-            identifier_words(module.rsplit(".", 1)[-1], *owner, node.name),
+            expanded_words(identifier_words(module.rsplit(".", 1)[-1], *owner, node.name)),
             first_paragraphs(docstring, MAX_DOCSTRING_INDEX) if docstring else None,
             owner_summary or None,
             ("parameters: " + identifier_words(*list(properties)[:INDEX_PARAM_NAMES])) if properties and INDEX_PARAM_NAMES else None,
@@ -644,7 +655,7 @@ def _class_docs(module: str, node: ast.ClassDef, owner: list[str]) -> list[ApiDo
     )
     index_text = join_nonempty(
         [
-            identifier_words(module.rsplit(".", 1)[-1], *path) + " class",
+            expanded_words(identifier_words(module.rsplit(".", 1)[-1], *path)) + " class",
             first_paragraphs(docstring, MAX_DOCSTRING_INDEX) if docstring else None,
         ],
         sep="\n",

@@ -1,0 +1,1091 @@
+"""Load generator for the apihelper gRPC service: N concurrent Generate streams for T seconds.
+
+    .venv/bin/python bench/load/run.py --inprocess fake [--concurrency 256] [--duration 30]
+        [--token-rate 50] [--cancel-prob 0.1] [--deadline S] [--json-out FILE]
+    .venv/bin/python bench/load/run.py --inprocess real [--device cpu] [--max-tokens 32] ...
+    .venv/bin/python bench/load/run.py --target 127.0.0.1:50051 [--corpora demo] ...
+
+Each of ``--concurrency`` workers loops for ``--duration`` seconds (after ``--warmup``): open a
+Generate stream, read it to its end, or with probability ``--cancel-prob`` cancel it after a
+random number of messages (0 = before the first), optionally under a per-call ``--deadline``.
+Streams still open when the time is up are cancelled and counted as "cut", not as errors.
+
+Server placement:
+  --target HOST:PORT   an existing server (loopback addresses only); event-loop lag is n/a.
+  --inprocess fake     this process starts the real gRPC server (servicer, pipeline, Prometheus
+                       recorder) around ``FakeEngine`` emitting a token every 1/--token-rate s per
+                       stream and an in-memory retriever holding docs of the sample corpus: what is
+                       left is the service's own cost.
+  --inprocess real     the real stack: the development transformers model (built in a temp dir),
+                       Milvus Lite in a temp dir with the sample corpus, the MiniLM embedder.
+
+Client placement (in-process modes): by default the load generator runs in ``--client-procs``
+separate processes (spawned), so its own CPU cost does not run on the server's event loop;
+``--client inline`` runs it in the server's loop instead (cheaper to start, inflates every
+number). Timestamps are compared across processes: ``time.perf_counter`` is CLOCK_MONOTONIC
+on Linux, one clock for the whole machine.
+
+What it reports (a table, and JSON with ``--json-out``; a window of ``--duration`` s after
+``--warmup`` s):
+  - streams started / completed / cancelled by the client / cut at the end / failed, and the
+    failures by gRPC status code (CANCELLED caused by our own cancel is not an error);
+  - throughput: streamed deltas/s and tokens/s (completion tokens of the completion messages,
+    plus the deltas of streams that ended without one);
+  - TTFT at the client (request sent -> first delta) p50/p90/p99/max;
+  - the service's overhead on TTFT: client TTFT minus the retrieval time the server reports and
+    minus the engine's own first-token time. For the fake engine that is the nominal token delay
+    (so event-loop lag counts against the service); in-process modes also break it down with
+    timestamps taken at the engine boundary: client -> engine call, engine call -> first token,
+    first token -> client;
+  - the server's event-loop lag (in-process modes): a probe task in the server's loop sleeps
+    10 ms again and again and records by how much each sleep overshoots;
+  - CPU used by the server process and by the client processes over the window.
+
+Only loopback addresses are ever contacted, and the run is bounded by ``--duration`` (at most
+one hour) and ``--max-calls`` streams in all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import ipaddress
+import json
+import math
+import multiprocessing
+import multiprocessing.connection
+import os
+import pstats
+import random
+import sys
+import tempfile
+import time
+import weakref
+from collections import Counter
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import grpc  # noqa: E402
+
+from apihelper.v1 import apihelper_pb2 as pb  # noqa: E402
+from apihelper.v1 import apihelper_pb2_grpc as pb_grpc  # noqa: E402
+from retriever.types import (  # noqa: E402
+    ApiDoc,
+    CorpusFormat,
+    CorpusInfo,
+    RetrievalMode,
+    RetrievalResult,
+    RetrievedDoc,
+)
+from service.engine.protocol import Engine, EngineInfo, EngineOutput, EngineRequest, EngineStats  # noqa: E402
+
+MAX_DURATION_S = 3600.0
+LAG_PROBE_INTERVAL_S = 0.010
+DEFAULT_INSTRUCTION = "Create a new compute session with the python:3.11 image"
+_MODES = {
+    "hybrid": pb.RETRIEVAL_MODE_HYBRID,
+    "dense": pb.RETRIEVAL_MODE_DENSE,
+    "keyword": pb.RETRIEVAL_MODE_KEYWORD,
+    "none": pb.RETRIEVAL_MODE_NONE,
+}
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """What the load generator does; picklable, so client processes get it as is."""
+
+    concurrency: int = 16
+    duration_s: float = 10.0
+    warmup_s: float = 1.0
+    ramp_s: float = 0.5  # workers start spread over this many seconds
+    cancel_prob: float = 0.0
+    cancel_max_messages: int = 24  # a cancelled stream is cut after randint(0, this) messages
+    deadline_s: float | None = None
+    channels: int = 1  # per client process; streams are spread round-robin
+    max_calls: int = 2_000_000  # streams in all, across client processes
+    seed: int = 0
+    instruction: str = DEFAULT_INSTRUCTION
+    max_tokens: int | None = None
+    retrieval_mode: str = "hybrid"
+    corpora: tuple[str, ...] = ()
+    top_k: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.channels < 1 or self.max_calls < 1:
+            raise ValueError("concurrency, channels and max_calls must be positive")
+        if not 0 < self.duration_s <= MAX_DURATION_S or not 0 <= self.warmup_s <= MAX_DURATION_S:
+            raise ValueError(f"duration must be in (0, {MAX_DURATION_S:g}] s and warmup in [0, {MAX_DURATION_S:g}] s")
+        if not 0.0 <= self.cancel_prob <= 1.0:
+            raise ValueError("cancel_prob must be in [0, 1]")
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise ValueError("deadline must be positive")
+        if self.retrieval_mode not in _MODES:
+            raise ValueError(f"retrieval_mode must be one of {', '.join(_MODES)}")
+
+
+def check_loopback(target: str) -> str:
+    """``target`` (HOST:PORT) when HOST is a loopback address or localhost; ValueError otherwise."""
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"target must be HOST:PORT, got {target!r}")
+    bare = host.strip("[]")
+    if bare != "localhost":
+        try:
+            if not ipaddress.ip_address(bare).is_loopback:
+                raise ValueError(f"only loopback targets are allowed, got {host}")
+        except ValueError as exc:
+            raise ValueError(f"only loopback targets (127.0.0.0/8, ::1, localhost) are allowed: {exc}") from None
+    return target
+
+
+# -- the client --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StreamRecord:
+    """One Generate stream as the client saw it (perf_counter seconds)."""
+
+    request_id: str
+    started: float
+    ended: float = 0.0
+    first_message: float | None = None
+    first_delta: float | None = None
+    outcome: str = "completed"  # completed | cancelled (by us) | cut (time up) | error
+    code: str = "OK"
+    deltas: int = 0  # deltas received inside the measurement window
+    completion_tokens: int | None = None  # from the completion message
+    completion_in_window: bool = False
+    retrieval_ms: float | None = None  # the server's timings, from the completion
+    server_first_token_ms: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class ClientResult:
+    records: list[StreamRecord]
+    cpu_s: float  # CPU time of the client process over the run
+    calls_started: int
+    window_start: float
+    lag_samples: list[tuple[float, float]] = field(default_factory=list)  # the client loop's own lag
+
+
+@dataclass(frozen=True)
+class Window:
+    start: float  # load starts (workers ramp up from here)
+    measure_from: float  # start + warmup
+    end: float  # measure_from + duration: no stream starts later, open ones are cut
+
+
+def _request(cfg: LoadConfig, request_id: str) -> pb.GenerateRequest:
+    retrieval = pb.RetrievalOptions(corpora=list(cfg.corpora), mode=_MODES[cfg.retrieval_mode])
+    if cfg.top_k is not None:
+        retrieval.top_k = cfg.top_k
+    sampling = pb.SamplingParams(temperature=0.0)
+    if cfg.max_tokens is not None:
+        sampling.max_tokens = cfg.max_tokens
+    return pb.GenerateRequest(
+        instruction=cfg.instruction, retrieval=retrieval, sampling=sampling, request_id=request_id
+    )
+
+
+async def _one_stream(
+    stub: pb_grpc.ApiHelperStub, cfg: LoadConfig, window: Window, request_id: str, cancel_at: int | None
+) -> StreamRecord:
+    rec = StreamRecord(request_id, time.perf_counter())
+    call = cast(
+        "grpc.aio.UnaryStreamCall[pb.GenerateRequest, pb.GenerateResponse]",
+        stub.Generate(_request(cfg, request_id), timeout=cfg.deadline_s),
+    )
+    received = 0
+    try:
+        if cancel_at == 0:
+            call.cancel()
+            rec.outcome, rec.code = "cancelled", "CANCELLED"
+            return rec
+        async with asyncio.timeout(max(0.0, window.end - time.perf_counter())):
+            while True:
+                msg = await call.read()
+                if not isinstance(msg, pb.GenerateResponse):  # grpc.aio.EOF
+                    break
+                now = time.perf_counter()
+                received += 1
+                if rec.first_message is None:
+                    rec.first_message = now
+                kind = msg.WhichOneof("event")
+                if kind == "delta":
+                    if rec.first_delta is None:
+                        rec.first_delta = now
+                    if now >= window.measure_from:
+                        rec.deltas += 1
+                elif kind == "completion":
+                    c = msg.completion
+                    rec.completion_tokens = c.usage.completion_tokens
+                    rec.completion_in_window = now >= window.measure_from
+                    rec.retrieval_ms = c.timings.retrieval_ms
+                    rec.server_first_token_ms = c.timings.first_token_ms
+                    continue
+                if cancel_at is not None and received >= cancel_at:
+                    call.cancel()
+                    rec.outcome, rec.code = "cancelled", "CANCELLED"
+                    return rec
+            code = await call.code()
+            rec.code = code.name
+            if code is not grpc.StatusCode.OK:
+                rec.outcome = "error"
+    except TimeoutError:
+        call.cancel()
+        rec.outcome, rec.code = "cut", "CANCELLED"
+    except grpc.aio.AioRpcError as exc:
+        rec.outcome, rec.code, rec.detail = "error", exc.code().name, (exc.details() or "")[:200]
+    finally:
+        rec.ended = time.perf_counter()
+    return rec
+
+
+async def run_load(cfg: LoadConfig, target: str, *, client_index: int = 0, clients: int = 1,
+                   start_at: float | None = None,
+                   ready: Callable[[], Any] | None = None, probe_loop: bool = True) -> ClientResult:
+    """Run this client's share of the workers against ``target``; ``start_at`` (perf_counter)
+    fixes the window for every client process, ``ready`` (awaitable factory) is awaited once the
+    channels are connected and returns the start time when ``start_at`` is None. ``probe_loop``:
+    record this loop's own lag (the client's, unless it shares the server's loop)."""
+    check_loopback(target)
+    workers = [i for i in range(cfg.concurrency) if i % clients == client_index]
+    cap = math.ceil(cfg.max_calls / clients)
+    options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+    channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(cfg.channels)]
+    records: list[StreamRecord] = []
+    started = [0]
+    cpu0 = time.process_time()
+    window = Window(0.0, 0.0, 0.0)
+    probe = LagProbe()
+    try:
+        for ch in channels:
+            await asyncio.wait_for(ch.channel_ready(), timeout=30)
+        if ready is not None:
+            got = await ready()
+            if start_at is None:
+                start_at = float(got)
+        if start_at is None:
+            start_at = time.perf_counter()
+        window = Window(start_at, start_at + cfg.warmup_s, start_at + cfg.warmup_s + cfg.duration_s)
+        stubs = [pb_grpc.ApiHelperStub(ch) for ch in channels]
+        if probe_loop:
+            probe.start()
+
+        async def worker(index: int) -> None:
+            rng = random.Random(cfg.seed * 1_000_003 + index)
+            stub = stubs[index % len(stubs)]
+            delay = window.start - time.perf_counter() + rng.uniform(0.0, cfg.ramp_s)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            n = 0
+            while time.perf_counter() < window.end and started[0] < cap:
+                started[0] += 1
+                cancel_at = rng.randint(0, cfg.cancel_max_messages) if rng.random() < cfg.cancel_prob else None
+                records.append(await _one_stream(stub, cfg, window, f"load-{index}-{n}", cancel_at))
+                n += 1
+
+        await asyncio.gather(*(worker(i) for i in workers))
+    finally:
+        await probe.stop()
+        for ch in channels:
+            await ch.close(grace=None)
+    return ClientResult(records, time.process_time() - cpu0, started[0], window.start, probe.samples)
+
+
+def _client_process(
+    cfg: LoadConfig, target: str, client_index: int, clients: int, conn: multiprocessing.connection.Connection
+) -> None:
+    """Entry point of a spawned client process: connect, say ready, wait for the start time."""
+
+    async def ready() -> float:
+        conn.send("ready")
+        return float(await asyncio.to_thread(conn.recv))
+
+    try:
+        result = asyncio.run(run_load(cfg, target, client_index=client_index, clients=clients, ready=ready))
+        conn.send(result)
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the run
+        conn.send(f"client {client_index} failed: {exc!r}")
+        raise
+    finally:
+        conn.close()
+
+
+# -- the in-process server ---------------------------------------------------------------------
+
+
+# request id -> (handler reached the retriever, engine.stream called, engine's first token), in
+# perf_counter seconds; the first is NaN where the retriever is not ours.
+Marks = dict[str, tuple[float, float, float]]
+
+
+class TimedEngine:
+    """An ``Engine`` that forwards to another and notes, per request id, when ``stream`` was
+    called and when its first text came out (perf_counter), for the TTFT breakdown. When the
+    retriever is a :class:`StaticRetriever` sharing ``retrieval_started``, the time the same
+    handler task asked it for docs is noted too (no request id reaches a retriever)."""
+
+    def __init__(self, inner: Engine, retrieval_started: weakref.WeakKeyDictionary[Any, float] | None = None) -> None:
+        self._inner = inner
+        self._retrieval_started = retrieval_started
+        self.marks: Marks = {}
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._inner.info
+
+    @property
+    def num_in_flight(self) -> int:
+        return self._inner.num_in_flight
+
+    def count_tokens(self, text: str) -> int:
+        return self._inner.count_tokens(text)
+
+    async def stream(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
+        called = time.perf_counter()
+        retrieval = math.nan
+        if self._retrieval_started is not None:
+            retrieval = self._retrieval_started.pop(asyncio.current_task(), math.nan)
+        first = True
+        async with contextlib.aclosing(self._inner.stream(request)) as outputs:
+            async for out in outputs:
+                if first and out.text_delta:
+                    self.marks[request.request_id] = (retrieval, called, time.perf_counter())
+                    first = False
+                yield out
+
+    async def abort(self, request_id: str) -> None:
+        await self._inner.abort(request_id)
+
+    async def check_health(self) -> None:
+        await self._inner.check_health()
+
+    def stats(self) -> EngineStats:
+        return self._inner.stats()
+
+    async def shutdown(self) -> None:
+        await self._inner.shutdown()
+
+
+class StaticRetriever:
+    """A retriever with no I/O: the first ``top_k`` docs of a fixed list (the sample corpus)."""
+
+    def __init__(self, docs: Sequence[ApiDoc], corpus: str = "demo") -> None:
+        self._docs = [RetrievedDoc(d, corpus, 1.0 - i / 100) for i, d in enumerate(docs)]
+        self._corpus = corpus
+        self.started: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()  # task -> when
+
+    async def retrieve(
+        self, query: str, *, corpora: Sequence[str] | None, top_k: int, mode: RetrievalMode
+    ) -> RetrievalResult:
+        task = asyncio.current_task()
+        if task is not None:
+            self.started[task] = time.perf_counter()
+        return RetrievalResult(self._docs[:top_k])
+
+    async def list_corpora(self) -> list[CorpusInfo]:
+        return [CorpusInfo(self._corpus, CorpusFormat.OPENAPI, len(self._docs), "memory", "none", None)]
+
+    async def check_health(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class LagProbe:
+    """Sleeps ``interval`` s in a loop on the running event loop and records each overshoot."""
+
+    def __init__(self, interval: float = LAG_PROBE_INTERVAL_S) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []  # (when, overshoot seconds)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="bench-lag-probe")
+
+    async def _run(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(self.interval)
+            now = time.perf_counter()
+            self.samples.append((now, now - before - self.interval))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [lag for when, lag in self.samples if start <= when <= end]
+
+
+class LoopBusyMeter:
+    """How much of the time the event loop spends outside its selector wait, i.e. running
+    callbacks: 100% means saturated. Wraps the loop's selector (a private attribute of asyncio's
+    selector loops); on other loops it reports nothing."""
+
+    def __init__(self) -> None:
+        self.idle: list[tuple[float, float]] = []  # (end of a wait, seconds waited)
+        self._selector: Any = None
+        self._original: Any = None
+
+    def start(self) -> None:
+        selector = getattr(asyncio.get_running_loop(), "_selector", None)
+        if selector is None or not hasattr(selector, "select"):
+            return
+        original = selector.select
+        idle = self.idle
+
+        def select(timeout: float | None = None) -> Any:
+            before = time.perf_counter()
+            try:
+                return original(timeout)
+            finally:
+                now = time.perf_counter()
+                idle.append((now, now - before))
+
+        self._selector, self._original = selector, original
+        selector.select = select
+
+    def stop(self) -> None:
+        if self._selector is not None:
+            self._selector.select = self._original
+            self._selector = None
+
+    def iterations(self, start: float, end: float) -> int:
+        return sum(1 for when, _ in self.idle if start <= when <= end)
+
+    def busy_fraction(self, start: float, end: float) -> float | None:
+        if not self.idle or end <= start:
+            return None
+        waited = sum(w for when, w in self.idle if start <= when <= end)
+        return max(0.0, 1.0 - waited / (end - start))
+
+
+class BareServicer(pb_grpc.ApiHelperServicer):
+    """The floor to compare the service with: a bare grpc.aio handler that streams the same
+    messages (sources, one delta per token every ``delay`` s, a completion) with no pipeline,
+    validation, limits or metrics. What the real servicer costs beyond it is the service's own."""
+
+    def __init__(self, docs: Sequence[ApiDoc], reply: str, delay: float, marks: Marks) -> None:
+        from service.engine.fake import pieces
+
+        self._sources = pb.Sources(
+            sources=[pb.Source(key=d.key, corpus="demo", title=d.title, score=1.0, text=d.text) for d in docs[:3]]
+        )
+        self._reply = reply
+        self._pieces = pieces(reply)
+        self._delay = delay
+        self._marks = marks
+
+    async def Generate(
+        self, request: pb.GenerateRequest, context: Any
+    ) -> AsyncGenerator[pb.GenerateResponse, None]:
+        called = time.perf_counter()
+        yield pb.GenerateResponse(sources=self._sources)
+        for i, piece in enumerate(self._pieces):
+            await asyncio.sleep(self._delay)
+            if i == 0:
+                self._marks[request.request_id] = (called, called, time.perf_counter())
+            yield pb.GenerateResponse(delta=pb.TextDelta(text=piece))
+        await asyncio.sleep(self._delay)  # as FakeEngine: one more step finds the end
+        total_ms = (time.perf_counter() - called) * 1000.0
+        yield pb.GenerateResponse(
+            completion=pb.Completion(
+                finish_reason=pb.FINISH_REASON_STOP,
+                usage=pb.Usage(prompt_tokens=100, completion_tokens=len(self._pieces)),
+                timings=pb.Timings(first_token_ms=self._delay * 1000.0, total_ms=total_ms),
+                text=self._reply,
+                request_id=request.request_id,
+            )
+        )
+
+    async def Retrieve(self, request: pb.RetrieveRequest, context: Any) -> pb.RetrieveResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the bare server streams Generate only")
+        raise AssertionError("unreachable")
+
+    async def ListCorpora(self, request: pb.ListCorporaRequest, context: Any) -> pb.ListCorporaResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the bare server streams Generate only")
+        raise AssertionError("unreachable")
+
+
+@dataclass
+class InProcessServer:
+    port: int
+    marks: Marks
+    nominal_first_token_s: float | None  # the fake engine's token delay; None for real engines
+    description: str
+    stop: Callable[[], Any]  # async: stops the server and cleans up
+
+
+def fake_reply(words: int = 0) -> str:
+    """The fake engine's answer: its default Gorilla reply, or that text repeated to ``words`` words."""
+    from service.engine.fake import GORILLA_V0_REPLY
+
+    if words <= 0:
+        return GORILLA_V0_REPLY
+    parts = GORILLA_V0_REPLY.split(" ")
+    return " ".join((parts * (words // len(parts) + 1))[:words])
+
+
+def fake_stream_seconds(words: int, token_rate: float) -> float:
+    """How long one fake-engine stream lasts: a step per token plus the step that finds the end."""
+    from service.engine.fake import pieces
+
+    return (len(pieces(fake_reply(words))) + 1) / token_rate
+
+
+def _sample_docs() -> list[ApiDoc]:
+    from retriever.loaders import load_corpus
+    from retriever.samples import sample_corpus_path
+
+    _, loaded = load_corpus(sample_corpus_path(), None)
+    return loaded.docs
+
+
+def _recorder(kind: str, engine: Engine, embedding_model: str) -> Any:
+    from service.metrics import NullRecorder
+
+    if kind == "null":
+        return NullRecorder()
+    from service.metrics.prometheus import PrometheusRecorder
+
+    # Built as service.__main__ builds it, not served over HTTP (nothing scrapes during the run).
+    return PrometheusRecorder(
+        version="bench",
+        engine_kind=engine.info.kind,
+        model=engine.info.model,
+        prompt_format=engine.info.prompt_format.value,
+        embedding_model=embedding_model,
+        engine_stats=engine.stats,
+    )
+
+
+async def start_inprocess(
+    kind: str, *, token_rate: float, reply_words: int, max_streams: int, recorder: str, device: str,
+    work_dir: Path,
+) -> InProcessServer:
+    """Start the real gRPC server in this process around the fake or the real engine."""
+    from service.grpc.server import start_server
+    from service.settings import Settings
+
+    settings = Settings(port=0, max_concurrent_streams=max_streams, metrics_port=0, shutdown_grace_seconds=2.0)
+    if kind in ("fake", "bare"):
+        from service.engine.fake import FakeEngine
+
+        reply = fake_reply(reply_words)
+        delay = 1.0 / token_rate
+        if kind == "bare":
+            marks: Marks = {}
+            server = grpc.aio.server()
+            pb_grpc.add_ApiHelperServicer_to_server(BareServicer(_sample_docs(), reply, delay, marks), server)
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+
+            async def stop() -> None:
+                await server.stop(None)
+
+            desc = f"bare grpc.aio handler (no service code), {token_rate:g} tokens/s per stream"
+            return InProcessServer(port, marks, delay, desc, stop)
+        static = StaticRetriever(_sample_docs())
+        timed = TimedEngine(FakeEngine(reply, token_delay_s=delay), static.started)
+        running = await start_server(settings, timed, static, _recorder(recorder, timed, "none"))
+        desc = f"in-process server, FakeEngine at {token_rate:g} tokens/s per stream, static retriever"
+        return InProcessServer(running.port, timed.marks, delay, desc, running.stop)
+
+    from engine_build.dev_model import make_dev_model
+    from retriever.embedding import Embedder
+    from retriever.ingest import ingest_corpus
+    from retriever.milvus_store import MilvusStore
+    from retriever.samples import sample_corpus_path
+    from retriever.service import open_retriever
+    from service.engine.transformers_engine import TransformersEngine
+
+    model_dir = work_dir / "dev-model"
+    make_dev_model(model_dir, (d.text for d in _sample_docs()))
+    uri = str(work_dir / "milvus.db")
+    embedder = await asyncio.to_thread(Embedder)
+    store = MilvusStore(uri, "")
+    await asyncio.to_thread(ingest_corpus, store, embedder, "demo", sample_corpus_path(), None, False)
+    store.close()
+    retriever = await open_retriever(uri, "", embedder)
+    timed = TimedEngine(await TransformersEngine.load(model_dir, device=device))
+    running = await start_server(settings, timed, retriever, _recorder(recorder, timed, embedder.model_name))
+    desc = f"in-process server, transformers dev model on {device}, Milvus Lite with the sample corpus"
+    return InProcessServer(running.port, timed.marks, None, desc, running.stop)
+
+
+# -- statistics and the report -----------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100) by linear interpolation; None for no values."""
+    if not values:
+        return None
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def _dist_ms(values_s: Sequence[float], qs: Sequence[float] = (50, 90, 99)) -> dict[str, float | int | None]:
+    out: dict[str, float | int | None] = {"n": len(values_s)}
+    for q in qs:
+        v = percentile(values_s, q)
+        out[f"p{q:g}"] = None if v is None else round(v * 1000.0, 3)
+    out["max"] = round(max(values_s) * 1000.0, 3) if values_s else None
+    return out
+
+
+@dataclass
+class Report:
+    settings: dict[str, Any]
+    streams: dict[str, int]
+    errors_by_status: dict[str, int]
+    error_examples: list[str]
+    throughput: dict[str, float]
+    ttft_ms: dict[str, float | int | None]
+    time_to_first_message_ms: dict[str, float | int | None]
+    ttft_overhead_ms: dict[str, Any]
+    event_loop_lag_ms: dict[str, Any]
+    cpu: dict[str, Any]
+    acceptance: dict[str, Any] = field(default_factory=dict)
+
+
+def build_report(
+    cfg: LoadConfig,
+    window: Window,
+    results: Sequence[ClientResult],
+    *,
+    settings: dict[str, Any],
+    marks: Marks | None,
+    nominal_first_token_s: float | None,
+    lag_s: Sequence[float] | None,
+    server_cpu_s: float | None,
+    wall_s: float,
+    server_loop_busy: float | None = None,
+    server_loop_iterations: int | None = None,
+    machine_busy_s: float | None = None,
+) -> Report:
+    records = [r for res in results for r in res.records]
+    measured = [r for r in records if window.measure_from <= r.started < window.end]
+    outcomes = Counter(r.outcome for r in measured)
+    errors = Counter(r.code for r in measured if r.outcome == "error")
+    examples = sorted({f"{r.code}: {r.detail}" for r in measured if r.outcome == "error"})[:5]
+    span = window.end - window.measure_from
+    deltas = sum(r.deltas for r in records)
+    tokens = sum(
+        (r.completion_tokens or 0) if r.completion_in_window else 0 for r in records
+    ) + sum(r.deltas for r in records if r.completion_tokens is None)
+    completed_in_window = sum(1 for r in records if r.completion_in_window)
+
+    ttft = [r.first_delta - r.started for r in measured if r.first_delta is not None]
+    ttfm = [r.first_message - r.started for r in measured if r.first_message is not None]
+
+    overhead: dict[str, Any] = {}
+    with_first = [r for r in measured if r.first_delta is not None]
+    if nominal_first_token_s is not None:
+        # Retrieval time is known from the completion; for streams cancelled before it, the
+        # in-memory retriever's ~0 ms is assumed (it does no I/O).
+        strict = [
+            (r.first_delta - r.started) - nominal_first_token_s - (r.retrieval_ms or 0.0) / 1000.0
+            for r in with_first
+            if r.first_delta is not None
+        ]
+        overhead["client_ttft_minus_nominal_engine_and_retrieval"] = _dist_ms(strict)
+        overhead["nominal_engine_first_token_ms"] = round(nominal_first_token_s * 1000.0, 3)
+    if marks is not None:
+        to_handler, handler_to_engine, to_engine, engine_ft, from_engine, beyond = [], [], [], [], [], []
+        for r in with_first:
+            mark = marks.get(r.request_id)
+            if mark is None or r.first_delta is None:
+                continue
+            handler, called, first = mark
+            if not math.isnan(handler):
+                to_handler.append(handler - r.started)
+                handler_to_engine.append(called - handler)
+            to_engine.append(called - r.started)
+            engine_ft.append(first - called)
+            from_engine.append(r.first_delta - first)
+            beyond.append((r.first_delta - r.started) - (first - called) - (r.retrieval_ms or 0.0) / 1000.0)
+        overhead["client_ttft_minus_measured_engine_and_retrieval"] = _dist_ms(beyond)
+        overhead["client_to_engine_call"] = _dist_ms(to_engine)
+        if to_handler:
+            overhead["client_to_handler_retrieval"] = _dist_ms(to_handler)
+            overhead["handler_retrieval_to_engine_call"] = _dist_ms(handler_to_engine)
+        overhead["engine_call_to_first_token"] = _dist_ms(engine_ft)
+        overhead["engine_first_token_to_client"] = _dist_ms(from_engine)
+    server_side = [
+        (r.first_delta - r.started) - r.server_first_token_ms / 1000.0
+        for r in with_first
+        if r.first_delta is not None and r.server_first_token_ms is not None
+    ]
+    overhead["client_ttft_minus_server_reported_ttft"] = _dist_ms(server_side)
+
+    lag: dict[str, Any] = {"probe_interval_ms": LAG_PROBE_INTERVAL_S * 1000.0}
+    if lag_s is None:
+        lag["n/a"] = "the server runs elsewhere (--target)"
+    else:
+        lag.update(_dist_ms(lag_s))
+
+    client_lag = [lag for res in results for when, lag in res.lag_samples if window.measure_from <= when <= window.end]
+    lag["client_loop"] = _dist_ms(client_lag) if client_lag else "n/a (the client shares the server's loop)"
+    client_cpu = sum(r.cpu_s for r in results)
+    cpu = {
+        "cores": os.cpu_count(),
+        "client_processes_cpu_s": round(client_cpu, 2),
+        "client_cpu_pct_of_one_core": round(100.0 * client_cpu / wall_s, 1) if wall_s > 0 else None,
+        "server_process_cpu_s": None if server_cpu_s is None else round(server_cpu_s, 2),
+        "server_cpu_pct_of_one_core": None if server_cpu_s is None else round(100.0 * server_cpu_s / wall_s, 1),
+        "server_loop_busy_pct": None if server_loop_busy is None else round(100.0 * server_loop_busy, 1),
+        "server_loop_iterations_per_s": (
+            None if not server_loop_iterations else round(server_loop_iterations / (window.end - window.measure_from), 1)
+        ),
+        "run_wall_s": round(wall_s, 2),
+        # Other processes on the machine over the run: anything much above 0 skews the numbers.
+        "other_processes_cpu_pct_of_one_core": (
+            None
+            if machine_busy_s is None or server_cpu_s is None
+            else round(max(0.0, 100.0 * (machine_busy_s - server_cpu_s - client_cpu) / wall_s), 1)
+        ),
+    }
+    report = Report(
+        settings=settings,
+        streams={
+            "started_in_window": len(measured),
+            "completed": outcomes["completed"],
+            "cancelled_by_client": outcomes["cancelled"],
+            "cut_at_end": outcomes["cut"],
+            "errors": outcomes["error"],
+            "started_in_warmup": sum(1 for r in records if r.started < window.measure_from),
+            "calls_started_total": sum(res.calls_started for res in results),
+        },
+        errors_by_status=dict(sorted(errors.items())),
+        error_examples=examples,
+        throughput={
+            "window_s": round(span, 3),
+            "deltas_per_s": round(deltas / span, 1),
+            "tokens_per_s": round(tokens / span, 1),
+            "completions_per_s": round(completed_in_window / span, 1),
+        },
+        ttft_ms=_dist_ms(ttft),
+        time_to_first_message_ms=_dist_ms(ttfm),
+        ttft_overhead_ms=overhead,
+        event_loop_lag_ms=lag,
+        cpu=cpu,
+    )
+    report.acceptance = _acceptance(report, nominal_first_token_s)
+    return report
+
+
+def _acceptance(report: Report, nominal: float | None) -> dict[str, Any]:
+    """Issue 7, acceptance 5 (fake engine): no errors, lag p99 < 20 ms, overhead p50 < 1 ms."""
+    out: dict[str, Any] = {"no_errors": report.streams["errors"] == 0}
+    lag_p99 = report.event_loop_lag_ms.get("p99")
+    out["event_loop_lag_p99_under_20ms"] = None if lag_p99 is None else lag_p99 < 20.0
+    if nominal is not None:
+        p50 = report.ttft_overhead_ms["client_ttft_minus_nominal_engine_and_retrieval"]["p50"]
+        out["ttft_overhead_p50_under_1ms"] = None if p50 is None else p50 < 1.0
+    return out
+
+
+def format_table(report: Report) -> str:
+    def fmt(d: dict[str, Any], keys: Sequence[str] = ("n", "p50", "p90", "p99", "max")) -> str:
+        return "  ".join(f"{k}={'n/a' if d.get(k) is None else d[k]}" for k in keys if k in d)
+
+    s = report.streams
+    t = report.throughput
+    lines = [
+        "apihelper load: " + ", ".join(f"{k}={v}" for k, v in report.settings.items()),
+        "",
+        f"{'streams':34} started={s['started_in_window']} completed={s['completed']} "
+        f"cancelled={s['cancelled_by_client']} cut_at_end={s['cut_at_end']} errors={s['errors']}",
+        f"{'errors by status':34} {report.errors_by_status or 'none'}",
+        f"{'throughput (window ' + str(t['window_s']) + ' s)':34} tokens/s={t['tokens_per_s']} "
+        f"deltas/s={t['deltas_per_s']} completions/s={t['completions_per_s']}",
+        f"{'TTFT at the client (ms)':34} {fmt(report.ttft_ms)}",
+        f"{'first message, sources (ms)':34} {fmt(report.time_to_first_message_ms)}",
+    ]
+    labels = {
+        "client_ttft_minus_nominal_engine_and_retrieval": "service overhead on TTFT (ms)",
+        "client_ttft_minus_measured_engine_and_retrieval": "  same, engine time as measured",
+        "client_to_engine_call": "  client -> engine.stream called",
+        "client_to_handler_retrieval": "    client -> handler at retrieval",
+        "handler_retrieval_to_engine_call": "    retrieval -> engine.stream",
+        "engine_call_to_first_token": "  engine call -> first token",
+        "engine_first_token_to_client": "  engine first token -> client",
+        "client_ttft_minus_server_reported_ttft": "client TTFT - server's first_token_ms",
+    }
+    for key, label in labels.items():
+        if key in report.ttft_overhead_ms:
+            lines.append(f"{label:34} {fmt(report.ttft_overhead_ms[key], ('n', 'p50', 'p99', 'max'))}")
+    lag = report.event_loop_lag_ms
+    lines.append(
+        f"{'server event-loop lag (ms)':34} " + (lag["n/a"] if "n/a" in lag else fmt(lag, ("n", "p50", "p99", "max")))
+    )
+    client_lag = lag["client_loop"]
+    lines.append(
+        f"{'client event-loop lag (ms)':34} "
+        + (fmt(client_lag, ("n", "p50", "p99", "max")) if isinstance(client_lag, dict) else str(client_lag))
+    )
+    c = report.cpu
+    lines.append(
+        f"{'CPU (% of one core)':34} server={c['server_cpu_pct_of_one_core']} "
+        f"(its event loop busy {c['server_loop_busy_pct']}%, {c['server_loop_iterations_per_s']} iterations/s) "
+        f"clients={c['client_cpu_pct_of_one_core']} other processes={c['other_processes_cpu_pct_of_one_core']} "
+        f"(machine cores: {c['cores']})"
+    )
+    lines.append(f"{'acceptance 5':34} " + " ".join(f"{k}={v}" for k, v in report.acceptance.items()))
+    return "\n".join(lines)
+
+
+# -- orchestration -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    cfg: LoadConfig
+    target: str | None = None
+    inprocess: str | None = None  # fake | real | bare
+    client: str = "process"  # process | inline (in-process modes)
+    client_procs: int = 1
+    token_rate: float = 50.0
+    reply_words: int = 0  # 0: FakeEngine's default Gorilla reply
+    server_max_streams: int = 0  # 0: 2 x concurrency
+    recorder: str = "prometheus"
+    device: str = "cpu"
+    profile: str | None = None  # cProfile the server process over the run, dump here
+
+
+async def _spawn_clients(
+    opts: RunOptions, target: str
+) -> tuple[list[multiprocessing.process.BaseProcess], list[multiprocessing.connection.Connection]]:
+    ctx = multiprocessing.get_context("spawn")
+    procs: list[multiprocessing.process.BaseProcess] = []
+    conns: list[multiprocessing.connection.Connection] = []
+    for i in range(opts.client_procs):
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=_client_process, args=(opts.cfg, target, i, opts.client_procs, child), daemon=True)
+        p.start()
+        child.close()
+        procs.append(p)
+        conns.append(parent)
+    for conn in conns:
+        msg = await asyncio.to_thread(_recv, conn, 120.0)
+        if msg != "ready":
+            raise RuntimeError(f"a client process did not start: {msg}")
+    return procs, conns
+
+
+def machine_busy_s() -> float | None:
+    """CPU seconds the whole machine has been busy (all cores, /proc/stat); None off Linux."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _recv(conn: multiprocessing.connection.Connection, timeout: float) -> Any:
+    if not conn.poll(timeout):
+        raise TimeoutError(f"no answer from a client process in {timeout:g} s")
+    return conn.recv()
+
+
+async def run(opts: RunOptions) -> Report:
+    cfg = opts.cfg
+    if (opts.target is None) == (opts.inprocess is None):
+        raise ValueError("give exactly one of --target and --inprocess")
+    settings: dict[str, Any] = {
+        "concurrency": cfg.concurrency,
+        "duration_s": cfg.duration_s,
+        "warmup_s": cfg.warmup_s,
+        "ramp_s": round(cfg.ramp_s, 3),
+        "cancel_prob": cfg.cancel_prob,
+        "deadline_s": cfg.deadline_s,
+    }
+    if opts.target is not None:
+        target = check_loopback(opts.target)
+        settings.update(server=f"--target {target}", client="this process")
+        t0 = time.perf_counter()
+        result = await run_load(cfg, target)
+        wall = time.perf_counter() - t0
+        start = result.window_start  # run_load started right after its channels were ready
+        window = Window(start, start + cfg.warmup_s, start + cfg.warmup_s + cfg.duration_s)
+        return build_report(
+            cfg, window, [result], settings=settings, marks=None, nominal_first_token_s=None,
+            lag_s=None, server_cpu_s=None, wall_s=wall,
+        )
+
+    assert opts.inprocess in ("fake", "real", "bare")
+    max_streams = opts.server_max_streams or 2 * cfg.concurrency
+    with tempfile.TemporaryDirectory(prefix="apihelper-load-") as tmp:
+        server = await start_inprocess(
+            opts.inprocess, token_rate=opts.token_rate, reply_words=opts.reply_words, max_streams=max_streams,
+            recorder=opts.recorder, device=opts.device, work_dir=Path(tmp),
+        )
+        settings.update(
+            server=server.description, server_max_concurrent_streams=max_streams, recorder=opts.recorder,
+            client=(f"{opts.client_procs} separate process(es)" if opts.client == "process" else "inline, server loop"),
+        )
+        target = f"127.0.0.1:{server.port}"
+        probe = LagProbe()
+        busy = LoopBusyMeter()
+        profiler = cProfile.Profile() if opts.profile else None
+        try:
+            probe.start()
+            busy.start()
+            machine0 = machine_busy_s()
+            if opts.client == "inline":
+                cpu0, t0 = time.process_time(), time.perf_counter()
+                start = t0 + 0.2
+                if profiler:
+                    profiler.enable()
+                results = [await run_load(cfg, target, start_at=start, probe_loop=False)]
+                if profiler:
+                    profiler.disable()
+                wall, server_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+                results[0].cpu_s = 0.0  # one process: its whole CPU time is reported as the server's
+            else:
+                procs, conns = await _spawn_clients(opts, target)
+                start = time.perf_counter() + 0.2
+                cpu0, t0 = time.process_time(), time.perf_counter()
+                for conn in conns:
+                    conn.send(start)
+                if profiler:
+                    profiler.enable()
+                limit = cfg.warmup_s + cfg.duration_s + 120.0
+                answers = await asyncio.gather(*(asyncio.to_thread(_recv, c, limit) for c in conns))
+                if profiler:
+                    profiler.disable()
+                wall, server_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+                for p in procs:
+                    p.join(timeout=10)
+                bad = [a for a in answers if not isinstance(a, ClientResult)]
+                if bad:
+                    raise RuntimeError("; ".join(map(str, bad)))
+                results = [a for a in answers if isinstance(a, ClientResult)]
+            machine1 = machine_busy_s()
+            machine = None if machine0 is None or machine1 is None else machine1 - machine0
+            window = Window(start, start + cfg.warmup_s, start + cfg.warmup_s + cfg.duration_s)
+            lag = probe.between(window.measure_from, window.end)
+            loop_busy = busy.busy_fraction(window.measure_from, window.end)
+            loop_iterations = busy.iterations(window.measure_from, window.end)
+        finally:
+            busy.stop()
+            await probe.stop()
+            await server.stop()
+        if profiler is not None and opts.profile:
+            profiler.dump_stats(opts.profile)
+            stats = pstats.Stats(profiler, stream=sys.stderr)
+            stats.sort_stats("tottime").print_stats(25)
+        settings["client_procs"] = opts.client_procs if opts.client == "process" else 0
+        if opts.inprocess in ("fake", "bare"):
+            settings["token_rate_per_stream"] = opts.token_rate
+        return build_report(
+            cfg, window, results, settings=settings, marks=server.marks,
+            nominal_first_token_s=server.nominal_first_token_s, lag_s=lag, server_cpu_s=server_cpu, wall_s=wall,
+            server_loop_busy=loop_busy, server_loop_iterations=loop_iterations, machine_busy_s=machine,
+        )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bench/load/run.py",
+        description="Concurrent Generate streams against apihelper; reports throughput, TTFT, errors, loop lag.",
+    )
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--target", help="HOST:PORT of a running server (loopback only)")
+    where.add_argument(
+        "--inprocess", choices=("fake", "real", "bare"),
+        help="start a server in this process: the service around the fake or the real engine, or a bare grpc.aio "
+        "handler streaming the same messages (the floor the service is compared with)",
+    )
+    p.add_argument("--concurrency", type=int, default=256, help="concurrent streams (default 256)")
+    p.add_argument("--duration", type=float, default=30.0, help="measured seconds (default 30)")
+    p.add_argument("--warmup", type=float, default=None,
+                   help="seconds of load before measuring (default: the ramp + 1 s, at least 2 s)")
+    p.add_argument("--ramp", type=float, default=None,
+                   help="workers start spread over this many seconds (default: one fake-engine stream's length, "
+                   "so streams of equal length do not start in waves; 1 s otherwise)")
+    p.add_argument("--cancel-prob", type=float, default=0.0, help="chance a stream is cancelled (default 0)")
+    p.add_argument("--cancel-max-messages", type=int, default=24, help="cancel after randint(0, N) messages")
+    p.add_argument("--deadline", type=float, default=None, help="per-call deadline in seconds")
+    p.add_argument("--channels", type=int, default=1, help="gRPC channels per client process (default 1)")
+    p.add_argument("--max-calls", type=int, default=2_000_000, help="streams in all, at most")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--instruction", default=DEFAULT_INSTRUCTION)
+    p.add_argument("--max-tokens", type=int, default=None, help="sampling.max_tokens (default: the server's)")
+    p.add_argument("--mode", default="hybrid", choices=sorted(_MODES), help="retrieval mode (default hybrid)")
+    p.add_argument("--corpora", default="", help="comma-separated corpora (default: all)")
+    p.add_argument("--top-k", type=int, default=None, help="retrieval top_k (default: the server's)")
+    p.add_argument("--client", choices=("process", "inline"), default="process",
+                   help="in-process modes: load generator in separate processes (default) or in the server's loop")
+    p.add_argument("--client-procs", type=int, default=1, help="client processes (default 1)")
+    p.add_argument("--token-rate", type=float, default=50.0, help="fake engine tokens/s per stream (default 50)")
+    p.add_argument("--reply-words", type=int, default=0, help="fake engine reply length in words (default: ~24)")
+    p.add_argument("--server-max-streams", type=int, default=0, help="server's max_concurrent_streams (default 2x)")
+    p.add_argument("--recorder", choices=("prometheus", "null"), default="prometheus",
+                   help="in-process server's metrics recorder (default prometheus, as served)")
+    p.add_argument("--device", default="cpu", help="--inprocess real: cpu | cuda | auto")
+    p.add_argument("--profile", default=None, help="cProfile the server process over the run into this file")
+    p.add_argument("--json-out", type=Path, default=None, help="write the report as JSON here")
+    return p
+
+
+def options_from_args(argv: Sequence[str] | None = None) -> tuple[RunOptions, Path | None]:
+    a = _parser().parse_args(argv)
+    if a.token_rate <= 0 or a.client_procs < 1:
+        raise ValueError("--token-rate and --client-procs must be positive")
+    ramp = a.ramp
+    if ramp is None:
+        ramp = 1.0
+        if a.inprocess in ("fake", "bare"):
+            ramp = min(10.0, fake_stream_seconds(a.reply_words, a.token_rate))
+    warmup = a.warmup if a.warmup is not None else max(2.0, ramp + 1.0)
+    cfg = LoadConfig(
+        concurrency=a.concurrency, duration_s=a.duration, warmup_s=warmup, ramp_s=ramp,
+        cancel_prob=a.cancel_prob, cancel_max_messages=a.cancel_max_messages, deadline_s=a.deadline,
+        channels=a.channels, max_calls=a.max_calls, seed=a.seed, instruction=a.instruction,
+        max_tokens=a.max_tokens, retrieval_mode=a.mode,
+        corpora=tuple(c for c in a.corpora.split(",") if c), top_k=a.top_k,
+    )
+    opts = RunOptions(
+        cfg=cfg, target=a.target, inprocess=a.inprocess, client=a.client, client_procs=a.client_procs,
+        token_rate=a.token_rate, reply_words=a.reply_words, server_max_streams=a.server_max_streams,
+        recorder=a.recorder, device=a.device, profile=a.profile,
+    )
+    return opts, a.json_out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        opts, json_out = options_from_args(argv)
+    except ValueError as exc:
+        print(f"bench/load: {exc}", file=sys.stderr)
+        return 2
+    report = asyncio.run(run(opts))
+    print(format_table(report))
+    if json_out is not None:
+        json_out.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

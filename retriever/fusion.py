@@ -1,0 +1,82 @@
+"""Hybrid fusion of dense (cosine) and keyword (BM25) candidate lists, done in the client.
+
+Milvus' own rankers are not used for hybrid search: RRF throws the scores away (a BM25 list
+with one strong match and a list of near-ties look the same), and ``WeightedRanker`` normalises
+BM25 with an arctan that assumes positive distances, while Milvus Lite returns them negated.
+Fusing here behaves the same on Lite and on a server and lets the weight be measured
+(bench/retrieval/README.md has the numbers behind the defaults).
+
+Method: each list's scores are standardised over its own candidates (z-scores: mean 0, standard
+deviation 1), a doc missing from one list gets that list's lowest standardised score, and the
+fused score is ``(1 - w) * z_dense + w * z_keyword``. Standardising makes the weight mean the same
+thing for every query, whatever the spread of cosine similarities or BM25 scores; the fused
+scores are roughly comparable across corpora, which the cross-corpus merge relies on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+# Weight of BM25 in the fused score (bench/retrieval/README.md: chosen on all dev sets together).
+KEYWORD_WEIGHT = 0.25
+
+
+@dataclass(frozen=True)
+class Scored(Generic[T]):
+    key: str
+    score: float
+    item: T
+
+
+def _standardised(scores: Sequence[float]) -> list[float]:
+    n = len(scores)
+    if n == 0:
+        return []
+    mean = sum(scores) / n
+    var = sum((s - mean) ** 2 for s in scores) / n
+    std = math.sqrt(var)
+    if std < 1e-9:
+        return [0.0] * n
+    return [(s - mean) / std for s in scores]
+
+
+def fuse(
+    dense: Sequence[Scored[T]],
+    keyword: Sequence[Scored[T]],
+    *,
+    keyword_weight: float = KEYWORD_WEIGHT,
+    top_k: int,
+) -> list[Scored[T]]:
+    """The best ``top_k`` of both lists by fused score (see the module docstring), best first.
+
+    Items are taken from the dense list when a key is in both. An empty list contributes
+    nothing (the other list's standardised scores are used alone).
+    """
+    if not keyword or keyword_weight <= 0:
+        return sorted(dense, key=lambda s: s.score, reverse=True)[:top_k]
+    if not dense or keyword_weight >= 1:
+        return sorted(keyword, key=lambda s: s.score, reverse=True)[:top_k]
+    z_dense = dict(zip((s.key for s in dense), _standardised([s.score for s in dense])))
+    z_keyword = dict(zip((s.key for s in keyword), _standardised([s.score for s in keyword])))
+    floor_dense = min(z_dense.values())
+    floor_keyword = min(z_keyword.values())
+    items: dict[str, T] = {s.key: s.item for s in keyword}
+    items.update({s.key: s.item for s in dense})
+    fused = [
+        Scored(
+            key,
+            (1.0 - keyword_weight) * z_dense.get(key, floor_dense) + keyword_weight * z_keyword.get(key, floor_keyword),
+            item,
+        )
+        for key, item in items.items()
+    ]
+    fused.sort(key=lambda s: s.score, reverse=True)
+    return fused[:top_k]
+
+
+__all__ = ["KEYWORD_WEIGHT", "Scored", "fuse"]

@@ -1,0 +1,68 @@
+"""Smoke test of the load generator (bench/load/run.py): a short in-process run with the fake
+engine and random cancels must count tokens, measure the server's event-loop lag and see no
+error but the CANCELLED its own cancels cause. Timings are not asserted: CI machines vary."""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+
+# bench/ is a namespace package beside tests/; importing it by name (not by file path) lets the
+# spawned client processes unpickle its functions and dataclasses.
+load = importlib.import_module("bench.load.run")
+
+
+async def test_inprocess_fake_smoke_counts_tokens_lag_and_only_our_cancels() -> None:
+    cfg = load.LoadConfig(
+        concurrency=16, duration_s=2.0, warmup_s=0.3, ramp_s=0.3, cancel_prob=0.3, cancel_max_messages=8, seed=7
+    )
+    # inline: the client shares the server's loop, so the test needs no process start-up.
+    report = await load.run(load.RunOptions(cfg=cfg, inprocess="fake", client="inline", token_rate=200.0))
+
+    streams = report.streams
+    assert streams["errors"] == 0, report.error_examples
+    assert report.errors_by_status == {}
+    assert streams["completed"] > 0 and streams["cancelled_by_client"] > 0
+    assert report.throughput["tokens_per_s"] > 0 and report.throughput["deltas_per_s"] > 0
+    assert report.ttft_ms["n"] > 0 and report.ttft_ms["p50"] > 0
+    lag = report.event_loop_lag_ms
+    assert lag["n"] > 50 and lag["p50"] is not None and lag["p50"] >= 0 and lag["max"] >= lag["p99"]
+    overhead = report.ttft_overhead_ms
+    assert overhead["nominal_engine_first_token_ms"] == pytest.approx(5.0)
+    assert overhead["client_to_engine_call"]["n"] > 0  # the engine-boundary timestamps joined up
+    assert set(report.acceptance) == {"no_errors", "event_loop_lag_p99_under_20ms", "ttft_overhead_p50_under_1ms"}
+    text = load.format_table(report)
+    assert "server event-loop lag" in text and "tokens/s" in text
+
+
+async def test_separate_client_process_and_deadlines_are_reported_by_status() -> None:
+    # A deadline shorter than a stream (20 tokens at 50/s = 0.4 s): streams end DEADLINE_EXCEEDED,
+    # counted as errors by status; the client runs in a spawned process.
+    cfg = load.LoadConfig(concurrency=4, duration_s=1.0, warmup_s=0.2, ramp_s=0.1, deadline_s=0.15)
+    report = await load.run(load.RunOptions(cfg=cfg, inprocess="fake", client="process", token_rate=50.0))
+    assert report.errors_by_status.get("DEADLINE_EXCEEDED", 0) > 0
+    assert set(report.errors_by_status) == {"DEADLINE_EXCEEDED"}
+    assert report.cpu["client_processes_cpu_s"] > 0
+    assert not math.isnan(report.event_loop_lag_ms["p99"])
+
+
+def test_only_loopback_targets() -> None:
+    assert load.check_loopback("127.0.0.1:50051") == "127.0.0.1:50051"
+    assert load.check_loopback("localhost:1") == "localhost:1"
+    assert load.check_loopback("[::1]:50051") == "[::1]:50051"
+    for bad in ("10.0.0.1:50051", "example.com:443", "127.0.0.1", "127.0.0.1:0", "8.8.8.8:53"):
+        with pytest.raises(ValueError):
+            load.check_loopback(bad)
+
+
+def test_percentile_and_arguments() -> None:
+    assert load.percentile([], 50) is None
+    assert load.percentile([1.0, 2.0, 3.0, 4.0], 50) == pytest.approx(2.5)
+    assert load.percentile([5.0], 99) == 5.0
+    opts, _ = load.options_from_args(["--inprocess", "fake", "--concurrency", "8", "--token-rate", "20"])
+    assert opts.cfg.ramp_s == pytest.approx(21 / 20)  # one fake stream: 20 tokens + the end step
+    assert opts.cfg.warmup_s >= opts.cfg.ramp_s
+    with pytest.raises(ValueError):
+        load.options_from_args(["--inprocess", "fake", "--duration", "7200"])
