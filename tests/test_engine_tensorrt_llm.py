@@ -590,6 +590,19 @@ async def test_iteration_stats_reach_engine_stats(running: Any, tmp_path: Path) 
     stats = engine.stats()
     assert (stats.running, stats.waiting, stats.kv_cache_usage) == (3, 2, 0.25)
     assert engine.gpu_memory_bytes == 2**34
+    # ... and through to the metrics recorder, read at scrape time.
+    from prometheus_client import generate_latest
+
+    from service.metrics.prometheus import PrometheusRecorder
+
+    recorder = PrometheusRecorder(
+        version="t", engine_kind=engine.info.kind, model=engine.info.model, prompt_format="gorilla_v0",
+        embedding_model="e", engine_stats=engine.stats,
+    )
+    scrape = generate_latest(recorder.registry).decode()
+    for line in ("apihelper_engine_running_requests 3.0", "apihelper_engine_waiting_requests 2.0",
+                 "apihelper_engine_kv_cache_usage_ratio 0.25"):
+        assert line in scrape.splitlines(), line
     assert llm.stats_calls and all(t is not None and t > 0 for t in llm.stats_calls)
     await stream.aclose()  # type: ignore[attr-defined]
     idle = engine.stats()  # nothing in flight: the executor holds no request of ours
