@@ -490,7 +490,7 @@ class MilvusStore:
         limit = hybrid_candidates(top_k)
         dense = self._dense(corpus, query_vector or [], limit)
         keyword = self._keyword(corpus, query_text, limit)
-        return fuse_hits(corpus, dense, keyword, top_k)
+        return fuse_hits(dense, keyword, top_k)
 
     def hybrid_search(self, corpus: str, *, query_text: str, query_vector: Sequence[float], top_k: int) -> list[RetrievedDoc]:
         """Fused dense + BM25 results of one corpus, best first (what ``search`` does for HYBRID).
@@ -498,15 +498,20 @@ class MilvusStore:
         (Fetching candidates as keys only and reading the winners afterwards was measured: the
         third round trip cost what the smaller candidate lists saved, about 5 ms either way.)
         """
+        dense, keyword = self.hybrid_candidates(corpus, query_text=query_text, query_vector=query_vector, top_k=top_k)
+        return fuse_hits(dense, keyword, top_k)
+
+    def hybrid_candidates(
+        self, corpus: str, *, query_text: str, query_vector: Sequence[float], top_k: int
+    ) -> tuple[list[RetrievedDoc], list[RetrievedDoc]]:
+        """The dense and BM25 candidate lists of one corpus, for fusion by the caller."""
         if top_k <= 0:
-            return []
+            return [], []
         self.ensure_loaded(corpus)
         limit = hybrid_candidates(top_k)
 
-        def once() -> list[RetrievedDoc]:
-            dense = self._dense(corpus, query_vector, limit)
-            keyword = self._keyword(corpus, query_text, limit)
-            return fuse_hits(corpus, dense, keyword, top_k)
+        def once() -> tuple[list[RetrievedDoc], list[RetrievedDoc]]:
+            return self._dense(corpus, query_vector, limit), self._keyword(corpus, query_text, limit)
 
         try:
             return once()
@@ -586,17 +591,24 @@ def hybrid_candidates(top_k: int) -> int:
     return min(max(top_k, HYBRID_CANDIDATES), 16384)
 
 
-def fuse_hits(
-    corpus: str, dense: Sequence[RetrievedDoc], keyword: Sequence[RetrievedDoc], top_k: int
-) -> list[RetrievedDoc]:
-    """The hybrid result of one corpus from its dense and keyword candidates (retriever.fusion)."""
+def fuse_hits(dense: Sequence[RetrievedDoc], keyword: Sequence[RetrievedDoc], top_k: int) -> list[RetrievedDoc]:
+    """The hybrid result from dense and keyword candidates (retriever.fusion).
+
+    The candidates may come from several corpora: fusing the pooled lists standardises every
+    score against the same distribution, so the corpora's results are comparable. (Fusing each
+    corpus alone would put every corpus's best hit near the top, relevant or not.)
+    """
+
+    def key(hit: RetrievedDoc) -> str:
+        return f"{hit.corpus}\x00{hit.doc.key}"
+
     fused = fuse(
-        [Scored(hit.doc.key, hit.score, hit) for hit in dense],
-        [Scored(hit.doc.key, hit.score, hit) for hit in keyword],
+        [Scored(key(hit), hit.score, hit) for hit in dense],
+        [Scored(key(hit), hit.score, hit) for hit in keyword],
         keyword_weight=KEYWORD_WEIGHT,
         top_k=top_k,
     )
-    return [RetrievedDoc(doc=s.item.doc, corpus=corpus, score=s.score) for s in fused]
+    return [RetrievedDoc(doc=s.item.doc, corpus=s.item.corpus, score=s.score) for s in fused]
 
 
 def _reason(exc: BaseException) -> str:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 
 from retriever.embedding import TextEmbedder
-from retriever.milvus_store import MilvusStore
+from retriever.milvus_store import MilvusStore, fuse_hits
 from retriever.types import CorpusInfo, RetrievalMode, RetrievalResult, RetrievedDoc
 from service.errors import UnknownCorpusError
 
@@ -121,13 +121,14 @@ class MilvusRetriever:
         embedded = time.perf_counter()
 
         def search_all() -> list[RetrievedDoc]:
-            fused = [
-                hit
-                for name in names
-                for hit in self._store.hybrid_search(name, query_text=query, query_vector=vector, top_k=top_k)
-            ]
-            fused.sort(key=lambda hit: hit.score, reverse=True)
-            return fused[:top_k]
+            # Candidates of every corpus are pooled before fusion, so scores compare across corpora.
+            dense: list[RetrievedDoc] = []
+            keyword: list[RetrievedDoc] = []
+            for name in names:
+                d, k = self._store.hybrid_candidates(name, query_text=query, query_vector=vector, top_k=top_k)
+                dense += d
+                keyword += k
+            return fuse_hits(dense, keyword, top_k)
 
         # One thread for all corpora: two Milvus round trips per corpus take ~5 ms; handing each
         # corpus to its own thread gained nothing on 2 cores (the GIL serialises the decoding).
