@@ -8,6 +8,7 @@ place (``service.grpc.status``); nothing else decides what a client sees.
     ├── InvalidRequestError        the request is wrong; names the offending ``field``
     │   └── UnknownCorpusError     a corpus that is not ingested
     ├── ResourceExhaustedError     a limit (concurrency, queue) is reached; retry later
+    ├── DeadlineExceededError      the server's own deadline (for calls that set none) passed
     ├── UnavailableError           a dependency cannot serve right now; retry later
     │   ├── RetrieverUnavailableError   Milvus is down or unreachable
     │   └── EngineUnavailableError      the generation engine failed or is shutting down
@@ -45,6 +46,10 @@ class UnknownCorpusError(InvalidRequestError):
 
 class ResourceExhaustedError(ApiHelperError):
     """A server limit is reached; the same request may succeed later."""
+
+
+class DeadlineExceededError(ApiHelperError):
+    """A call that set no deadline ran past the server's default one."""
 
 
 class UnavailableError(ApiHelperError):

@@ -1,9 +1,9 @@
 """The ApiHelper servicer: protobuf in, pipeline call, protobuf out. Nothing else.
 
 Validation and conversion live in ``convert``; status mapping in ``status`` (errors that are
-not ``ApiHelperError`` are bugs: logged there and sent as INTERNAL without details). A client that goes
-away or whose deadline passes cancels the handler task; the ``CancelledError`` is never caught
-here, so it reaches the engine stream, which aborts the engine request.
+not ``ApiHelperError`` are bugs: logged there and sent as INTERNAL without details). A client
+that goes away or whose deadline passes cancels the handler task; the ``CancelledError`` is
+re-raised here, after being counted, so it reaches the engine stream, which aborts the request.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import grpc
 
 from apihelper.v1 import apihelper_pb2 as pb
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
-from service.errors import ResourceExhaustedError
+from service.errors import DeadlineExceededError, ResourceExhaustedError
 from service.grpc import convert, status
 from service.metrics import Recorder
 from service.pipeline import Pipeline
@@ -56,8 +56,9 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
             async with asyncio.timeout(own_deadline):
                 yield
         except TimeoutError:
-            code = grpc.StatusCode.DEADLINE_EXCEEDED
-            await context.abort(code, f"no deadline was set and the server's {self._default_deadline:g} s passed")
+            exc = DeadlineExceededError(f"no deadline was set and the server's {self._default_deadline:g} s passed")
+            code = status.status_code(exc)
+            await status.abort(context, exc)
         except asyncio.CancelledError:
             # The client went away or its deadline passed: let cancellation reach the engine.
             remaining = context.time_remaining()

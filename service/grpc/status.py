@@ -14,6 +14,7 @@ import grpc
 from service.errors import (
     ApiHelperError,
     ConfigurationError,
+    DeadlineExceededError,
     InvalidRequestError,
     ResourceExhaustedError,
     UnavailableError,
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 _CODES: list[tuple[type[ApiHelperError], grpc.StatusCode]] = [
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
     (ConfigurationError, grpc.StatusCode.FAILED_PRECONDITION),
 ]
