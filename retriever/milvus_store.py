@@ -46,12 +46,12 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from retriever.fusion import KEYWORD_WEIGHT, Scored, fuse
@@ -59,6 +59,7 @@ from retriever.textnorm import keyword_terms
 from retriever.types import ApiDoc, CorpusFormat, CorpusInfo, RetrievalMode, RetrievedDoc
 from service.errors import ConfigurationError, MissingDependencyError, RetrieverUnavailableError
 
+_T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 COLLECTION_PREFIX = "apihelper_"
@@ -462,35 +463,11 @@ class MilvusStore:
             return []
         if mode in (RetrievalMode.DENSE, RetrievalMode.HYBRID) and query_vector is None:
             raise ValueError(f"{mode.value} search needs a query vector")
-        self.ensure_loaded(corpus)
-        try:
-            return self._search_once(corpus, mode, query_text, query_vector, top_k)
-        except RetrieverUnavailableError as exc:
-            # Someone released the collection, Lite reopened, or another process rebuilt it:
-            # load once more and retry.
-            reason = str(exc).lower()
-            if not any(word in reason for word in ("load", "released", "not found", "not exist")):
-                raise
-            self._loaded.discard(corpus)
-            self.ensure_loaded(corpus)
-            return self._search_once(corpus, mode, query_text, query_vector, top_k)
-
-    def _search_once(
-        self,
-        corpus: str,
-        mode: RetrievalMode,
-        query_text: str,
-        query_vector: Sequence[float] | None,
-        top_k: int,
-    ) -> list[RetrievedDoc]:
+        if mode is RetrievalMode.HYBRID:
+            return self.hybrid_search(corpus, query_text=query_text, query_vector=query_vector or [], top_k=top_k)
         if mode is RetrievalMode.DENSE:
-            return self._dense(corpus, query_vector or [], top_k)
-        if mode is RetrievalMode.KEYWORD:
-            return self._keyword(corpus, query_text, top_k)
-        limit = hybrid_candidates(top_k)
-        dense = self._dense(corpus, query_vector or [], limit)
-        keyword = self._keyword(corpus, query_text, limit)
-        return fuse_hits(dense, keyword, top_k)
+            return self._loaded_retry(corpus, lambda: self._dense(corpus, query_vector or [], top_k))
+        return self._loaded_retry(corpus, lambda: self._keyword(corpus, query_text, top_k))
 
     def hybrid_search(self, corpus: str, *, query_text: str, query_vector: Sequence[float], top_k: int) -> list[RetrievedDoc]:
         """Fused dense + BM25 results of one corpus, best first (what ``search`` does for HYBRID).
@@ -507,21 +484,24 @@ class MilvusStore:
         """The dense and BM25 candidate lists of one corpus, for fusion by the caller."""
         if top_k <= 0:
             return [], []
-        self.ensure_loaded(corpus)
         limit = hybrid_candidates(top_k)
+        return self._loaded_retry(
+            corpus, lambda: (self._dense(corpus, query_vector, limit), self._keyword(corpus, query_text, limit))
+        )
 
-        def once() -> tuple[list[RetrievedDoc], list[RetrievedDoc]]:
-            return self._dense(corpus, query_vector, limit), self._keyword(corpus, query_text, limit)
-
+    def _loaded_retry(self, corpus: str, search: Callable[[], _T]) -> _T:
+        """Run ``search`` on a loaded collection; load once more and retry if it was released
+        (someone released it, Lite reopened, or another process rebuilt it)."""
+        self.ensure_loaded(corpus)
         try:
-            return once()
+            return search()
         except RetrieverUnavailableError as exc:
             reason = str(exc).lower()
             if not any(word in reason for word in ("load", "released", "not found", "not exist")):
                 raise
             self._loaded.discard(corpus)
             self.ensure_loaded(corpus)
-            return once()
+            return search()
 
     def _dense(self, corpus: str, vector: Sequence[float], limit: int) -> list[RetrievedDoc]:
         params = {"metric_type": "COSINE", "params": {"ef": max(64, limit * 2)}}
