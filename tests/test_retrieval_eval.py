@@ -161,3 +161,60 @@ async def _run(args: argparse.Namespace) -> object:
     from engine_build.eval_cli import run_eval
 
     return await run_eval(args)
+
+
+def _small_corpora(root: Path) -> dict[str, tuple[Path, list[dict[str, str]]]]:
+    """One small corpus per non-OpenAPI format, with a question whose answer is one of its keys."""
+    pkg = root / "cloudsdk"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sessions.py").write_text(
+        "class Session:\n"
+        "    def create(self, image: str) -> None:\n        \"\"\"Start a new compute session from an image.\"\"\"\n"
+        "    def destroy(self) -> None:\n        \"\"\"Terminate the session and free its resources.\"\"\"\n"
+        "def list_images() -> list[str]:\n    \"\"\"List the container images you can start.\"\"\"\n"
+    )
+    jsonl = root / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps(d) + "\n" for d in (
+        {"id": "billing.invoice", "title": "Download an invoice", "text": "Download the PDF invoice of a month."},
+        {"id": "billing.card", "title": "Change the card", "text": "Replace the credit card used for payments."},
+    )))
+    apibench = root / "api.jsonl"
+    apibench.write_text("".join(json.dumps(r) + "\n" for r in (
+        {"domain": "Classification", "api_name": "resnet18", "functionality": "Image classification",
+         "api_call": "torch.hub.load(repo_or_dir='pytorch/vision', model='resnet18', pretrained=True)",
+         "description": "ResNet-18 image classifier trained on ImageNet"},
+        {"domain": "Text-to-Speech", "api_name": "tacotron2", "functionality": "Speech synthesis",
+         "api_call": "torch.hub.load(repo_or_dir='NVIDIA/DeepLearningExamples:torchhub', model='nvidia_tacotron2')",
+         "description": "Tacotron 2 turns text into a mel spectrogram for speech synthesis"},
+    )))
+    return {
+        "python": (pkg, [{"id": "p1", "question": "terminate my compute session", "answer": "cloudsdk.sessions.Session.destroy"}]),
+        "jsonl": (jsonl, [{"id": "j1", "question": "get last month's invoice as PDF", "answer": "billing.invoice"}]),
+        "apibench": (apibench, [{"id": "a1", "question": "turn text into speech", "answer":
+                     "torch.hub.load(repo_or_dir='NVIDIA/DeepLearningExamples:torchhub', model='nvidia_tacotron2')"}]),
+    }
+
+
+@pytest.mark.parametrize("fmt", ["python", "jsonl", "apibench"])
+def test_eval_retrieval_on_every_corpus_format(fmt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from retriever.embedding import Embedder
+    from retriever.ingest import ingest_corpus
+    from retriever.milvus_store import MilvusStore
+    from retriever.types import CorpusFormat
+
+    path, qs = _small_corpora(tmp_path)[fmt]
+    uri = str(tmp_path / "milvus.db")
+    store = MilvusStore(uri)
+    try:
+        ingest_corpus(store, Embedder(), fmt, path, CorpusFormat(fmt), progress=False)
+    finally:
+        store.close()
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps(q) + "\n" for q in qs))
+    parser = argparse.ArgumentParser()
+    add_eval_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["eval-retrieval", "--milvus-uri", uri, "--corpus", fmt, "--questions", str(questions)])
+    assert args.func(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 1 and report["top1"] == 1.0, report
