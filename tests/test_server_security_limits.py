@@ -185,3 +185,18 @@ async def test_oversized_message_is_refused() -> None:
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         await server.stop()
+
+
+async def test_error_details_quoting_huge_values_keep_their_status() -> None:
+    # An unknown corpus name of 3,000 emoji would make a 36 KB grpc-message trailer: clients
+    # refuse trailers over 8 KiB and would see RESOURCE_EXHAUSTED instead of the real status.
+    server = await _start(Settings(port=0))
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            request = pb.RetrieveRequest(instruction="q", retrieval=pb.RetrievalOptions(corpora=["😀" * 3000]))
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await pb_grpc.ApiHelperStub(channel).Retrieve(request, timeout=5)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "retrieval.corpora" in (info.value.details() or "")
+    finally:
+        await server.stop()

@@ -38,11 +38,22 @@ def status_code(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+# Messages may quote request values (an unknown corpus name, say). gRPC carries them as
+# percent-encoded trailers and a client refuses trailers over 8 KiB, turning the real status into
+# RESOURCE_EXHAUSTED; 400 characters stay under that even at 12 bytes per encoded character.
+MAX_DETAILS_CHARS = 400
+
+
+def details(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= MAX_DETAILS_CHARS else text[: MAX_DETAILS_CHARS - 1] + "…"
+
+
 async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> NoReturn:
     """End the RPC with the status ``exc`` maps to."""
     code = status_code(exc)
     if code is grpc.StatusCode.INTERNAL:
         log.exception("internal error", exc_info=exc)
         await context.abort(code, "internal error")
-    await context.abort(code, str(exc))
+    await context.abort(code, details(exc))
     raise AssertionError("context.abort returned")  # it always raises
