@@ -1,4 +1,5 @@
-"""Small text helpers shared by the corpus loaders (identifier splitting, trimming, joining).
+"""Small text helpers shared by the corpus loaders (identifier splitting, trimming, joining,
+reading JSON lines).
 
 Everything here is pure and cheap; loaders use these to build ``ApiDoc.text`` (what the model
 reads) and ``ApiDoc.index_text`` (what is embedded and BM25-indexed).
@@ -6,8 +7,13 @@ reads) and ``ApiDoc.index_text`` (what is embedded and BM25-indexed).
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from retriever.types import LoadProblem
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _NON_WORD = re.compile(r"[^A-Za-z0-9]+")
@@ -121,3 +127,26 @@ def first_paragraphs(text: str, limit: int) -> str:
 
 def join_nonempty(parts: Iterable[str | None], sep: str = "\n") -> str:
     return sep.join(part for part in parts if part)
+
+
+def json_lines(path: Path, problems: list[LoadProblem]) -> Iterator[tuple[int, str, Any]]:
+    """``(line number, "path:line", parsed value)`` for each non-blank line of a JSONL file.
+
+    An unreadable file or a line that is not JSON becomes a problem; the rest still comes.
+    """
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        problems.append(LoadProblem(str(path), f"cannot read file: {exc}"))
+        return
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                problems.append(LoadProblem(where, f"invalid JSON: {exc.msg}"))
+                continue
+            yield number, where, record

@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retriever.loaders._text import collapse_whitespace, identifier_words, join_nonempty, trim, unique
+from retriever.loaders._text import (
+    collapse_whitespace,
+    identifier_words,
+    join_nonempty,
+    json_lines,
+    trim,
+    unique,
+)
 from retriever.types import ApiDoc, LoadProblem, LoadResult
 
 TEXT_FIELDS = (
@@ -87,36 +94,23 @@ def load_apibench(path: Path) -> LoadResult:
     """Load one APIBench JSONL file; never raises for bad content (problems are returned)."""
     problems: list[LoadProblem] = []
     groups: dict[str, _Group] = {}
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as exc:
-        return LoadResult([], [LoadProblem(str(path), f"cannot read file: {exc}")])
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(LoadProblem(where, f"invalid JSON: {exc.msg}"))
-                continue
-            if not isinstance(record, dict) or not isinstance(record.get("api_call"), str):
-                problems.append(LoadProblem(where, "not an APIBench record (no string 'api_call')"))
-                continue
-            key = api_key(record["api_call"])
-            if not key:
-                problems.append(LoadProblem(where, "empty api_call"))
-                continue
-            content = json.dumps(record, sort_keys=True, ensure_ascii=False)
-            group = groups.get(key)
-            if group is None:
-                groups[key] = _Group(first=record, line=number, contents={content})
-            elif content in group.contents:
-                group.duplicates += 1
-            else:
-                group.contents.add(content)
-                group.variants.append(record)
+    for number, where, record in json_lines(path, problems):
+        if not isinstance(record, dict) or not isinstance(record.get("api_call"), str):
+            problems.append(LoadProblem(where, "not an APIBench record (no string 'api_call')"))
+            continue
+        key = api_key(record["api_call"])
+        if not key:
+            problems.append(LoadProblem(where, "empty api_call"))
+            continue
+        content = json.dumps(record, sort_keys=True, ensure_ascii=False)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = _Group(first=record, line=number, contents={content})
+        elif content in group.contents:
+            group.duplicates += 1
+        else:
+            group.contents.add(content)
+            group.variants.append(record)
 
     docs: list[ApiDoc] = []
     for key, group in groups.items():

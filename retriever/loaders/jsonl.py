@@ -7,54 +7,39 @@ keeps the first line and reports the others. Bad lines are LoadProblems ("file:l
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
-from retriever.loaders._text import join_nonempty
+from retriever.loaders._text import join_nonempty, json_lines
 from retriever.types import ApiDoc, LoadProblem, LoadResult
 
 
 def load_jsonl(path: Path) -> LoadResult:
     problems: list[LoadProblem] = []
     docs: dict[str, ApiDoc] = {}
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as exc:
-        return LoadResult([], [LoadProblem(str(path), f"cannot read file: {exc}")])
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record: Any = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(LoadProblem(where, f"invalid JSON: {exc.msg}"))
-                continue
-            if not isinstance(record, dict):
-                problems.append(LoadProblem(where, "not a JSON object"))
-                continue
-            raw_id = record.get("id")
-            if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or str(raw_id).strip() == "":
-                problems.append(LoadProblem(where, "missing or non-scalar 'id'"))
-                continue
-            text = record.get("text")
-            if not isinstance(text, str) or not text.strip():
-                problems.append(LoadProblem(where, "missing or empty 'text'"))
-                continue
-            key = str(raw_id).strip()
-            if key in docs:
-                problems.append(LoadProblem(where, f"duplicate id {key!r}; kept the first"))
-                continue
-            title = record.get("title")
-            title = str(title) if title not in (None, "") else key
-            metadata = record.get("metadata")
-            if metadata is not None and not isinstance(metadata, dict):
-                problems.append(LoadProblem(where, "'metadata' is not an object; ignored"))
-                metadata = None
-            index_text = record.get("index_text")
-            if not isinstance(index_text, str) or not index_text.strip():
-                index_text = join_nonempty([title if title != key else None, text])
-            docs[key] = ApiDoc(key=key, title=title, text=text, index_text=index_text, metadata=metadata or {})
+    for _, where, record in json_lines(path, problems):
+        if not isinstance(record, dict):
+            problems.append(LoadProblem(where, "not a JSON object"))
+            continue
+        raw_id = record.get("id")
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or str(raw_id).strip() == "":
+            problems.append(LoadProblem(where, "missing or non-scalar 'id'"))
+            continue
+        text = record.get("text")
+        if not isinstance(text, str) or not text.strip():
+            problems.append(LoadProblem(where, "missing or empty 'text'"))
+            continue
+        key = str(raw_id).strip()
+        if key in docs:
+            problems.append(LoadProblem(where, f"duplicate id {key!r}; kept the first"))
+            continue
+        title = record.get("title")
+        title = str(title) if title not in (None, "") else key
+        metadata = record.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            problems.append(LoadProblem(where, "'metadata' is not an object; ignored"))
+            metadata = None
+        index_text = record.get("index_text")
+        if not isinstance(index_text, str) or not index_text.strip():
+            index_text = join_nonempty([title if title != key else None, text])
+        docs[key] = ApiDoc(key=key, title=title, text=text, index_text=index_text, metadata=metadata or {})
     return LoadResult(list(docs.values()), problems)
