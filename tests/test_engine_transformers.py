@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -97,6 +98,26 @@ async def test_greedy_is_deterministic(engine: TransformersEngine) -> None:
     first = text_of(await collect(engine, request("greedy-1", max_tokens=32)))
     second = text_of(await collect(engine, request("greedy-2", max_tokens=32)))
     assert first and first == second
+
+
+async def test_a_seeded_sampled_request_is_reproducible(engine: TransformersEngine) -> None:
+    assert "seed" in engine.info.extra["sampling_per_request"].split(",")
+    sampled: dict[str, Any] = {"max_tokens": 32, "temperature": 1.0, "top_p": 0.95, "top_k": 0}
+    alone = text_of(await collect(engine, request("seeded-1", seed=11, **sampled)))
+
+    # Again, now batched with other sampled requests that draw from the manager's generator.
+    async def other(i: int) -> str:
+        return text_of(await collect(engine, request(f"noise-{i}", temperature=1.0, max_tokens=40)))
+
+    batched, *others = await asyncio.gather(
+        collect(engine, request("seeded-2", seed=11, **sampled)), *(other(i) for i in range(3))
+    )
+    assert alone and text_of(batched) == alone
+    # It is sampled, not greedy: other seeds give other answers.
+    reseeded = {text_of(await collect(engine, request(f"seed-{s}", seed=s, **sampled))) for s in (12, 13, 14)}
+    assert alone not in reseeded and len(reseeded) > 1
+    greedy = text_of(await collect(engine, request("greedy", max_tokens=32)))
+    assert alone != greedy
 
 
 async def test_max_tokens_is_respected(engine: TransformersEngine) -> None:

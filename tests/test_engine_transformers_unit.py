@@ -268,6 +268,19 @@ async def test_sampling_maps_to_per_request_processor_kwargs(caplog: pytest.LogC
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert sum("seed" in w for w in warnings) == 1  # once per engine, not per request
     assert sum("repetition_penalty" in w for w in warnings) == 1
+    assert all("seed" not in k for k in kwargs)  # this manager has no seeded sampling
+
+
+async def test_a_seed_is_passed_on_where_the_manager_samples_seeded() -> None:
+    manager = ScriptedManager(tokens("ab"))
+    engine = TransformersEngine(
+        manager=manager, tokenizer=ByteTokenizer(), info=INFO, eos_token_ids=[EOS], vocab_size=258,
+        poll_interval_s=0.05, seeded_sampling=True,
+    )
+    await collect(engine, req(request_id="seeded", temperature=0.7, seed=2**64 - 1))
+    await collect(engine, req(request_id="greedy", seed=5))  # greedy needs no seed
+    assert manager.added[0][3]["seed"] == 2**64 - 1
+    assert "seed" not in manager.added[1][3]
 
 
 async def test_count_tokens_counts_as_the_stream_does() -> None:

@@ -21,10 +21,12 @@ How a request flows:
 Sampling, per request (transformers' continuous batching cannot do everything per request):
 - honoured exactly: ``max_tokens``, ``stop``, greedy (``temperature == 0``, run as top-k 1, so it
   is deterministic), ``temperature``, ``top_p``, ``top_k`` (through the manager's per-request
-  logits processors);
-- not honoured, logged once per engine and listed in ``info.extra``: ``seed`` (the manager has one
-  random generator, seeded by ``load(seed=...)``; a seeded request with ``temperature > 0`` is not
-  reproducible) and ``repetition_penalty`` (no continuous-batching support in transformers).
+  logits processors), and ``seed``: the manager has one random generator for all requests, so a
+  seeded request chooses its tokens in ``service.engine.seeded_sampling`` instead, from noise
+  that depends only on its seed (reproducible whatever else is batched with it);
+- not honoured, logged once per engine and listed in ``info.extra``: ``repetition_penalty`` (no
+  continuous-batching support in transformers), and ``seed`` where the installed transformers'
+  processor list is not the one ``seeded_sampling`` knows.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ ENGINE_KIND = "transformers"
 # Manifest kinds this engine can run; a TensorRT-LLM engine directory is not a HF checkpoint.
 RUNNABLE_KINDS = ("dev-model", "hf-checkpoint")
 HONOURED_SAMPLING = ("max_tokens", "stop", "temperature", "top_p", "top_k")
-IGNORED_SAMPLING = ("seed", "repetition_penalty")
+IGNORED_SAMPLING = ("repetition_penalty",)
 # GenerationOutput.status of a failed request (transformers' RequestStatus.FAILED).
 _STATUS_FAILED = 4
 # Prompts up to this many characters are tokenized on the event loop (well under a millisecond);
@@ -167,13 +169,16 @@ class TransformersEngine:
         vocab_size: int,
         stop_timeout_s: float = 10.0,
         poll_interval_s: float = 1.0,
+        seeded_sampling: bool = False,
     ) -> None:
-        """Wrap a started manager. ``load`` is the normal way in; tests pass their own parts."""
+        """Wrap a started manager. ``load`` is the normal way in; tests pass their own parts.
+        ``seeded_sampling``: the manager runs ``seeded_sampling``'s processor (``seed`` kwarg)."""
         self._manager = manager
         self._tokenizer = tokenizer
         self._info = info
         self._eos_token_ids = tuple(eos_token_ids)
         self._vocab_size = vocab_size
+        self._seeded_sampling = seeded_sampling
         self._stop_timeout_s = stop_timeout_s
         # How often a waiting stream checks that the manager thread is still alive: a request
         # queued when the thread died would otherwise wait for an output that never comes.
@@ -216,7 +221,8 @@ class TransformersEngine:
           of ``max_model_len`` tokens. Set explicitly: transformers' default sizes the cache from
           free memory (60% of free RAM on a CPU, 90% of a GPU).
         - ``max_batch_tokens``: tokens per forward step (longer prompts prefill in chunks).
-        - ``seed``: seeds the manager's one random generator (sampling with temperature > 0).
+        - ``seed``: seeds the manager's one random generator, used by sampled requests that
+          carry no seed of their own.
         - ``num_threads``: torch's intra-op CPU threads, process-wide (``torch.set_num_threads``);
           None keeps torch's default (one per core). On a small shared CPU, 1 keeps the dev
           model fast when other processes compete for the cores (OpenMP's spinning threads
@@ -351,6 +357,8 @@ class TransformersEngine:
             manager = model.init_continuous_batching(
                 generation_config=generation_config, continuous_batching_config=cb_config
             )
+            # Before start: the manager sizes its processor-argument tensors when it starts.
+            seeded = _install_seeded_sampling(manager)
             _start_manager(torch, manager)
         except (MemoryError, ValueError, RuntimeError) as exc:
             raise ConfigurationError(f"{model_dir}: cannot start continuous batching ({exc})") from exc
@@ -381,8 +389,8 @@ class TransformersEngine:
                 "max_batch_tokens": str(max_batch_tokens),
                 "max_concurrent": str(max_concurrent),
                 "num_threads": str(torch.get_num_threads()),
-                "sampling_per_request": ",".join(HONOURED_SAMPLING),
-                "sampling_ignored": ",".join(IGNORED_SAMPLING),
+                "sampling_per_request": ",".join(HONOURED_SAMPLING + (("seed",) if seeded else ())),
+                "sampling_ignored": ",".join(IGNORED_SAMPLING + (() if seeded else ("seed",))),
             },
         )
         logger.info(
@@ -398,6 +406,7 @@ class TransformersEngine:
             eos_token_ids=eos_ids,
             vocab_size=int(config.vocab_size),
             stop_timeout_s=stop_timeout_s,
+            seeded_sampling=seeded,
         )
 
     # ------------------------------------------------------------------ Engine protocol
@@ -566,9 +575,10 @@ class TransformersEngine:
             raise InvalidRequestError("sampling.top_p", "must be in (0, 1]")
         if sampling.top_k < 0:
             raise InvalidRequestError("sampling.top_k", "must be >= 0")
-        if sampling.seed is not None:
-            self._warn_once("seed", "per-request seeds are not supported; sampling uses the "
-                            "engine's generator (greedy requests are deterministic)")
+        if sampling.seed is not None and not self._seeded_sampling:
+            self._warn_once("seed", "per-request seeds are not supported by this transformers "
+                            "version; sampling uses the engine's generator (greedy requests are "
+                            "deterministic)")
         if sampling.repetition_penalty != 1.0:
             self._warn_once("repetition_penalty", "repetition_penalty is not supported by "
                             "transformers' continuous batching and is ignored")
@@ -577,11 +587,14 @@ class TransformersEngine:
             # Greedy: keep only the best token, so sampling from what is left is an argmax.
             return {"temperature": 1.0, "top_k": 1, "top_p": 1.0}
         top_k = sampling.top_k if sampling.top_k > 0 else self._vocab_size
-        return {
+        kwargs: dict[str, Any] = {
             "temperature": float(sampling.temperature),
             "top_k": int(min(top_k, self._vocab_size)),
             "top_p": float(sampling.top_p),
         }
+        if sampling.seed is not None and self._seeded_sampling:
+            kwargs["seed"] = int(sampling.seed)
+        return kwargs
 
     async def _encode(self, prompt: str) -> list[int]:
         if len(prompt) <= _INLINE_TOKENIZE_CHARS:
@@ -680,6 +693,20 @@ def _start_manager(torch: Any, manager: Any) -> None:
     starter.join()
     if errors:
         raise errors[0]
+
+
+def _install_seeded_sampling(manager: Any) -> bool:
+    """Add ``seeded_sampling``'s processor to ``manager``; False where this transformers differs."""
+    try:
+        from transformers.generation.continuous_batching.cb_logits_processors import (
+            ContinuousBatchingLogitsProcessor,
+        )
+    except ImportError:
+        return False
+    from service.engine import seeded_sampling
+
+    processors = getattr(manager, "logit_processor", None)
+    return processors is not None and seeded_sampling.install(processors, ContinuousBatchingLogitsProcessor)
 
 
 def _wait_until_ready(manager: Any, timeout_s: float) -> str | None:
