@@ -49,6 +49,7 @@ EXPECTED = {
     "apihelper_completion_tokens": "counter",
     "apihelper_request_completion_tokens": "histogram",
     "apihelper_generations": "counter",
+    "apihelper_event_loop_lag_seconds": "histogram",
     "apihelper_engine_running_requests": "gauge",
     "apihelper_engine_waiting_requests": "gauge",
     "apihelper_gpu_available": "gauge",
@@ -114,6 +115,7 @@ async def test_scrape_has_every_metric_with_plausible_values(serving: Serving, c
     assert delta("apihelper_request_completion_tokens_sum") == completion_tokens
     assert delta("apihelper_retrieval_embed_seconds_count", mode="hybrid") == 4
     assert delta("apihelper_inter_token_latency_seconds_count") > 0
+    assert delta("apihelper_event_loop_lag_seconds_count") > 0  # the probe wakes 20 times a second
     assert value(after, "apihelper_requests_in_flight", rpc="Generate") == 0
     assert value(after, "apihelper_engine_running_requests") == 0
     # No GPU here: the gauge says so, and no GPU series is invented.

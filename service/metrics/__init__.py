@@ -35,6 +35,10 @@ class Recorder(Protocol):
         self, seconds: float, prompt_tokens: int, completion_tokens: int, finish_reason: str
     ) -> None: ...
 
+    def loop_lag(self, seconds: float) -> None:
+        """How late the event loop ran a timer: the time every stream waits when the loop is busy."""
+        ...
+
 
 class NullRecorder:
     """Records nothing: for tests of other layers and for ``--metrics-port 0``."""
@@ -60,4 +64,7 @@ class NullRecorder:
     def generation_finished(
         self, seconds: float, prompt_tokens: int, completion_tokens: int, finish_reason: str
     ) -> None:
+        pass
+
+    def loop_lag(self, seconds: float) -> None:
         pass

@@ -28,6 +28,8 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0
 ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 # Whole requests: up to minutes for long generations.
 E2E_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0, 600.0)
+# Event-loop lag: under a millisecond when idle; tens of ms means every stream is waiting.
+LOOP_LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 DOC_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50)
 RETRIEVAL_MODES = tuple(m.value for m in RetrievalMode if m is not RetrievalMode.NONE)
@@ -114,6 +116,12 @@ class PrometheusRecorder:
         self.finished = Counter(
             "apihelper_generations", "Generations that ran to an end, by finish reason.", ["finish_reason"], registry=r
         )
+        self.loop_lag_seconds = Histogram(
+            "apihelper_event_loop_lag_seconds",
+            "How late the server's event loop ran a periodic timer (all streams share that loop).",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=r,
+        )
         # Known label values start at zero, so rate() and the dashboard see them before the first event.
         for mode in RETRIEVAL_MODES:
             self.empty.labels(mode)
@@ -172,6 +180,9 @@ class PrometheusRecorder:
         self.completion_tokens.inc(completion_tokens)
         self.completion_per_request.observe(completion_tokens)
         self.finished.labels(finish_reason).inc()
+
+    def loop_lag(self, seconds: float) -> None:
+        self.loop_lag_seconds.observe(seconds)
 
     # -- HTTP ----------------------------------------------------------------------------------
 
