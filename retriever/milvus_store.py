@@ -30,6 +30,10 @@ search runs a dense and a BM25 search for candidates and fuses them here
 (``retriever.fusion``: standardised scores, BM25 weight ``KEYWORD_WEIGHT``), not with a Milvus
 ranker; bench/retrieval/README.md has the numbers behind that choice.
 
+Reading a whole corpus (``corpus_docs``, for the service's validation catalog, which needs the
+APIs a search did not return) pages through it with a query iterator and rebuilds each ApiDoc
+from the stored fields; the metadata comes back as the JSON it was stored as.
+
 Schema versions: collections carry ``apihelper.schema_version``. Version 1 (BM25 straight over
 index_text) is still searched, with un-normalised keyword queries; ingest rebuilds a collection
 whose version is not the current one.
@@ -72,7 +76,9 @@ MAX_TEXT_BYTES = 65535
 MAX_METADATA_BYTES = 60000  # Milvus rejects JSON values over 64 KiB by default
 # Candidates each side of a hybrid search fetches before fusion (at least top_k).
 HYBRID_CANDIDATES = 50
-OUTPUT_FIELDS = ["key", "title", "text", "index_text", "metadata"]
+OUTPUT_FIELDS = ["key", "title", "text", "index_text", "metadata"]  # every ApiDoc field
+# Rows per page when a whole corpus is read (corpus_docs): about 1000 x a few KB per round trip.
+READ_BATCH = 1000
 
 _PROP = "apihelper."
 _P_FORMAT = _PROP + "format"
@@ -407,6 +413,42 @@ class MilvusStore:
             finally:
                 iterator.close()
         return out
+
+    def corpus_docs(self, corpus: str, *, limit: int | None = None, batch_size: int = READ_BATCH) -> list[ApiDoc]:
+        """Every doc of ``corpus`` as ingested (no vectors), in no particular order; at most
+        ``limit`` when given (a caller bounding memory asks for one more than it accepts).
+
+        Read in pages of ``batch_size`` with a query iterator (a plain query is capped at 16384
+        rows by Milvus), strongly consistent: a caller caching the docs under the corpus'
+        last_ingest must not get a view older than that ingest. A collection found released is
+        loaded and the whole read retried, as searches are.
+        """
+        if limit is not None and limit <= 0:
+            return []
+
+        def read() -> list[ApiDoc]:
+            out: list[ApiDoc] = []
+            with self._guard("read corpus"):
+                iterator = self._client.query_iterator(
+                    collection_name(corpus),
+                    batch_size=batch_size,
+                    limit=-1 if limit is None else limit,
+                    filter="",
+                    output_fields=OUTPUT_FIELDS,
+                    timeout=self._timeout,
+                    consistency_level="Strong",
+                )
+                try:
+                    while True:
+                        batch = iterator.next()
+                        if not batch:
+                            break
+                        out.extend(_doc_of(row) for row in batch)
+                finally:
+                    iterator.close()
+            return out
+
+        return self._loaded_retry(corpus, read)
 
     def upsert_docs(self, corpus: str, docs: Sequence[ApiDoc], vectors: Sequence[Sequence[float]]) -> None:
         """Insert or replace ``docs`` (matched by key) with their dense vectors."""

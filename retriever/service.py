@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from retriever.embedding import TextEmbedder
 from retriever.milvus_store import MilvusStore, fuse_hits
-from retriever.types import CorpusInfo, RetrievalMode, RetrievalResult, RetrievedDoc
+from retriever.types import ApiDoc, CorpusInfo, RetrievalMode, RetrievalResult, RetrievedDoc
 from service.errors import UnknownCorpusError
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,15 @@ class MilvusRetriever:
             self._corpora = sorted(info.name for info in infos)
             self._corpora_at = time.monotonic()
         return infos
+
+    async def corpus_docs(self, corpus: str, *, limit: int | None = None) -> list[ApiDoc]:
+        """Every doc of ``corpus`` (at most ``limit``), read in pages in a worker thread.
+
+        Raises UnknownCorpusError for a corpus that is not ingested and
+        RetrieverUnavailableError when Milvus cannot answer.
+        """
+        await self._resolve([corpus])
+        return await asyncio.to_thread(self._store.corpus_docs, corpus, limit=limit)
 
     async def check_health(self) -> None:
         """Return when Milvus answers; raise RetrieverUnavailableError otherwise."""

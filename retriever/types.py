@@ -130,6 +130,15 @@ class Retriever(Protocol):
 
     async def list_corpora(self) -> list[CorpusInfo]: ...
 
+    async def corpus_docs(self, corpus: str, *, limit: int | None = None) -> list[ApiDoc]:
+        """Every doc of ``corpus`` as ingested, in no particular order (at most ``limit``); for
+        the validation catalog, which needs the APIs retrieval did not return.
+
+        Raises UnknownCorpusError for a corpus that is not ingested and
+        RetrieverUnavailableError when the store cannot answer.
+        """
+        ...
+
     async def check_health(self) -> None:
         """Return when the store answers; raise RetrieverUnavailableError otherwise."""
         ...

@@ -360,9 +360,9 @@ class ApiCatalog:
     """An index of API docs for validation: by key, by function-schema name, by dotted-name
     suffix (Python), by path template (REST) and by function name (APIBench).
 
-    Build one per request from the retrieved docs (cheap: a handful of docs) and, once at
-    start-up, one for each whole corpus (all of a corpus' ApiDocs, e.g. from the loaders or the
-    vector store); :func:`check_answer` takes both.
+    Build one per request from the retrieved docs (cheap: a handful of docs) and one for the
+    whole corpus (all of a corpus' ApiDocs: the service reads them from the vector store once
+    per corpus version, see ``service.corpus_catalogs``); :func:`check_answer` takes both.
     """
 
     def __init__(self, docs: Iterable[ApiDoc]) -> None:

@@ -411,6 +411,9 @@ class StaticRetriever:
     async def list_corpora(self) -> list[CorpusInfo]:
         return [CorpusInfo(self._corpus, CorpusFormat.OPENAPI, len(self._docs), "memory", "none", None)]
 
+    async def corpus_docs(self, corpus: str, *, limit: int | None = None) -> list[ApiDoc]:
+        return [d.doc for d in self._docs][:limit]
+
     async def check_health(self) -> None:
         pass
 
