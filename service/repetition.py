@@ -44,8 +44,8 @@ class RepetitionFilter:
         self.stop_after = stop_after
         self.suppressed_lines = 0
         self._root: _Node = {}
-        self._line: list[str] = []  # the current line so far
-        self._held: list[str] = []  # the part of it not yet emitted
+        self._line: list[str] = []  # the current line so far, in pieces
+        self._held: list[str] = []  # the part of it not yet emitted, in pieces
         self._node: _Node | None = self._root  # trie position of the current line; None: it matches no earlier line
         self._emitted: list[str] = []
 
@@ -64,24 +64,11 @@ class RepetitionFilter:
             self._emitted.append(delta)
             return delta
         out: list[str] = []
-        for ch in delta:
-            if ch == "\n":
+        for i, segment in enumerate(delta.split("\n")):
+            if i:
                 self._end_line(out)
-                continue
-            self._line.append(ch)
-            if self._node is None:
-                out.append(ch)
-                continue
-            nxt = self._node.get(ch)
-            if nxt is None:
-                # Differs from every earlier line: it can no longer be a duplicate.
-                self._node = None
-                out.extend(self._held)
-                out.append(ch)
-                self._held.clear()
-            else:
-                self._node = nxt
-                self._held.append(ch)
+            if segment:
+                self._feed_segment(segment, out)
         piece = "".join(out)
         if piece:
             self._emitted.append(piece)
@@ -103,6 +90,26 @@ class RepetitionFilter:
         if piece:
             self._emitted.append(piece)
         return piece
+
+    def _feed_segment(self, segment: str, out: list[str]) -> None:
+        """Text with no newline: held while the line so far is a prefix of an earlier line."""
+        self._line.append(segment)
+        node = self._node
+        if node is None:  # most text: the line already differs from every earlier line
+            out.append(segment)
+            return
+        for ch in segment:
+            nxt = node.get(ch)
+            if nxt is None:
+                # Differs from every earlier line: it can no longer be a duplicate.
+                self._node = None
+                out.extend(self._held)
+                out.append(segment)
+                self._held.clear()
+                return
+            node = nxt
+        self._node = node
+        self._held.append(segment)
 
     def _end_line(self, out: list[str]) -> None:
         line = "".join(self._line)

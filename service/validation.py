@@ -365,11 +365,15 @@ class ApiCatalog:
     per corpus version, see ``service.corpus_catalogs``); :func:`check_answer` takes both.
     """
 
-    def __init__(self, docs: Iterable[ApiDoc]) -> None:
+    def __init__(self, docs: Iterable[ApiDoc], *, parsed: ApiCatalog | None = None) -> None:
+        """Index ``docs`` (the first doc of a key wins). ``parsed``: a catalog whose REST models
+        are reused for the very same doc objects (a request's catalog takes them from the
+        corpus', instead of parsing each retrieved operation again on every request)."""
         self._docs: dict[str, ApiDoc] = {}
         self._by_function: dict[str, list[ApiDoc]] = {}
         self._by_suffix: dict[str, list[ApiDoc]] = {}
         self._rest: list[RestOperation] = []
+        self._rest_by_key: dict[str, RestOperation] = {}
         self._apibench_docs: list[ApiDoc] = []
         self._apibench: dict[str, list[tuple[ApiDoc, ApibenchReference]]] | None = None
         for doc in docs:
@@ -381,9 +385,11 @@ class ApiCatalog:
             if isinstance(fname, str) and fname:
                 self._by_function.setdefault(fname, []).append(doc)
             if kind == REST_KIND:
-                op = rest_operation(doc)
+                op = parsed._parsed_rest(doc) if parsed is not None else None
+                op = op or rest_operation(doc)
                 if op is not None:
                     self._rest.append(op)
+                    self._rest_by_key[doc.key] = op
             elif kind == APIBENCH_KIND:
                 self._apibench_docs.append(doc)
             elif kind in PYTHON_KINDS or (not kind and "." in doc.key and " " not in doc.key):
@@ -423,6 +429,10 @@ class ApiCatalog:
 
     def rest_operations(self) -> list[RestOperation]:
         return list(self._rest)
+
+    def _parsed_rest(self, doc: ApiDoc) -> RestOperation | None:
+        # Identity, not equality: only this catalog's own doc object is known to match the model.
+        return self._rest_by_key.get(doc.key) if self._docs.get(doc.key) is doc else None
 
     def prepare(self) -> ApiCatalog:
         """Build the lazily built indexes now (APIBench references: ~0.1 s for all of APIBench),
@@ -471,7 +481,9 @@ def check_parsed(
     corpus: ApiCatalog | None = None,
 ) -> CheckedAnswer:
     # The corpus copy of a retrieved doc wins: the vector store may have trimmed its metadata.
-    retrieved = ApiCatalog((corpus.get(d.doc.key) if corpus is not None else None) or d.doc for d in docs)
+    retrieved = ApiCatalog(
+        ((corpus.get(d.doc.key) if corpus is not None else None) or d.doc for d in docs), parsed=corpus
+    )
     checks: list[CallCheck] = []
     for call in answer.calls:
         try:

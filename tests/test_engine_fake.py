@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from service.engine.fake import GORILLA_V0_REPLY, FakeEngine
+from service.engine.fake import GORILLA_V0_REPLY, FakeEngine, count_pieces, pieces
 from service.engine.protocol import Engine, EngineOutput, EngineRequest, FinishReason, SamplingParams
 from service.errors import EngineUnavailableError, InvalidRequestError
 
@@ -69,3 +71,8 @@ async def test_cancellation_abort_failure_and_shutdown() -> None:
     with pytest.raises(EngineUnavailableError):
         await engine.check_health()
     assert engine.num_in_flight == 0
+
+
+@given(st.text(alphabet="ab \n\t\x0b\x1c\xa0\u3000é", max_size=30))
+def test_token_count_matches_the_pieces(text: str) -> None:
+    assert count_pieces(text) == len(pieces(text))

@@ -7,6 +7,9 @@ import random
 import time
 from collections.abc import Iterable
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from service.repetition import RepetitionFilter
 
 LOOPING = (
@@ -131,3 +134,15 @@ def test_linear_time_on_long_streams() -> None:
     assert time.perf_counter() - start < 5
     assert "".join(out) == f.text
     assert len(set(f.text.splitlines())) == len(f.text.splitlines())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(["ab", "abc", "x", "abcdefgh1", "abcdefgh2", "\n", "\n\n", " "]), max_size=40),
+    st.randoms(use_true_random=False),
+)
+def test_how_the_text_is_chunked_never_changes_what_is_shown(parts: list[str], rng: random.Random) -> None:
+    text = "".join(parts)
+    by_char, _ = run(list(text))
+    by_chunk, filt = run(chunked(text, rng))
+    assert "".join(by_chunk) == "".join(by_char) == filt.text

@@ -3,13 +3,17 @@
 It keeps the whole engine contract (deltas then one final output, stop strings, ``max_tokens``,
 the context limit, cancellation, ``abort``, ``shutdown``, failures) without a model: the answer is
 a fixed text, or a function of the prompt, split into word-sized "tokens". No torch, no threads.
+bench/load drives the service with it to measure the service's own cost, so it is kept cheap:
+O(1) work per token, and token counting in C (``str.split``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
-from collections.abc import AsyncGenerator, Callable
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 
 from service.engine.protocol import (
@@ -34,8 +38,18 @@ GORILLA_V0_REPLY = (
 OPENFUNCTIONS_V2_REPLY = "<<function>>create_session(image='python:3.11')"
 
 
+# Requests kept in ``FakeEngine.requests``: enough for any test, bounded for long benchmarks.
+KEEP_REQUESTS = 1000
+
+
 def pieces(text: str) -> list[str]:
     return _PIECE.findall(text)
+
+
+def count_pieces(text: str) -> int:
+    """``len(pieces(text))`` without building them: one per run of non-space characters (with
+    the whitespace before it), plus one for trailing whitespace."""
+    return len(text.split()) + (1 if text[-1:].isspace() else 0)
 
 
 @dataclass(frozen=True)
@@ -64,7 +78,7 @@ class FakeEngine:
         self._token_delay_s = token_delay_s
         self._in_flight: dict[str, asyncio.Queue[_Stop]] = {}
         self._closed = False
-        self.requests: list[EngineRequest] = []  # every request accepted, for assertions
+        self.requests: deque[EngineRequest] = deque(maxlen=KEEP_REQUESTS)  # the latest accepted
         self.fail_after: int | None = None  # raise EngineUnavailableError after N tokens
         self.healthy = True  # a failure marks the engine unhealthy, as a dead executor would
 
@@ -77,7 +91,7 @@ class FakeEngine:
         return len(self._in_flight)
 
     def count_tokens(self, text: str) -> int:
-        return len(pieces(text)) + 1  # + <s>
+        return count_pieces(text) + 1  # + <s>
 
     async def stream(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         if self._closed:
@@ -92,8 +106,14 @@ class FakeEngine:
             raise InvalidRequestError("request_id", "a request with this id is already running")
         reply = self._reply(request.prompt) if callable(self._reply) else self._reply
         answer = pieces(reply)
+        # The ids are always the first n pieces: decoding them is a lookup, not a join per step.
+        prefixes = list(itertools.accumulate(answer, initial=""))
+
+        def decode(ids: Sequence[int]) -> str:
+            return prefixes[len(ids)]
+
         try:
-            text = IncrementalText(lambda ids: "".join(answer[i] for i in ids), sampling.stop)
+            text = IncrementalText(decode, sampling.stop)
         except ValueError as exc:
             raise InvalidRequestError("sampling.stop", str(exc)) from exc
         control: asyncio.Queue[_Stop] = asyncio.Queue()
