@@ -366,11 +366,16 @@ class TimedEngine:
     def count_tokens(self, text: str) -> int:
         return self._inner.count_tokens(text)
 
-    async def stream(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
+    def stream(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
+        # A plain function: the call happens in the handler's task (the one that retrieved),
+        # while the generator may first run in another (the pipeline prefetches the first output).
         called = time.perf_counter()
         retrieval = math.nan
         if self._retrieval_started is not None:
             retrieval = self._retrieval_started.pop(asyncio.current_task(), math.nan)
+        return self._stream(request, called, retrieval)
+
+    async def _stream(self, request: EngineRequest, called: float, retrieval: float) -> AsyncGenerator[EngineOutput, None]:
         first = True
         async with contextlib.aclosing(self._inner.stream(request)) as outputs:
             async for out in outputs:
