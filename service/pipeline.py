@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
 from retriever.types import CorpusInfo, RetrievalMode, RetrievalResult, RetrievedDoc, Retriever
 from service.corpus_catalogs import CorpusCatalogs, CorpusVersion, corpus_version
-from service.engine.protocol import Engine, EngineOutput, EngineRequest, FinishReason, SamplingParams
+from service.engine.protocol import Engine, EngineRequest, FinishReason, SamplingParams
 from service.errors import InvalidRequestError
 from service.metrics import NullRecorder, Recorder
 from service.prompts import PromptFormat, build_prompt
@@ -145,6 +145,7 @@ class Pipeline:
         docs, prompt = self._fit_prompt(fmt, params.retrieval.instruction, result.docs, params.sampling)
         sources = {d.corpus for d in docs}
         self._warm_catalog(sources)
+        yield SourcesEvent(docs)
 
         repeats = RepetitionFilter(enabled=params.suppress_repeated_lines)
         first_token_ms = queue_ms = 0.0
@@ -152,11 +153,9 @@ class Pipeline:
         prompt_tokens = completion_tokens = tokens_at_last_delta = 0
         last_delta_at = 0.0
         request = EngineRequest(params.request_id, prompt, params.sampling)
-        # The engine starts before the sources are sent, so its prefill runs while they are
-        # written. aclosing: leaving early (a stop below, an error, or our own consumer closing
-        # us) releases the engine request now, not whenever the generator is garbage-collected.
-        async with contextlib.aclosing(_Prefetched(self._engine.stream(request))) as stream:
-            yield SourcesEvent(docs)
+        # aclosing: leaving early (a stop below, an error, or our own consumer closing us)
+        # releases the engine request now, not whenever the generator is garbage-collected.
+        async with contextlib.aclosing(self._engine.stream(request)) as stream:
             async for out in stream:
                 if out.queue_seconds is not None:
                     queue_ms = out.queue_seconds * 1000.0
@@ -304,37 +303,6 @@ class Pipeline:
                     f"context of {self._engine.info.max_model_len} tokens",
                 )
             kept.pop()
-
-
-class _Prefetched:
-    """An engine stream whose first output is already being produced, in a task of its own.
-
-    Iterate it like the stream. ``aclose`` (always: use ``contextlib.aclosing``) cancels the
-    first pull if it is still running, which ends the engine request, and closes the stream.
-    """
-
-    def __init__(self, stream: AsyncGenerator[EngineOutput, None]) -> None:
-        self._stream = stream
-        self._first: asyncio.Task[EngineOutput] | None = asyncio.create_task(self._pull_first())
-
-    async def _pull_first(self) -> EngineOutput:
-        return await anext(self._stream)  # StopAsyncIteration, if any, ends the iteration
-
-    def __aiter__(self) -> _Prefetched:
-        return self
-
-    def __anext__(self) -> Awaitable[EngineOutput]:
-        first, self._first = self._first, None
-        return first if first is not None else anext(self._stream)
-
-    async def aclose(self) -> None:
-        first, self._first = self._first, None
-        if first is not None:
-            first.cancel()
-            await asyncio.wait([first])  # unlike awaiting it, never swallows our own cancellation
-            if not first.cancelled():
-                first.exception()  # retrieved: an error nobody asked for is not worth a warning
-        await self._stream.aclose()
 
 
 def _retrieval_timings(result: RetrievalResult, retrieval_ms: float) -> Timings:
