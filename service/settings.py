@@ -62,6 +62,7 @@ class Settings:
     max_top_k: int = 50
     default_max_tokens: int = 128
     # Lifecycle
+    event_loop: str = "auto"  # auto: uvloop where installed | uvloop | asyncio
     shutdown_grace_seconds: float = 10.0
     health_check_interval_seconds: float = 5.0
     log_level: str = "INFO"
@@ -74,6 +75,8 @@ class Settings:
             raise ConfigurationError(f"engine must be transformers or tensorrt_llm, got {self.engine!r}")
         if not 0.0 < self.kv_cache_free_gpu_memory_fraction <= 1.0:
             raise ConfigurationError("kv_cache_free_gpu_memory_fraction must be in (0, 1]")
+        if self.event_loop not in ("auto", "uvloop", "asyncio"):
+            raise ConfigurationError(f"event_loop must be auto, uvloop or asyncio, got {self.event_loop!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigurationError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not 1 <= self.default_top_k <= self.max_top_k:

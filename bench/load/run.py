@@ -1058,6 +1058,7 @@ class RunOptions:
     profile: str | None = None  # cProfile the server process over the run, dump here
     compare_bare: bool = False  # --inprocess fake: first run the bare grpc.aio floor under the same load
     gc_freeze: bool = True  # gc.freeze() in the server process once it has started, as service/__main__.py does
+    event_loop: str = "auto"  # the server process's loop, chosen as service/__main__.py does (main() applies it)
 
 
 async def _spawn_clients(
@@ -1138,6 +1139,7 @@ async def run(opts: RunOptions) -> Report:
             gc.collect()
             gc.freeze()  # what start-up allocated is never walked again by the collector
         settings["server_gc_freeze"] = opts.gc_freeze
+        settings["server_event_loop"] = type(asyncio.get_running_loop()).__module__.split(".")[0]
         probe = LagProbe()
         busy = LoopBusyMeter()
         gc_meter = GcMeter()
@@ -1263,6 +1265,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=True,
                    help="in-process modes: gc.freeze() in the server process after start-up, as "
                    "service/__main__.py does (default on)")
+    p.add_argument("--event-loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                   help="the server process's event loop, as the service's event_loop setting (default auto: "
+                   "uvloop where installed)")
     p.add_argument("--compare-bare", action="store_true",
                    help="--inprocess fake: first run the same load against the two bare grpc.aio floors and report "
                    "what the service adds to TTFT over each")
@@ -1291,7 +1296,7 @@ def options_from_args(argv: Sequence[str] | None = None) -> tuple[RunOptions, Pa
         cfg=cfg, target=a.target, inprocess=a.inprocess, client=a.client, client_procs=a.client_procs,
         token_rate=a.token_rate, reply_words=a.reply_words, server_max_streams=a.server_max_streams,
         recorder=a.recorder, device=a.device, profile=a.profile, compare_bare=a.compare_bare,
-        gc_freeze=a.gc_freeze,
+        gc_freeze=a.gc_freeze, event_loop=a.event_loop,
     )
     if a.target is not None:
         check_loopback(a.target)
@@ -1306,7 +1311,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"bench/load: {exc}", file=sys.stderr)
         return 2
-    report = asyncio.run(run_compared(opts) if opts.compare_bare else run(opts))
+    from service.__main__ import event_loop_factory
+
+    with asyncio.Runner(loop_factory=event_loop_factory(opts.event_loop)) as runner:
+        report = runner.run(run_compared(opts) if opts.compare_bare else run(opts))
     print(format_table(report))
     if json_out is not None:
         json_out.write_text(json.dumps(asdict(report), indent=2) + "\n")

@@ -1,0 +1,71 @@
+"""The serving event loop (``event_loop`` setting): uvloop where installed, asyncio on request,
+and the whole service streaming, cancelling and draining on uvloop over the real transport."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+
+import grpc
+import pytest
+
+from apihelper.v1 import apihelper_pb2 as pb
+from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
+from service.__main__ import event_loop_factory
+from service.engine.fake import FakeEngine
+from service.errors import ConfigurationError
+from service.grpc.server import start_server
+from service.settings import Settings
+from tests.doubles import MemoryRetriever
+
+uvloop = pytest.importorskip("uvloop")
+
+
+def test_the_setting_picks_the_loop() -> None:
+    assert event_loop_factory("asyncio") is None
+    for choice in ("auto", "uvloop"):
+        factory = event_loop_factory(choice)
+        assert factory is not None
+        loop = factory()
+        try:
+            assert isinstance(loop, uvloop.Loop)
+        finally:
+            loop.close()
+    with pytest.raises(ConfigurationError):
+        Settings(event_loop="trio")
+
+
+async def _scenario() -> tuple[str, list[str], int]:
+    engine = FakeEngine(token_delay_s=0.005)
+    running = await start_server(Settings(port=0), engine, MemoryRetriever())
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.ApiHelperStub(channel)
+            request = pb.GenerateRequest(instruction="Create a new session")
+            kinds = [m.WhichOneof("event") async for m in stub.Generate(request, timeout=10)]
+            call = stub.Generate(request, timeout=10)
+            await call.read()  # the sources
+            call.cancel()
+            for _ in range(200):
+                if engine.num_in_flight == 0:
+                    break
+                await asyncio.sleep(0.01)
+            loop_kind = type(asyncio.get_running_loop()).__module__
+    finally:
+        await running.stop()
+    return loop_kind, kinds, engine.num_in_flight
+
+
+def test_the_service_streams_and_cancels_on_uvloop() -> None:
+    factory = event_loop_factory("uvloop")
+
+    def run() -> tuple[str, list[str], int]:
+        # A thread of its own: the test session's event loop stays untouched.
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(_scenario())
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        loop_kind, kinds, in_flight = pool.submit(run).result(timeout=60)
+    assert loop_kind.startswith("uvloop")
+    assert kinds[0] == "sources" and kinds[-1] == "completion" and kinds.count("delta") >= 2
+    assert in_flight == 0  # the client's cancel reached the engine
