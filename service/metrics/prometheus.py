@@ -4,16 +4,22 @@ Every metric is named ``apihelper_*`` and documented by its help text; histogram
 buckets sized for LLM serving (milliseconds for retrieval and token gaps, up to minutes for whole
 generations). Engine and GPU gauges are read at scrape time by a collector, so they are never
 stale and cost nothing between scrapes. A private registry per server: no global state.
+
+The recorder is called on the event loop that serves every stream, so its cost per token is
+kept small: the per-token histogram is a :class:`LoopHistogram` (no lock, one observation call
+per delta whatever the tokens it carries), and labelled children are looked up once.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from retriever.types import RetrievalMode
@@ -67,12 +73,12 @@ class PrometheusRecorder:
             buckets=TTFT_BUCKETS,
             registry=r,
         )
-        self.itl = Histogram(
+        self.itl = LoopHistogram(
             "apihelper_inter_token_latency_seconds",
             "Generate: time between consecutive generated tokens.",
             buckets=ITL_BUCKETS,
-            registry=r,
         )
+        r.register(self.itl)
         self.queue = Histogram(
             "apihelper_queue_time_seconds",
             "Generate: time from submission to the engine until it started the request.",
@@ -139,18 +145,31 @@ class PrometheusRecorder:
             }
         )
         r.register(_LiveCollector(engine_stats, gpu or GpuReader()))
+        # Labelled children by label values: prometheus_client's labels() takes a lock each call.
+        self._rpc_children: dict[str, tuple[Gauge, Histogram]] = {}
+        self._code_children: dict[tuple[str, str], Counter] = {}
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- Recorder ------------------------------------------------------------------------------
 
     def rpc_started(self, rpc: str) -> None:
-        self.in_flight.labels(rpc).inc()
+        self._rpc(rpc)[0].inc()
 
     def rpc_finished(self, rpc: str, code: str, seconds: float) -> None:
-        self.in_flight.labels(rpc).dec()
-        self.requests.labels(rpc, code).inc()
-        self.request_duration.labels(rpc).observe(seconds)
+        in_flight, duration = self._rpc(rpc)
+        in_flight.dec()
+        duration.observe(seconds)
+        counter = self._code_children.get((rpc, code))
+        if counter is None:
+            counter = self._code_children[(rpc, code)] = self.requests.labels(rpc, code)
+        counter.inc()
+
+    def _rpc(self, rpc: str) -> tuple[Gauge, Histogram]:
+        children = self._rpc_children.get(rpc)
+        if children is None:
+            children = self._rpc_children[rpc] = (self.in_flight.labels(rpc), self.request_duration.labels(rpc))
+        return children
 
     def retrieval(self, mode: str, embed_seconds: float, search_seconds: float, docs: int) -> None:
         self.embed.labels(mode).observe(embed_seconds)
@@ -168,9 +187,8 @@ class PrometheusRecorder:
     def inter_token(self, seconds: float, tokens: int) -> None:
         # A delta may carry several tokens (detokenization holds back partial characters):
         # spread the gap evenly so the histogram counts tokens, not deltas.
-        per_token = seconds / max(tokens, 1)
-        for _ in range(max(tokens, 1)):
-            self.itl.observe(per_token)
+        tokens = max(tokens, 1)
+        self.itl.observe(seconds / tokens, tokens)
 
     def generation_finished(
         self, seconds: float, prompt_tokens: int, completion_tokens: int, finish_reason: str
@@ -196,6 +214,43 @@ class PrometheusRecorder:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+
+class LoopHistogram(Collector):
+    """A histogram written by one thread only (the event loop) with no lock, scraped from another.
+
+    An observation is a bisect and two additions. A scrape copies the bucket counts in one call
+    (atomic under the GIL) and derives the cumulative buckets and the count from that copy, so
+    they always agree; the sum may be one observation ahead or behind, which no query notices.
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = tuple(float(b) for b in buckets)
+        if list(self._bounds) != sorted(set(self._bounds)) or math.inf in self._bounds:
+            raise ValueError(f"{name}: buckets must be finite and strictly increasing")
+        self._counts = [0] * (len(self._bounds) + 1)  # the last is +Inf
+        self._sum = 0.0
+
+    def observe(self, value: float, count: int = 1) -> None:
+        """Record ``count`` observations of ``value``."""
+        # bisect_left: a value equal to a bound belongs to that bound's bucket (le means <=).
+        self._counts[bisect.bisect_left(self._bounds, value)] += count
+        self._sum += value * count
+
+    def describe(self) -> Iterator[Metric]:
+        return iter([HistogramMetricFamily(self._name, self._documentation)])
+
+    def collect(self) -> Iterator[Metric]:
+        counts = list(self._counts)
+        total = self._sum
+        buckets: list[tuple[str, float]] = []
+        cumulative = 0
+        for bound, count in zip((*self._bounds, math.inf), counts):
+            cumulative += count
+            buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
+        yield HistogramMetricFamily(self._name, self._documentation, buckets=buckets, sum_value=total)
 
 
 class _LiveCollector(Collector):
