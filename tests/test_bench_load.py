@@ -66,3 +66,17 @@ def test_percentile_and_arguments() -> None:
     assert opts.cfg.warmup_s >= opts.cfg.ramp_s
     with pytest.raises(ValueError):
         load.options_from_args(["--inprocess", "fake", "--duration", "7200"])
+
+
+@pytest.mark.transformers5  # the real stack: the transformers 5 engine on the dev model
+async def test_real_stack_against_the_engine_driven_directly() -> None:
+    cfg = load.LoadConfig(concurrency=2, duration_s=1.5, warmup_s=0.5, ramp_s=0.1, max_tokens=4, retrieval_mode="none")
+    report = await load.run(
+        load.RunOptions(cfg=cfg, inprocess="real", client="inline", compare_direct=True)
+    )
+    assert report.streams["errors"] == 0, report.error_examples
+    direct = report.direct
+    assert direct is not None and direct["tokens_per_s"] > 0 and direct["streams"] > 0
+    assert direct["ratio"] == pytest.approx(direct["service_tokens_per_s"] / direct["tokens_per_s"], abs=1e-3)
+    assert isinstance(report.acceptance["service_throughput_at_least_95pct_of_direct"], bool)
+    assert "engine driven directly" in load.format_table(report)

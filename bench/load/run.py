@@ -67,6 +67,7 @@ import cProfile
 import dataclasses
 import gc
 import ipaddress
+import itertools
 import json
 import math
 import multiprocessing
@@ -642,6 +643,11 @@ class InProcessServer:
     nominal_first_token_s: float | None  # the fake engine's token delay; None for real engines
     description: str
     stop: Callable[[], Any]  # async: stops the server and cleans up
+    # The real stack's engine and the prompt the service builds for the bench's instruction:
+    # --compare-direct drives that engine with that prompt, without the service.
+    engine: Engine | None = None
+    prompt: str = ""
+    default_max_tokens: int = 0
 
 
 def fake_reply(words: int = 0) -> str:
@@ -689,7 +695,7 @@ def _recorder(kind: str, engine: Engine, embedding_model: str) -> Any:
 
 async def start_inprocess(
     kind: str, *, token_rate: float, reply_words: int, max_streams: int, recorder: str, device: str,
-    work_dir: Path,
+    work_dir: Path, cfg: LoadConfig | None = None,
 ) -> InProcessServer:
     """Start the real gRPC server in this process around the fake or the real engine."""
     from service.grpc.server import start_server
@@ -754,10 +760,63 @@ async def start_inprocess(
     await asyncio.to_thread(ingest_corpus, store, embedder, "demo", sample_corpus_path(), None, False)
     store.close()
     retriever = await open_retriever(uri, "", embedder)
-    timed = TimedEngine(await TransformersEngine.load(model_dir, device=device))
+    real_engine = await TransformersEngine.load(model_dir, device=device)
+    timed = TimedEngine(real_engine)
     running = await start_server(settings, timed, retriever, _recorder(recorder, timed, embedder.model_name))
     desc = f"in-process server, transformers dev model on {device}, Milvus Lite with the sample corpus"
-    return InProcessServer(running.port, timed.marks, None, desc, running.stop)
+    return InProcessServer(
+        running.port, timed.marks, None, desc, running.stop, engine=real_engine,
+        prompt=await _service_prompt(retriever, real_engine, cfg or LoadConfig(concurrency=1, duration_s=1.0)),
+        default_max_tokens=min(settings.default_max_tokens, real_engine.info.max_model_len // 2),
+    )
+
+
+async def _service_prompt(retriever: Any, engine: Engine, cfg: LoadConfig) -> str:
+    """The prompt the service builds for the load's requests (instruction and retrieval options)."""
+    from retriever.types import RetrievalMode
+    from service.prompts import build_prompt
+    from service.settings import Settings
+
+    docs = []
+    mode = RetrievalMode(cfg.retrieval_mode)
+    if mode is not RetrievalMode.NONE:
+        result = await retriever.retrieve(
+            cfg.instruction, corpora=cfg.corpora or None, top_k=cfg.top_k or Settings().default_top_k, mode=mode
+        )
+        docs = result.docs
+    return build_prompt(engine.info.prompt_format, cfg.instruction, docs)
+
+
+async def drive_engine_directly(
+    engine: Engine, prompt: str, *, concurrency: int, max_tokens: int, warmup_s: float, duration_s: float
+) -> dict[str, float]:
+    """``concurrency`` workers stream greedy requests for ``prompt`` straight from ``engine`` (no
+    gRPC, no pipeline) for ``warmup_s + duration_s``; tokens/s generated in the last
+    ``duration_s``. The figure the service's throughput is compared with."""
+    start = time.perf_counter()
+    measure_from, end = start + warmup_s, start + warmup_s + duration_s
+    tokens = 0
+    streams = 0
+
+    async def worker(index: int) -> None:
+        nonlocal tokens, streams
+        for n in itertools.count():
+            if time.perf_counter() >= end:
+                return
+            request = EngineRequest(f"direct-{index}-{n}", prompt, SamplingParams(max_tokens=max_tokens))
+            counted = 0  # completion tokens, as the service's completion messages count them
+            async with contextlib.aclosing(engine.stream(request)) as outputs:
+                async for out in outputs:
+                    now = time.perf_counter()
+                    if measure_from <= now < end:
+                        tokens += out.completion_tokens - counted
+                    counted = out.completion_tokens
+                    if now >= end:
+                        return
+            streams += 1
+
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    return {"tokens_per_s": round(tokens / duration_s, 1), "streams": streams}
 
 
 # -- statistics and the report -----------------------------------------------------------------
@@ -797,6 +856,7 @@ class Report:
     acceptance: dict[str, Any] = field(default_factory=dict)
     baseline: dict[str, Any] | None = None  # --compare-bare: the bare gRPC floor under the same load
     baseline_engine: dict[str, Any] | None = None  # --compare-bare: bare gRPC + the same fake engine
+    direct: dict[str, Any] | None = None  # --compare-direct: the real engine driven without the service
 
 
 def build_report(
@@ -975,6 +1035,15 @@ def attach_baseline(report: Report, bare: Report, *, with_engine: bool = False) 
     report.acceptance = _acceptance(report, None if nominal is None else nominal / 1000.0)
 
 
+def attach_direct(report: Report, direct: dict[str, float]) -> None:
+    """Issue 7, acceptance 5 (real engine): the service's throughput is >= 95% of the engine's
+    own at the same concurrency."""
+    service = report.throughput.get("tokens_per_s") or 0.0
+    ratio = service / direct["tokens_per_s"] if direct["tokens_per_s"] else None
+    report.direct = {**direct, "service_tokens_per_s": service, "ratio": None if ratio is None else round(ratio, 3)}
+    report.acceptance["service_throughput_at_least_95pct_of_direct"] = None if ratio is None else ratio >= 0.95
+
+
 def format_table(report: Report) -> str:
     def fmt(d: dict[str, Any], keys: Sequence[str] = ("n", "p50", "p90", "p99", "max")) -> str:
         return "  ".join(f"{k}={'n/a' if d.get(k) is None else d[k]}" for k in keys if k in d)
@@ -1036,6 +1105,12 @@ def format_table(report: Report) -> str:
             f"server CPU {b['cpu']['server_cpu_pct_of_one_core']}%"
         )
         lines.append(f"{'  service adds to TTFT (ms)':34} {fmt(b['service_adds_ttft_ms'], ('p50', 'p90', 'p99'))}")
+    if report.direct is not None:
+        d = report.direct
+        lines.append(
+            f"{'engine driven directly, same load':34} tokens/s={d['tokens_per_s']} streams={d['streams']}; "
+            f"through the service {d['service_tokens_per_s']} = {d['ratio']} of it"
+        )
     lines.append(f"{'acceptance 5':34} " + " ".join(f"{k}={v}" for k, v in report.acceptance.items()))
     return "\n".join(lines)
 
@@ -1059,6 +1134,7 @@ class RunOptions:
     compare_bare: bool = False  # --inprocess fake: first run the bare grpc.aio floor under the same load
     gc_freeze: bool = True  # gc.freeze() in the server process once it has started, as service/__main__.py does
     event_loop: str = "auto"  # the server process's loop, chosen as service/__main__.py does (main() applies it)
+    compare_direct: bool = False  # --inprocess real: first drive the engine directly at the same concurrency
 
 
 async def _spawn_clients(
@@ -1128,7 +1204,7 @@ async def run(opts: RunOptions) -> Report:
     with tempfile.TemporaryDirectory(prefix="apihelper-load-") as tmp:
         server = await start_inprocess(
             opts.inprocess, token_rate=opts.token_rate, reply_words=opts.reply_words, max_streams=max_streams,
-            recorder=opts.recorder, device=opts.device, work_dir=Path(tmp),
+            recorder=opts.recorder, device=opts.device, work_dir=Path(tmp), cfg=cfg,
         )
         settings.update(
             server=server.description, server_max_concurrent_streams=max_streams, recorder=opts.recorder,
@@ -1140,6 +1216,14 @@ async def run(opts: RunOptions) -> Report:
             gc.freeze()  # what start-up allocated is never walked again by the collector
         settings["server_gc_freeze"] = opts.gc_freeze
         settings["server_event_loop"] = type(asyncio.get_running_loop()).__module__.split(".")[0]
+        direct = None
+        if opts.compare_direct and server.engine is not None:
+            # First, while the engine is idle: the same engine, the same prompt, no service.
+            direct = await drive_engine_directly(
+                server.engine, server.prompt, concurrency=cfg.concurrency,
+                max_tokens=cfg.max_tokens or server.default_max_tokens,
+                warmup_s=cfg.warmup_s, duration_s=cfg.duration_s,
+            )
         probe = LagProbe()
         busy = LoopBusyMeter()
         gc_meter = GcMeter()
@@ -1203,12 +1287,15 @@ async def run(opts: RunOptions) -> Report:
         settings["client_procs"] = opts.client_procs if opts.client == "process" else 0
         if opts.inprocess in FAKE_KINDS:
             settings["token_rate_per_stream"] = opts.token_rate
-        return build_report(
+        report = build_report(
             cfg, window, results, settings=settings, marks=server.marks,
             nominal_first_token_s=server.nominal_first_token_s, lag_s=lag, server_cpu_s=server_cpu, wall_s=wall,
             server_loop_busy=loop_busy, server_loop_iterations=loop_iterations, machine_busy_s=machine,
             server_gc=gc_pauses,
         )
+        if direct is not None:
+            attach_direct(report, direct)
+        return report
 
 
 async def run_compared(opts: RunOptions) -> Report:
@@ -1271,6 +1358,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-bare", action="store_true",
                    help="--inprocess fake: first run the same load against the two bare grpc.aio floors and report "
                    "what the service adds to TTFT over each")
+    p.add_argument("--compare-direct", action="store_true",
+                   help="--inprocess real: first drive the same engine directly (no gRPC, no pipeline) with the "
+                   "service's prompt at the same concurrency, and report the service's throughput as a share of it")
     p.add_argument("--json-out", type=Path, default=None, help="write the report as JSON here")
     return p
 
@@ -1296,12 +1386,14 @@ def options_from_args(argv: Sequence[str] | None = None) -> tuple[RunOptions, Pa
         cfg=cfg, target=a.target, inprocess=a.inprocess, client=a.client, client_procs=a.client_procs,
         token_rate=a.token_rate, reply_words=a.reply_words, server_max_streams=a.server_max_streams,
         recorder=a.recorder, device=a.device, profile=a.profile, compare_bare=a.compare_bare,
-        gc_freeze=a.gc_freeze, event_loop=a.event_loop,
+        gc_freeze=a.gc_freeze, event_loop=a.event_loop, compare_direct=a.compare_direct,
     )
     if a.target is not None:
         check_loopback(a.target)
     if a.compare_bare and a.inprocess != "fake":
         raise ValueError("--compare-bare goes with --inprocess fake")
+    if a.compare_direct and a.inprocess != "real":
+        raise ValueError("--compare-direct goes with --inprocess real")
     return opts, a.json_out
 
 
