@@ -86,7 +86,9 @@ async def test_milvus_down_fails_fast_then_recovers(tmp_path: Path) -> None:
                     ):
                         break
                 except grpc.aio.AioRpcError as exc:
-                    assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                    # The first search after the restart reloads the collection, which on a busy
+                    # machine can outlast this call's 10 s deadline: still recovering, not a failure.
+                    assert exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), exc
                 assert time.monotonic() < deadline, "no recovery after Milvus came back"
                 await asyncio.sleep(0.5)
         await running.stop()
