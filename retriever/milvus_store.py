@@ -394,25 +394,32 @@ class MilvusStore:
     def content_hashes(self, corpus: str) -> dict[str, str]:
         """Every stored doc's key -> content_hash (strongly consistent read)."""
         self.ensure_loaded(corpus)
-        out: dict[str, str] = {}
         with self._guard("query"):
-            iterator = self._client.query_iterator(
-                collection_name(corpus),
-                batch_size=1000,
-                filter="",
-                output_fields=["key", "content_hash"],
-                consistency_level="Strong",
-            )
-            try:
-                while True:
-                    batch = iterator.next()
-                    if not batch:
-                        break
-                    for row in batch:
-                        out[str(row["key"])] = str(row["content_hash"])
-            finally:
-                iterator.close()
-        return out
+            rows = self._rows(corpus, ["key", "content_hash"], batch_size=READ_BATCH)
+            return {str(row["key"]): str(row["content_hash"]) for row in rows}
+
+    def _rows(
+        self, corpus: str, fields: list[str], *, batch_size: int, limit: int | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every row of ``corpus`` (``fields`` only), paged with a strongly consistent query
+        iterator: a plain query is capped at 16384 rows by Milvus. Call inside ``_guard``."""
+        iterator = self._client.query_iterator(
+            collection_name(corpus),
+            batch_size=batch_size,
+            limit=-1 if limit is None else limit,
+            filter="",
+            output_fields=fields,
+            timeout=self._timeout,
+            consistency_level="Strong",
+        )
+        try:
+            while True:
+                batch = iterator.next()
+                if not batch:
+                    return
+                yield from batch
+        finally:
+            iterator.close()
 
     def corpus_docs(self, corpus: str, *, limit: int | None = None, batch_size: int = READ_BATCH) -> list[ApiDoc]:
         """Every doc of ``corpus`` as ingested (no vectors), in no particular order; at most
@@ -427,26 +434,8 @@ class MilvusStore:
             return []
 
         def read() -> list[ApiDoc]:
-            out: list[ApiDoc] = []
             with self._guard("read corpus"):
-                iterator = self._client.query_iterator(
-                    collection_name(corpus),
-                    batch_size=batch_size,
-                    limit=-1 if limit is None else limit,
-                    filter="",
-                    output_fields=OUTPUT_FIELDS,
-                    timeout=self._timeout,
-                    consistency_level="Strong",
-                )
-                try:
-                    while True:
-                        batch = iterator.next()
-                        if not batch:
-                            break
-                        out.extend(_doc_of(row) for row in batch)
-                finally:
-                    iterator.close()
-            return out
+                return [_doc_of(row) for row in self._rows(corpus, OUTPUT_FIELDS, batch_size=batch_size, limit=limit)]
 
         return self._loaded_retry(corpus, read)
 
