@@ -114,6 +114,8 @@ class CorpusCatalogs:
         if not wanted:
             return None
         task = self._catalog_task(wanted)
+        if task.done() and not task.cancelled():
+            return task.result()  # the common case: built; no timer, no shield on the hot path
         try:
             return await asyncio.wait_for(asyncio.shield(task), timeout_s)
         except TimeoutError:

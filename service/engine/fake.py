@@ -10,6 +10,7 @@ O(1) work per token, and token counting in C (``str.split``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import re
 from collections import deque
@@ -46,6 +47,7 @@ def pieces(text: str) -> list[str]:
     return _PIECE.findall(text)
 
 
+@functools.lru_cache(maxsize=1024)  # the pipeline and stream() count the same prompt
 def count_pieces(text: str) -> int:
     """``len(pieces(text))`` without building them: one per run of non-space characters (with
     the whitespace before it), plus one for trailing whitespace."""
