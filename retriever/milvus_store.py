@@ -79,6 +79,11 @@ HYBRID_CANDIDATES = 50
 OUTPUT_FIELDS = ["key", "title", "text", "index_text", "metadata"]  # every ApiDoc field
 # Rows per page when a whole corpus is read (corpus_docs): about 1000 x a few KB per round trip.
 READ_BATCH = 1000
+# How long a search waits for a collection that another thread is loading before it answers
+# UNAVAILABLE. After a Milvus restart the health check reloads the collections this process was
+# using (seconds, minutes for big ones on a server); a request should fail fast meanwhile, as
+# health says NOT_SERVING, rather than hang into its deadline.
+LOAD_WAIT_SECONDS = 2.0
 
 _PROP = "apihelper."
 _P_FORMAT = _PROP + "format"
@@ -376,11 +381,19 @@ class MilvusStore:
         with self._guard("alter collection properties"):
             self._client.alter_collection_properties(collection_name(corpus), properties=props, timeout=self._timeout)
 
-    def ensure_loaded(self, corpus: str) -> None:
-        """Load the collection into memory if needed (reopened collections start released)."""
+    def ensure_loaded(self, corpus: str, *, wait_s: float | None = None) -> None:
+        """Load the collection into memory if needed (reopened collections start released).
+
+        ``wait_s``: how long to wait while another thread loads one (None: as long as it takes);
+        past it, RetrieverUnavailableError.
+        """
         if corpus in self._loaded:
             return
-        with self._lock:
+        if not self._lock.acquire(timeout=-1 if wait_s is None else wait_s):
+            raise RetrieverUnavailableError(
+                f"Milvus is loading collections (corpus {corpus!r} among them); retry shortly"
+            )
+        try:
             if corpus in self._loaded:
                 return
             name = collection_name(corpus)
@@ -390,6 +403,23 @@ class MilvusStore:
                     self._client.load_collection(name, timeout=max(self._timeout, 60.0))
             self._schema[corpus] = self.schema_version(corpus)
             self._loaded.add(corpus)
+        finally:
+            self._lock.release()
+
+    def reload_released(self) -> None:
+        """Reload the collections this store was using that Milvus no longer holds loaded (it
+        restarted, or another process rebuilt one), so that a passing health check means the
+        searches will run. Corpora dropped meanwhile are forgotten, not errors."""
+        for corpus in sorted(self._loaded):
+            name = collection_name(corpus)
+            with self._guard("load state"):
+                if not self._client.has_collection(name, timeout=self._timeout):
+                    self._loaded.discard(corpus)
+                    continue
+                state = self._client.get_load_state(name, timeout=self._timeout)
+            if "Loaded" not in str(state.get("state", "")):
+                self._loaded.discard(corpus)
+                self.ensure_loaded(corpus)
 
     def content_hashes(self, corpus: str) -> dict[str, str]:
         """Every stored doc's key -> content_hash (strongly consistent read)."""
@@ -523,7 +553,7 @@ class MilvusStore:
     def _loaded_retry(self, corpus: str, search: Callable[[], _T]) -> _T:
         """Run ``search`` on a loaded collection; load once more and retry if it was released
         (someone released it, Lite reopened, or another process rebuilt it)."""
-        self.ensure_loaded(corpus)
+        self.ensure_loaded(corpus, wait_s=LOAD_WAIT_SECONDS)
         try:
             return search()
         except RetrieverUnavailableError as exc:
@@ -531,7 +561,7 @@ class MilvusStore:
             if not any(word in reason for word in ("load", "released", "not found", "not exist")):
                 raise
             self._loaded.discard(corpus)
-            self.ensure_loaded(corpus)
+            self.ensure_loaded(corpus, wait_s=LOAD_WAIT_SECONDS)
             return search()
 
     def _dense(self, corpus: str, vector: Sequence[float], limit: int) -> list[RetrievedDoc]:

@@ -152,8 +152,10 @@ class MilvusRetriever:
         return await asyncio.to_thread(self._store.corpus_docs, corpus, limit=limit)
 
     async def check_health(self) -> None:
-        """Return when Milvus answers; raise RetrieverUnavailableError otherwise."""
+        """Return when Milvus answers and the collections in use are loaded (reloading those a
+        Milvus restart released); raise RetrieverUnavailableError otherwise."""
         await asyncio.to_thread(self._store.ping)
+        await asyncio.to_thread(self._store.reload_released)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._store.close)
