@@ -7,27 +7,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from retriever.ingest import ingest_corpus
 from retriever.milvus_store import LOAD_WAIT_SECONDS, MilvusStore, collection_name
-from retriever.samples import sample_corpus_path
 from retriever.service import MilvusRetriever
 from retriever.types import RetrievalMode
 from service.errors import RetrieverUnavailableError
+from tests.test_corpus_validation import lite_store  # noqa: F401 - the fixture: the sample corpus on Milvus Lite
 from tests.test_retriever_ingest import FakeEmbedder
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[MilvusStore]:
-    lite = MilvusStore(str(tmp_path / "milvus.db"))
-    ingest_corpus(lite, FakeEmbedder(), "demo", sample_corpus_path(), progress=False)
-    yield lite
-    lite.close()
+def store(lite_store: MilvusStore) -> MilvusStore:
+    return lite_store
 
 
 def search(store: MilvusStore) -> list[Any]:
