@@ -18,7 +18,7 @@ from pathlib import Path
 
 from engine_build import apply_delta, trtllm_build
 from engine_build.artifacts import corpus_texts
-from engine_build.eval_cli import add_eval_parser
+from engine_build.eval_cli import add_eval_parser, add_milvus_arguments
 from retriever.types import CorpusFormat
 from service.errors import ApiHelperError, CorpusLoadError, InvalidRequestError
 from service.prompts import PromptFormat
@@ -95,8 +95,7 @@ def _parser() -> argparse.ArgumentParser:
             "stderr; the rest is ingested); 2 nothing ingested."
         ),
     )
-    p.add_argument("--milvus-uri", required=True, help="Milvus Lite directory or http(s)://host:19530")
-    p.add_argument("--milvus-token", default="", help="Milvus token (user:password or API key)")
+    add_milvus_arguments(p)
     p.add_argument(
         "--corpus", action="append", required=True, metavar="NAME=PATH[:FORMAT]",
         help=f"corpus to ingest; FORMAT one of {', '.join(f.value for f in CorpusFormat)} (default: detected)",

@@ -57,6 +57,12 @@ def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_milvus_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--milvus-uri`` and ``--milvus-token``, as every subcommand that opens Milvus takes them."""
+    parser.add_argument("--milvus-uri", required=True, help="Milvus Lite directory (.db) or http(s)://host:19530")
+    parser.add_argument("--milvus-token", default="", help="Milvus token (user:password or API key)")
+
+
 def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``eval-retrieval`` on the main parser's subparsers (an argparse _SubParsersAction)."""
     p: argparse.ArgumentParser = subparsers.add_parser(
@@ -67,8 +73,7 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
             "(embedding included), doc_count, n. Exit status: 0 done, 2 failure."
         ),
     )
-    p.add_argument("--milvus-uri", required=True, help="Milvus Lite directory (.db) or http(s)://host:19530")
-    p.add_argument("--milvus-token", default="", help="Milvus token (user:password or API key)")
+    add_milvus_arguments(p)
     p.add_argument("--corpus", required=True, help="the ingested corpus to search")
     p.add_argument(
         "--questions", type=Path, required=True,
