@@ -1,6 +1,7 @@
 # apihelper: two commands do all the set-up.
-#   make demo   install, build the dev model, ingest the sample corpus, serve, stream an answer
-#   make test   install, then run the test suite
+#   make demo       install, build the dev model, ingest the sample corpus, serve, stream an answer
+#   make test       install, then lint, type-check and run every test tier (what CI runs)
+#   make test-fast  the unit tier only (under a minute)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -12,10 +13,16 @@ STAMP := $(VENV)/.installed-stamp
 COMPAT := .venv-compat
 COMPAT_STAMP := $(COMPAT)/.installed-stamp
 DATA ?= data
+# The import root `apihelper` spans these folders (pyproject: package-dir). The install is a
+# strict editable one: a tree of links under build/, which mypy and import-linter read too. Files
+# added or removed since the install are linked by `link` (a no-op when nothing changed).
+PACKAGE_DIRS := clients/apihelper service retriever engine_build bench
+EDITABLE := --config-settings editable_mode=strict -e .
 
-.PHONY: install install-compat prometheus-tools demo test test-compat typecheck proto clean
+.PHONY: install install-compat link link-compat prometheus-tools demo test test-fast test-compat \
+	lint typecheck proto clean
 
-install: $(STAMP) prometheus-tools
+install: $(STAMP) link prometheus-tools
 
 # promtool and a Prometheus server for the metrics tests: Debian's package `prometheus`.
 prometheus-tools:
@@ -27,33 +34,61 @@ prometheus-tools:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.13.0 -e '.[dev]'
+	$(BIN)/python -m pip install -q torch==2.13.0 $(EDITABLE)'[dev]'
+	$(BIN)/python -c "import apihelper.service.__main__"
+	rm -f $(VENV)/.package-files
 	touch $(STAMP)
 
-install-compat: $(COMPAT_STAMP)
+define relink
+	@find $(PACKAGE_DIRS) -path '*/__pycache__' -prune -o -type f \( -name '*.py' -o -name '*.pyi' \
+	  -o -name 'py.typed' -o -name '*.yaml' -o -name '*.json' -o -name '*.jsonl' \) -print | sort > $(1)/.package-files.new
+	@if ! cmp -s $(1)/.package-files.new $(1)/.package-files; then \
+	  echo "linking the apihelper package tree into $(1)"; \
+	  $(1)/bin/python -m pip install -q --no-deps $(EDITABLE) > $(1)/.link.log 2>&1 || { cat $(1)/.link.log; exit 1; }; \
+	  mv $(1)/.package-files.new $(1)/.package-files; \
+	fi
+endef
+
+link: $(STAMP)
+	$(call relink,$(VENV))
+
+install-compat: $(COMPAT_STAMP) link-compat
 
 $(COMPAT_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(COMPAT)
 	$(COMPAT)/bin/python -m pip install -q --upgrade pip
 	$(COMPAT)/bin/python -m pip install -q torch==2.13.0 transformers==4.57.1 'numpy<2' 'pyarrow<21' \
-	  'sentence-transformers>=3,<5.2' -e '.[dev]'
+	  'sentence-transformers>=3,<5.2' $(EDITABLE)'[dev]'
+	rm -f $(COMPAT)/.package-files
 	touch $(COMPAT_STAMP)
+
+link-compat: $(COMPAT_STAMP)
+	$(call relink,$(COMPAT))
 
 demo: install
 	DATA=$(DATA) BIN=$(BIN) bash deploy/demo.sh
 
-test: install install-compat
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+typecheck: install
+	$(BIN)/python -m mypy
+	$(BIN)/python -m mypy tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q tests/unit
+
+test: install install-compat lint typecheck
 	$(BIN)/python -m pytest -q
 	$(MAKE) --no-print-directory test-compat
 
 test-compat: install-compat prometheus-tools
 	$(COMPAT)/bin/python -m pytest -q -m 'not transformers5'
 
-typecheck: install
-	$(BIN)/python -m mypy
-
 proto: install
 	$(BIN)/python protos/generate.py
 
 clean:
-	rm -rf $(VENV) $(COMPAT) $(DATA) .pytest_cache .mypy_cache
+	rm -rf $(VENV) $(COMPAT) $(DATA) build .pytest_cache .mypy_cache .ruff_cache

@@ -40,14 +40,14 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine_build import artifacts
-from service.engine.manifest import MANIFEST_NAME, ModelManifest
-from service.errors import ConfigurationError
-from service.prompts import PromptFormat
+from apihelper.build import artifacts
+from apihelper.errors import ConfigurationError
+from apihelper.service.engine.manifest import MANIFEST_NAME, ModelManifest
+from apihelper.service.prompts import PromptFormat
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +59,18 @@ CONFIG_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = artifacts.TOKENIZER_FILES
 # safetensors dtype codes and their sizes; torch dtypes are looked up by name (lazy torch import).
 _ST_DTYPES = {
-    "F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
-    "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1),
-    "U8": ("uint8", 1), "BOOL": ("bool", 1),
-    "F8_E4M3": ("float8_e4m3fn", 1), "F8_E5M2": ("float8_e5m2", 1),
+    "F64": ("float64", 8),
+    "F32": ("float32", 4),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "I64": ("int64", 8),
+    "I32": ("int32", 4),
+    "I16": ("int16", 2),
+    "I8": ("int8", 1),
+    "U8": ("uint8", 1),
+    "BOOL": ("bool", 1),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
 }
 _TORCH_TO_ST = {torch_name: code for code, (torch_name, _) in _ST_DTYPES.items()}
 
@@ -111,7 +119,9 @@ class _SafetensorsSource(_Source):
         for path in files:
             for name, meta, start, end in _read_safetensors_header(path):
                 if name in self.location:
-                    raise ConfigurationError(f"{label}: tensor {name} is in both {self.location[name].name} and {path.name}")
+                    raise ConfigurationError(
+                        f"{label}: tensor {name} is in both {self.location[name].name} and {path.name}"
+                    )
                 self.location[name] = path
                 self.meta[name] = meta
                 self._entries[name] = (path, start, end)
@@ -147,7 +157,9 @@ class _TorchBinSource(_Source):
             state = self._load(path)
             for name, tensor in state.items():
                 if name in self.location:
-                    raise ConfigurationError(f"{label}: tensor {name} is in both {self.location[name].name} and {path.name}")
+                    raise ConfigurationError(
+                        f"{label}: tensor {name} is in both {self.location[name].name} and {path.name}"
+                    )
                 self.location[name] = path
                 self.meta[name] = _meta_of(tensor, f"{path.name}: {name}")
         self.release()  # listing touched only the pickles; start reading with nothing mapped
@@ -283,11 +295,7 @@ def _plan(base: _Source, delta: _Source) -> tuple[list[tuple[Path, list[_Planned
             else:
                 raise ConfigurationError(
                     f"shape mismatch: {name}: base {list(b.shape)} vs delta {list(d.shape)}"
-                    + (
-                        " (the delta may only add vocabulary rows)"
-                        if name.endswith(VOCAB_TENSOR_SUFFIXES)
-                        else ""
-                    )
+                    + (" (the delta may only add vocabulary rows)" if name.endswith(VOCAB_TENSOR_SUFFIXES) else "")
                 )
         by_file[delta.location[name]].append(_Planned(name, d, base_rows))
     return [(path, planned) for path, planned in by_file.items() if planned], extended
@@ -308,7 +316,9 @@ def _output_name(delta_file: Path) -> str:
     return name.replace("pytorch_model", "model", 1).removesuffix(".bin") + ".safetensors"
 
 
-def _write_shard(path: Path, planned: list[_Planned], produce: Callable[[_Planned], Any], advance: Callable[[int], Any]) -> int:
+def _write_shard(
+    path: Path, planned: list[_Planned], produce: Callable[[_Planned], Any], advance: Callable[[int], Any]
+) -> int:
     """Stream one safetensors file: header first, then each tensor as ``produce`` makes it."""
     # Largest items first keeps every tensor aligned to its item size (as safetensors does).
     order = sorted(planned, key=lambda p: (-p.meta.itemsize, p.name))
@@ -371,7 +381,13 @@ def apply_delta(
         raise ConfigurationError(f"{delta}: no config.json in the delta checkpoint")
     groups, extended = _plan(base_src, delta_src)
     for tensor_name, (rows_base, rows_delta) in extended.items():
-        logger.info("%s: %d rows in base, %d in delta; rows %d.. are the delta's own", tensor_name, rows_base, rows_delta, rows_base)
+        logger.info(
+            "%s: %d rows in base, %d in delta; rows %d.. are the delta's own",
+            tensor_name,
+            rows_base,
+            rows_delta,
+            rows_base,
+        )
 
     cast_warned: set[str] = set()
 
@@ -380,7 +396,9 @@ def apply_delta(
         addend = base_src.read(p.name)
         if addend.dtype != summed.dtype:
             if not cast_warned:
-                logger.warning("base and delta dtypes differ (%s vs %s); the output keeps the delta's", addend.dtype, summed.dtype)
+                logger.warning(
+                    "base and delta dtypes differ (%s vs %s); the output keeps the delta's", addend.dtype, summed.dtype
+                )
             cast_warned.add(p.name)
             addend = addend.to(summed.dtype)
         if p.base_rows is None:
@@ -436,13 +454,13 @@ def apply_delta(
         prompt_format=prompt_format,
         random_weights=False,
         max_model_len=int(config.get("max_position_embeddings") or 2048),
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
         details={
             "merged_from": {"base": str(base.resolve()), "delta": str(delta.resolve())},
             "tensors": len(weight_map),
             "shards": len(shards),
             "total_bytes": total,
-            "vocab_rows_from_delta": {k: v for k, v in extended.items()},
+            "vocab_rows_from_delta": dict(extended),
             "tokenizer_from": "delta" if tokenizer_from is delta else "base",
         },
     )

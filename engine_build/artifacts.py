@@ -21,7 +21,7 @@ TOKENIZER_FILES = (
 
 def corpus_texts(paths: Iterable[Path]) -> Iterator[str]:
     """The prompt text of every doc in the corpora at ``paths`` (formats detected)."""
-    from retriever.loaders import load_corpus
+    from apihelper.retriever.loaders import load_corpus
 
     for path in paths:
         _, result = load_corpus(path, None)

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-from engine_build import apply_delta, trtllm_build
-from engine_build.artifacts import corpus_texts
-from engine_build.eval_cli import add_eval_parser, add_milvus_arguments
-from retriever.types import CorpusFormat
-from service.errors import ApiHelperError, CorpusLoadError, InvalidRequestError
-from service.prompts import PromptFormat
+from apihelper.build import apply_delta, trtllm_build
+from apihelper.build.artifacts import corpus_texts
+from apihelper.build.eval_cli import add_eval_parser, add_milvus_arguments
+from apihelper.errors import ApiHelperError, CorpusLoadError, InvalidRequestError
+from apihelper.retriever.types import CorpusFormat
+from apihelper.service.prompts import PromptFormat
 
 
 def parse_corpus_spec(spec: str) -> tuple[str, Path, CorpusFormat | None]:
@@ -36,7 +35,7 @@ def parse_corpus_spec(spec: str) -> tuple[str, Path, CorpusFormat | None]:
 
 
 def cmd_make_dev_model(args: argparse.Namespace) -> int:
-    from engine_build.dev_model import make_dev_model
+    from apihelper.build.dev_model import make_dev_model
 
     manifest = make_dev_model(
         args.out, corpus_texts(args.corpus or []), prompt_format=PromptFormat(args.prompt_format), seed=args.seed
@@ -46,9 +45,9 @@ def cmd_make_dev_model(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from retriever.embedding import Embedder
-    from retriever.ingest import format_report, ingest_corpus
-    from retriever.milvus_store import MilvusStore
+    from apihelper.retriever.embedding import Embedder
+    from apihelper.retriever.ingest import format_report, ingest_corpus
+    from apihelper.retriever.milvus_store import MilvusStore
 
     specs = [parse_corpus_spec(s) for s in args.corpus]
     embedder = Embedder()
@@ -97,19 +96,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_milvus_arguments(p)
     p.add_argument(
-        "--corpus", action="append", required=True, metavar="NAME=PATH[:FORMAT]",
+        "--corpus",
+        action="append",
+        required=True,
+        metavar="NAME=PATH[:FORMAT]",
         help=f"corpus to ingest; FORMAT one of {', '.join(f.value for f in CorpusFormat)} (default: detected)",
     )
     p.add_argument(
-        "--include", action="append", metavar="MODULE_PREFIX",
+        "--include",
+        action="append",
+        metavar="MODULE_PREFIX",
         help="python corpora: only modules under this dotted prefix (repeatable), e.g. ai.backend.client.func",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
 
-    p = sub.add_parser(
-        "apply-delta", help="merge Gorilla v0 delta weights into LLaMA-7B, tensor by tensor (CPU)"
-    )
+    p = sub.add_parser("apply-delta", help="merge Gorilla v0 delta weights into LLaMA-7B, tensor by tensor (CPU)")
     apply_delta.add_cli_arguments(p)
     p.set_defaults(func=apply_delta.cli_main)
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 import json
 import unicodedata
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from service.engine.manifest import ModelManifest
-from service.prompts import GORILLA_V0_DOCS_LEAD, GORILLA_V0_SYSTEM, OPENFUNCTIONS_V2_SYSTEM, PromptFormat
+from apihelper.service.engine.manifest import ModelManifest
+from apihelper.service.prompts import GORILLA_V0_DOCS_LEAD, GORILLA_V0_SYSTEM, OPENFUNCTIONS_V2_SYSTEM, PromptFormat
 
 DEV_MODEL_NAME = "apihelper-dev-model"
 SPECIAL_TOKENS = ("<s>", "</s>", "<unk>", "<pad>")
@@ -186,7 +186,7 @@ def make_dev_model(
         prompt_format=prompt_format,
         random_weights=True,
         max_model_len=max_position_embeddings,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
         details={
             "seed": seed,
             "vocab_size": actual_vocab,
@@ -208,8 +208,6 @@ def _unprintable_token_ids(bpe: Any, special_ids: Iterable[int]) -> list[int]:
     ids = set(special_ids)
     for token_id in range(bpe.get_vocab_size()):
         text = bpe.decode([token_id], skip_special_tokens=False)
-        if "\ufffd" in text or any(
-            unicodedata.category(ch) == "Cc" and ch not in "\n\t" for ch in text
-        ):
+        if "\ufffd" in text or any(unicodedata.category(ch) == "Cc" and ch not in "\n\t" for ch in text):
             ids.add(token_id)
     return sorted(ids)

@@ -21,16 +21,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from retriever.types import RetrievalMode
-from service.errors import UnknownCorpusError
+from apihelper.errors import UnknownCorpusError
+from apihelper.retriever.types import RetrievalMode
 
 EVAL_MODES = (RetrievalMode.HYBRID, RetrievalMode.DENSE, RetrievalMode.KEYWORD)
 
 
 async def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Open the retriever, evaluate, write --ranked-out; returns the report as JSON data."""
-    from retriever.evaluate import evaluate, load_questions, write_ranked
-    from retriever.service import open_retriever
+    from apihelper.retriever.evaluate import evaluate, load_questions, write_ranked
+    from apihelper.retriever.milvus_retriever import open_retriever
 
     questions = load_questions(args.questions, corpus=args.corpus)
     retriever = await open_retriever(args.milvus_uri, args.milvus_token or None)
@@ -50,7 +50,7 @@ async def run_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_eval_retrieval(args: argparse.Namespace) -> int:
     if args.k < 1:
-        from service.errors import InvalidRequestError
+        from apihelper.errors import InvalidRequestError
 
         raise InvalidRequestError("--k", "must be at least 1")
     print(json.dumps(asyncio.run(run_eval(args)), indent=2))
@@ -76,7 +76,9 @@ def add_eval_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_milvus_arguments(p)
     p.add_argument("--corpus", required=True, help="the ingested corpus to search")
     p.add_argument(
-        "--questions", type=Path, required=True,
+        "--questions",
+        type=Path,
+        required=True,
         help='JSONL: {"id","question","answer","alt_answers"} or APIBench {"code","api_data",...} lines',
     )
     p.add_argument("--k", type=int, default=10, help="docs retrieved per question (default 10)")

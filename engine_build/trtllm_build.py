@@ -11,7 +11,7 @@ This module owns the offline engine build and the engine directory's layout:
   (the TensorRT-LLM version and the GPU compute capability that built it) and what makes a build
   traceable (source path and a sha256 over its weight files, the build settings, build time).
 
-tensorrt_llm is imported through ``service.engine.tensorrt_llm_engine._import_trtllm`` (the one
+tensorrt_llm is imported through ``apihelper.service.engine.trtllm_runtime.import_trtllm`` (the one
 module that imports it), inside ``build_engine``: importing this module is cheap and works anywhere.
 
 Calibration (fp8, int4_awq): TensorRT-LLM reads ``CalibConfig.calib_dataset`` as a dataset name or
@@ -31,23 +31,23 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from engine_build import artifacts
-from engine_build.artifacts import corpus_texts
-from service.engine.manifest import ModelManifest, read_manifest
-from service.engine.tensorrt_llm_engine import (
+from apihelper.build import artifacts
+from apihelper.build.artifacts import corpus_texts
+from apihelper.errors import ConfigurationError
+from apihelper.service.engine.manifest import ModelManifest, read_manifest
+from apihelper.service.engine.trtllm_runtime import (
     MANIFEST_KIND,
     TrtllmApi,
-    _cuda_compute_capability,
-    _cuda_device_name,
-    _import_trtllm,
+    cuda_compute_capability,
+    cuda_device_name,
+    import_trtllm,
 )
-from service.errors import ConfigurationError
-from service.prompts import PromptFormat
+from apihelper.service.prompts import PromptFormat
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +131,7 @@ def build_engine(
     config = _read_hf_config(checkpoint)
     positions = config.get("max_position_embeddings")
     if isinstance(positions, int) and max_seq_len > positions:
-        raise ConfigurationError(
-            f"max_seq_len {max_seq_len} exceeds the model's max_position_embeddings {positions}"
-        )
+        raise ConfigurationError(f"max_seq_len {max_seq_len} exceeds the model's max_position_embeddings {positions}")
     source = read_manifest(checkpoint)
     if source is not None and source.kind == MANIFEST_KIND:
         raise ConfigurationError(f"{checkpoint}: already a TensorRT-LLM engine, not a checkpoint")
@@ -150,9 +148,9 @@ def build_engine(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigurationError(f"{out}: exists and is not an empty directory; choose a new one")
 
-    trt = api if api is not None else _import_trtllm()
-    capability = (compute_capability or _cuda_compute_capability)()
-    device = (gpu_name or _cuda_device_name)()
+    trt = api if api is not None else import_trtllm()
+    capability = (compute_capability or cuda_compute_capability)()
+    device = (gpu_name or cuda_device_name)()
     if quant == "fp8" and _capability_tuple(capability) < FP8_MIN_CAPABILITY:
         raise ConfigurationError(
             f"fp8 needs a GPU with compute capability 8.9 or newer (Ada, Hopper); this {device} is "
@@ -200,7 +198,8 @@ def build_engine(
                 else:
                     logger.warning(
                         "%s without calibration texts: TensorRT-LLM calibrates on cnn_dailymail "
-                        "from the Hugging Face Hub (needs network access)", quant,
+                        "from the Hugging Face Hub (needs network access)",
+                        quant,
                     )
             elif calib_texts is not None:
                 logger.info("quant %s needs no calibration; the calibration texts are not used", quant)
@@ -211,11 +210,9 @@ def build_engine(
             )
             try:
                 llm = factory(**kwargs)
-            except Exception as exc:  # noqa: BLE001 - reported as one line by the CLI
+            except Exception as exc:
                 logger.exception("TensorRT-LLM engine build failed")
-                raise ConfigurationError(
-                    f"building the engine failed ({type(exc).__name__}: {exc})"
-                ) from exc
+                raise ConfigurationError(f"building the engine failed ({type(exc).__name__}: {exc})") from exc
             try:
                 stages.say(f"saving the engine to {out}")
                 out.mkdir(parents=True, exist_ok=True)
@@ -234,7 +231,7 @@ def build_engine(
         prompt_format=fmt,
         random_weights=source.random_weights if source is not None else False,
         max_model_len=max_seq_len,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
         details={
             "source_checkpoint": str(checkpoint.resolve()),
             "source_kind": source.kind if source is not None else "hf-checkpoint",
@@ -345,9 +342,7 @@ def _check_settings(
     if max_num_tokens < input_len:
         # A prompt is prefilled in one engine step unless chunked context is on: a longer prompt
         # than max_num_tokens would be refused at run time.
-        raise ConfigurationError(
-            f"max_num_tokens ({max_num_tokens}) must be at least max_input_len ({input_len})"
-        )
+        raise ConfigurationError(f"max_num_tokens ({max_num_tokens}) must be at least max_input_len ({input_len})")
 
 
 def _remove_partial(out: Path, created: bool) -> None:
@@ -397,12 +392,16 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-tokens", type=int, default=8192, help="tokens per engine step")
     parser.add_argument("--tp-size", type=int, default=1, help="tensor parallelism (GPUs)")
     parser.add_argument(
-        "--calib-corpus", type=Path, action="append",
+        "--calib-corpus",
+        type=Path,
+        action="append",
         help="corpus file/dir whose doc texts calibrate fp8/int4_awq (repeatable)",
     )
     parser.add_argument("--calib-max-texts", type=int, default=DEFAULT_CALIB_TEXTS)
     parser.add_argument(
-        "--prompt-format", choices=[f.value for f in PromptFormat], default=None,
+        "--prompt-format",
+        choices=[f.value for f in PromptFormat],
+        default=None,
         help="default: from the checkpoint's manifest",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress display")
@@ -433,5 +432,3 @@ def cli_main(args: argparse.Namespace) -> int:
         f"{manifest.prompt_format.value}, max_model_len {manifest.max_model_len})"
     )
     return 0
-
-

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from service.errors import ConfigurationError, MissingDependencyError
+from apihelper.errors import ConfigurationError, MissingDependencyError
 
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_DIM = 384

@@ -12,7 +12,7 @@ Question files are JSON lines in one of two shapes (detected per line):
   Nothing from ``Output`` (which holds the answer) is ever part of the question.
 
 Metrics: top-1, top-5, MRR@10 (reciprocal rank of the first hit within the first 10, else 0) and,
-when questions carry a domain, domain top-1: the first retrieved doc's ``metadata["domain"]``
+when questions carry a domain, domain top-1: the first retrieved doc's domain
 equals the gold domain (compared case-insensitively with whitespace collapsed, because APIBench
 itself spells one domain both "Text-to-Speech" and "Text-To-Speech").
 
@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retriever.types import RetrievalMode, Retriever
-from service.errors import CorpusLoadError
+from apihelper.errors import CorpusLoadError
+from apihelper.retriever.doc_kinds import domain
+from apihelper.retriever.types import RetrievalMode, Retriever
 
 MRR_DEPTH = 10
 WARM_UP_QUERY = "warm-up query for the retriever"
@@ -206,7 +207,7 @@ def score(
     top1 = top5 = rr = 0.0
     domain_hits = 0
     domain_n = 0
-    for question, answer in zip(questions, answers):
+    for question, answer in zip(questions, answers, strict=False):
         gold = set(question.answers)
         rank = next((i for i, key in enumerate(answer.ranked[:MRR_DEPTH]) if key in gold), None)
         if rank is not None:
@@ -263,7 +264,7 @@ async def rank_questions(
             RankedAnswer(
                 id=question.id,
                 ranked=[hit.doc.key for hit in result.docs],
-                domains=[str(hit.doc.metadata.get("domain", "")) for hit in result.docs],
+                domains=[domain(hit.doc) for hit in result.docs],
                 seconds=elapsed,
             )
         )

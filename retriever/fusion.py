@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from apihelper.retriever.types import RetrievedDoc
+
 T = TypeVar("T")
 
 # Weight of BM25 in the fused score (bench/retrieval/README.md: chosen on all dev sets together).
@@ -61,8 +63,8 @@ def fuse(
         return sorted(dense, key=lambda s: s.score, reverse=True)[:top_k]
     if not dense or keyword_weight >= 1:
         return sorted(keyword, key=lambda s: s.score, reverse=True)[:top_k]
-    z_dense = dict(zip((s.key for s in dense), _standardised([s.score for s in dense])))
-    z_keyword = dict(zip((s.key for s in keyword), _standardised([s.score for s in keyword])))
+    z_dense = dict(zip((s.key for s in dense), _standardised([s.score for s in dense]), strict=False))
+    z_keyword = dict(zip((s.key for s in keyword), _standardised([s.score for s in keyword]), strict=False))
     floor_dense = min(z_dense.values())
     floor_keyword = min(z_keyword.values())
     items: dict[str, T] = {s.key: s.item for s in keyword}
@@ -79,4 +81,24 @@ def fuse(
     return fused[:top_k]
 
 
-__all__ = ["KEYWORD_WEIGHT", "Scored", "fuse"]
+def fuse_hits(dense: Sequence[RetrievedDoc], keyword: Sequence[RetrievedDoc], top_k: int) -> list[RetrievedDoc]:
+    """The hybrid result from dense and keyword candidates of retrieved docs.
+
+    The candidates may come from several corpora: fusing the pooled lists standardises every
+    score against the same distribution, so the corpora's results are comparable. (Fusing each
+    corpus alone would put every corpus's best hit near the top, relevant or not.)
+    """
+
+    def key(hit: RetrievedDoc) -> str:
+        return f"{hit.corpus}\x00{hit.doc.key}"
+
+    fused = fuse(
+        [Scored(key(hit), hit.score, hit) for hit in dense],
+        [Scored(key(hit), hit.score, hit) for hit in keyword],
+        keyword_weight=KEYWORD_WEIGHT,
+        top_k=top_k,
+    )
+    return [RetrievedDoc(doc=s.item.doc, corpus=s.item.corpus, score=s.score) for s in fused]
+
+
+__all__ = ["KEYWORD_WEIGHT", "Scored", "fuse", "fuse_hits"]

@@ -27,9 +27,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from retriever.embedding import TextEmbedder
-from retriever.loaders import load_corpus
-from retriever.milvus_store import (
+from apihelper.errors import CorpusLoadError
+from apihelper.retriever.embedding import TextEmbedder
+from apihelper.retriever.loaders import load_corpus
+from apihelper.retriever.milvus_store import (
     MAX_KEY_BYTES,
     SCHEMA_VERSION,
     CorpusSettings,
@@ -37,8 +38,7 @@ from retriever.milvus_store import (
     check_corpus_name,
     now_utc,
 )
-from retriever.types import ApiDoc, CorpusFormat, IngestReport, LoadProblem
-from service.errors import CorpusLoadError
+from apihelper.retriever.types import ApiDoc, CorpusFormat, IngestReport, LoadProblem
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +178,8 @@ def document_vectors(embedder: TextEmbedder, docs: Sequence[ApiDoc]) -> list[lis
     heads = [(i, head) for i, head in enumerate(doc_head(d) for d in docs) if head]
     if heads and SUMMARY_WEIGHT > 0:
         head_vectors = embedder.embed_documents([head for _, head in heads])
-        for (i, _), head_vector in zip(heads, head_vectors):
-            mixed = [a + SUMMARY_WEIGHT * b for a, b in zip(vectors[i], head_vector)]
+        for (i, _), head_vector in zip(heads, head_vectors, strict=False):
+            mixed = [a + SUMMARY_WEIGHT * b for a, b in zip(vectors[i], head_vector, strict=False)]
             norm = sum(v * v for v in mixed) ** 0.5 or 1.0
             vectors[i] = [v / norm for v in mixed]
     return vectors

@@ -53,15 +53,15 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from retriever.fusion import KEYWORD_WEIGHT, Scored, fuse
-from retriever.textnorm import keyword_terms
-from retriever.types import ApiDoc, CorpusFormat, CorpusInfo, RetrievalMode, RetrievedDoc
-from service.errors import ConfigurationError, MissingDependencyError, RetrieverUnavailableError
+from apihelper.errors import ConfigurationError, MissingDependencyError, RetrieverUnavailableError
+from apihelper.retriever.fusion import fuse_hits
+from apihelper.retriever.textnorm import keyword_terms
+from apihelper.retriever.types import ApiDoc, CorpusFormat, CorpusInfo, RetrievalMode, RetrievedDoc
 
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
@@ -171,6 +171,42 @@ class CorpusSettings:
     embedding_dim: int
 
 
+class _LiteServers:
+    """How many open stores use each Milvus Lite directory of this process.
+
+    pymilvus starts Milvus Lite's embedded server (threads, a port, the directory's lock) the
+    first time a client opens a ``.db`` path and keeps it until the process exits; stores of one
+    directory share it. The last store to close stops it, so that a start-up that fails half-way,
+    or a test, leaves no server, thread or lock behind.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users: dict[str, int] = {}
+
+    def acquire(self, path: str) -> str:
+        key = str(Path(path).absolute())
+        with self._lock:
+            self._users[key] = self._users.get(key, 0) + 1
+        return key
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            left = self._users.get(key, 0) - 1
+            if left > 0:
+                self._users[key] = left
+                return
+            self._users.pop(key, None)
+        try:
+            from milvus_lite.server_manager import server_manager_instance
+        except ImportError:  # no Lite, so no embedded server to stop
+            return
+        server_manager_instance.release_server(key)
+
+
+_LITE_SERVERS = _LiteServers()
+
+
 class MilvusStore:
     """Blocking access to the apihelper collections of one Milvus (Lite file or server).
 
@@ -188,6 +224,7 @@ class MilvusStore:
         self._loaded: set[str] = set()
         self._schema: dict[str, str] = {}  # corpus -> schema version, read when it is loaded
         self._lock = threading.Lock()
+        self._lite_path: str | None = None
         if is_local_uri(uri):
             path = Path(uri).expanduser()
             if path.suffix != ".db":
@@ -196,9 +233,12 @@ class MilvusStore:
                 )
             path.parent.mkdir(parents=True, exist_ok=True)
             uri = str(path)
+            self._lite_path = _LITE_SERVERS.acquire(uri)
+        self._closed = False
         try:
             self._client: Any = MilvusClient(uri=uri, token=token or "", timeout=timeout_s)
         except Exception as exc:  # connection refused, DataDirLockedError, bad URI: all "unavailable"
+            self._release_lite()
             raise RetrieverUnavailableError(
                 f"cannot open Milvus at {redact_uri(self._uri)}: {type(exc).__name__}: {_reason(exc)}"
             ) from exc
@@ -377,7 +417,7 @@ class MilvusStore:
             _P_COUNT: str(doc_count),
         }
         if last_ingest is not None:
-            props[_P_LAST] = last_ingest.astimezone(timezone.utc).isoformat()
+            props[_P_LAST] = last_ingest.astimezone(UTC).isoformat()
         with self._guard("alter collection properties"):
             self._client.alter_collection_properties(collection_name(corpus), properties=props, timeout=self._timeout)
 
@@ -487,7 +527,7 @@ class MilvusStore:
                 "metadata": fit_metadata(doc.metadata),
                 "content_hash": doc.content_hash,
             }
-            for doc, vector in zip(docs, vectors)
+            for doc, vector in zip(docs, vectors, strict=False)
         ]
         with self._guard("upsert"):
             self._client.upsert(collection_name(corpus), rows, timeout=max(self._timeout, 60.0))
@@ -530,7 +570,9 @@ class MilvusStore:
             return self._loaded_retry(corpus, lambda: self._dense(corpus, query_vector or [], top_k))
         return self._loaded_retry(corpus, lambda: self._keyword(corpus, query_text, top_k))
 
-    def hybrid_search(self, corpus: str, *, query_text: str, query_vector: Sequence[float], top_k: int) -> list[RetrievedDoc]:
+    def hybrid_search(
+        self, corpus: str, *, query_text: str, query_vector: Sequence[float], top_k: int
+    ) -> list[RetrievedDoc]:
         """Fused dense + BM25 results of one corpus, best first (what ``search`` does for HYBRID).
 
         (Fetching candidates as keys only and reading the winners afterwards was measured: the
@@ -540,14 +582,19 @@ class MilvusStore:
         return fuse_hits(dense, keyword, top_k)
 
     def hybrid_candidates(
-        self, corpus: str, *, query_text: str, query_vector: Sequence[float], top_k: int
+        self, corpus: str, *, query_text: str, query_vector: Sequence[float], top_k: int, dense: bool = True
     ) -> tuple[list[RetrievedDoc], list[RetrievedDoc]]:
-        """The dense and BM25 candidate lists of one corpus, for fusion by the caller."""
+        """The dense and BM25 candidate lists of one corpus, for fusion by the caller; with
+        ``dense`` False (the corpus's vectors are another model's) the BM25 list only."""
         if top_k <= 0:
             return [], []
         limit = hybrid_candidates(top_k)
         return self._loaded_retry(
-            corpus, lambda: (self._dense(corpus, query_vector, limit), self._keyword(corpus, query_text, limit))
+            corpus,
+            lambda: (
+                self._dense(corpus, query_vector, limit) if dense else [],
+                self._keyword(corpus, query_text, limit),
+            ),
         )
 
     def _loaded_retry(self, corpus: str, search: Callable[[], _T]) -> _T:
@@ -610,10 +657,21 @@ class MilvusStore:
         return out
 
     def close(self) -> None:
+        """Close the connection; for Milvus Lite, the last store of a directory also stops the
+        embedded server, which frees its threads and the directory's lock. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self._client.close()
         except Exception as exc:  # closing is best effort; the process may be exiting
             log.debug("closing Milvus client failed: %s", exc)
+        self._release_lite()
+
+    def _release_lite(self) -> None:
+        if self._lite_path is not None:
+            _LITE_SERVERS.release(self._lite_path)
+            self._lite_path = None
 
 
 def _doc_of(entity: Mapping[str, Any]) -> ApiDoc:
@@ -632,30 +690,10 @@ def hybrid_candidates(top_k: int) -> int:
     return min(max(top_k, HYBRID_CANDIDATES), 16384)
 
 
-def fuse_hits(dense: Sequence[RetrievedDoc], keyword: Sequence[RetrievedDoc], top_k: int) -> list[RetrievedDoc]:
-    """The hybrid result from dense and keyword candidates (retriever.fusion).
-
-    The candidates may come from several corpora: fusing the pooled lists standardises every
-    score against the same distribution, so the corpora's results are comparable. (Fusing each
-    corpus alone would put every corpus's best hit near the top, relevant or not.)
-    """
-
-    def key(hit: RetrievedDoc) -> str:
-        return f"{hit.corpus}\x00{hit.doc.key}"
-
-    fused = fuse(
-        [Scored(key(hit), hit.score, hit) for hit in dense],
-        [Scored(key(hit), hit.score, hit) for hit in keyword],
-        keyword_weight=KEYWORD_WEIGHT,
-        top_k=top_k,
-    )
-    return [RetrievedDoc(doc=s.item.doc, corpus=s.item.corpus, score=s.score) for s in fused]
-
-
 def _reason(exc: BaseException) -> str:
     message = getattr(exc, "message", None)
     return str(message) if message else str(exc)
 
 
 def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

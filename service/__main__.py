@@ -1,26 +1,29 @@
 """``apihelper-serve``: the composition root. The only place that picks concrete classes.
 
-Reads Settings once, builds the embedder, the Milvus retriever and the engine, starts the gRPC
-server, and on SIGTERM/SIGINT drains it (health NOT_SERVING -> grace period -> engine shutdown).
+Reads Settings once, builds the embedder, the Milvus retriever, the engine and the metrics
+recorder, starts the gRPC server, and on SIGTERM/SIGINT drains it (health NOT_SERVING -> grace
+period for the streams in flight -> engine shutdown -> retriever closed). Every lifetime is held
+by one exit stack in :func:`serve`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
-from service.engine.protocol import Engine
-from service.errors import ApiHelperError, ConfigurationError
-from service.metrics import NullRecorder, Recorder
-from service.prompts import PromptFormat
-from service.settings import Settings, load_settings
+from apihelper.errors import ApiHelperError
+from apihelper.service.engine.protocol import Engine
+from apihelper.service.grpc.server import event_loop_factory
+from apihelper.service.metrics import NullRecorder, Recorder
+from apihelper.service.prompts import PromptFormat
+from apihelper.service.settings import Settings, load_settings
 
 log = logging.getLogger("apihelper")
 
@@ -28,7 +31,7 @@ log = logging.getLogger("apihelper")
 async def build_engine(settings: Settings) -> Engine:
     prompt_format = PromptFormat(settings.prompt_format) if settings.prompt_format else None
     if settings.engine == "tensorrt_llm":
-        from service.engine.tensorrt_llm_engine import TensorRTLLMEngine
+        from apihelper.service.engine.tensorrt_llm_engine import TensorRTLLMEngine
 
         return await TensorRTLLMEngine.load(
             Path(settings.model),
@@ -36,7 +39,7 @@ async def build_engine(settings: Settings) -> Engine:
             kv_cache_free_gpu_memory_fraction=settings.kv_cache_free_gpu_memory_fraction,
             enable_block_reuse=settings.enable_block_reuse,
         )
-    from service.engine.transformers_engine import TransformersEngine
+    from apihelper.service.engine.transformers_engine import TransformersEngine
 
     return await TransformersEngine.load(
         Path(settings.model),
@@ -51,66 +54,75 @@ async def build_engine(settings: Settings) -> Engine:
 
 
 async def serve(settings: Settings) -> None:
-    from retriever.embedding import Embedder
-    from retriever.service import open_retriever
-    from service.grpc.server import start_server
+    """Build every part, serve until SIGTERM/SIGINT, then release every part in reverse order.
 
-    embedder = await asyncio.to_thread(Embedder)
-    retriever = await open_retriever(settings.milvus_uri, settings.milvus_token, embedder)
-    engine = await build_engine(settings)
-    recorder: Recorder = NullRecorder()
-    prometheus = None
-    if settings.metrics_port:
-        from service.metrics.prometheus import PrometheusRecorder
-
-        prometheus = PrometheusRecorder(
-            version=version("apihelper"),
-            engine_kind=engine.info.kind,
-            model=engine.info.model,
-            prompt_format=engine.info.prompt_format.value,
-            embedding_model=embedder.model_name,
-            engine_stats=engine.stats,
-        )
-        metrics_port = prometheus.serve(settings.metrics_host, settings.metrics_port)
-        print(f"apihelper: metrics on http://{settings.metrics_host}:{metrics_port}/metrics", flush=True)
-        recorder = prometheus
-    if engine.info.random_weights:
-        log.warning("serving %s: a development model with RANDOM weights; its text is not meaningful", engine.info.model)
-    running = await start_server(settings, engine, retriever, recorder)
-    # Everything loaded so far (models, tokenizers, libraries) lives until exit: move it out of
-    # the collector's reach, or each full collection walks ~600k objects and stalls the event
-    # loop for ~350 ms (measured with bench/load).
-    gc.collect()
-    gc.freeze()
-    print(f"apihelper: listening on {settings.host}:{running.port}", flush=True)
+    One ``AsyncExitStack`` owns each resource from the moment it exists: a failure (or a signal)
+    at any step of start-up releases what was built before it (Milvus Lite's server and lock, the
+    engine's threads and memory), and a normal stop drains the gRPC server first, then shuts the
+    engine down, then closes the retriever.
+    """
+    from apihelper.retriever.embedding import Embedder
+    from apihelper.retriever.milvus_retriever import open_retriever
+    from apihelper.service.grpc.server import start_server
 
     stop = asyncio.Event()
+    starting = asyncio.current_task()
+    serving = False
+
+    def on_signal() -> None:
+        if serving:
+            stop.set()
+        elif starting is not None:
+            starting.cancel()  # start-up interrupted: the exit stack releases what was built
+
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("signal received: draining for up to %.1fs", settings.shutdown_grace_seconds)
-    await running.stop()
-    if prometheus is not None:
-        prometheus.close()
+    async with contextlib.AsyncExitStack() as stack:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+            stack.callback(loop.remove_signal_handler, sig)
+        embedder = await asyncio.to_thread(Embedder)
+        retriever = await open_retriever(settings.milvus_uri, settings.milvus_token, embedder)
+        stack.push_async_callback(retriever.close)
+        engine = await build_engine(settings)
+        stack.push_async_callback(engine.shutdown)
+        recorder = build_recorder(settings, engine, embedder.model_name)
+        stack.callback(recorder.close)
+        if engine.info.random_weights:
+            log.warning(
+                "serving %s: a development model with RANDOM weights; its text is not meaningful", engine.info.model
+            )
+        running = await start_server(settings, engine, retriever, recorder)
+        stack.push_async_callback(running.stop)
+        # Everything loaded so far (models, tokenizers, libraries) lives until exit: move it out of
+        # the collector's reach, or each full collection walks ~600k objects and stalls the event
+        # loop for ~350 ms (measured with bench/load).
+        gc.collect()
+        gc.freeze()
+        print(f"apihelper: listening on {settings.host}:{running.port}", flush=True)
+        serving = True
+        await stop.wait()
+        log.info("signal received: draining for up to %.1fs", settings.shutdown_grace_seconds)
     log.info("stopped")
 
 
-def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """The event loop to serve on: uvloop's where installed ("auto") or asked for, else asyncio's
-    (None). Every stream shares this loop, and grpc.aio accepts each new call through several of
-    its iterations: uvloop's cheaper iterations cut ~10% off time to first token at 256 streams
-    (bench/load/README.md)."""
-    if choice == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        if choice == "uvloop":
-            raise ConfigurationError("event_loop uvloop: uvloop is not installed (pip install uvloop)") from None
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
+def build_recorder(settings: Settings, engine: Engine, embedding_model: str) -> Recorder:
+    """The Prometheus exporter, serving /metrics, or a recorder that drops everything when the
+    metrics port is 0."""
+    if not settings.metrics_port:
+        return NullRecorder()
+    from apihelper.service.metrics.prometheus import PrometheusRecorder
+
+    prometheus = PrometheusRecorder(
+        version=version("apihelper"),
+        engine_kind=engine.info.kind,
+        model=engine.info.model,
+        prompt_format=engine.info.prompt_format.value,
+        embedding_model=embedding_model,
+        engine_stats=engine.stats,
+    )
+    metrics_port = prometheus.serve(settings.metrics_host, settings.metrics_port)
+    print(f"apihelper: metrics on http://{settings.metrics_host}:{metrics_port}/metrics", flush=True)
+    return prometheus
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,6 +133,8 @@ def main(argv: list[str] | None = None) -> None:
         log.info("event loop: %s", "uvloop" if factory is not None else "asyncio")
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(serve(settings))
+    except asyncio.CancelledError:
+        log.info("start-up interrupted by a signal; everything built so far was released")
     except ApiHelperError as exc:
         # Configuration problems found at start-up: one clear line, no traceback.
         print(f"apihelper-serve: {exc}", file=sys.stderr)

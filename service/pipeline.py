@@ -6,37 +6,26 @@ consuming ``generate`` (client gone, deadline), the engine stream is closed, whi
 engine request, and ``CancelledError`` propagates unchanged.
 
 The verdict checks the answer's calls against the retrieved docs and the whole corpora the
-sources came from (``service.corpus_catalogs``). It is computed after the last delta, so it
-never delays the stream; the corpus catalog is started as soon as the sources are known, so
-its read (after a re-ingest) overlaps generation instead of following it.
+sources came from (``apihelper.service.answers.corpus_cache``). It is computed after the last
+delta, so it never delays the stream; the corpus catalog is started as soon as the sources are
+known, so its read (after a re-ingest) overlaps generation instead of following it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
-from retriever.types import CorpusInfo, RetrievalMode, RetrievalResult, RetrievedDoc, Retriever
-from service.corpus_catalogs import CorpusCatalogs, CorpusVersion, corpus_version
-from service.engine.protocol import Engine, EngineRequest, FinishReason, SamplingParams
-from service.errors import InvalidRequestError
-from service.metrics import NullRecorder, Recorder
-from service.prompts import PromptFormat, build_prompt
-from service.repetition import RepetitionFilter
-from service.validation import CallCheck, CheckedAnswer, Verdict, check_answer
-
-# How long corpus versions (last ingest times) are reused before Milvus is asked again.
-CORPUS_VERSIONS_TTL_SECONDS = 5.0
-# How long a completion waits for its corpus catalog (only the first requests after a re-ingest
-# wait: reading runs at ~4000 docs/s on 2 cores, and started with the sources). Past it the
-# answer is checked against the retrieved docs only, and says so, while the build goes on.
-CATALOG_WAIT_SECONDS = 10.0
-# Answers are checked on the event loop against catalogs up to this size (a few ms: an unknown API
-# is compared with every key, ~3 us each); against bigger ones in a worker thread.
-INLINE_CHECK_MAX_DOCS = 2000
+from apihelper.errors import InvalidRequestError
+from apihelper.retriever.types import CorpusInfo, RetrievalMode, RetrievalResult, RetrievedDoc, Retriever
+from apihelper.service.answers.check import CallCheck, Verdict
+from apihelper.service.answers.corpus_cache import CorpusCache, corpus_version
+from apihelper.service.answers.repetition import RepetitionFilter
+from apihelper.service.engine.protocol import Engine, EngineRequest, FinishReason, SamplingParams
+from apihelper.service.metrics import NullRecorder, Recorder
+from apihelper.service.prompts import PromptFormat, build_prompt
 
 
 @dataclass(frozen=True)
@@ -117,15 +106,11 @@ class Pipeline:
         self._retriever = retriever
         self._engine = engine
         self._recorder = recorder or NullRecorder()
-        self._catalogs = CorpusCatalogs(retriever)
-        self._infos: dict[str, CorpusInfo] = {}  # corpus -> as last listed
-        self._infos_at = float("-inf")
-        self._infos_lock = asyncio.Lock()  # one list_corpora at a time; the others use its answer
-        self._background: set[asyncio.Task[None]] = set()  # strong references to warm-ups
+        self._corpora = CorpusCache(retriever)
 
-    @property
-    def engine(self) -> Engine:
-        return self._engine
+    async def close(self) -> None:
+        """Stop the background work of the corpus cache (catalog builds)."""
+        await self._corpora.close()
 
     async def list_corpora(self) -> list[CorpusInfo]:
         return await self._retriever.list_corpora()
@@ -144,7 +129,7 @@ class Pipeline:
         fmt = params.prompt_format or info.prompt_format
         docs, prompt = self._fit_prompt(fmt, params.retrieval.instruction, result.docs, params.sampling)
         sources = {d.corpus for d in docs}
-        self._warm_catalog(sources)
+        self._corpora.warm(sources)
         yield SourcesEvent(docs)
 
         repeats = RepetitionFilter(enabled=params.suppress_repeated_lines)
@@ -184,8 +169,8 @@ class Pipeline:
             yield DeltaEvent(tail)
 
         text = repeats.text  # exactly what the client was sent
-        infos = await self._corpus_infos(sources)
-        checked = await self._check(fmt, text, docs, infos)
+        infos = await self._corpora.infos(sources)
+        checked = await self._corpora.check(fmt, text, docs, infos)
         timings = Timings(
             retrieval_ms=retrieval.retrieval_ms,
             embed_ms=retrieval.embed_ms,
@@ -212,59 +197,6 @@ class Pipeline:
             sampling=params.sampling,
             corpus_versions={c: corpus_version(infos[c]) if c in infos else "" for c in sorted(sources)},
         )
-
-    async def _check(
-        self, fmt: PromptFormat, text: str, docs: Sequence[RetrievedDoc], infos: dict[str, CorpusInfo]
-    ) -> CheckedAnswer:
-        """The verdict, against the retrieved docs and the catalog of the sources' corpora (the
-        retrieved docs only when that catalog cannot be had; the reasons then say so)."""
-        corpora = {d.corpus for d in docs}
-        catalog = None
-        if corpora and corpora <= set(infos):  # a corpus not listed (dropped) has no catalog
-            catalog = await self._catalogs.get(
-                (CorpusVersion.of(infos[c]) for c in corpora), timeout_s=CATALOG_WAIT_SECONDS
-            )
-        if catalog is not None and len(catalog) > INLINE_CHECK_MAX_DOCS:
-            return await asyncio.to_thread(check_answer, fmt, text, docs, catalog)
-        return check_answer(fmt, text, docs, catalog)
-
-    def _warm_catalog(self, corpora: set[str]) -> None:
-        """Start the catalog of ``corpora`` now, so that a read after a re-ingest overlaps
-        generation; the completion waits for the same shared build."""
-        if not corpora:
-            return
-        if self._infos_fresh(corpora):
-            self._catalogs.warm(CorpusVersion.of(self._infos[c]) for c in corpora)
-            return
-
-        async def warm() -> None:
-            try:
-                infos = await self._corpus_infos(corpora)
-            except Exception:  # noqa: BLE001 - the completion asks again and reports it there
-                return
-            if corpora <= set(infos):
-                self._catalogs.warm(CorpusVersion.of(i) for i in infos.values())
-
-        task = asyncio.create_task(warm(), name="apihelper-catalog-warm-up")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def _infos_fresh(self, corpora: set[str]) -> bool:
-        return time.monotonic() - self._infos_at <= CORPUS_VERSIONS_TTL_SECONDS and corpora <= set(self._infos)
-
-    async def _corpus_infos(self, corpora: set[str]) -> dict[str, CorpusInfo]:
-        """The listed info (version: last ingest time) of each of ``corpora`` that exists, cached
-        briefly: a re-ingest shows within seconds."""
-        if not corpora:
-            return {}
-        if not self._infos_fresh(corpora):
-            async with self._infos_lock:
-                if not self._infos_fresh(corpora):  # not refreshed while this request waited
-                    infos = await self._retriever.list_corpora()
-                    self._infos = {i.name: i for i in infos}
-                    self._infos_at = time.monotonic()
-                    self._catalogs.keep_only(self._infos)
-        return {c: self._infos[c] for c in corpora if c in self._infos}
 
     async def _retrieve(self, params: RetrieveParams) -> RetrievalResult:
         if params.mode is RetrievalMode.NONE:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Sequence
-from typing import Any
 
-from retriever.types import RetrievedDoc
+from apihelper.retriever.doc_kinds import FunctionSchema
+from apihelper.retriever.doc_kinds import function_schema as doc_function_schema
+from apihelper.retriever.types import RetrievedDoc
 
 
 class PromptFormat(str, enum.Enum):
@@ -65,17 +66,10 @@ def openfunctions_v2_prompt(instruction: str, docs: Sequence[RetrievedDoc]) -> s
     )
 
 
-def function_schema(doc: RetrievedDoc) -> dict[str, Any]:
-    """A JSON function schema for openfunctions_v2.
-
-    Loaders may store one in ``metadata["function"]`` (OpenAPI operations and Python callables
-    do); other docs become a parameterless function named after their key.
-    """
-    stored = doc.doc.metadata.get("function")
-    if isinstance(stored, dict):
+def function_schema(doc: RetrievedDoc) -> FunctionSchema:
+    """A JSON function schema for openfunctions_v2: the one the loader stored (OpenAPI operations
+    and Python callables have one), else a parameterless function named after the doc's key."""
+    stored = doc_function_schema(doc.doc)
+    if stored is not None:
         return stored
-    return {
-        "name": doc.doc.key,
-        "description": doc.doc.text,
-        "parameters": {"type": "object", "properties": {}},
-    }
+    return FunctionSchema(name=doc.doc.key, description=doc.doc.text, parameters={"type": "object", "properties": {}})

@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from service.errors import ConfigurationError
+from apihelper.errors import ConfigurationError
 
 ENV_PREFIX = "APIHELPER_"
 

@@ -1,9 +1,11 @@
-"""Shared fixtures: where ../shared corpora are, and the cost-heavy session-wide artifacts."""
+"""Fixtures shared by every tier: the costly session-wide artifacts (the dev model, a live server
+on the real engine and Milvus Lite) and Milvus Lite servers. Plain helpers: ``tests.support``."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,26 +13,20 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
+from tests.support import BACKEND_AI_SPEC, FakeEmbedder, free_port, live_server, start_milvus_lite, stop_process
+
 if TYPE_CHECKING:
-    from service.grpc.server import RunningServer
-
-SHARED_CORPORA = Path(__file__).resolve().parents[2] / "shared" / "corpora"
-
-
-def shared_corpus(*parts: str) -> Path:
-    """A file under ../shared/corpora, or skip the test saying what is missing."""
-    path = SHARED_CORPORA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent: these tests need the third-party corpora in ../shared/corpora")
-    return path
+    from apihelper.retriever.milvus_store import MilvusStore
+    from apihelper.service.engine.protocol import Engine
+    from apihelper.service.grpc.server import RunningServer
 
 
 @pytest.fixture(scope="session")
 def dev_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The project's development model, built once per test session."""
-    from engine_build.dev_model import make_dev_model
-    from retriever.loaders import load_corpus
-    from retriever.samples import sample_corpus_path
+    """The project's development model (random weights), built once per test session."""
+    from apihelper.build.dev_model import make_dev_model
+    from apihelper.retriever.loaders import load_corpus
+    from apihelper.retriever.samples import sample_corpus_path
 
     out = tmp_path_factory.mktemp("dev-model")
     _, loaded = load_corpus(sample_corpus_path(), None)
@@ -38,14 +34,12 @@ def dev_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-BACKEND_AI_SPEC = SHARED_CORPORA / "backend.ai" / "openapi.json"
-
-
 @dataclass
 class Serving:
     """A live apihelper server for the whole session (its start costs seconds)."""
 
     running: RunningServer
+    engine: Engine
     metrics_port: int
     milvus_uri: str
 
@@ -54,15 +48,13 @@ class Serving:
 async def serving(dev_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serving]:
     """Milvus Lite in a temp dir with the sample corpus (and Backend.AI's spec when ../shared is
     there), the real transformers engine on the dev model, Prometheus metrics on a free port."""
-    from retriever.embedding import Embedder
-    from retriever.ingest import ingest_corpus
-    from retriever.milvus_store import MilvusStore
-    from retriever.samples import sample_corpus_path
-    from retriever.service import open_retriever
-    from service.engine.transformers_engine import TransformersEngine
-    from service.grpc.server import start_server
-    from service.metrics.prometheus import PrometheusRecorder
-    from service.settings import Settings
+    from apihelper.retriever.embedding import Embedder
+    from apihelper.retriever.ingest import ingest_corpus
+    from apihelper.retriever.milvus_retriever import open_retriever
+    from apihelper.retriever.milvus_store import MilvusStore
+    from apihelper.retriever.samples import sample_corpus_path
+    from apihelper.service.engine.transformers_engine import TransformersEngine
+    from apihelper.service.metrics.prometheus import PrometheusRecorder
 
     uri = str(tmp_path_factory.mktemp("milvus") / "milvus.db")
     embedder = await asyncio.to_thread(Embedder)
@@ -72,22 +64,25 @@ async def serving(dev_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
         await asyncio.to_thread(ingest_corpus, store, embedder, "rest", BACKEND_AI_SPEC, None, progress=False)
     store.close()
 
-    settings = Settings(port=0, milvus_uri=uri, model=str(dev_model_dir), shutdown_grace_seconds=2.0)
-    retriever = await open_retriever(uri, "", embedder)
-    engine = await TransformersEngine.load(dev_model_dir, device="cpu")
-    recorder = PrometheusRecorder(
-        version="test",
-        engine_kind=engine.info.kind,
-        model=engine.info.model,
-        prompt_format=engine.info.prompt_format.value,
-        embedding_model=embedder.model_name,
-        engine_stats=engine.stats,
-    )
-    metrics_port = recorder.serve("127.0.0.1", 0)
-    running = await start_server(settings, engine, retriever, recorder)
-    yield Serving(running, metrics_port, uri)
-    await running.stop()
-    recorder.close()
+    async with AsyncExitStack() as stack:
+        retriever = await open_retriever(uri, "", embedder)
+        stack.push_async_callback(retriever.close)
+        engine = await TransformersEngine.load(dev_model_dir, device="cpu")
+        stack.push_async_callback(engine.shutdown)
+        recorder = PrometheusRecorder(
+            version="test",
+            engine_kind=engine.info.kind,
+            model=engine.info.model,
+            prompt_format=engine.info.prompt_format.value,
+            embedding_model=embedder.model_name,
+            engine_stats=engine.stats,
+        )
+        stack.callback(recorder.close)
+        metrics_port = recorder.serve("127.0.0.1", 0)
+        running = await stack.enter_async_context(
+            live_server(engine, retriever, recorder=recorder, milvus_uri=uri, shutdown_grace_seconds=2.0)
+        )
+        yield Serving(running, engine, metrics_port, uri)
 
 
 @pytest.fixture(scope="session")
@@ -96,6 +91,42 @@ def running(serving: Serving) -> RunningServer:
 
 
 @pytest.fixture(scope="session")
+def engine(serving: Serving) -> Engine:
+    """The session server's engine (the real transformers engine on the dev model)."""
+    return serving.engine
+
+
+@pytest.fixture(scope="session")
 async def channel(running: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
         yield ch
+
+
+@dataclass
+class LiteServer:
+    uri: str
+    log: Path
+
+
+@pytest.fixture
+def lite_server(tmp_path: Path) -> Iterator[LiteServer]:
+    """A ``milvus-lite server`` subprocess on a free loopback port; stopped after the test."""
+    port, log = free_port(), tmp_path / "milvus-lite.log"
+    process = start_milvus_lite(tmp_path / "milvus", port, log)
+    try:
+        yield LiteServer(f"http://127.0.0.1:{port}", log)
+    finally:
+        stop_process(process)
+
+
+@pytest.fixture
+def lite_store(tmp_path: Path) -> Iterator[MilvusStore]:
+    """Milvus Lite in a temp dir holding the sample corpus as ``demo`` (hash embeddings)."""
+    from apihelper.retriever.ingest import ingest_corpus
+    from apihelper.retriever.milvus_store import MilvusStore
+    from apihelper.retriever.samples import sample_corpus_path
+
+    store = MilvusStore(str(tmp_path / "milvus.db"))
+    ingest_corpus(store, FakeEmbedder(), "demo", sample_corpus_path(), progress=False)
+    yield store
+    store.close()

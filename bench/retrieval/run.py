@@ -29,12 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from apihelper.retriever.types import CorpusFormat, RetrievalMode
+
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from retriever.types import CorpusFormat, RetrievalMode  # noqa: E402
-
 SHARED = ROOT.parent / "shared" / "corpora"
 BACKEND_AI = SHARED / "backend.ai"
 APIBENCH = SHARED / "apibench"
@@ -99,9 +96,9 @@ LATENCY_LOAD_QUESTIONS = 200  # torchhub instructions sent to the latency-only c
 
 def ingest_all(uri: str, corpora: list[CorpusSpec]) -> dict[str, dict[str, Any]]:
     """Ingest every corpus (incremental); returns per-corpus counts and seconds."""
-    from retriever.embedding import Embedder
-    from retriever.ingest import format_report, ingest_corpus
-    from retriever.milvus_store import MilvusStore
+    from apihelper.retriever.embedding import Embedder
+    from apihelper.retriever.ingest import format_report, ingest_corpus
+    from apihelper.retriever.milvus_store import MilvusStore
 
     embedder = Embedder()
     store = MilvusStore(uri)
@@ -121,8 +118,8 @@ def ingest_all(uri: str, corpora: list[CorpusSpec]) -> dict[str, dict[str, Any]]
 
 
 async def run_sets(uri: str, sets: list[DevSet], modes: list[RetrievalMode]) -> list[dict[str, Any]]:
-    from retriever.evaluate import evaluate, load_questions
-    from retriever.service import open_retriever
+    from apihelper.retriever.evaluate import evaluate, load_questions
+    from apihelper.retriever.milvus_retriever import open_retriever
 
     retriever = await open_retriever(uri)
     rows: list[dict[str, Any]] = []

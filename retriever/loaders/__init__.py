@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from retriever.types import CorpusFormat, LoadResult
-from service.errors import CorpusLoadError
+from apihelper.errors import CorpusLoadError
+from apihelper.retriever.types import CorpusFormat, LoadResult
 
 _ARCHIVE_SUFFIXES = (".whl", ".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -107,18 +107,18 @@ def load_corpus(
     if fmt is None:
         fmt = detect_format(path)
     if fmt is CorpusFormat.OPENAPI:
-        from retriever.loaders.openapi import load_openapi
+        from apihelper.retriever.loaders.openapi import load_openapi
 
         return fmt, load_openapi(path)
     if fmt is CorpusFormat.PYTHON:
-        from retriever.loaders.python_pkg import load_python_package
+        from apihelper.retriever.loaders.python_pkg import load_python_package
 
         return fmt, load_python_package(path, include=include)
     if fmt is CorpusFormat.APIBENCH:
-        from retriever.loaders.apibench import load_apibench
+        from apihelper.retriever.loaders.apibench import load_apibench
 
         return fmt, load_apibench(path)
-    from retriever.loaders.jsonl import load_jsonl
+    from apihelper.retriever.loaders.jsonl import load_jsonl
 
     return fmt, load_jsonl(path)
 

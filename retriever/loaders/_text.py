@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from retriever.types import LoadProblem
+from apihelper.retriever.types import LoadProblem
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 _NON_WORD = re.compile(r"[^A-Za-z0-9]+")
@@ -46,24 +46,71 @@ def identifier_words(*names: str) -> str:
 # ("make a directory", "virtual folder") meets the identifier ("mkdir", "vfolder"). A general
 # programming vocabulary, not tuned to any corpus' questions (bench/retrieval/README.md).
 ABBREVIATIONS = {
-    "mkdir": "make directory", "rmdir": "remove directory", "ls": "list", "rm": "remove",
-    "mv": "move", "cp": "copy", "dir": "directory", "dirs": "directories", "info": "information",
-    "config": "configuration", "conf": "configuration", "cfg": "configuration",
-    "auth": "authentication", "admin": "administrator", "env": "environment",
-    "vfolder": "virtual folder", "vfolders": "virtual folders", "bgtask": "background task",
-    "repo": "repository", "stats": "statistics", "msg": "message", "pwd": "password",
-    "passwd": "password", "del": "delete", "img": "image", "id": "identifier", "pty": "terminal",
-    "tty": "terminal", "mem": "memory", "exec": "execute", "init": "initialize", "gen": "generate",
-    "num": "number", "src": "source", "dst": "destination", "tmp": "temporary", "ws": "websocket",
-    "usr": "user", "perm": "permission", "perms": "permissions", "attr": "attribute",
-    "attrs": "attributes", "param": "parameter", "params": "parameters", "spec": "specification",
-    "db": "database", "sched": "scheduler", "op": "operation", "ops": "operations", "stat": "status",
+    "mkdir": "make directory",
+    "rmdir": "remove directory",
+    "ls": "list",
+    "rm": "remove",
+    "mv": "move",
+    "cp": "copy",
+    "dir": "directory",
+    "dirs": "directories",
+    "info": "information",
+    "config": "configuration",
+    "conf": "configuration",
+    "cfg": "configuration",
+    "auth": "authentication",
+    "admin": "administrator",
+    "env": "environment",
+    "vfolder": "virtual folder",
+    "vfolders": "virtual folders",
+    "bgtask": "background task",
+    "repo": "repository",
+    "stats": "statistics",
+    "msg": "message",
+    "pwd": "password",
+    "passwd": "password",
+    "del": "delete",
+    "img": "image",
+    "id": "identifier",
+    "pty": "terminal",
+    "tty": "terminal",
+    "mem": "memory",
+    "exec": "execute",
+    "init": "initialize",
+    "gen": "generate",
+    "num": "number",
+    "src": "source",
+    "dst": "destination",
+    "tmp": "temporary",
+    "ws": "websocket",
+    "usr": "user",
+    "perm": "permission",
+    "perms": "permissions",
+    "attr": "attribute",
+    "attrs": "attributes",
+    "param": "parameter",
+    "params": "parameters",
+    "spec": "specification",
+    "db": "database",
+    "sched": "scheduler",
+    "op": "operation",
+    "ops": "operations",
+    "stat": "status",
 }
 # The usual synonyms of CRUD verbs in API names ("create" is what people call "add a new ...").
 VERB_SYNONYMS = {
-    "create": "add new", "delete": "remove", "remove": "delete", "list": "all", "get": "show",
-    "update": "modify change", "modify": "update change", "add": "create new",
-    "rename": "change name", "purge": "permanently delete", "detail": "information", "set": "update",
+    "create": "add new",
+    "delete": "remove",
+    "remove": "delete",
+    "list": "all",
+    "get": "show",
+    "update": "modify change",
+    "modify": "update change",
+    "add": "create new",
+    "rename": "change name",
+    "purge": "permanently delete",
+    "detail": "information",
+    "set": "update",
 }
 
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retriever.loaders._text import (
+from apihelper.retriever.doc_kinds import ApiBenchMetadata, DocKind
+from apihelper.retriever.loaders._text import (
     collapse_whitespace,
     identifier_words,
     join_nonempty,
@@ -32,7 +33,7 @@ from retriever.loaders._text import (
     trim,
     unique,
 )
-from retriever.types import ApiDoc, LoadProblem, LoadResult
+from apihelper.retriever.types import ApiDoc, LoadProblem, LoadResult
 
 TEXT_FIELDS = (
     "domain",
@@ -115,20 +116,18 @@ def load_apibench(path: Path) -> LoadResult:
     docs: list[ApiDoc] = []
     for key, group in groups.items():
         first = group.first
-        metadata: dict[str, Any] = {
-            "kind": "apibench_record",
-            "api_call": first["api_call"],
-            "api_name": _as_text(first.get("api_name", "")),
-            "domain": _as_text(first.get("domain", "")),
-            "framework": _as_text(first.get("framework", "")),
-            "functionality": _as_text(first.get("functionality", "")),
-            "line": group.line,
-            "variants": 1 + len(group.variants),
-            "duplicates": group.duplicates,
-        }
-        title = " — ".join(
-            unique([metadata["api_name"], metadata["functionality"], metadata["domain"]])
-        ) or key
+        metadata = ApiBenchMetadata(
+            kind=DocKind.APIBENCH_RECORD.value,
+            api_call=first["api_call"],
+            api_name=_as_text(first.get("api_name", "")),
+            domain=_as_text(first.get("domain", "")),
+            framework=_as_text(first.get("framework", "")),
+            functionality=_as_text(first.get("functionality", "")),
+            line=group.line,
+            variants=1 + len(group.variants),
+            duplicates=group.duplicates,
+        )
+        title = " — ".join(unique([metadata["api_name"], metadata["functionality"], metadata["domain"]])) or key
         docs.append(
             ApiDoc(
                 key=key,

@@ -1,6 +1,8 @@
 """Loader for generic JSONL corpora: one ``{"id", "title", "text", "metadata"}`` object a line.
 
 Key: ``id`` (a string or number, as a string). ``title`` defaults to the id. ``text`` is required.
+``metadata`` is the user's and is stored as given, but for ``kind``: these docs are always
+``DocKind.TEXT`` (a record cannot declare itself a REST operation and be checked as one).
 ``index_text`` is the record's own ``index_text`` when present, else title and text. A repeated id
 keeps the first line and reports the others. Bad lines are LoadProblems ("file:line").
 """
@@ -9,8 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from retriever.loaders._text import join_nonempty, json_lines
-from retriever.types import ApiDoc, LoadProblem, LoadResult
+from apihelper.retriever.doc_kinds import DocKind
+from apihelper.retriever.loaders._text import join_nonempty, json_lines
+from apihelper.retriever.types import ApiDoc, LoadProblem, LoadResult
 
 
 def load_jsonl(path: Path) -> LoadResult:
@@ -41,5 +44,11 @@ def load_jsonl(path: Path) -> LoadResult:
         index_text = record.get("index_text")
         if not isinstance(index_text, str) or not index_text.strip():
             index_text = join_nonempty([title if title != key else None, text])
-        docs[key] = ApiDoc(key=key, title=title, text=text, index_text=index_text, metadata=metadata or {})
+        docs[key] = ApiDoc(
+            key=key,
+            title=title,
+            text=text,
+            index_text=index_text,
+            metadata={**(metadata or {}), "kind": DocKind.TEXT.value},
+        )
     return LoadResult(list(docs.values()), problems)

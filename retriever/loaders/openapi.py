@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from retriever.loaders._text import (
+from apihelper.retriever.doc_kinds import HTTP_METHODS, DocKind, FunctionSchema, RestMetadata, RestParameter
+from apihelper.retriever.loaders._text import (
     expanded_words,
     first_paragraphs,
     identifier_words,
@@ -36,9 +37,7 @@ from retriever.loaders._text import (
     trim,
     unique,
 )
-from retriever.types import ApiDoc, LoadProblem, LoadResult
-
-HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+from apihelper.retriever.types import ApiDoc, LoadProblem, LoadResult
 
 # Words a user says for what a method does; they let "create a session" meet "POST /session".
 _METHOD_VERBS = {
@@ -128,9 +127,7 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=_json_default))
 
 
-def compact_schema(
-    resolver: _Resolver, node: Any, depth: int = 0, stack: tuple[str, ...] = ()
-) -> dict[str, Any]:
+def compact_schema(resolver: _Resolver, node: Any, depth: int = 0, stack: tuple[str, ...] = ()) -> dict[str, Any]:
     """A small JSON Schema for prompts: refs inlined, allOf merged, nulls dropped, depth-limited."""
     node, stack = resolver.deref(node, stack)
     if not isinstance(node, Mapping):
@@ -262,12 +259,7 @@ def action_phrase(method: str, api_path: str) -> tuple[str, list[str]]:
     literals = [s for s in segments if not s.startswith("{")]
     verbs = _METHOD_VERBS.get(method, method.lower()).split()
     last = segments[-1] if segments else ""
-    is_action = (
-        method in ("POST", "PUT", "PATCH")
-        and bool(last)
-        and not last.startswith("{")
-        and len(literals) >= 2
-    )
+    is_action = method in ("POST", "PUT", "PATCH") and bool(last) and not last.startswith("{") and len(literals) >= 2
     if is_action:
         rest = " ".join(split_identifier("/".join(segments[:-1])))
         return f"{' '.join(split_identifier(last))} {rest}".strip(), []
@@ -314,11 +306,10 @@ def load_openapi(path: Path) -> LoadResult:
             problems.append(LoadProblem(f"{source}#{api_path}", "path item is not an object"))
             continue
         shared_params = item.get("parameters") or []
-        for method_lower in HTTP_METHODS:
-            operation = item.get(method_lower)
+        for method in HTTP_METHODS:
+            operation = item.get(method.lower())
             if operation is None:
                 continue
-            method = method_lower.upper()
             key = f"{method} {api_path}"
             resolver.broken.clear()
             if not isinstance(operation, Mapping):
@@ -401,11 +392,11 @@ def _operation_doc(
 
     plain_description, privileges = _split_description(description)
     short_description = first_paragraphs(plain_description, MAX_FIELD_DESCRIPTION * 2)
-    function = {
-        "name": _function_name(operation_id, method, api_path),
-        "description": summary or short_description or key,
-        "parameters": {"type": "object", "properties": properties, "required": required},
-    }
+    function = FunctionSchema(
+        name=_function_name(operation_id, method, api_path),
+        description=summary or short_description or key,
+        parameters={"type": "object", "properties": properties, "required": required},
+    )
 
     # text: what the model reads.
     param_lines = [_field_line(name, where, req, schema) for (name, _), (req, schema, where) in params.items()]
@@ -413,8 +404,7 @@ def _operation_doc(
     if isinstance(body_fields, dict) and body_fields:
         body_required_fields = set(body_schema.get("required") or [])
         body_lines = [
-            _field_line(name, None, name in body_required_fields, schema)
-            for name, schema in body_fields.items()
+            _field_line(name, None, name in body_required_fields, schema) for name, schema in body_fields.items()
         ]
     elif body_schema:
         body_lines = [_field_line("body", None, body_required, body_schema)]
@@ -454,15 +444,19 @@ def _operation_doc(
         sep="\n",
     )
 
-    metadata: dict[str, Any] = {
-        "kind": "rest_operation",
-        "method": method,
-        "path": api_path,
-        "operation_id": operation_id,
-        "summary": summary,
-        "tags": tags,
-        "required": required,
-        "function": function,
-    }
+    located: list[RestParameter] = [
+        {"name": name, "in": where, "required": req} for (name, where), (req, _, _) in params.items()
+    ]
+    metadata = RestMetadata(
+        kind=DocKind.REST_OPERATION.value,
+        method=method,
+        path=api_path,
+        operation_id=operation_id,
+        summary=summary,
+        tags=tags,
+        parameters=located,
+        required=required,
+        function=function,
+    )
     title = summary or operation_id or key
     return ApiDoc(key=key, title=title, text=text, index_text=index_text, metadata=metadata)

@@ -47,8 +47,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retriever.loaders._text import expanded_words, first_paragraphs, identifier_words, join_nonempty, trim
-from retriever.types import ApiDoc, LoadProblem, LoadResult
+from apihelper.retriever.doc_kinds import DocKind, FunctionSchema, PythonMetadata
+from apihelper.retriever.loaders._text import expanded_words, first_paragraphs, identifier_words, join_nonempty, trim
+from apihelper.retriever.types import ApiDoc, LoadProblem, LoadResult
 
 MAX_DOCSTRING_TEXT = 1500
 MAX_DOCSTRING_INDEX = 600
@@ -77,9 +78,24 @@ _SIMPLE_TYPES: dict[str, dict[str, Any]] = {
     "timedelta": {"type": "number"},
 }
 _ARRAY_TYPES = {
-    "list", "List", "Sequence", "MutableSequence", "Iterable", "Iterator", "Collection", "tuple",
-    "Tuple", "set", "Set", "frozenset", "FrozenSet", "AbstractSet", "MutableSet", "AsyncIterator",
-    "AsyncIterable", "Generator",
+    "list",
+    "List",
+    "Sequence",
+    "MutableSequence",
+    "Iterable",
+    "Iterator",
+    "Collection",
+    "tuple",
+    "Tuple",
+    "set",
+    "Set",
+    "frozenset",
+    "FrozenSet",
+    "AbstractSet",
+    "MutableSet",
+    "AsyncIterator",
+    "AsyncIterable",
+    "Generator",
 }
 _OBJECT_TYPES = {"dict", "Dict", "Mapping", "MutableMapping", "TypedDict", "OrderedDict", "defaultdict"}
 _NONE_NAMES = {"None", "NoneType", "Undefined", "UndefinedType"}
@@ -209,8 +225,8 @@ def strip_pep695(source: str) -> str | None:
                 edits.append((after.start, significant[end].end))
         elif tok.string == "type" and after.type == tokenize.OP and after.string in ("[", "="):
             prev = significant[i - 1] if i > 0 else None
-            at_line_start = prev is None or prev.type in line_starters or (
-                prev.type == tokenize.OP and prev.string == ";"
+            at_line_start = (
+                prev is None or prev.type in line_starters or (prev.type == tokenize.OP and prev.string == ";")
             )
             if not at_line_start:
                 continue
@@ -449,7 +465,7 @@ def format_arguments(args: ast.arguments, skip_first: bool = False) -> str:
     positional = [*args.posonlyargs, *args.args]
     defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
     parts: list[str] = []
-    for index, (arg, default) in enumerate(zip(positional, defaults)):
+    for index, (arg, default) in enumerate(zip(positional, defaults, strict=False)):
         if skip_first and index == 0:
             continue
         parts.append(_format_arg(arg, default))
@@ -459,7 +475,7 @@ def format_arguments(args: ast.arguments, skip_first: bool = False) -> str:
         parts.append("*" + _format_arg(args.vararg, None))
     elif args.kwonlyargs:
         parts.append("*")
-    for arg, kw_default in zip(args.kwonlyargs, args.kw_defaults):
+    for arg, kw_default in zip(args.kwonlyargs, args.kw_defaults, strict=False):
         parts.append(_format_arg(arg, kw_default))
     if args.kwarg is not None:
         parts.append("**" + _format_arg(args.kwarg, None))
@@ -481,17 +497,19 @@ def parameters_schema(
     """JSON Schema ``properties`` and ``required`` for a signature (no self/cls/*args/**kwargs)."""
     positional = [*args.posonlyargs, *args.args]
     defaults: list[ast.expr | None] = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
-    pairs: list[tuple[ast.arg, ast.expr | None]] = list(zip(positional, defaults))
+    pairs: list[tuple[ast.arg, ast.expr | None]] = list(zip(positional, defaults, strict=False))
     if skip_first:
         pairs = pairs[1:]
-    pairs += list(zip(args.kwonlyargs, args.kw_defaults))
+    pairs += list(zip(args.kwonlyargs, args.kw_defaults, strict=False))
     properties: dict[str, Any] = {}
     required: list[str] = []
     for arg, default in pairs:
         schema = annotation_schema(arg.annotation)
         described = docs.get(arg.arg)
         if described:
-            schema["description"] = described if "description" not in schema else f"{described} ({schema['description']})"
+            schema["description"] = (
+                described if "description" not in schema else f"{described} ({schema['description']})"
+            )
         if default is None:
             required.append(arg.arg)
         else:
@@ -554,14 +572,14 @@ def _function_doc(
 ) -> ApiDoc:
     tails = _decorator_tails(node)
     if not owner:
-        kind = "function"
+        kind = DocKind.FUNCTION
     elif "staticmethod" in tails:
-        kind = "staticmethod"
+        kind = DocKind.STATICMETHOD
     elif "classmethod" in tails:
-        kind = "classmethod"
+        kind = DocKind.CLASSMETHOD
     else:
-        kind = "method"
-    skip_first = kind in ("method", "classmethod")
+        kind = DocKind.METHOD
+    skip_first = kind in (DocKind.METHOD, DocKind.CLASSMETHOD)
     is_async = isinstance(node, ast.AsyncFunctionDef)
     qualname = ".".join([*owner, node.name])
     key = f"{module}.{qualname}"
@@ -571,15 +589,15 @@ def _function_doc(
     docstring = ast.get_docstring(node) or ""
     properties, required = parameters_schema(node.args, skip_first, param_docs(docstring))
     summary = first_paragraphs(docstring, 300) if docstring else ""
-    function = {
-        "name": qualname,
-        "description": summary or f"{kind} {qualname} of {module}",
-        "parameters": {"type": "object", "properties": properties, "required": required},
-    }
+    function = FunctionSchema(
+        name=qualname,
+        description=summary or f"{kind.value} {qualname} of {module}",
+        parameters={"type": "object", "properties": properties, "required": required},
+    )
     text = join_nonempty(
         [
             key,
-            f"{kind} of class {'.'.join(owner)}" + (f": {owner_summary}" if owner_summary else "")
+            f"{kind.value} of class {'.'.join(owner)}" + (f": {owner_summary}" if owner_summary else "")
             if owner
             else f"function in module {module}",
             ("decorators: " + " ".join(f"@{d}" for d in decorators)) if decorators else None,
@@ -592,21 +610,23 @@ def _function_doc(
             expanded_words(identifier_words(module.rsplit(".", 1)[-1], *owner, node.name)),
             first_paragraphs(docstring, MAX_DOCSTRING_INDEX) if docstring else None,
             owner_summary or None,
-            ("parameters: " + identifier_words(*list(properties)[:INDEX_PARAM_NAMES])) if properties and INDEX_PARAM_NAMES else None,
+            ("parameters: " + identifier_words(*list(properties)[:INDEX_PARAM_NAMES]))
+            if properties and INDEX_PARAM_NAMES
+            else None,
         ],
         sep="\n",
     )
-    metadata = {
-        "kind": kind,
-        "module": module,
-        "qualname": qualname,
-        "summary": first_sentence(docstring),
-        "signature": signature,
-        "decorators": decorators,
-        "is_async": is_async,
-        "required": required,
-        "function": function,
-    }
+    metadata = PythonMetadata(
+        kind=kind.value,
+        module=module,
+        qualname=qualname,
+        summary=first_sentence(docstring),
+        signature=signature,
+        decorators=decorators,
+        is_async=is_async,
+        required=required,
+        function=function,
+    )
     title = f"{qualname}: {trim(summary, 120)}" if summary else qualname
     return ApiDoc(key=key, title=title, text=trim(text, MAX_TEXT), index_text=index_text, metadata=metadata)
 
@@ -666,23 +686,23 @@ def _class_docs(module: str, node: ast.ClassDef, owner: list[str]) -> list[ApiDo
             title=f"{qualname}: {summary}" if summary else qualname,
             text=trim(text, MAX_TEXT),
             index_text=index_text,
-            metadata={
-                "kind": "class",
-                "module": module,
-                "qualname": qualname,
-                "summary": first_sentence(docstring),
-                "signature": signature,
-                "decorators": decorators,
-                "bases": bases,
-                "methods": list(methods),
-                "is_async": False,
-                "required": required,
-                "function": {
-                    "name": qualname,
-                    "description": summary or f"class {qualname} of {module}",
-                    "parameters": {"type": "object", "properties": properties, "required": required},
-                },
-            },
+            metadata=PythonMetadata(
+                kind=DocKind.CLASS.value,
+                module=module,
+                qualname=qualname,
+                summary=first_sentence(docstring),
+                signature=signature,
+                decorators=decorators,
+                bases=bases,
+                methods=list(methods),
+                is_async=False,
+                required=required,
+                function=FunctionSchema(
+                    name=qualname,
+                    description=summary or f"class {qualname} of {module}",
+                    parameters={"type": "object", "properties": properties, "required": required},
+                ),
+            ),
         )
     )
     for method in methods.values():

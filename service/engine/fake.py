@@ -17,16 +17,16 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 
-from service.engine.protocol import (
+from apihelper.errors import EngineUnavailableError, InvalidRequestError
+from apihelper.service.engine.protocol import (
     EngineInfo,
     EngineOutput,
     EngineRequest,
     EngineStats,
     FinishReason,
 )
-from service.engine.stops import IncrementalText
-from service.errors import EngineUnavailableError, InvalidRequestError
-from service.prompts import PromptFormat
+from apihelper.service.engine.stops import IncrementalText
+from apihelper.service.prompts import PromptFormat
 
 # A token is a run of non-space characters with the whitespace before it (like BPE's "Ġword").
 _PIECE = re.compile(r"\s*\S+|\s+")
@@ -74,9 +74,7 @@ class FakeEngine:
         if reply is None:
             reply = GORILLA_V0_REPLY if prompt_format is PromptFormat.GORILLA_V0 else OPENFUNCTIONS_V2_REPLY
         self._reply = reply
-        self._info = EngineInfo(
-            kind="fake", model=model, prompt_format=prompt_format, max_model_len=max_model_len
-        )
+        self._info = EngineInfo(kind="fake", model=model, prompt_format=prompt_format, max_model_len=max_model_len)
         self._token_delay_s = token_delay_s
         self._in_flight: dict[str, asyncio.Queue[_Stop]] = {}
         self._closed = False
@@ -141,9 +139,7 @@ class FakeEngine:
                     produced += 1
                 length = not done and produced >= sampling.max_tokens
                 delta, stopped = text.update(range(produced), final=done or length)
-                reason = (
-                    FinishReason.STOP if stopped or done else FinishReason.LENGTH if length else None
-                )
+                reason = FinishReason.STOP if stopped or done else FinishReason.LENGTH if length else None
                 if not delta and reason is None:
                     continue
                 yield EngineOutput(

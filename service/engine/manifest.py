@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.errors import ConfigurationError
-from service.prompts import PromptFormat
+from apihelper.errors import ConfigurationError
+from apihelper.service.prompts import PromptFormat
 
 MANIFEST_NAME = "apihelper_manifest.json"
 SCHEMA_VERSION = 1

@@ -23,7 +23,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from service.prompts import PromptFormat
+from apihelper.service.prompts import PromptFormat
 
 
 class FinishReason(str, enum.Enum):

@@ -24,7 +24,7 @@ in the batch is seeded. Every intermediate integer stays below 2**63: int64 neve
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -86,7 +86,7 @@ def seeded_processor_class(base: type[Any]) -> type[Any]:
     class SeededSampling(base):  # type: ignore[misc]  # base is only known at runtime
         """Reads the request's ``seed`` kwarg; see the module docstring."""
 
-        supported_kwargs: dict[str, type] = {"seed": int}
+        supported_kwargs: ClassVar[dict[str, type]] = {"seed": int}
         ignored_kwargs: tuple[str, ...] = ()
 
         def fill_defaults(self, int32_tensor: torch.Tensor) -> None:

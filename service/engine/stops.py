@@ -89,3 +89,36 @@ class IncrementalText:
         self._emitted += len(delta)
         self.text += delta
         return delta
+
+
+class StopFilter:
+    """Text-level stop strings over streamed text deltas, for an engine that also stops on them
+    itself but streams the first tokens of a multi-token stop string before it knows."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self._matcher = StopStringMatcher(stops)
+        self._text = ""
+        self._emitted = 0
+
+    def push(self, delta: str, *, final: bool, drop_tail: bool) -> tuple[str, bool]:
+        """Add ``delta``; return the text to emit now and whether a stop string ended it.
+
+        ``drop_tail``: the engine itself stopped on a stop string it cut from the text, so a held
+        back tail is the beginning of that stop string and is dropped, not flushed.
+        """
+        self._text += delta
+        start = self._emitted
+        if self._matcher.stops:
+            # A stop string cannot begin inside emitted text: any tail of it that could begin
+            # one was held back, so searching from ``start`` finds the earliest stop.
+            stop_at = self._matcher.find(self._text, start)
+            if stop_at != -1:
+                return self._emit(start, stop_at), True
+        end = len(self._text)
+        if not final or drop_tail:
+            end -= self._matcher.held_back(self._text, start)
+        return self._emit(start, end), False
+
+    def _emit(self, start: int, end: int) -> str:
+        self._emitted = end
+        return self._text[start:end]

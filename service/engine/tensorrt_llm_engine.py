@@ -1,6 +1,6 @@
 """The production engine: a compiled TensorRT-LLM engine (the 1.2.x line) behind ``Engine``.
 
-This is the only module of apihelper that imports ``tensorrt_llm`` (lazily, in ``_import_trtllm``;
+This is the only module of apihelper that imports ``tensorrt_llm`` (lazily, in ``import_trtllm``;
 the offline build in ``engine_build.trtllm_build`` goes through the same function). It owns:
 
 - refusing an engine directory the runtime cannot run, at start-up: no apihelper manifest, a
@@ -37,17 +37,21 @@ never emits one, exactly as the transformers engine does.
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.engine.manifest import MANIFEST_NAME, ModelManifest, read_manifest
-from service.engine.protocol import (
+from apihelper.errors import (
+    ConfigurationError,
+    EngineUnavailableError,
+    InvalidRequestError,
+)
+from apihelper.service.engine.protocol import (
     EngineInfo,
     EngineOutput,
     EngineRequest,
@@ -55,24 +59,20 @@ from service.engine.protocol import (
     FinishReason,
     SamplingParams,
 )
-from service.engine.stops import StopStringMatcher
-from service.errors import (
-    ConfigurationError,
-    EngineUnavailableError,
-    InvalidRequestError,
-    MissingDependencyError,
+from apihelper.service.engine.stops import StopFilter
+from apihelper.service.engine.trtllm_runtime import (
+    IterationStats,
+    TrtllmApi,
+    cuda_compute_capability,
+    engine_manifest,
+    import_trtllm,
+    parse_iteration_stats,
 )
-from service.prompts import PromptFormat
+from apihelper.service.prompts import PromptFormat
 
 logger = logging.getLogger(__name__)
 
 ENGINE_KIND = "tensorrt_llm"
-MANIFEST_KIND = "tensorrt-llm-engine"
-SUPPORTED_LINE = "1.2."
-INSTALL_HINT = (
-    "run the service in NVIDIA's TensorRT-LLM 1.2.x release container "
-    "(see README 'Serving Gorilla on a GPU')"
-)
 HONOURED_SAMPLING = ("max_tokens", "stop", "temperature", "top_p", "top_k", "seed", "repetition_penalty")
 
 _FINISH_REASONS = {
@@ -83,91 +83,6 @@ _FINISH_REASONS = {
 }
 # Prompts up to this many characters are tokenized on the event loop (well under a millisecond).
 _INLINE_TOKENIZE_CHARS = 16_384
-
-
-# ---------------------------------------------------------------------- the tensorrt_llm boundary
-
-
-@dataclass(frozen=True)
-class TrtllmApi:
-    """The few ``tensorrt_llm`` names apihelper uses. ``_import_trtllm`` fills it from the real
-    package; tests pass a double with the same call shapes."""
-
-    version: str
-    LLM: Callable[..., Any]
-    SamplingParams: Callable[..., Any]
-    KvCacheConfig: Callable[..., Any]
-    BuildConfig: Callable[..., Any]
-    QuantConfig: Callable[..., Any]
-    QuantAlgo: Any
-    CalibConfig: Callable[..., Any]
-
-
-def _import_trtllm() -> TrtllmApi:
-    """Import tensorrt_llm, or say in one line why it cannot be used here."""
-    try:
-        import tensorrt_llm
-    except ImportError as exc:
-        if exc.name == "tensorrt_llm":
-            # from None: the chained ImportError adds nothing to "not installed".
-            raise MissingDependencyError("tensorrt_llm", "the TensorRT-LLM engine", INSTALL_HINT) from None
-        raise ConfigurationError(
-            f"tensorrt_llm is installed but cannot be imported ({exc}); {INSTALL_HINT}"
-        ) from exc
-    except Exception as exc:  # noqa: BLE001 - CUDA/TensorRT libraries fail in many ways at import
-        raise ConfigurationError(
-            f"tensorrt_llm is installed but failed to initialise ({type(exc).__name__}: {exc}); "
-            f"{INSTALL_HINT}"
-        ) from exc
-    version = str(getattr(tensorrt_llm, "__version__", "unknown"))
-    try:
-        from tensorrt_llm._tensorrt_engine import LLM
-        from tensorrt_llm.llmapi import (
-            BuildConfig,
-            CalibConfig,
-            KvCacheConfig,
-            QuantAlgo,
-            QuantConfig,
-        )
-        from tensorrt_llm.llmapi import SamplingParams as TrtSamplingParams
-    except ImportError as exc:
-        # The compiled-engine API was removed after the 1.2.x line.
-        raise ConfigurationError(
-            f"tensorrt_llm {version} has no compiled-engine API ({exc}); {INSTALL_HINT}"
-        ) from exc
-    if not version.startswith(SUPPORTED_LINE):
-        logger.warning("tensorrt_llm %s: apihelper is built and tested against 1.2.x", version)
-    return TrtllmApi(
-        version=version,
-        LLM=LLM,
-        SamplingParams=TrtSamplingParams,
-        KvCacheConfig=KvCacheConfig,
-        BuildConfig=BuildConfig,
-        QuantConfig=QuantConfig,
-        QuantAlgo=QuantAlgo,
-        CalibConfig=CalibConfig,
-    )
-
-
-def _cuda_compute_capability() -> str:
-    """The compute capability of CUDA device 0 as "major.minor" (e.g. "9.0" on an H100)."""
-    try:
-        import torch
-    except ImportError as exc:
-        raise MissingDependencyError("torch", "the TensorRT-LLM engine", INSTALL_HINT) from exc
-    if not torch.cuda.is_available():
-        raise ConfigurationError("the TensorRT-LLM engine needs an NVIDIA GPU; CUDA is not available")
-    major, minor = torch.cuda.get_device_capability()
-    return f"{major}.{minor}"
-
-
-def _cuda_device_name() -> str:
-    try:
-        import torch
-
-        return str(torch.cuda.get_device_name())
-    except Exception:  # noqa: BLE001 - informational only
-        return "unknown"
 
 
 # ---------------------------------------------------------------------- stream bookkeeping
@@ -205,72 +120,6 @@ class _InFlight:
     aborted_at: float | None = None  # abort() was called on the RequestOutput (exactly once)
     abort_requested: bool = False  # Engine.abort came before the request was submitted
     failure: str | None = None  # set by shutdown: the stream raises EngineUnavailableError
-
-
-class _StopFilter:
-    """Text-level stop strings over streamed text deltas (see the module docstring)."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self._matcher = StopStringMatcher(stops)
-        self._text = ""
-        self._emitted = 0
-
-    def push(self, delta: str, *, final: bool, drop_tail: bool) -> tuple[str, bool]:
-        """Add ``delta``; return the text to emit now and whether a stop string ended it.
-
-        ``drop_tail``: the engine itself stopped on a stop string it cut from the text, so a held
-        back tail is the beginning of that stop string and is dropped, not flushed.
-        """
-        self._text += delta
-        start = self._emitted
-        if self._matcher.stops:
-            # A stop string cannot begin inside emitted text: any tail of it that could begin
-            # one was held back, so searching from ``start`` finds the earliest stop.
-            stop_at = self._matcher.find(self._text, start)
-            if stop_at != -1:
-                return self._emit(start, stop_at), True
-        end = len(self._text)
-        if not final or drop_tail:
-            end -= self._matcher.held_back(self._text, start)
-        return self._emit(start, end), False
-
-    def _emit(self, start: int, end: int) -> str:
-        self._emitted = end
-        return self._text[start:end]
-
-
-@dataclass
-class _IterationStats:
-    running: int
-    waiting: int
-    kv_cache_usage: float | None
-    gpu_memory_bytes: int | None
-    raw: dict[str, Any] = field(default_factory=dict)
-
-
-def _parse_iteration_stats(item: Any) -> _IterationStats | None:
-    """One ``get_stats_async`` item (a dict; a JSON string in older releases) or None."""
-    if isinstance(item, (str, bytes)):
-        try:
-            item = json.loads(item)
-        except ValueError:
-            return None
-    if not isinstance(item, dict):
-        return None
-    kv = item.get("kvCacheStats")
-    usage: float | None = None
-    if isinstance(kv, dict):
-        used, total = kv.get("usedNumBlocks"), kv.get("maxNumBlocks")
-        if isinstance(used, (int, float)) and isinstance(total, (int, float)) and total > 0:
-            usage = max(0.0, min(1.0, float(used) / float(total)))
-    gpu = item.get("gpuMemUsage")
-    return _IterationStats(
-        running=int(item.get("numActiveRequests") or 0),
-        waiting=int(item.get("numQueuedRequests") or 0),
-        kv_cache_usage=usage,
-        gpu_memory_bytes=int(gpu) if isinstance(gpu, (int, float)) else None,
-        raw=item,
-    )
 
 
 # ---------------------------------------------------------------------- the engine
@@ -312,7 +161,7 @@ class TensorRTLLMEngine:
         self._in_flight: dict[str, _InFlight] = {}
         self._closed = False
         self._unhealthy: str | None = None
-        self._latest: _IterationStats | None = None
+        self._latest: IterationStats | None = None
         self._stats_task: asyncio.Task[None] | None = None
         self._stats_warned = False
         # The executor creates its iteration-stats queue with the first request (before that
@@ -350,13 +199,12 @@ class TensorRTLLMEngine:
         Raises ``MissingDependencyError`` without tensorrt_llm and ``ConfigurationError`` for an
         engine this runtime must not run. Loading runs in a thread; the event loop stays free.
         """
-        trt = api if api is not None else _import_trtllm()
+        trt = api if api is not None else import_trtllm()
         if not 0.0 < kv_cache_free_gpu_memory_fraction <= 1.0:
             raise ConfigurationError(
-                "kv_cache_free_gpu_memory_fraction must be in (0, 1], "
-                f"got {kv_cache_free_gpu_memory_fraction}"
+                f"kv_cache_free_gpu_memory_fraction must be in (0, 1], got {kv_cache_free_gpu_memory_fraction}"
             )
-        manifest = _engine_manifest(engine_dir)
+        manifest = engine_manifest(engine_dir)
         details = manifest.details
         built_version = str(details.get("tensorrt_llm_version", ""))
         running_version = (runtime_version or (lambda: trt.version))()
@@ -372,7 +220,7 @@ class TensorRTLLMEngine:
                 "rebuild the engine in this container"
             )
         built_capability = str(details.get("gpu_compute_capability", ""))
-        capability = await asyncio.to_thread(compute_capability or _cuda_compute_capability)
+        capability = await asyncio.to_thread(compute_capability or cuda_compute_capability)
         if built_capability != capability:
             raise ConfigurationError(
                 f"{engine_dir}: engine built for GPU compute capability "
@@ -382,7 +230,9 @@ class TensorRTLLMEngine:
         if prompt_format is not None and prompt_format is not manifest.prompt_format:
             logger.info(
                 "%s: manifest prompt format %s overrides the configured %s",
-                engine_dir, manifest.prompt_format.value, prompt_format.value,
+                engine_dir,
+                manifest.prompt_format.value,
+                prompt_format.value,
             )
         raw_build = details.get("build")
         build: dict[str, Any] = raw_build if isinstance(raw_build, dict) else {}
@@ -396,10 +246,8 @@ class TensorRTLLMEngine:
         )
         factory = llm_factory if llm_factory is not None else trt.LLM
         try:
-            llm = await asyncio.to_thread(
-                factory, model=str(engine_dir), kv_cache_config=kv_cache_config
-            )
-        except Exception as exc:  # noqa: BLE001 - any loader failure is a start-up problem
+            llm = await asyncio.to_thread(factory, model=str(engine_dir), kv_cache_config=kv_cache_config)
+        except Exception as exc:
             raise ConfigurationError(
                 f"{engine_dir}: TensorRT-LLM cannot load the engine ({type(exc).__name__}: {exc})"
             ) from exc
@@ -443,8 +291,12 @@ class TensorRTLLMEngine:
         logger.info(
             "TensorRT-LLM engine: %s (TensorRT-LLM %s, sm %s), max_model_len %d, KV cache %.0f%% "
             "of free GPU memory, block reuse %s",
-            manifest.name, running_version, capability, max_model_len,
-            kv_cache_free_gpu_memory_fraction * 100, enable_block_reuse,
+            manifest.name,
+            running_version,
+            capability,
+            max_model_len,
+            kv_cache_free_gpu_memory_fraction * 100,
+            enable_block_reuse,
         )
         return engine
 
@@ -463,11 +315,6 @@ class TensorRTLLMEngine:
         """GPU memory in use by the executor at its latest iteration (``gpuMemUsage``)."""
         return self._latest.gpu_memory_bytes if self._latest is not None else None
 
-    @property
-    def latest_iteration_stats(self) -> dict[str, Any] | None:
-        """The executor's latest iteration statistics as it reported them, or None."""
-        return dict(self._latest.raw) if self._latest is not None else None
-
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` encodes to as a prompt, special tokens included (as the executor
         tokenizes prompts: ``SamplingParams.add_special_tokens`` defaults to True)."""
@@ -479,7 +326,7 @@ class TensorRTLLMEngine:
         sampling = request.sampling
         params = self._sampling_params(sampling)
         try:
-            stop_filter = _StopFilter(sampling.stop)
+            stop_filter = StopFilter(sampling.stop)
         except ValueError as exc:
             raise InvalidRequestError("sampling.stop", str(exc)) from exc
         prompt_tokens = await self._count_prompt(request.prompt)
@@ -505,14 +352,12 @@ class TensorRTLLMEngine:
         try:
             submitted_at = time.perf_counter()
             try:
-                result = self._llm.generate_async(
-                    request.prompt, sampling_params=params, streaming=True
-                )
+                result = self._llm.generate_async(request.prompt, sampling_params=params, streaming=True)
             except ValueError as exc:
                 # TensorRT-LLM's own argument checks (lengths against the build limits); the
                 # checks above should have caught them first.
                 raise InvalidRequestError("sampling", f"rejected by TensorRT-LLM: {exc}") from exc
-            except Exception as exc:  # noqa: BLE001 - the executor refused: it cannot serve
+            except Exception as exc:
                 self._mark_unhealthy(f"submitting a request failed ({type(exc).__name__}: {exc})")
                 raise EngineUnavailableError(
                     f"the TensorRT-LLM executor refused the request ({type(exc).__name__})"
@@ -531,7 +376,7 @@ class TensorRTLLMEngine:
                     out = await self._next(flight, iterator)
                 except EngineUnavailableError:
                     raise
-                except Exception as exc:  # noqa: BLE001 - RequestError, a dead executor, ...
+                except Exception as exc:
                     self._mark_unhealthy(f"a request failed in the executor ({type(exc).__name__}: {exc})")
                     raise EngineUnavailableError(
                         f"generation failed in the TensorRT-LLM executor ({type(exc).__name__})"
@@ -561,11 +406,7 @@ class TensorRTLLMEngine:
                 if finished:
                     reason = _FINISH_REASONS.get(str(completion.finish_reason))
                     if reason is None:  # finished without a reason: say why from the count
-                        reason = (
-                            FinishReason.LENGTH
-                            if completion_tokens >= sampling.max_tokens
-                            else FinishReason.STOP
-                        )
+                        reason = FinishReason.LENGTH if completion_tokens >= sampling.max_tokens else FinishReason.STOP
                     engine_stopped_on_string = reason is FinishReason.STOP and isinstance(
                         getattr(completion, "stop_reason", None), str
                     )
@@ -624,9 +465,7 @@ class TensorRTLLMEngine:
             return EngineStats(running=0, waiting=0, kv_cache_usage=usage)
         if latest is None:
             return EngineStats(running=len(self._in_flight), waiting=0, kv_cache_usage=None)
-        return EngineStats(
-            running=latest.running, waiting=latest.waiting, kv_cache_usage=latest.kv_cache_usage
-        )
+        return EngineStats(running=latest.running, waiting=latest.waiting, kv_cache_usage=latest.kv_cache_usage)
 
     async def shutdown(self) -> None:
         """Fail the running streams with ``EngineUnavailableError`` and shut the executor down."""
@@ -635,10 +474,8 @@ class TensorRTLLMEngine:
         self._closed = True
         if self._stats_task is not None:
             self._stats_task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._stats_task
-            except asyncio.CancelledError:
-                pass
         for flight in list(self._in_flight.values()):
             flight.failure = "the generation engine is shutting down"
             if flight.result is not None and not flight.finished:
@@ -649,7 +486,7 @@ class TensorRTLLMEngine:
             await asyncio.wait_for(asyncio.to_thread(self._llm.shutdown), self._shutdown_timeout_s)
         except TimeoutError:
             logger.warning("TensorRT-LLM engine: the executor did not shut down in time")
-        except Exception as exc:  # noqa: BLE001 - shutting down anyway
+        except Exception as exc:  # shutting down anyway
             logger.warning("TensorRT-LLM engine: shutdown failed (%s: %s)", type(exc).__name__, exc)
 
     # ------------------------------------------------------------------ internals
@@ -716,10 +553,7 @@ class TensorRTLLMEngine:
                 return task.result()
             self._ensure_serving()
             self._check_executor()
-            if (
-                flight.aborted_at is not None
-                and time.monotonic() - flight.aborted_at > self._abort_grace_s
-            ):
+            if flight.aborted_at is not None and time.monotonic() - flight.aborted_at > self._abort_grace_s:
                 return _ABORT_TIMED_OUT
 
     def _abort_flight(self, flight: _InFlight) -> None:
@@ -729,10 +563,12 @@ class TensorRTLLMEngine:
         flight.aborted_at = time.monotonic()
         try:
             flight.result.abort()
-        except Exception as exc:  # noqa: BLE001 - the request may already be gone
+        except Exception as exc:  # the request may already be gone
             logger.warning(
                 "TensorRT-LLM engine: aborting request %s failed (%s: %s)",
-                flight.request_id, type(exc).__name__, exc,
+                flight.request_id,
+                type(exc).__name__,
+                exc,
             )
 
     def _release(self, flight: _InFlight) -> None:
@@ -760,7 +596,7 @@ class TensorRTLLMEngine:
             return
         try:
             alive = probe()
-        except Exception as exc:  # noqa: BLE001 - a failing probe is a failing executor
+        except Exception as exc:
             self._mark_unhealthy(f"health probe failed ({type(exc).__name__}: {exc})")
             raise EngineUnavailableError("the TensorRT-LLM executor is not healthy") from exc
         if alive is False:
@@ -777,9 +613,7 @@ class TensorRTLLMEngine:
 
     def _start_stats(self) -> None:
         if self._stats_task is None:
-            self._stats_task = asyncio.get_running_loop().create_task(
-                self._poll_stats(), name="trtllm-stats"
-            )
+            self._stats_task = asyncio.get_running_loop().create_task(self._poll_stats(), name="trtllm-stats")
 
     async def _poll_stats(self) -> None:
         await self._submitted.wait()
@@ -788,39 +622,23 @@ class TensorRTLLMEngine:
                 stats = self._llm.get_stats_async(timeout=self._stats_timeout_s)
                 if stats is not None and hasattr(stats, "__aiter__"):
                     async for item in stats:
-                        parsed = _parse_iteration_stats(item)
+                        parsed = parse_iteration_stats(item)
                         if parsed is not None:
                             self._latest = parsed
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - stats are best effort, never fatal
+            except Exception as exc:  # stats are best effort, never fatal
                 if not self._stats_warned:
                     self._stats_warned = True
                     logger.warning(
                         "TensorRT-LLM engine: iteration stats unavailable (%s: %s)",
-                        type(exc).__name__, exc,
+                        type(exc).__name__,
+                        exc,
                     )
             await asyncio.sleep(self._stats_interval_s)
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _engine_manifest(engine_dir: Path) -> ModelManifest:
-    if not engine_dir.is_dir():
-        raise ConfigurationError(f"{engine_dir}: engine directory not found")
-    manifest = read_manifest(engine_dir)
-    if manifest is None:
-        raise ConfigurationError(
-            f"{engine_dir}: no {MANIFEST_NAME}; this is not an apihelper TensorRT-LLM engine. "
-            "Build one with `apihelper-build trtllm-engine`"
-        )
-    if manifest.kind != MANIFEST_KIND:
-        raise ConfigurationError(
-            f"{engine_dir}: a {manifest.kind!r} artifact, not a {MANIFEST_KIND!r}; the TensorRT-LLM "
-            "engine runs compiled engines (use the transformers engine for checkpoints)"
-        )
-    return manifest
 
 
 def _queue_seconds(completion: Any, fallback: float) -> float:

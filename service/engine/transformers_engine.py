@@ -42,8 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from service.engine.manifest import read_manifest
-from service.engine.protocol import (
+from apihelper.errors import (
+    ConfigurationError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    MissingDependencyError,
+)
+from apihelper.service.engine.manifest import read_manifest
+from apihelper.service.engine.protocol import (
     EngineInfo,
     EngineOutput,
     EngineRequest,
@@ -51,14 +57,8 @@ from service.engine.protocol import (
     FinishReason,
     SamplingParams,
 )
-from service.engine.stops import IncrementalText
-from service.errors import (
-    ConfigurationError,
-    EngineUnavailableError,
-    InvalidRequestError,
-    MissingDependencyError,
-)
-from service.prompts import PromptFormat
+from apihelper.service.engine.stops import IncrementalText
+from apihelper.service.prompts import PromptFormat
 
 logger = logging.getLogger(__name__)
 
@@ -123,9 +123,7 @@ class HFTokenizer:
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return str(
-            self._tokenizer.decode(
-                list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False
-            )
+            self._tokenizer.decode(list(token_ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
         )
 
 
@@ -281,8 +279,7 @@ class TransformersEngine:
             raise ConfigurationError(f"{model_dir}: model directory not found")
         if max_concurrent < 1 or block_size < 4 or max_batch_tokens < 1:
             raise ConfigurationError(
-                "transformers engine: max_concurrent and max_batch_tokens must be >= 1, "
-                "block_size >= 4"
+                "transformers engine: max_concurrent and max_batch_tokens must be >= 1, block_size >= 4"
             )
         manifest = read_manifest(model_dir)
         if manifest is not None and manifest.kind not in RUNNABLE_KINDS:
@@ -294,15 +291,15 @@ class TransformersEngine:
             if prompt_format is not None and prompt_format is not manifest.prompt_format:
                 logger.info(
                     "%s: manifest prompt format %s overrides the configured %s",
-                    model_dir, manifest.prompt_format.value, prompt_format.value,
+                    model_dir,
+                    manifest.prompt_format.value,
+                    prompt_format.value,
                 )
             fmt = manifest.prompt_format
         elif prompt_format is not None:
             fmt = prompt_format
         else:
-            raise ConfigurationError(
-                f"{model_dir}: no {read_manifest.__module__} manifest; set the prompt format"
-            )
+            raise ConfigurationError(f"{model_dir}: no {read_manifest.__module__} manifest; set the prompt format")
 
         if num_threads is not None:
             if num_threads < 1:
@@ -324,8 +321,7 @@ class TransformersEngine:
             raise ConfigurationError(f"{model_dir}: set max_model_len (the config has no limit)")
         if position_limit is not None and limit > position_limit:
             raise ConfigurationError(
-                f"{model_dir}: max_model_len {limit} exceeds the model's "
-                f"max_position_embeddings {position_limit}"
+                f"{model_dir}: max_model_len {limit} exceeds the model's max_position_embeddings {position_limit}"
             )
 
         eos_ids = _eos_token_ids(model.generation_config, tokenizer)
@@ -394,9 +390,13 @@ class TransformersEngine:
             },
         )
         logger.info(
-            "transformers engine: %s on %s (%s), max_model_len %d, KV cache %d x %d tokens "
-            "(%.1f MiB)",
-            name, torch_device, info.extra["dtype"], limit, num_blocks, block_size,
+            "transformers engine: %s on %s (%s), max_model_len %d, KV cache %d x %d tokens (%.1f MiB)",
+            name,
+            torch_device,
+            info.extra["dtype"],
+            limit,
+            num_blocks,
+            block_size,
             kv_bytes / 2**20,
         )
         return cls(
@@ -540,7 +540,7 @@ class TransformersEngine:
             # Read from the manager's thread while it runs: a torn read is possible but harmless
             # for a gauge, and a failure here must never break a metrics scrape.
             kv_usage = max(0.0, min(1.0, 1.0 - float(processor.cache.compute_free_capacity())))
-        except Exception:  # noqa: BLE001 - best effort, see above
+        except Exception:  # best effort, see above
             kv_usage = None
         return EngineStats(
             running=len(scheduler.active_requests),
@@ -557,9 +557,7 @@ class TransformersEngine:
             self._release(flight)
             flight.queue.put_nowait(_Failed("the generation engine is shutting down"))
         try:
-            await asyncio.wait_for(
-                asyncio.to_thread(self._stop_manager), timeout=self._stop_timeout_s + 5.0
-            )
+            await asyncio.wait_for(asyncio.to_thread(self._stop_manager), timeout=self._stop_timeout_s + 5.0)
         except TimeoutError:
             logger.warning("transformers engine: the manager did not stop in time")
 
@@ -576,12 +574,17 @@ class TransformersEngine:
         if sampling.top_k < 0:
             raise InvalidRequestError("sampling.top_k", "must be >= 0")
         if sampling.seed is not None and not self._seeded_sampling:
-            self._warn_once("seed", "per-request seeds are not supported by this transformers "
-                            "version; sampling uses the engine's generator (greedy requests are "
-                            "deterministic)")
+            self._warn_once(
+                "seed",
+                "per-request seeds are not supported by this transformers "
+                "version; sampling uses the engine's generator (greedy requests are "
+                "deterministic)",
+            )
         if sampling.repetition_penalty != 1.0:
-            self._warn_once("repetition_penalty", "repetition_penalty is not supported by "
-                            "transformers' continuous batching and is ignored")
+            self._warn_once(
+                "repetition_penalty",
+                "repetition_penalty is not supported by transformers' continuous batching and is ignored",
+            )
         # The kwargs' Python types are checked by transformers (float / int exactly).
         if sampling.temperature == 0.0:
             # Greedy: keep only the best token, so sampling from what is left is an argmax.
@@ -685,7 +688,7 @@ def _start_manager(torch: Any, manager: Any) -> None:
         try:
             with torch.inference_mode():
                 manager.start()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+        except BaseException as exc:  # handed to the caller below
             errors.append(exc)
 
     starter = threading.Thread(target=start, name="cb-manager-starter", daemon=True)
@@ -703,7 +706,7 @@ def _install_seeded_sampling(manager: Any) -> bool:
         )
     except ImportError:
         return False
-    from service.engine import seeded_sampling
+    from apihelper.service.engine import seeded_sampling
 
     processors = getattr(manager, "logit_processor", None)
     return processors is not None and seeded_sampling.install(processors, ContinuousBatchingLogitsProcessor)

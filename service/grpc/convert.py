@@ -10,11 +10,11 @@ import math
 import uuid
 from dataclasses import dataclass
 
-from apihelper.v1 import apihelper_pb2 as pb
-from retriever.types import CorpusInfo, RetrievalMode, RetrievedDoc
-from service.engine.protocol import FinishReason, SamplingParams
-from service.errors import InvalidRequestError
-from service.pipeline import (
+from apihelper.errors import InvalidRequestError
+from apihelper.retriever.types import CorpusInfo, RetrievalMode, RetrievedDoc
+from apihelper.service.answers.check import CallCheck, Verdict
+from apihelper.service.engine.protocol import FinishReason, SamplingParams
+from apihelper.service.pipeline import (
     CompletionEvent,
     DeltaEvent,
     GenerateParams,
@@ -24,8 +24,8 @@ from service.pipeline import (
     SourcesEvent,
     Timings,
 )
-from service.prompts import PromptFormat
-from service.validation import CallCheck, Verdict
+from apihelper.service.prompts import PromptFormat
+from apihelper.v1 import apihelper_pb2 as pb
 
 _MODES = {
     pb.RETRIEVAL_MODE_UNSPECIFIED: RetrievalMode.HYBRID,
@@ -99,9 +99,7 @@ def _retrieve_params(instruction: str, options: pb.RetrievalOptions, limits: Req
         raise InvalidRequestError("instruction", "must not be empty")
     size = len(instruction.encode("utf-8", errors="surrogatepass"))
     if size > limits.max_instruction_bytes:
-        raise InvalidRequestError(
-            "instruction", f"is {size} bytes, over the limit of {limits.max_instruction_bytes}"
-        )
+        raise InvalidRequestError("instruction", f"is {size} bytes, over the limit of {limits.max_instruction_bytes}")
     top_k = options.top_k if options.HasField("top_k") else limits.default_top_k
     if not 1 <= top_k <= limits.max_top_k:
         raise InvalidRequestError("retrieval.top_k", f"must be between 1 and {limits.max_top_k}, got {top_k}")
@@ -176,7 +174,9 @@ def generate_response(event: PipelineEvent) -> pb.GenerateResponse:
 
 
 def sampling_pb(s: SamplingParams) -> pb.SamplingParams:
-    out = pb.SamplingParams(max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, stop=s.stop)
+    out = pb.SamplingParams(
+        max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, stop=s.stop
+    )
     if s.seed is not None:
         out.seed = s.seed
     return out

@@ -16,12 +16,13 @@ from typing import Any
 
 import grpc
 
+from apihelper.errors import DeadlineExceededError, ResourceExhaustedError
+from apihelper.grpc_status import status_code
+from apihelper.service.grpc import convert, status
+from apihelper.service.metrics import Recorder
+from apihelper.service.pipeline import Pipeline
 from apihelper.v1 import apihelper_pb2 as pb
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
-from service.errors import DeadlineExceededError, ResourceExhaustedError
-from service.grpc import convert, status
-from service.metrics import Recorder
-from service.pipeline import Pipeline
 
 
 class ApiHelperServicer(pb_grpc.ApiHelperServicer):
@@ -57,7 +58,7 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
                 yield
         except TimeoutError:
             exc = DeadlineExceededError(f"no deadline was set and the server's {self._default_deadline:g} s passed")
-            code = status.status_code(exc)
+            code = status_code(exc)
             await status.abort(context, exc)
         except asyncio.CancelledError:
             # The client went away or its deadline passed: let cancellation reach the engine.
@@ -65,8 +66,8 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
             expired = remaining is not None and remaining <= 0
             code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             raise
-        except Exception as exc:  # noqa: BLE001 - status.abort maps it; CancelledError passes
-            code = status.status_code(exc)
+        except Exception as exc:  # status.abort maps it; CancelledError passes
+            code = status_code(exc)
             if code is grpc.StatusCode.UNAVAILABLE:
                 self._on_unavailable()
             await status.abort(context, exc)

@@ -1,4 +1,4 @@
-"""The one place where apihelper errors become gRPC status codes.
+"""Ending a call with the status its error maps to (the table itself: ``apihelper.grpc_status``).
 
 Servicer methods catch ``ApiHelperError`` and call :func:`abort`; anything else is a bug,
 logged with its traceback and reported as INTERNAL without details.
@@ -11,31 +11,9 @@ from typing import Any, NoReturn
 
 import grpc
 
-from service.errors import (
-    ApiHelperError,
-    ConfigurationError,
-    DeadlineExceededError,
-    InvalidRequestError,
-    ResourceExhaustedError,
-    UnavailableError,
-)
+from apihelper.grpc_status import status_code
 
 log = logging.getLogger(__name__)
-
-_CODES: list[tuple[type[ApiHelperError], grpc.StatusCode]] = [
-    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
-    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
-    (ConfigurationError, grpc.StatusCode.FAILED_PRECONDITION),
-]
-
-
-def status_code(exc: BaseException) -> grpc.StatusCode:
-    for cls, code in _CODES:
-        if isinstance(exc, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
 
 
 # Messages may quote request values (an unknown corpus name, say). gRPC carries them as

@@ -1,8 +1,8 @@
 """Metrics behind a small recorder interface.
 
 The pipeline and the gRPC layer call a :class:`Recorder`; they never see prometheus_client.
-``service.metrics.prometheus`` is the only module that imports prometheus_client, and
-``service.metrics.gpu`` the only one that imports NVML (nvidia-ml-py).
+``apihelper.service.metrics.prometheus`` is the only module that imports prometheus_client, and
+``apihelper.service.metrics.gpu`` the only one that imports NVML (nvidia-ml-py).
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ class Recorder(Protocol):
         """How late the event loop ran a timer: the time every stream waits when the loop is busy."""
         ...
 
+    def close(self) -> None:
+        """Stop exporting (the /metrics server, the GPU collector); safe to call more than once."""
+        ...
+
 
 class NullRecorder:
     """Records nothing: for tests of other layers and for ``--metrics-port 0``."""
@@ -67,4 +71,7 @@ class NullRecorder:
         pass
 
     def loop_lag(self, seconds: float) -> None:
+        pass
+
+    def close(self) -> None:
         pass

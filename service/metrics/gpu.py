@@ -38,7 +38,7 @@ class GpuReader:
                 name = pynvml.nvmlDeviceGetName(handle)
                 self._handles.append((i, name.decode() if isinstance(name, bytes) else str(name), handle))
             self._nvml = pynvml
-        except Exception as exc:  # noqa: BLE001 - no library, no driver or no GPU: all mean "none"
+        except Exception as exc:  # no library, no driver or no GPU: all mean "none"
             log.info("no GPU metrics: NVML unavailable (%s)", type(exc).__name__)
             self._handles = []
 
@@ -52,10 +52,11 @@ class GpuReader:
             return []
         readings = []
         for index, name, handle in self._handles:
-            util = _try(lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0)
-            mem = _try(lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
-            power = _try(lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0)
-            temp = _try(lambda: float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)))
+            # Called at once, within this iteration: each lambda sees this iteration's handle.
+            util = _try(lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0)  # noqa: B023
+            mem = _try(lambda: nvml.nvmlDeviceGetMemoryInfo(handle))  # noqa: B023
+            power = _try(lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0)  # noqa: B023
+            temp = _try(lambda: float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)))  # noqa: B023
             readings.append(
                 GpuReading(
                     index=index,
@@ -79,5 +80,5 @@ def _try(read: Any) -> Any:
     """One NVML field; a field a GPU does not support (e.g. power on some boards) is None."""
     try:
         return read()
-    except Exception:  # noqa: BLE001 - NVMLError_NotSupported and friends
+    except Exception:  # NVMLError_NotSupported and friends
         return None

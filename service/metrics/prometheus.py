@@ -22,9 +22,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from retriever.types import RetrievalMode
-from service.engine.protocol import EngineStats, FinishReason
-from service.metrics.gpu import GpuReader
+from apihelper.retriever.types import RetrievalMode
+from apihelper.service.engine.protocol import EngineStats, FinishReason
+from apihelper.service.metrics.gpu import GpuReader
 
 # Buckets (seconds). Retrieval: embedding a query is ~20 ms on a CPU, a search a few ms.
 RETRIEVAL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -109,7 +109,10 @@ class PrometheusRecorder:
             "apihelper_retrieval_docs", "Retrieval: docs returned per query.", buckets=DOC_BUCKETS, registry=r
         )
         self.empty = Counter(
-            "apihelper_retrieval_empty_results", "Retrieval: queries that returned no doc, by mode.", ["mode"], registry=r
+            "apihelper_retrieval_empty_results",
+            "Retrieval: queries that returned no doc, by mode.",
+            ["mode"],
+            registry=r,
         )
         self.prompt_tokens = Counter("apihelper_prompt_tokens", "Prompt tokens processed.", registry=r)
         self.completion_tokens = Counter("apihelper_completion_tokens", "Completion tokens generated.", registry=r)
@@ -247,7 +250,7 @@ class LoopHistogram(Collector):
         total = self._sum
         buckets: list[tuple[str, float]] = []
         cumulative = 0
-        for bound, count in zip((*self._bounds, math.inf), counts):
+        for bound, count in zip((*self._bounds, math.inf), counts, strict=False):
             cumulative += count
             buckets.append(("+Inf" if bound == math.inf else repr(bound), cumulative))
         yield HistogramMetricFamily(self._name, self._documentation, buckets=buckets, sum_value=total)
@@ -287,7 +290,9 @@ class _LiveCollector(Collector):
             return
         families = {
             "utilization_ratio": GaugeMetricFamily(
-                "apihelper_gpu_utilization_ratio", "GPU busy fraction over NVML's sample period.", labels=["gpu", "name"]
+                "apihelper_gpu_utilization_ratio",
+                "GPU busy fraction over NVML's sample period.",
+                labels=["gpu", "name"],
             ),
             "memory_used_bytes": GaugeMetricFamily(
                 "apihelper_gpu_memory_used_bytes", "GPU memory in use.", labels=["gpu", "name"]

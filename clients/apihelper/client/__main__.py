@@ -1,0 +1,3 @@
+from apihelper.client.cli import main
+
+main()

@@ -1,0 +1,101 @@
+"""The one error hierarchy of apihelper, shared by every layer.
+
+Every error the service, the retriever, the offline tools or the client raise on purpose derives
+from :class:`ApiHelperError`. It sits at the floor of the package: every layer imports it, none
+of it imports anything of apihelper. Each protocol maps the *classes* below to its status codes in
+exactly one place (gRPC: ``apihelper.grpc_status``, both ways, so a client gets the same classes
+back); nothing else decides what a client sees.
+
+    ApiHelperError
+    ├── InvalidRequestError        the request is wrong; names the offending ``field``
+    │   └── UnknownCorpusError     a corpus that is not ingested
+    ├── UnauthenticatedError       no valid credentials (a client sees this; the server's
+    │                              interceptor answers before any handler runs)
+    ├── ResourceExhaustedError     a limit (concurrency, queue) is reached; retry later
+    ├── DeadlineExceededError      the server's own deadline (for calls that set none) passed
+    ├── UnavailableError           a dependency cannot serve right now; retry later
+    │   ├── RetrieverUnavailableError   Milvus is down or unreachable
+    │   └── EngineUnavailableError      the generation engine failed or is shutting down
+    ├── ConfigurationError         bad settings or artifacts, found at start-up (never per request)
+    │   └── MissingDependencyError an optional package (e.g. tensorrt_llm) is not installed
+    └── CorpusLoadError            one input file could not be loaded (ingest goes on without it)
+
+Messages are meant for the person calling: they say what is wrong and, where it helps, what to do.
+They never contain prompt text or credentials.
+"""
+
+from __future__ import annotations
+
+
+class ApiHelperError(Exception):
+    """Base class of every error apihelper raises on purpose."""
+
+
+class InvalidRequestError(ApiHelperError):
+    """A request field has a value the service will not accept."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+    @classmethod
+    def from_message(cls, text: str) -> InvalidRequestError:
+        """The error back from its ``str()``, as a client reads it off the wire."""
+        field, sep, message = text.partition(": ")
+        if sep and field and " " not in field:
+            return cls(field, message)
+        return cls("", text)
+
+
+class UnknownCorpusError(InvalidRequestError):
+    """A request names a corpus that has not been ingested."""
+
+    def __init__(self, corpus: str, known: list[str]) -> None:
+        known_text = ", ".join(sorted(known)) or "none ingested"
+        super().__init__("retrieval.corpora", f"unknown corpus {corpus!r} (known: {known_text})")
+        self.corpus = corpus
+
+
+class UnauthenticatedError(ApiHelperError):
+    """The call carries no credentials, or wrong ones."""
+
+
+class ResourceExhaustedError(ApiHelperError):
+    """A server limit is reached; the same request may succeed later."""
+
+
+class DeadlineExceededError(ApiHelperError):
+    """A call that set no deadline ran past the server's default one."""
+
+
+class UnavailableError(ApiHelperError):
+    """A dependency of the service cannot serve right now."""
+
+
+class RetrieverUnavailableError(UnavailableError):
+    """The vector store (Milvus) is down, unreachable or failed a query."""
+
+
+class EngineUnavailableError(UnavailableError):
+    """The generation engine failed, is not started, or is shutting down."""
+
+
+class ConfigurationError(ApiHelperError):
+    """Settings or on-disk artifacts (model, engine, manifest) are unusable."""
+
+
+class MissingDependencyError(ConfigurationError):
+    """An optional package needed by the selected component is not installed."""
+
+    def __init__(self, package: str, needed_for: str, how: str) -> None:
+        super().__init__(f"{needed_for} needs the '{package}' package, which is not installed: {how}")
+        self.package = package
+
+
+class CorpusLoadError(ApiHelperError):
+    """One input file of a corpus could not be loaded."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path

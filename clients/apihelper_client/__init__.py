@@ -1,1 +1,0 @@
-"""The apihelper client sample and the generated ``apihelper.v1`` stubs it uses."""

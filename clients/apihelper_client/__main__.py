@@ -1,3 +1,0 @@
-from apihelper_client.cli import main
-
-main()

@@ -1,0 +1,127 @@
+"""The contract between the loaders that write documents and the code that reads them.
+
+Every :class:`~apihelper.retriever.types.ApiDoc` carries its :class:`DocKind` in
+``metadata["kind"]``, and each kind a fixed set of metadata fields, typed below. The loaders
+write these TypedDicts; the verdict (``apihelper.service.answers.check``), the prompts and the
+evaluation read them through the accessors here, never through strings of their own and never
+by reading the rendered ``text`` back. Metadata travels as JSON through the vector store and may
+come back trimmed (``truncated``: a big function schema lost detail or was dropped), so readers
+treat every field as optional.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any, TypedDict, cast
+
+from apihelper.retriever.types import ApiDoc
+
+# Upper-case HTTP methods, as in REST keys ("POST /sessions") and as an OpenAPI path item names
+# its operations (lower-case there).
+HTTP_METHODS = ("GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE")
+
+
+class DocKind(str, enum.Enum):
+    REST_OPERATION = "rest_operation"  # one operation of an OpenAPI spec; key "METHOD /path"
+    FUNCTION = "function"  # Python: a module-level function; key "package.module.function"
+    METHOD = "method"  # Python: key "package.module.Class.method"
+    CLASSMETHOD = "classmethod"
+    STATICMETHOD = "staticmethod"
+    CLASS = "class"  # Python: a class, called as its constructor
+    APIBENCH_RECORD = "apibench_record"  # Gorilla's API record; key its api_call
+    TEXT = "text"  # anything else (generic JSONL): searched and shown, never checked as a call
+
+    @property
+    def is_python(self) -> bool:
+        return self in PYTHON_KINDS
+
+
+PYTHON_KINDS = frozenset({DocKind.FUNCTION, DocKind.METHOD, DocKind.CLASSMETHOD, DocKind.STATICMETHOD, DocKind.CLASS})
+
+
+class FunctionSchema(TypedDict, total=False):
+    """A JSON function schema, as openfunctions and OpenAI tools take it."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON Schema of an object: type, properties, required
+
+
+# "in" is a keyword: the functional form.
+RestParameter = TypedDict("RestParameter", {"name": str, "in": str, "required": bool})
+RestParameter.__doc__ = "Where a REST parameter goes: path | query | header; its schema is in the function schema."
+
+
+class RestMetadata(TypedDict, total=False):
+    kind: str  # DocKind.REST_OPERATION
+    method: str  # upper case
+    path: str  # the template as in the spec, e.g. /folders/{name}/mkdir
+    operation_id: str | None
+    summary: str
+    tags: list[str]
+    parameters: list[RestParameter]  # path, query and header parameters (body fields: the schema)
+    required: list[str]  # required arguments of the function schema
+    function: FunctionSchema
+    truncated: bool
+
+
+class PythonMetadata(TypedDict, total=False):
+    kind: str  # one of PYTHON_KINDS
+    module: str
+    qualname: str
+    summary: str
+    signature: str  # as written: "async def f(self, a: int = 1, *, b)" or "class C(a, b=2)"
+    decorators: list[str]
+    is_async: bool
+    required: list[str]
+    function: FunctionSchema
+    bases: list[str]  # classes only
+    methods: list[str]  # classes only
+    truncated: bool
+
+
+class ApiBenchMetadata(TypedDict, total=False):
+    kind: str  # DocKind.APIBENCH_RECORD
+    api_call: str
+    api_name: str
+    domain: str
+    framework: str
+    functionality: str
+    line: int  # the line of the first record merged into this doc
+    variants: int  # distinct records merged (same api_call)
+    duplicates: int  # identical records dropped
+    truncated: bool
+
+
+def doc_kind(doc: ApiDoc) -> DocKind:
+    """The kind the loader wrote; TEXT for a doc without one (or with a kind this code does not
+    know)."""
+    try:
+        return DocKind(doc.metadata.get("kind"))
+    except ValueError:
+        return DocKind.TEXT
+
+
+def rest_metadata(doc: ApiDoc) -> RestMetadata | None:
+    return cast(RestMetadata, doc.metadata) if doc_kind(doc) is DocKind.REST_OPERATION else None
+
+
+def python_metadata(doc: ApiDoc) -> PythonMetadata | None:
+    return cast(PythonMetadata, doc.metadata) if doc_kind(doc).is_python else None
+
+
+def apibench_metadata(doc: ApiDoc) -> ApiBenchMetadata | None:
+    return cast(ApiBenchMetadata, doc.metadata) if doc_kind(doc) is DocKind.APIBENCH_RECORD else None
+
+
+def function_schema(doc: ApiDoc) -> FunctionSchema | None:
+    """The doc's JSON function schema when it has one (any kind may: generic JSONL docs too)."""
+    function = doc.metadata.get("function")
+    return cast(FunctionSchema, function) if isinstance(function, Mapping) else None
+
+
+def domain(doc: ApiDoc) -> str:
+    """The API's domain where the source names one (APIBench records; JSONL docs that say)."""
+    value = doc.metadata.get("domain")
+    return value if isinstance(value, str) else ""

@@ -1,0 +1,1074 @@
+"""Check parsed calls against API docs: does the API exist, and do the arguments fit it?
+
+This module owns the verdict on an answer: ``valid``, ``wrong_arguments``, ``unknown_api`` (the
+call matches no API in the docs: Gorilla's "hallucination"), ``unparseable`` (no call could be
+read), or ``unchecked`` (a call was read but there were no docs able to confirm or refute it),
+with human-readable reasons and the key of the doc that matched.
+
+Docs are looked up in two :class:`ApiCatalog`\\ s: the docs retrieved for this request (searched
+first, so an ambiguous name resolves to what the model was shown) and, optionally, the whole
+corpus (so a real API that retrieval missed is not called a hallucination). Everything is
+derived from what the loaders stored on each doc; the API's code is never imported:
+
+what kind a doc is and what its metadata holds is the retriever's contract
+(``apihelper.retriever.doc_kinds``):
+
+- REST operations: method and path template, parameter locations (``parameters``) and the
+  JSON-schema ``function`` (body fields).
+- Python callables (function, method, classmethod, staticmethod, class): an
+  :class:`inspect.Signature` rebuilt by parsing ``signature`` with :mod:`ast` (falling back to
+  the ``function`` schema), never by importing.
+- APIBench records: Gorilla's AST sub-tree rule, see :func:`apibench_reference`.
+- Text docs are not APIs: a call that names one is unchecked.
+
+Pure and synchronous: no I/O; the work is bounded by the parser's limits and the catalog size.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import enum
+import functools
+import inspect
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from apihelper.retriever.doc_kinds import (
+    DocKind,
+    apibench_metadata,
+    doc_kind,
+    function_schema,
+    python_metadata,
+    rest_metadata,
+)
+from apihelper.retriever.types import ApiDoc, RetrievedDoc
+from apihelper.service.answers.parse import (
+    Argument,
+    ArgWhere,
+    CallStyle,
+    ParsedAnswer,
+    ParsedCall,
+    parse_answer,
+    parse_call,
+)
+from apihelper.service.prompts import PromptFormat
+
+MAX_REASONS = 12  # per call: a call with 40 unknown fields needs no 40 lines
+MAX_BASE_SEGMENTS = 2  # leading path segments tried as a base path (/api/v1/...) before giving up
+
+_PLACEHOLDER_RE = re.compile(r"^(?:\{[^{}/]+\}|<[^<>/]+>|:[A-Za-z_]\w*)$")
+
+
+class Verdict(str, enum.Enum):
+    VALID = "valid"
+    UNCHECKED = "unchecked"  # read fine, but no doc could confirm or refute it
+    WRONG_ARGUMENTS = "wrong_arguments"
+    UNKNOWN_API = "unknown_api"  # Gorilla's hallucination: no API in the docs matches
+    UNPARSEABLE = "unparseable"
+
+
+# How bad each verdict is: an answer's verdict is its worst call's.
+_SEVERITY = {
+    Verdict.VALID: 0,
+    Verdict.UNCHECKED: 1,
+    Verdict.WRONG_ARGUMENTS: 2,
+    Verdict.UNKNOWN_API: 3,
+    Verdict.UNPARSEABLE: 4,
+}
+
+
+@dataclass(frozen=True)
+class CallCheck:
+    call: ParsedCall  # matched_key filled in
+    verdict: Verdict
+    reasons: tuple[str, ...] = ()  # what is wrong; for a valid call, notes (never errors)
+    doc_key: str = ""  # the doc the call matched ("" for unknown_api/unparseable)
+    retrieved: bool = False  # doc_key is one of the docs retrieved for this request
+    suggestion: str = ""  # unknown_api: the closest real key, when one is close
+
+
+@dataclass(frozen=True)
+class CheckedAnswer:
+    fields: dict[str, str]
+    calls: list[ParsedCall]
+    checks: list[CallCheck]
+    verdict: Verdict  # the worst of the calls' verdicts
+    reasons: tuple[str, ...]  # the reasons of the calls that set the verdict
+    doc_key: str  # the first call's matched key
+    layout: str = ""
+
+
+# ----------------------------------------------------------------------------------------------
+# Doc models derived from metadata
+
+
+class _Default:
+    """A parameter default, kept as source text: the value is never evaluated."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def __repr__(self) -> str:
+        return self.source
+
+
+def _properties(doc: ApiDoc) -> tuple[Mapping[str, Any], list[str]]:
+    params = (function_schema(doc) or {}).get("parameters")
+    if not isinstance(params, Mapping):
+        return {}, []
+    props = params.get("properties")
+    required = params.get("required")
+    return (
+        props if isinstance(props, Mapping) else {},
+        [str(r) for r in required] if isinstance(required, list) else [],
+    )
+
+
+@dataclass(frozen=True)
+class RestParam:
+    name: str  # as the API names it (a body field clashing with a parameter is still "name")
+    where: str  # path | query | header | body
+    required: bool  # required by the spec and without a default
+    schema: Mapping[str, Any]
+    arg_name: str  # its name in the function schema (body fields may be "body_<name>")
+
+
+@dataclass(frozen=True)
+class RestOperation:
+    key: str
+    method: str
+    path: str
+    segments: tuple[str, ...]
+    params: tuple[RestParam, ...]
+    body_opaque: bool  # a body without named fields: anything goes
+
+
+def rest_operation(doc: ApiDoc) -> RestOperation | None:
+    """The operation a REST doc describes, with each parameter's location (None for a doc that
+    is not a REST operation).
+
+    Path, query and header parameters are the metadata's ``parameters``; the function schema's
+    other properties are body fields. A field the spec marks required but that has a default is
+    not treated as required (Backend.AI's generator marks defaulted keys required).
+    """
+    meta = rest_metadata(doc)
+    if meta is None:
+        return None
+    method = str(meta.get("method") or "").upper()
+    path = str(meta.get("path") or "")
+    if not method or not path:
+        return None
+    props, required = _properties(doc)
+    located: dict[str, tuple[str, bool]] = {}
+    for p in meta.get("parameters") or ():
+        if isinstance(p, Mapping) and isinstance(p.get("name"), str):
+            where = str(p.get("in") or "query")
+            located[p["name"]] = (where, bool(p.get("required")) or where == "path")
+    for name in _template_params(path):
+        located.setdefault(name, ("path", True))
+    params: list[RestParam] = []
+    seen: set[str] = set()
+    body_opaque = False
+    for arg_name, schema in props.items():
+        schema = schema if isinstance(schema, Mapping) else {}
+        has_default = "default" in schema
+        if arg_name in located:
+            where, req = located[arg_name]
+            params.append(RestParam(arg_name, where, req and (where == "path" or not has_default), schema, arg_name))
+            seen.add(arg_name)
+            continue
+        name = arg_name[5:] if arg_name.startswith("body_") and arg_name[5:] in located else arg_name
+        if arg_name == "body" and "properties" not in schema:
+            body_opaque = True  # the loader's name for a body that is not an object with fields
+        params.append(RestParam(name, "body", arg_name in required and not has_default, schema, arg_name))
+    for name, (where, req) in located.items():  # parameters the function schema lacks
+        if name not in seen:
+            params.append(RestParam(name, where, req, {}, name))
+    if not function_schema(doc):
+        # No function schema (a store trimmed it away): body fields cannot be known, so none
+        # is called unknown.
+        body_opaque = True
+    return RestOperation(doc.key, method, path, _split_path(path), tuple(params), body_opaque)
+
+
+def _template_params(path: str) -> list[str]:
+    return re.findall(r"\{([^{}/]+)\}", path)
+
+
+def _split_path(path: str) -> tuple[str, ...]:
+    return tuple(unquote(s) for s in path.split("/") if s)
+
+
+@functools.lru_cache(maxsize=4096)
+def _signature_from_text(signature: str, kind: str) -> inspect.Signature | None:
+    text = signature.strip()
+    if text.startswith("async "):
+        text = text[len("async ") :]
+    if text.startswith("class "):
+        text = "def " + text[len("class ") :]
+    if not text.startswith("def "):
+        return None
+    try:
+        tree = ast.parse(text + ":\n    pass", mode="exec")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    node = tree.body[0] if tree.body else None
+    if not isinstance(node, ast.FunctionDef):
+        return None
+    a = node.args
+    P = inspect.Parameter
+    params: list[inspect.Parameter] = []
+    positional = [*a.posonlyargs, *a.args]
+    defaults: list[ast.expr | None] = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
+    for index, (arg, default) in enumerate(zip(positional, defaults, strict=False)):
+        kind_ = P.POSITIONAL_ONLY if index < len(a.posonlyargs) else P.POSITIONAL_OR_KEYWORD
+        params.append(_param(arg, kind_, default))
+    if a.vararg is not None:
+        params.append(_param(a.vararg, P.VAR_POSITIONAL, None))
+    for arg, kw_default in zip(a.kwonlyargs, a.kw_defaults, strict=False):
+        params.append(_param(arg, P.KEYWORD_ONLY, kw_default))
+    if a.kwarg is not None:
+        params.append(_param(a.kwarg, P.VAR_KEYWORD, None))
+    # Bound methods and classmethods are called without self/cls.
+    if kind in ("method", "classmethod") and params and params[0].kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD):
+        params = params[1:]
+    try:
+        return inspect.Signature(params)
+    except (ValueError, TypeError):
+        return None
+
+
+def _param(arg: ast.arg, kind: Any, default: ast.expr | None) -> inspect.Parameter:
+    annotation: Any = inspect.Parameter.empty
+    if arg.annotation is not None:
+        annotation = ast.unparse(arg.annotation)
+    value: Any = inspect.Parameter.empty if default is None else _Default(ast.unparse(default))
+    return inspect.Parameter(arg.arg, kind, default=value, annotation=annotation)
+
+
+def python_signature(doc: ApiDoc) -> inspect.Signature | None:
+    """The callable's signature as the caller sees it (no self/cls), rebuilt from source text.
+
+    From ``metadata["signature"]`` (``async def f(self, a: int = 1, *, b)`` or
+    ``class C(a, b=2)``) parsed with :mod:`ast`; when that is missing or does not parse, from
+    the function schema (every property positional-or-keyword, required ones without default).
+    """
+    meta = python_metadata(doc)
+    signature = meta.get("signature") if meta is not None else None
+    kind = doc_kind(doc)
+    if isinstance(signature, str) and signature:
+        built = _signature_from_text(signature, kind)
+        if built is not None:
+            return built
+    props, required = _properties(doc)
+    if not props:
+        return None
+    P = inspect.Parameter
+    ordered = [n for n in props if n in required] + [n for n in props if n not in required]
+    try:
+        return inspect.Signature(
+            [
+                P(n, P.POSITIONAL_OR_KEYWORD, default=P.empty if n in required else _Default("..."))
+                for n in ordered
+                if n.isidentifier()
+            ]
+        )
+    except (ValueError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class ApibenchReference:
+    """What Gorilla's evaluator compares for one record: the function name and key values."""
+
+    name: str
+    values: tuple[str, ...]
+
+
+def apibench_reference(api_call: str) -> ApibenchReference | None:
+    """The record's function name and its key argument values.
+
+    Gorilla's eval (ast_eval_hf/tf/th.py) takes the reference call's function text and its
+    argument values (keyword arguments by value; for TorchHub only ``repo_or_dir`` and
+    ``model``) and requires each to occur in the candidate call. Here the key values are the
+    string literals passed to the call (model ids, hub URLs, repos: what identifies the API),
+    which leaves out flags such as ``pretrained=True`` as Gorilla's TorchHub rule does; a
+    record without string literals (``pipeline(sentiment-analysis, model=...)`` is written
+    unquoted in APIBench) falls back to Gorilla's HF rule: the source text of every argument
+    that is not a plain constant.
+    """
+    call = parse_call(api_call)
+    if call.style is not CallStyle.PYTHON or not call.name:
+        return None
+    values = _string_values(call)
+    if not values:
+        values = [_norm(a.source) for a in call.args if a.source and not _is_plain_constant(a)]
+    return ApibenchReference(call.name, tuple(values))
+
+
+def _is_plain_constant(arg: Argument) -> bool:
+    return arg.literal and (arg.value is None or isinstance(arg.value, (bool, int, float)))
+
+
+def _norm(source: str) -> str:
+    return " ".join(source.split()).strip("'\"")
+
+
+def _string_values(call: ParsedCall) -> list[str]:
+    out: list[str] = []
+    for arg in call.args:
+        if not arg.literal:
+            continue
+        values = arg.value if isinstance(arg.value, (list, tuple)) else [arg.value]
+        out.extend(v for v in values if isinstance(v, str) and v)
+    return out
+
+
+def _candidate_values(call: ParsedCall) -> set[str]:
+    """What a reference value may equal in a candidate call: its string literals, and each
+    argument's source text (quotes stripped, whitespace collapsed)."""
+    return {*_string_values(call), *(_norm(a.source) for a in call.args if a.source)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Catalog
+
+
+class ApiCatalog:
+    """An index of API docs for validation: by key, by function-schema name, by dotted-name
+    suffix (Python), by path template (REST) and by function name (APIBench).
+
+    Build one per request from the retrieved docs (cheap: a handful of docs) and one for the
+    whole corpus (all of a corpus' ApiDocs: the service reads them from the vector store once
+    per corpus version, see ``service.corpus_catalogs``); :func:`check_answer` takes both.
+    """
+
+    def __init__(self, docs: Iterable[ApiDoc], *, parsed: ApiCatalog | None = None) -> None:
+        """Index ``docs`` (the first doc of a key wins). ``parsed``: a catalog whose REST models
+        are reused for the very same doc objects (a request's catalog takes them from the
+        corpus', instead of parsing each retrieved operation again on every request)."""
+        self._docs: dict[str, ApiDoc] = {}
+        self._by_function: dict[str, list[ApiDoc]] = {}
+        self._by_suffix: dict[str, list[ApiDoc]] = {}
+        self._rest: list[RestOperation] = []
+        self._rest_by_key: dict[str, RestOperation] = {}
+        self._apibench_docs: list[ApiDoc] = []
+        self._apibench: dict[str, list[tuple[ApiDoc, ApibenchReference]]] | None = None
+        for doc in docs:
+            if doc.key in self._docs:
+                continue
+            self._docs[doc.key] = doc
+            kind = doc_kind(doc)
+            fname = (function_schema(doc) or {}).get("name")
+            if isinstance(fname, str) and fname:
+                self._by_function.setdefault(fname, []).append(doc)
+            if kind is DocKind.REST_OPERATION:
+                op = parsed._parsed_rest(doc) if parsed is not None else None
+                op = op or rest_operation(doc)
+                if op is not None:
+                    self._rest.append(op)
+                    self._rest_by_key[doc.key] = op
+            elif kind is DocKind.APIBENCH_RECORD:
+                self._apibench_docs.append(doc)
+            elif kind.is_python:
+                parts = doc.key.split(".")
+                for i in range(len(parts)):
+                    self._by_suffix.setdefault(".".join(parts[i:]), []).append(doc)
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._docs
+
+    def get(self, key: str) -> ApiDoc | None:
+        return self._docs.get(key)
+
+    def kind_of(self, key: str) -> DocKind:
+        doc = self._docs.get(key)
+        return doc_kind(doc) if doc is not None else DocKind.TEXT
+
+    def __iter__(self) -> Iterator[str]:
+        """The keys, in the order the docs came."""
+        return iter(self._docs)
+
+    def by_function_name(self, name: str) -> list[ApiDoc]:
+        return list(self._by_function.get(name, ()))
+
+    def python_candidates(self, name: str) -> tuple[list[ApiDoc], str]:
+        """Docs whose key ends with the longest dotted suffix of ``name`` that any key ends with,
+        and that suffix: ``api.ComputeSession.get_or_create`` finds ``...ComputeSession.get_or_create``."""
+        parts = name.split(".")
+        for i in range(len(parts)):
+            suffix = ".".join(parts[i:])
+            found = self._by_suffix.get(suffix)
+            if found:
+                return list(found), suffix
+        return [], ""
+
+    def rest_operations(self) -> list[RestOperation]:
+        return list(self._rest)
+
+    def _parsed_rest(self, doc: ApiDoc) -> RestOperation | None:
+        # Identity, not equality: only this catalog's own doc object is known to match the model.
+        return self._rest_by_key.get(doc.key) if self._docs.get(doc.key) is doc else None
+
+    def prepare(self) -> ApiCatalog:
+        """Build the lazily built indexes now (APIBench references: ~0.1 s for all of APIBench),
+        so the first request does not pay for them; call it at start-up, off the event loop."""
+        self.apibench_by_name("")
+        return self
+
+    def apibench_by_name(self, name: str) -> list[tuple[ApiDoc, ApibenchReference]]:
+        """Records whose reference call is ``name`` or a dotted suffix of it."""
+        if self._apibench is None:
+            index: dict[str, list[tuple[ApiDoc, ApibenchReference]]] = {}
+            for doc in self._apibench_docs:
+                api_call = (apibench_metadata(doc) or {}).get("api_call")
+                ref = apibench_reference(api_call if isinstance(api_call, str) else doc.key)
+                if ref is not None:
+                    index.setdefault(ref.name, []).append((doc, ref))
+            self._apibench = index
+        parts = name.split(".")
+        out: list[tuple[ApiDoc, ApibenchReference]] = []
+        for i in range(len(parts)):
+            out.extend(self._apibench.get(".".join(parts[i:]), ()))
+        return out
+
+    @property
+    def has_checkable_docs(self) -> bool:
+        return bool(self._rest or self._apibench_docs or self._by_suffix or self._by_function)
+
+
+# ----------------------------------------------------------------------------------------------
+# Entry points
+
+
+def check_answer(
+    fmt: PromptFormat,
+    text: str,
+    docs: Sequence[RetrievedDoc],
+    corpus: ApiCatalog | None = None,
+) -> CheckedAnswer:
+    """Parse ``text`` (an answer in ``fmt``) and check every call. Never raises."""
+    return check_parsed(parse_answer(fmt, text), docs, corpus)
+
+
+def check_parsed(
+    answer: ParsedAnswer,
+    docs: Sequence[RetrievedDoc],
+    corpus: ApiCatalog | None = None,
+) -> CheckedAnswer:
+    # The corpus copy of a retrieved doc wins: the vector store may have trimmed its metadata.
+    retrieved = ApiCatalog(
+        ((corpus.get(d.doc.key) if corpus is not None else None) or d.doc for d in docs), parsed=corpus
+    )
+    checks: list[CallCheck] = []
+    for call in answer.calls:
+        try:
+            checks.append(check_call(call, retrieved, corpus))
+        except Exception as exc:  # a checker bug must not fail the request: say so instead
+            checks.append(CallCheck(call, Verdict.UNCHECKED, (f"validation error: {type(exc).__name__}",)))
+    if not checks:
+        checks = [CallCheck(ParsedCall(raw=""), Verdict.UNPARSEABLE, ("no call in the answer",))]
+    worst = max(checks, key=lambda c: _SEVERITY[c.verdict])
+    reasons = tuple(r for c in checks if c.verdict is worst.verdict for r in c.reasons)
+    return CheckedAnswer(
+        fields=answer.fields,
+        calls=[c.call for c in checks],  # aligned with checks: calls[i] is checks[i].call
+        checks=checks,
+        verdict=worst.verdict,
+        reasons=reasons[:MAX_REASONS],
+        doc_key=checks[0].doc_key,
+        layout=answer.layout,
+    )
+
+
+def check_call(call: ParsedCall, retrieved: ApiCatalog, corpus: ApiCatalog | None = None) -> CallCheck:
+    """The verdict on one call, looked up in the retrieved docs first, then the corpus."""
+    if call.style is CallStyle.NONE or not call.name:
+        return CallCheck(call, Verdict.UNPARSEABLE, (call.problem or "no call could be read",))
+    catalogs = [c for c in (retrieved, corpus) if c is not None]
+    if call.style is CallStyle.REST:
+        result = _check_rest_call(call, catalogs, retrieved)
+    else:
+        result = _check_python_call(call, catalogs, retrieved)
+    if result.verdict is Verdict.UNKNOWN_API:
+        if not any(c.has_checkable_docs for c in catalogs):
+            return dataclasses.replace(
+                result, verdict=Verdict.UNCHECKED, reasons=("no API docs to check the call against",)
+            )
+        if corpus is None:
+            result = dataclasses.replace(
+                result, reasons=(*result.reasons, "only the retrieved docs were checked (no corpus index)")
+            )
+    if call.truncated:
+        result = dataclasses.replace(
+            result, reasons=(*result.reasons, "the answer was cut off; the call was completed to parse it")
+        )
+    return result
+
+
+def _finish(
+    call: ParsedCall,
+    doc_key: str,
+    reasons: list[str],
+    notes: list[str],
+    retrieved: ApiCatalog,
+) -> CallCheck:
+    in_retrieved = doc_key in retrieved
+    if not in_retrieved and len(retrieved):
+        notes.append(f"{doc_key} exists in the corpus but was not among the retrieved docs")
+    verdict = Verdict.WRONG_ARGUMENTS if reasons else Verdict.VALID
+    shown = reasons if reasons else notes
+    return CallCheck(
+        dataclasses.replace(call, matched_key=doc_key),
+        verdict,
+        tuple(shown[:MAX_REASONS]),
+        doc_key,
+        in_retrieved,
+    )
+
+
+def _unknown(call: ParsedCall, reason: str, suggestion: str = "") -> CallCheck:
+    reasons = [reason]
+    if suggestion:
+        reasons.append(f"closest real API: {suggestion}")
+    return CallCheck(call, Verdict.UNKNOWN_API, tuple(reasons), "", False, suggestion)
+
+
+# ----------------------------------------------------------------------------------------------
+# REST
+
+
+@dataclass(frozen=True)
+class _PathMatch:
+    op: RestOperation
+    score: int  # literal segments matched (more: a more specific template)
+    values: dict[str, str]  # template parameter -> concrete segment (placeholders left out)
+    dropped: str  # base path dropped to match ("" when none)
+
+
+def _match_template(op: RestOperation, segments: Sequence[str]) -> tuple[int, dict[str, str]] | None:
+    if len(op.segments) != len(segments):
+        return None
+    score = 0
+    values: dict[str, str] = {}
+    for tmpl, seg in zip(op.segments, segments, strict=False):
+        params = _template_params(tmpl)
+        if not params:
+            if tmpl != seg:
+                return None
+            score += 2
+            continue
+        if _PLACEHOLDER_RE.match(seg):
+            # The model wrote a placeholder ("{session_id}", "<id>", ":id"): fine for a template.
+            score += 1 if seg.strip("{}<>:") in params else 0
+            continue
+        compiled, names = _segment_pattern(tmpl)
+        m = compiled.fullmatch(seg)
+        if m is None:
+            return None
+        for i, name in enumerate(names):
+            values[name] = m.group(f"p{i}")
+    return score, values
+
+
+@functools.lru_cache(maxsize=8192)
+def _segment_pattern(template_segment: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
+    """A regex for one templated path segment ("{name}" or "{name}.json") and its parameter names."""
+    parts = [p for p in re.split(r"(\{[^{}/]+\})", template_segment) if p]
+    names: list[str] = []
+    pattern = ""
+    for part in parts:
+        if part.startswith("{") and part.endswith("}"):
+            pattern += f"(?P<p{len(names)}>[^/]+?)"
+            names.append(part[1:-1])
+        else:
+            pattern += re.escape(part)
+    return re.compile(pattern), tuple(names)
+
+
+def _rest_matches(catalog: ApiCatalog, path: str) -> list[_PathMatch]:
+    segments = list(_split_path(path))
+    found: list[_PathMatch] = []
+    for drop in range(MAX_BASE_SEGMENTS + 1):
+        if drop > len(segments):
+            break
+        rest = segments[drop:]
+        for op in catalog.rest_operations():
+            matched = _match_template(op, rest)
+            if matched is not None:
+                found.append(_PathMatch(op, matched[0], matched[1], "/" + "/".join(segments[:drop]) if drop else ""))
+        if found:
+            break
+    found.sort(key=lambda m: -m.score)
+    return found
+
+
+def _check_rest_call(call: ParsedCall, catalogs: Sequence[ApiCatalog], retrieved: ApiCatalog) -> CallCheck:
+    other: list[_PathMatch] = []
+    for catalog in catalogs:
+        matches = _rest_matches(catalog, call.path)
+        same = [m for m in matches if m.op.method == call.method]
+        if same:
+            return _check_rest_args(call, same[0], retrieved)  # sorted: most literal segments first
+        other = other or matches
+    if other:
+        other_methods = sorted({m.op.method for m in other})
+        path = other[0].op.path
+        return _unknown(
+            call,
+            f"no {call.method} operation on {path}; it has {', '.join(other_methods)}",
+            f"{other_methods[0]} {path}",
+        )
+    if not any(c.rest_operations() for c in catalogs):
+        return _unknown(call, f"{call.name} matches no REST operation (no REST docs to compare with)")
+    ops = [op for c in catalogs for op in c.rest_operations()]
+    return _unknown(call, f"no operation matches {call.method} {call.path}", _closest_rest(call, ops))
+
+
+# How alike (difflib's ratio) a real API must be to be offered as "the closest" to an unknown one,
+# and how much of an unknown REST call is compared.
+CLOSEST_CUTOFF = 0.75
+CLOSEST_MAX_CHARS = 512
+
+
+def _closest_rest(call: ParsedCall, ops: Sequence[RestOperation]) -> str:
+    """The operation most like the call, comparing paths with the template's parameters filled
+    from the call's own segments (so /folder/x/mkdir is close to /folders/{name}/mkdir)."""
+    segments = _split_path(call.path)
+    # No documented path is this long: a longer one (a hostile answer) is compared by its head,
+    # which keeps difflib's work bounded and rules such paths out on length alone.
+    wanted = f"{call.method} /{'/'.join(segments)}"[:CLOSEST_MAX_CHARS]
+    best, best_ratio = "", 0.0
+    for op in ops:
+        if len(op.segments) == len(segments):
+            filled = [seg if _template_params(t) else t for t, seg in zip(op.segments, segments, strict=True)]
+        else:
+            filled = list(op.segments)
+        matcher = difflib.SequenceMatcher(None, wanted, f"{op.method} /{'/'.join(filled)}")
+        # The cheap upper bounds first: most operations are ruled out without the full ratio.
+        floor = max(best_ratio, CLOSEST_CUTOFF)
+        if matcher.real_quick_ratio() < floor or matcher.quick_ratio() < floor:
+            continue
+        ratio = matcher.ratio()
+        if ratio > best_ratio and ratio >= CLOSEST_CUTOFF:
+            best, best_ratio = op.key, ratio
+    return best
+
+
+def _check_rest_args(call: ParsedCall, match: _PathMatch, retrieved: ApiCatalog) -> CallCheck:
+    op = match.op
+    reasons: list[str] = []
+    notes: list[str] = []
+    if match.dropped:
+        notes.append(f"matched {op.key} after dropping the base path {match.dropped}")
+    by_name = {p.name: p for p in op.params}
+    by_location = {(p.name, p.where): p for p in op.params}
+    given: dict[str, Argument] = {}
+    opaque = False
+    for arg in call.args:
+        if not arg.name:
+            opaque = True
+            notes.append(f"the {arg.where.value} is given as {arg.source[:60]!r}; its fields are not checked")
+            continue
+        # A body field may share its name with a path parameter ("name"): match the location first.
+        param = by_location.get((arg.name, arg.where.value)) or by_name.get(arg.name)
+        if param is None:
+            if arg.where is ArgWhere.BODY and op.body_opaque:
+                continue
+            what = "body field" if arg.where is ArgWhere.BODY else f"{arg.where.value} parameter"
+            reasons.append(_unknown_name_reason(what, arg.name, [p.name for p in op.params]))
+            continue
+        if param.where != arg.where.value and not (param.where == "body" and op.body_opaque):
+            reasons.append(
+                f"'{arg.name}' is a {param.where} parameter of {op.key}, but was sent in the {arg.where.value}"
+            )
+        given[f"{param.where}:{param.name}"] = arg
+        problem = type_problem(arg.value, param.schema, coerce=arg.where is not ArgWhere.BODY) if arg.literal else None
+        if problem:
+            reasons.append(f"'{arg.name}' {problem}")
+    for name, value in match.values.items():
+        param = by_location.get((name, "path"))
+        if param is not None:
+            problem = type_problem(value, param.schema, coerce=True)
+            if problem:
+                reasons.append(f"path parameter '{name}' {problem}")
+    missing = [
+        p.name for p in op.params if p.required and p.where in ("query", "body") and f"{p.where}:{p.name}" not in given
+    ]
+    if missing:
+        if not call.args or opaque:
+            # "POST /session" alone names the operation; judging its body would need one.
+            notes.append(f"required parameters not checked: {', '.join(missing)}")
+        else:
+            reasons.append(f"missing required parameter{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+    return _finish(call, op.key, reasons, notes, retrieved)
+
+
+def _unknown_name_reason(what: str, name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.7)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"unknown {what} '{name}'{hint}"
+
+
+def _check_rest_function_call(call: ParsedCall, doc: ApiDoc, op: RestOperation, retrieved: ApiCatalog) -> CallCheck:
+    """An openfunctions call of a REST operation's function (``session_create_from_params(...)``):
+    keyword arguments are the function schema's properties, whatever their location."""
+    reasons: list[str] = []
+    notes: list[str] = [f"{call.name} is {op.key}"]
+    by_arg = {p.arg_name: p for p in op.params}
+    by_arg.update({p.name: p for p in op.params if p.name not in by_arg})
+    order = [p.arg_name for p in op.params]
+    given: set[str] = set()
+    for arg in call.args:
+        if arg.where in (ArgWhere.STAR, ArgWhere.STAR_STAR):
+            notes.append("*args/**kwargs in the call: arguments not fully checked")
+            given.update(order)
+            continue
+        if arg.where is ArgWhere.POSITIONAL:
+            if arg.position >= len(order):
+                reasons.append(f"too many positional arguments for {call.name}")
+                continue
+            name = order[arg.position]
+        else:
+            name = arg.name
+        param = by_arg.get(name)
+        if param is None:
+            if not op.body_opaque:
+                reasons.append(_unknown_name_reason("parameter", name, order))
+            continue
+        if param.arg_name in given:
+            reasons.append(f"'{name}' given more than once")
+        given.add(param.arg_name)
+        problem = type_problem(arg.value, param.schema) if arg.literal else None
+        if problem:
+            reasons.append(f"'{name}' {problem}")
+    missing = [p.arg_name for p in op.params if p.required and p.where != "header" and p.arg_name not in given]
+    if missing:
+        reasons.append(f"missing required parameter{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+    return _finish(call, doc.key, reasons, notes, retrieved)
+
+
+# ----------------------------------------------------------------------------------------------
+# Python (and openfunctions names, and APIBench records)
+
+
+def _check_python_call(call: ParsedCall, catalogs: Sequence[ApiCatalog], retrieved: ApiCatalog) -> CallCheck:
+    # The call itself, then (for chains like pipeline(...).to("cuda")) the calls it is chained on.
+    for candidate in (call, *reversed(call.receivers)):
+        result = _resolve_python(candidate, catalogs, retrieved)
+        if result is not None:
+            if candidate is not call:
+                result = dataclasses.replace(result, call=dataclasses.replace(call, matched_key=result.doc_key))
+            return result
+    apibench = _check_apibench(call, catalogs, retrieved)
+    if apibench is not None:
+        return apibench
+    return _unknown(call, f"{call.name} matches no API in the docs", _closest_python(call.name, catalogs))
+
+
+def _resolve_python(call: ParsedCall, catalogs: Sequence[ApiCatalog], retrieved: ApiCatalog) -> CallCheck | None:
+    for catalog in catalogs:
+        by_fn = catalog.by_function_name(call.name)
+        if by_fn:
+            doc = _prefer_binding(call, by_fn)
+            op = rest_operation(doc)
+            if op is not None:
+                return _check_rest_function_call(call, doc, op, retrieved)
+            if doc_kind(doc).is_python:
+                return _check_python_binding(call, doc, catalogs, retrieved)
+            return _finish_unchecked(call, doc, retrieved)
+        docs, suffix = catalog.python_candidates(call.name)
+        if not docs:
+            continue
+        # A single name ("create") only counts when it is unambiguous or was retrieved.
+        if "." not in suffix and len(docs) > 1 and catalog is not retrieved:
+            continue
+        doc = _prefer_binding(call, docs)
+        wrong_path = _wrong_module_path(call.name, doc.key)
+        if wrong_path:
+            return _unknown(call, wrong_path, doc.key)
+        if doc_kind(doc).is_python:
+            return _check_python_binding(call, doc, catalogs, retrieved)
+        return _finish_unchecked(call, doc, retrieved)
+    return None
+
+
+def _finish_unchecked(call: ParsedCall, doc: ApiDoc, retrieved: ApiCatalog) -> CallCheck:
+    return CallCheck(
+        dataclasses.replace(call, matched_key=doc.key),
+        Verdict.UNCHECKED,
+        (f"{doc.key} has no signature to check the arguments against",),
+        doc.key,
+        doc.key in retrieved,
+    )
+
+
+def _wrong_module_path(name: str, key: str) -> str:
+    """A fully qualified name (same top-level package as the key) that is not the key: the
+    function exists, but not where the call says (``pkg.wrong_module.Class.method``)."""
+    parts, key_parts = name.split("."), key.split(".")
+    if len(parts) >= 3 and parts[0] == key_parts[0] and name != key:
+        return f"{name} does not exist: {'.'.join(key_parts[-2:])} is defined in {'.'.join(key_parts[:-2])}"
+    return ""
+
+
+def _prefer_binding(call: ParsedCall, docs: Sequence[ApiDoc]) -> ApiDoc:
+    """Among same-named docs (retrieved order), the first whose signature the call binds to."""
+    if len(docs) == 1:
+        return docs[0]
+    for doc in docs:
+        signature = python_signature(doc)
+        if signature is not None and not _binding_problems(call, signature, doc.key)[0]:
+            return doc
+    return docs[0]
+
+
+def _check_python_binding(
+    call: ParsedCall, doc: ApiDoc, catalogs: Sequence[ApiCatalog], retrieved: ApiCatalog
+) -> CallCheck:
+    reasons: list[str] = []
+    notes: list[str] = []
+    signature = python_signature(doc)
+    if signature is None:
+        notes.append(f"{doc.key} has no signature on record; arguments not checked")
+    else:
+        problems, call_notes = _binding_problems(call, signature, doc.key)
+        reasons.extend(problems)
+        notes.extend(call_notes)
+        props, _ = _properties(doc)
+        for arg, param_name in _bound_names(call, signature):
+            schema = props.get(param_name)
+            if arg.literal and isinstance(schema, Mapping):
+                problem = type_problem(arg.value, schema)
+                if problem:
+                    reasons.append(f"argument '{param_name}' {problem}")
+    # A chained constructor: VFolder("name").mkdir(...) also binds VFolder's arguments.
+    for receiver in call.receivers:
+        for catalog in catalogs:
+            found, _ = catalog.python_candidates(receiver.name)
+            classes = [d for d in found if doc_kind(d) is DocKind.CLASS]
+            if classes and "." in doc.key and doc.key.rsplit(".", 1)[0] == classes[0].key:
+                sig = python_signature(classes[0])
+                if sig is not None:
+                    problems, _ = _binding_problems(receiver, sig, classes[0].key)
+                    reasons.extend(f"{receiver.name}(...): {p}" for p in problems)
+                break
+    return _finish(call, doc.key, reasons, notes, retrieved)
+
+
+def _bound_names(call: ParsedCall, signature: inspect.Signature) -> list[tuple[Argument, str]]:
+    P = inspect.Parameter
+    positional = [
+        p.name for p in signature.parameters.values() if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)
+    ]
+    out: list[tuple[Argument, str]] = []
+    for arg in call.args:
+        if arg.where is ArgWhere.POSITIONAL and arg.position < len(positional):
+            out.append((arg, positional[arg.position]))
+        elif arg.where is ArgWhere.KEYWORD and arg.name in signature.parameters:
+            out.append((arg, arg.name))
+    return out
+
+
+def _binding_problems(call: ParsedCall, signature: inspect.Signature, key: str) -> tuple[list[str], list[str]]:
+    """Whether the call's arguments bind to ``signature``: (problems, notes)."""
+    P = inspect.Parameter
+    params = list(signature.parameters.values())
+    positional = [p for p in params if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
+    var_positional = any(p.kind is P.VAR_POSITIONAL for p in params)
+    var_keyword = any(p.kind is P.VAR_KEYWORD for p in params)
+    short = ".".join(key.split(".")[-2:])
+    problems: list[str] = []
+    notes: list[str] = []
+    filled: set[str] = set()
+    starred = False
+    n_positional = 0
+    for arg in call.args:
+        if arg.where in (ArgWhere.STAR, ArgWhere.STAR_STAR):
+            starred = True
+        elif arg.where is ArgWhere.POSITIONAL:
+            n_positional += 1
+            if arg.position < len(positional):
+                filled.add(positional[arg.position].name)
+    if n_positional > len(positional) and not var_positional:
+        problems.append(f"too many positional arguments: {short} takes {len(positional)}, {n_positional} given")
+    named = [p.name for p in params if p.kind not in (P.VAR_POSITIONAL, P.VAR_KEYWORD)]
+    for arg in call.args:
+        if arg.where is not ArgWhere.KEYWORD:
+            continue
+        param = signature.parameters.get(arg.name)
+        if param is None or param.kind in (P.VAR_POSITIONAL, P.VAR_KEYWORD):
+            if not var_keyword:
+                problems.append(_unknown_name_reason(f"keyword argument of {short}:", arg.name, named))
+            continue
+        if param.kind is P.POSITIONAL_ONLY:
+            if not var_keyword:
+                problems.append(f"'{arg.name}' is positional-only in {short}")
+            continue
+        if param.name in filled:
+            problems.append(f"multiple values for argument '{arg.name}'")
+        filled.add(param.name)
+    if starred:
+        notes.append("*args/**kwargs in the call: required arguments not checked")
+    else:
+        missing = [
+            p.name
+            for p in params
+            if p.kind not in (P.VAR_POSITIONAL, P.VAR_KEYWORD) and p.default is P.empty and p.name not in filled
+        ]
+        if missing:
+            problems.append(
+                f"missing required argument{'s' if len(missing) > 1 else ''} of {short}: {', '.join(missing)}"
+            )
+    if not problems and not starred:
+        # The same check by the standard library, on placeholders: catches any case missed above.
+        args = [object() for a in call.args if a.where is ArgWhere.POSITIONAL]
+        kwargs = {a.name: object() for a in call.args if a.where is ArgWhere.KEYWORD}
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            problems.append(f"{short}: {exc}")
+    return problems, notes
+
+
+def _closest_python(name: str, catalogs: Sequence[ApiCatalog]) -> str:
+    keys = [k for c in catalogs for k in c if c.kind_of(k).is_python]
+    if not keys:
+        return ""
+    tail = ".".join(name.split(".")[-2:])
+    short = {".".join(k.split(".")[-2:]): k for k in keys}
+    close = difflib.get_close_matches(tail[:CLOSEST_MAX_CHARS], list(short), n=1, cutoff=CLOSEST_CUTOFF)
+    return short[close[0]] if close else ""
+
+
+def _check_apibench(call: ParsedCall, catalogs: Sequence[ApiCatalog], retrieved: ApiCatalog) -> CallCheck | None:
+    """Gorilla's rule: some call in the answer has a record's function name and every one of
+    that record's key values among its string arguments. The retrieved records are tried first."""
+    candidates = [call, *call.receivers, *call.subcalls]
+    named: list[tuple[ApiDoc, ApibenchReference, ParsedCall]] = []
+    for catalog in catalogs:
+        for cand in candidates:
+            if not cand.name or cand.style is not CallStyle.PYTHON:
+                continue
+            values = _candidate_values(cand)
+            for doc, ref in catalog.apibench_by_name(cand.name):
+                named.append((doc, ref, cand))
+                if all(v in values for v in ref.values):
+                    notes: list[str] = []
+                    if cand is not call:
+                        notes.append(f"matched the call {cand.name}(...) inside the answer")
+                    return _finish(call, doc.key, [], notes, retrieved)
+    if not named:
+        return None
+
+    # The function exists but no record has these values: Gorilla counts that as a hallucination.
+    def likeness(entry: tuple[ApiDoc, ApibenchReference, ParsedCall]) -> tuple[int, float]:
+        _, reference, candidate = entry
+        values = _candidate_values(candidate)
+        shared = sum(v in values for v in reference.values)
+        text = " ".join(sorted(values))
+        return shared, difflib.SequenceMatcher(None, text, " ".join(sorted(reference.values))).ratio()
+
+    doc, ref, cand = max(named[:2000], key=likeness)
+    given = ", ".join(repr(v) for v in _string_values(cand)) or "no string arguments"
+    return _unknown(call, f"no API record has {cand.name} with {given}", doc.key)
+
+
+# ----------------------------------------------------------------------------------------------
+# Types
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "array": (list, tuple, set, frozenset),
+    "object": (dict,),
+}
+
+
+def type_problem(value: Any, schema: Mapping[str, Any], *, coerce: bool = False) -> str | None:
+    """Why a literal ``value`` does not fit a JSON ``schema`` (type and enum only), or None.
+
+    ``None`` always fits (optional parameters' schemas drop the null). ``coerce``: the value came
+    from a URL, where everything is a string; "10" then fits an integer.
+    """
+    if value is None or not isinstance(schema, Mapping):
+        return None
+    variants = schema.get("anyOf")
+    if isinstance(variants, list) and variants:
+        problems = [type_problem(value, v, coerce=coerce) for v in variants if isinstance(v, Mapping)]
+        if problems and all(problems):
+            return problems[0]
+        return None
+    expected = schema.get("type")
+    if coerce and isinstance(value, str):
+        value = _coerce(value, expected)
+    if isinstance(expected, str) and expected in _JSON_TYPES:
+        ok = isinstance(value, _JSON_TYPES[expected])
+        if expected in ("integer", "number") and isinstance(value, bool):
+            ok = False
+        if not ok:
+            return f"should be {expected}, got {_json_type(value)} {_short(value)}"
+    enum_values = schema.get("enum")
+    if isinstance(enum_values, list) and enum_values and _hashable(value) and value not in enum_values:
+        return f"should be one of {', '.join(_short(v) for v in enum_values[:8])}, got {_short(value)}"
+    return None
+
+
+def _coerce(value: str, expected: Any) -> Any:
+    if expected == "integer" and re.fullmatch(r"[+-]?\d{1,18}", value.strip()):
+        return int(value)
+    if expected == "number":
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    if expected == "boolean" and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.lower() in ("true", "1", "yes")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    for name, types in _JSON_TYPES.items():
+        if isinstance(value, bool):
+            return "boolean"
+        if isinstance(value, types):
+            return name
+    return type(value).__name__
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool))
+
+
+__all__ = [
+    "ApiCatalog",
+    "ApibenchReference",
+    "CallCheck",
+    "CheckedAnswer",
+    "RestOperation",
+    "RestParam",
+    "Verdict",
+    "apibench_reference",
+    "check_answer",
+    "check_call",
+    "check_parsed",
+    "python_signature",
+    "rest_operation",
+    "type_problem",
+]

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from apihelper.errors import ConfigurationError
+from apihelper.service.settings import Settings, load_settings
+
+
+def test_defaults() -> None:
+    s = load_settings([], {})
+    assert s == Settings()
+    assert s.max_instruction_bytes == 8192
+
+
+def test_sources_in_order_of_precedence(tmp_path: Path) -> None:
+    config = tmp_path / "apihelper.toml"
+    config.write_text('[service]\nport = 6000\nmilvus_uri = "from-toml"\nreflection = false\ndefault_top_k = 4\n')
+    env = {"APIHELPER_MILVUS_URI": "from-env", "APIHELPER_DEFAULT_TOP_K": "7"}
+    s = load_settings(["--config", str(config), "--default-top-k", "9"], env)
+    assert s.port == 6000  # TOML over default
+    assert s.milvus_uri == "from-env"  # env over TOML
+    assert s.default_top_k == 9  # CLI over env
+    assert s.reflection is False
+
+
+def test_bool_flags_and_env() -> None:
+    assert load_settings(["--no-reflection"], {}).reflection is False
+    assert load_settings([], {"APIHELPER_REFLECTION": "off"}).reflection is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["--port", "70000"], {}),
+        ([], {"APIHELPER_PORT": "not-a-number"}),
+        (["--device", "tpu"], {}),
+        (["--default-top-k", "0"], {}),
+    ],
+)
+def test_bad_settings_are_configuration_errors(argv: list[str], env: dict[str, str]) -> None:
+    with pytest.raises(ConfigurationError):
+        load_settings(argv, env)
+
+
+def test_unknown_toml_key_is_rejected(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text("prot = 1\n")
+    with pytest.raises(ConfigurationError, match="prot"):
+        load_settings(["--config", str(config)], {})
+
+
+def test_token_is_not_in_repr() -> None:
+    assert "s3cret" not in repr(Settings(milvus_token="s3cret"))
