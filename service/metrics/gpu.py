@@ -52,11 +52,13 @@ class GpuReader:
             return []
         readings = []
         for index, name, handle in self._handles:
-            # Called at once, within this iteration: each lambda sees this iteration's handle.
-            util = _try(lambda: nvml.nvmlDeviceGetUtilizationRates(handle).gpu / 100.0)  # noqa: B023
-            mem = _try(lambda: nvml.nvmlDeviceGetMemoryInfo(handle))  # noqa: B023
-            power = _try(lambda: nvml.nvmlDeviceGetPowerUsage(handle) / 1000.0)  # noqa: B023
-            temp = _try(lambda: float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)))  # noqa: B023
+            rates = _try(nvml.nvmlDeviceGetUtilizationRates, handle)
+            mem = _try(nvml.nvmlDeviceGetMemoryInfo, handle)
+            milliwatts = _try(nvml.nvmlDeviceGetPowerUsage, handle)
+            celsius = _try(nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU)
+            util = rates.gpu / 100.0 if rates is not None else None
+            power = milliwatts / 1000.0 if milliwatts is not None else None
+            temp = float(celsius) if celsius is not None else None
             readings.append(
                 GpuReading(
                     index=index,
@@ -76,9 +78,9 @@ class GpuReader:
             self._nvml = None
 
 
-def _try(read: Any) -> Any:
+def _try(read: Any, *args: Any) -> Any:
     """One NVML field; a field a GPU does not support (e.g. power on some boards) is None."""
     try:
-        return read()
+        return read(*args)
     except Exception:  # NVMLError_NotSupported and friends
         return None
