@@ -26,7 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from apihelper.service.engine.manifest import ModelManifest
-from apihelper.service.prompts import GORILLA_V0_DOCS_LEAD, GORILLA_V0_SYSTEM, OPENFUNCTIONS_V2_SYSTEM, PromptFormat
+from apihelper.service.prompts import (
+    CHAT_TOOLS_QUERY_LEAD,
+    CHAT_TOOLS_SYSTEM,
+    CHAT_TOOLS_TOOLS_LEAD,
+    CHATML_TEMPLATE,
+    GORILLA_V0_DOCS_LEAD,
+    GORILLA_V0_SYSTEM,
+    OPENFUNCTIONS_V2_SYSTEM,
+    PromptFormat,
+)
 
 DEV_MODEL_NAME = "apihelper-dev-model"
 SPECIAL_TOKENS = ("<s>", "</s>", "<unk>", "<pad>")
@@ -48,6 +57,9 @@ _BUILTIN_TEXT = (
     "model='gpt2') <<<api_provider>>>: Hugging Face Transformers <<<explanation>>>: Load the "
     "pipeline and call it on the prompt. <<<code>>>: from transformers import pipeline",
     "<<function>>create_session(image='python:3.11', name='dev', resources={'cpu': 2})",
+    f"<|im_start|>system\n{CHAT_TOOLS_SYSTEM}<|im_end|>\n<|im_start|>user\n{CHAT_TOOLS_TOOLS_LEAD}<tools>[]</tools>"
+    f"\n\n{CHAT_TOOLS_QUERY_LEAD}Create a new session<|im_end|>\n<|im_start|>assistant\n"
+    '<tool_call>[{"name": "create_session", "arguments": {"image": "python:3.11"}}]</tool_call>',
     "GET /sessions/{session_id} POST /sessions DELETE /sessions/{session_id} PATCH /users/{id}",
     "def create_session(image: str, *, name: str | None = None, resources: dict | None = None):",
     "import requests\nresponse = requests.get(url, headers={'Authorization': token}, timeout=10)",
@@ -137,6 +149,7 @@ def make_dev_model(
         model_max_length=max_position_embeddings,
         clean_up_tokenization_spaces=False,
     )
+    tokenizer.chat_template = CHATML_TEMPLATE  # chat formats work on it too (chat_tools)
     tokenizer.save_pretrained(str(out))
     actual_vocab = bpe.get_vocab_size()
 

@@ -38,6 +38,7 @@ async def build_engine(settings: Settings) -> Engine:
             prompt_format=prompt_format,
             kv_cache_free_gpu_memory_fraction=settings.kv_cache_free_gpu_memory_fraction,
             enable_block_reuse=settings.enable_block_reuse,
+            guided_decoding=settings.guided_decoding,
         )
     from apihelper.service.engine.transformers_engine import TransformersEngine
 
@@ -50,6 +51,8 @@ async def build_engine(settings: Settings) -> Engine:
         num_blocks=settings.kv_cache_blocks or None,
         block_size=settings.kv_block_size,
         max_batch_tokens=settings.max_batch_tokens,
+        num_threads=settings.num_threads or None,
+        guided_decoding=settings.guided_decoding,
     )
 
 

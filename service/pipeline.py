@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from apihelper.errors import InvalidRequestError
 from apihelper.retriever.types import CorpusInfo, RetrievalMode, RetrievalResult, RetrievedDoc, Retriever
 from apihelper.service.answers.check import CallCheck, Verdict
+from apihelper.service.answers.constraint import CallConstraints
 from apihelper.service.answers.corpus_cache import CorpusCache, corpus_version
 from apihelper.service.answers.repetition import RepetitionFilter
-from apihelper.service.engine.protocol import Engine, EngineRequest, FinishReason, SamplingParams
+from apihelper.service.engine.protocol import Engine, EngineRequest, FinishReason, GuidedDecoding, SamplingParams
 from apihelper.service.metrics import NullRecorder, Recorder
-from apihelper.service.prompts import PromptFormat, build_prompt
+from apihelper.service.prompts import Prompt, PromptFormat, build_prompt
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class GenerateParams:
     prompt_format: PromptFormat | None  # None: the model's own
     request_id: str
     suppress_repeated_lines: bool = True
+    # Only calls to real APIs in the call part of the answer (guided decoding). None: where the
+    # engine can constrain and the docs give something to call.
+    constrain_calls: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class CompletionEvent:
     verdict_reasons: tuple[str, ...]
     suppressed_lines: int
     sampling: SamplingParams  # as applied, defaults filled in
+    calls_constrained: bool  # generated under the call grammar
     corpus_versions: dict[str, str]  # corpus -> last ingest time of the corpora the sources came from
 
 
@@ -107,6 +112,7 @@ class Pipeline:
         self._engine = engine
         self._recorder = recorder or NullRecorder()
         self._corpora = CorpusCache(retriever)
+        self._constraints = CallConstraints()
 
     async def close(self) -> None:
         """Stop the background work of the corpus cache (catalog builds)."""
@@ -127,17 +133,19 @@ class Pipeline:
         retrieval = _retrieval_timings(result, clock.ms())
 
         fmt = params.prompt_format or info.prompt_format
+        constrain = _constrain(params.constrain_calls, info.guided_decoding, info.kind)
         docs, prompt = self._fit_prompt(fmt, params.retrieval.instruction, result.docs, params.sampling)
         sources = {d.corpus for d in docs}
         self._corpora.warm(sources)
         yield SourcesEvent(docs)
+        guided = await self._call_grammar(fmt, docs, sources) if constrain else None
 
         repeats = RepetitionFilter(enabled=params.suppress_repeated_lines)
         first_token_ms = queue_ms = 0.0
         finish = FinishReason.STOP
         prompt_tokens = completion_tokens = tokens_at_last_delta = 0
         last_delta_at = 0.0
-        request = EngineRequest(params.request_id, prompt, params.sampling)
+        request = EngineRequest(params.request_id, prompt, params.sampling, guided)
         # aclosing: leaving early (a stop below, an error, or our own consumer closing us)
         # releases the engine request now, not whenever the generator is garbage-collected.
         async with contextlib.aclosing(self._engine.stream(request)) as stream:
@@ -195,6 +203,7 @@ class Pipeline:
             verdict_reasons=checked.reasons,
             suppressed_lines=repeats.suppressed_lines,
             sampling=params.sampling,
+            calls_constrained=guided is not None,
             corpus_versions={c: corpus_version(infos[c]) if c in infos else "" for c in sorted(sources)},
         )
 
@@ -209,6 +218,17 @@ class Pipeline:
         )
         self._recorder.retrieval(params.mode.value, result.embed_seconds, result.search_seconds, len(result.docs))
         return result
+
+    async def _call_grammar(
+        self, fmt: PromptFormat, docs: Sequence[RetrievedDoc], sources: set[str]
+    ) -> GuidedDecoding | None:
+        """The grammar of the calls the answer may make (None: nothing in the docs to call)."""
+        if not docs:
+            return None
+        catalog = None
+        if fmt is PromptFormat.GORILLA_V0:  # its answers may name any API of the corpus
+            catalog = await self._corpora.catalog(docs, await self._corpora.infos(sources))
+        return await self._constraints.grammar(fmt, docs, catalog)
 
     def _fit_prompt(
         self,
@@ -225,7 +245,7 @@ class Pipeline:
         budget = self._engine.info.max_model_len - sampling.max_tokens
         kept = list(docs)
         while True:
-            prompt = build_prompt(fmt, instruction, kept)
+            prompt = prompt_text(self._engine, build_prompt(fmt, instruction, kept))
             if self._engine.count_tokens(prompt) <= budget:
                 return kept, prompt
             if not kept:
@@ -235,6 +255,18 @@ class Pipeline:
                     f"context of {self._engine.info.max_model_len} tokens",
                 )
             kept.pop()
+
+
+def prompt_text(engine: Engine, prompt: Prompt) -> str:
+    """The text the engine is given: a completion prompt as it is, a conversation written with the
+    model's chat template."""
+    return prompt if isinstance(prompt, str) else engine.render_chat(prompt)
+
+
+def _constrain(asked: bool | None, supported: bool, engine: str) -> bool:
+    if asked and not supported:
+        raise InvalidRequestError("constrain_calls", f"the {engine} engine cannot constrain decoding")
+    return supported if asked is None else asked
 
 
 def _retrieval_timings(result: RetrievalResult, retrieval_ms: float) -> Timings:

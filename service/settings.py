@@ -51,6 +51,10 @@ class Settings:
     max_batch_tokens: int = 512  # tokens per engine step (prefill chunks + decodes)
     kv_cache_blocks: int = 0  # paged KV cache size in blocks; 0: max_batch_size full contexts
     kv_block_size: int = 32
+    num_threads: int = 0  # torch's CPU threads for the transformers engine; 0: one per core
+    # Constrained calls (constrain_calls): xgrammar in the transformers engine; TensorRT-LLM's
+    # xgrammar backend, loaded with the engine (needs a fast HF tokenizer in the engine directory).
+    guided_decoding: bool = True
     # TensorRT-LLM: share of free GPU memory for the paged KV cache; reuse of shared-prefix blocks
     kv_cache_free_gpu_memory_fraction: float = 0.9
     enable_block_reuse: bool = True
@@ -89,6 +93,8 @@ class Settings:
             raise ConfigurationError("set auth_token or auth_token_file, not both")
         if self.max_concurrent_streams < 1 or self.default_deadline_seconds <= 0:
             raise ConfigurationError("max_concurrent_streams and default_deadline_seconds must be positive")
+        if self.num_threads < 0:
+            raise ConfigurationError("num_threads must be >= 0 (0: one per core)")
         if self.max_instruction_bytes < 1 or self.default_max_tokens < 1:
             raise ConfigurationError("max_instruction_bytes and default_max_tokens must be positive")
 

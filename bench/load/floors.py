@@ -31,6 +31,7 @@ from apihelper.service.engine.protocol import (
     EngineStats,
     SamplingParams,
 )
+from apihelper.service.prompts import ChatPrompt
 from apihelper.v1 import apihelper_pb2 as pb
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
 
@@ -64,6 +65,9 @@ class TimedEngine:
 
     def count_tokens(self, text: str) -> int:
         return self._inner.count_tokens(text)
+
+    def render_chat(self, prompt: ChatPrompt) -> str:
+        return self._inner.render_chat(prompt)
 
     def stream(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         # A plain function: the retrieval mark belongs to the task that calls it (the handler's,
@@ -126,7 +130,7 @@ class BareServicer(pb_grpc.ApiHelperServicer):
         self, docs: Sequence[ApiDoc], reply: str, delay: float, marks: Marks, engine: Engine | None = None
     ) -> None:
         from apihelper.service.engine.fake import pieces
-        from apihelper.service.prompts import PromptFormat, build_prompt
+        from apihelper.service.prompts import gorilla_v0_prompt
 
         self._sources = pb.Sources(
             sources=[pb.Source(key=d.key, corpus="demo", title=d.title, score=1.0, text=d.text) for d in docs[:3]]
@@ -137,7 +141,7 @@ class BareServicer(pb_grpc.ApiHelperServicer):
         self._marks = marks
         self._engine = engine
         retrieved = [RetrievedDoc(d, "demo", 1.0) for d in docs[:3]]
-        self._prompt = build_prompt(PromptFormat.GORILLA_V0, "Create a new session", retrieved)
+        self._prompt = gorilla_v0_prompt("Create a new session", retrieved)
 
     async def Generate(self, request: pb.GenerateRequest, context: Any) -> AsyncGenerator[pb.GenerateResponse, None]:
         called = time.perf_counter()
@@ -341,6 +345,7 @@ async def start_inprocess(
 async def _service_prompt(retriever: Any, engine: Engine, cfg: LoadConfig) -> str:
     """The prompt the service builds for the load's requests (instruction and retrieval options)."""
     from apihelper.retriever.types import RetrievalMode
+    from apihelper.service.pipeline import prompt_text
     from apihelper.service.prompts import build_prompt
     from apihelper.service.settings import Settings
 
@@ -351,7 +356,7 @@ async def _service_prompt(retriever: Any, engine: Engine, cfg: LoadConfig) -> st
             cfg.instruction, corpora=cfg.corpora or None, top_k=cfg.top_k or Settings().default_top_k, mode=mode
         )
         docs = result.docs
-    return build_prompt(engine.info.prompt_format, cfg.instruction, docs)
+    return prompt_text(engine, build_prompt(engine.info.prompt_format, cfg.instruction, docs))
 
 
 async def drive_engine_directly(

@@ -345,7 +345,7 @@ class ApiCatalog:
 
     Build one per request from the retrieved docs (cheap: a handful of docs) and one for the
     whole corpus (all of a corpus' ApiDocs: the service reads them from the vector store once
-    per corpus version, see ``service.corpus_catalogs``); :func:`check_answer` takes both.
+    per corpus version, see ``apihelper.service.answers.corpus_cache``); :func:`check_answer` takes both.
     """
 
     def __init__(self, docs: Iterable[ApiDoc], *, parsed: ApiCatalog | None = None) -> None:
@@ -388,6 +388,10 @@ class ApiCatalog:
 
     def get(self, key: str) -> ApiDoc | None:
         return self._docs.get(key)
+
+    def docs(self) -> list[ApiDoc]:
+        """Every doc, in the order they came (the first of a key)."""
+        return list(self._docs.values())
 
     def kind_of(self, key: str) -> DocKind:
         doc = self._docs.get(key)

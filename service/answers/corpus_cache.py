@@ -294,17 +294,20 @@ class CorpusCache:
                     self._catalogs.keep_only(self._infos)
         return {c: self._infos[c] for c in corpora if c in self._infos}
 
+    async def catalog(self, docs: Sequence[RetrievedDoc], infos: dict[str, CorpusInfo]) -> ApiCatalog | None:
+        """Every doc of the corpora ``docs`` came from, or None when that cannot be had in
+        ``CATALOG_WAIT_SECONDS`` (a corpus not listed, not readable, too big, still building)."""
+        corpora = {d.corpus for d in docs}
+        if not corpora or not corpora <= set(infos):  # a corpus not listed (dropped) has no catalog
+            return None
+        return await self._catalogs.get((CorpusVersion.of(infos[c]) for c in corpora), timeout_s=CATALOG_WAIT_SECONDS)
+
     async def check(
         self, fmt: PromptFormat, text: str, docs: Sequence[RetrievedDoc], infos: dict[str, CorpusInfo]
     ) -> CheckedAnswer:
         """The verdict, against the retrieved docs and the catalog of the sources' corpora (the
         retrieved docs only when that catalog cannot be had; the reasons then say so)."""
-        corpora = {d.corpus for d in docs}
-        catalog = None
-        if corpora and corpora <= set(infos):  # a corpus not listed (dropped) has no catalog
-            catalog = await self._catalogs.get(
-                (CorpusVersion.of(infos[c]) for c in corpora), timeout_s=CATALOG_WAIT_SECONDS
-            )
+        catalog = await self.catalog(docs, infos)
         if catalog is not None and len(catalog) > INLINE_CHECK_MAX_DOCS:
             return await asyncio.to_thread(check_answer, fmt, text, docs, catalog)
         return check_answer(fmt, text, docs, catalog)

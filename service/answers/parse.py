@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from apihelper.retriever.doc_kinds import HTTP_METHODS
+from apihelper.service.answers.tool_calls import parse_tool_calls
 from apihelper.service.prompts import PromptFormat
 
 # Bounds on the work done for one answer: a model (or a prompt injection in a retrieved doc) can
@@ -157,6 +158,8 @@ def _parse_answer(fmt: PromptFormat, text: str) -> ParsedAnswer:
     text = text[:MAX_ANSWER_CHARS]
     if fmt is PromptFormat.OPENFUNCTIONS_V2:
         return ParsedAnswer({}, parse_function_calls(text), "functions")
+    if fmt is PromptFormat.CHAT_TOOLS:
+        return _tool_call_answer(text)
     fields, layout = gorilla_fields_layout(text)
     raw = fields.get("api_call", "").strip()
     if raw:
@@ -176,6 +179,32 @@ def _parse_answer(fmt: PromptFormat, text: str) -> ParsedAnswer:
         return ParsedAnswer({}, [ParsedCall(raw="", problem="empty answer")], "")
     call = parse_call(stripped)
     return ParsedAnswer({}, [call], "bare" if call.name else "")
+
+
+def _tool_call_answer(text: str) -> ParsedAnswer:
+    """A chat_tools answer: its ``<tool_call>`` JSON calls as keyword calls (the values are JSON
+    literals already), for the same checks as a Python-style call."""
+    parsed = parse_tool_calls(text)
+    if not parsed.calls:
+        return ParsedAnswer({}, [ParsedCall(raw=text.strip()[:MAX_CALL_CHARS], problem=parsed.problem)], parsed.layout)
+    calls = [
+        # A tool named by a whole call is an APIBench record (its api_call is its name).
+        parse_call(call.name)
+        if "(" in call.name
+        else ParsedCall(
+            raw=json.dumps(call.as_json(), ensure_ascii=False)[:MAX_CALL_CHARS],
+            name=call.name,
+            args=tuple(
+                Argument(name, json.dumps(value, ensure_ascii=False), ArgWhere.KEYWORD, literal=True, value=value)
+                for name, value in list(call.arguments.items())[:MAX_ARGS]
+            ),
+            style=CallStyle.PYTHON,
+            truncated=parsed.truncated,
+            problem=parsed.problem,
+        )
+        for call in parsed.calls[:MAX_CALLS]
+    ]
+    return ParsedAnswer({}, calls, parsed.layout)
 
 
 def gorilla_fields(text: str) -> dict[str, str]:

@@ -26,7 +26,7 @@ from apihelper.service.engine.protocol import (
     FinishReason,
 )
 from apihelper.service.engine.stops import IncrementalText
-from apihelper.service.prompts import PromptFormat
+from apihelper.service.prompts import ChatPrompt, PromptFormat, render_chatml
 
 # A token is a run of non-space characters with the whitespace before it (like BPE's "Ġword").
 _PIECE = re.compile(r"\s*\S+|\s+")
@@ -93,6 +93,9 @@ class FakeEngine:
     def count_tokens(self, text: str) -> int:
         return count_pieces(text) + 1  # + <s>
 
+    def render_chat(self, prompt: ChatPrompt) -> str:
+        return render_chatml(prompt)
+
     async def stream(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         if self._closed:
             raise EngineUnavailableError("the fake engine is shut down")
@@ -104,6 +107,8 @@ class FakeEngine:
             raise InvalidRequestError("sampling.max_tokens", "the prompt plus max_tokens exceeds the context")
         if request.request_id in self._in_flight:
             raise InvalidRequestError("request_id", "a request with this id is already running")
+        if request.guided is not None:
+            raise InvalidRequestError("constrain_calls", "the fake engine cannot constrain decoding")
         reply = self._reply(request.prompt) if callable(self._reply) else self._reply
         answer = pieces(reply)
         # The ids are always the first n pieces: decoding them is a lookup, not a join per step.

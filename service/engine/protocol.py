@@ -14,6 +14,11 @@ Contract every adapter keeps:
   prompt plus ``max_tokens`` does not fit ``info.max_model_len``.
 - ``check_health`` raises ``EngineUnavailableError`` when the engine can no longer serve; a
   stream whose engine fails raises the same error (never hangs).
+- A request with ``guided`` set generates only text its grammar accepts, on engines whose
+  ``info.guided_decoding`` is true; others raise ``InvalidRequestError`` (field
+  ``constrain_calls``) rather than ignore it.
+- ``render_chat`` writes a conversation with the model's own chat template (the prompt text of
+  chat formats), or raises ``InvalidRequestError`` (field ``prompt_format``) for a model without one.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from apihelper.service.prompts import PromptFormat
+from apihelper.service.prompts import ChatPrompt, PromptFormat
 
 
 class FinishReason(str, enum.Enum):
@@ -46,10 +51,21 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class GuidedDecoding:
+    """A grammar the generated text must follow: EBNF in xgrammar's dialect (root rule ``root``),
+    the form both engines take (xgrammar directly, TensorRT-LLM's ``GuidedDecodingParams``).
+    ``key`` identifies the grammar (the engines cache compiled grammars by it)."""
+
+    ebnf: str
+    key: str
+
+
+@dataclass(frozen=True)
 class EngineRequest:
     request_id: str
     prompt: str
     sampling: SamplingParams
+    guided: GuidedDecoding | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +91,7 @@ class EngineInfo:
     prompt_format: PromptFormat
     max_model_len: int  # prompt + completion tokens the engine accepts
     random_weights: bool = False  # the development model: its text means nothing
+    guided_decoding: bool = False  # honours EngineRequest.guided
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -95,6 +112,10 @@ class Engine(Protocol):
 
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` encodes to (the pipeline fits retrieved docs into the context)."""
+        ...
+
+    def render_chat(self, prompt: ChatPrompt) -> str:
+        """``prompt`` as the model's chat template writes it, the assistant's turn opened."""
         ...
 
     def stream(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]: ...

@@ -57,6 +57,7 @@ from apihelper.service.engine.protocol import (
     EngineRequest,
     EngineStats,
     FinishReason,
+    GuidedDecoding,
     SamplingParams,
 )
 from apihelper.service.engine.stops import StopFilter
@@ -68,7 +69,7 @@ from apihelper.service.engine.trtllm_runtime import (
     import_trtllm,
     parse_iteration_stats,
 )
-from apihelper.service.prompts import PromptFormat
+from apihelper.service.prompts import ChatPrompt, PromptFormat
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ class TensorRTLLMEngine:
         prompt_format: PromptFormat | None = None,
         kv_cache_free_gpu_memory_fraction: float = 0.9,
         enable_block_reuse: bool = True,
+        guided_decoding: bool = True,
         llm_factory: Callable[..., Any] | None = None,
         api: TrtllmApi | None = None,
         runtime_version: Callable[[], str] | None = None,
@@ -192,6 +194,9 @@ class TensorRTLLMEngine:
           the engine that the paged KV cache takes (TensorRT-LLM's ``KvCacheConfig``).
         - ``enable_block_reuse``: reuse KV-cache blocks of shared prompt prefixes (the Gorilla
           system prompt is the same for every request).
+        - ``guided_decoding``: load with TensorRT-LLM's xgrammar backend, so that requests with a
+          call grammar are constrained (``GuidedDecodingParams(grammar=...)``); it needs a fast
+          (Rust) Hugging Face tokenizer in the engine directory.
         - ``llm_factory``: what builds the ``LLM`` (default ``tensorrt_llm._tensorrt_engine.LLM``);
           ``api``, ``runtime_version`` and ``compute_capability`` replace the tensorrt_llm names,
           ``tensorrt_llm.__version__`` and ``torch.cuda.get_device_capability()``: test seams.
@@ -246,7 +251,12 @@ class TensorRTLLMEngine:
         )
         factory = llm_factory if llm_factory is not None else trt.LLM
         try:
-            llm = await asyncio.to_thread(factory, model=str(engine_dir), kv_cache_config=kv_cache_config)
+            llm = await asyncio.to_thread(
+                factory,
+                model=str(engine_dir),
+                kv_cache_config=kv_cache_config,
+                **({"guided_decoding_backend": "xgrammar"} if guided_decoding else {}),
+            )
         except Exception as exc:
             raise ConfigurationError(
                 f"{engine_dir}: TensorRT-LLM cannot load the engine ({type(exc).__name__}: {exc})"
@@ -264,6 +274,7 @@ class TensorRTLLMEngine:
             prompt_format=manifest.prompt_format,
             max_model_len=max_model_len,
             random_weights=manifest.random_weights,
+            guided_decoding=guided_decoding,
             extra={
                 "engine_dir": str(engine_dir),
                 "tensorrt_llm": running_version,
@@ -320,11 +331,26 @@ class TensorRTLLMEngine:
         tokenizes prompts: ``SamplingParams.add_special_tokens`` defaults to True)."""
         return len(self._tokenizer.encode(text, add_special_tokens=True))
 
+    def render_chat(self, prompt: ChatPrompt) -> str:
+        """With the engine directory's tokenizer's chat template (TensorRT-LLM's tokenizer wraps
+        the Hugging Face one and forwards ``apply_chat_template``)."""
+        if not getattr(self._tokenizer, "chat_template", None) and not getattr(
+            getattr(self._tokenizer, "tokenizer", None), "chat_template", None
+        ):
+            raise InvalidRequestError("prompt_format", f"{self._info.model} has no chat template")
+        text = self._tokenizer.apply_chat_template(
+            prompt.message_dicts(),
+            tools=[dict(t) for t in prompt.tools] or None,
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        return str(text)
+
     async def stream(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         """Generate for ``request``, yielding text deltas; the last output has a finish reason."""
         self._ensure_serving()
         sampling = request.sampling
-        params = self._sampling_params(sampling)
+        params = self._sampling_params(sampling, request.guided)
         try:
             stop_filter = StopFilter(sampling.stop)
         except ValueError as exc:
@@ -491,8 +517,9 @@ class TensorRTLLMEngine:
 
     # ------------------------------------------------------------------ internals
 
-    def _sampling_params(self, sampling: SamplingParams) -> Any:
-        """TensorRT-LLM ``SamplingParams`` for ``sampling`` (validated here, with field names)."""
+    def _sampling_params(self, sampling: SamplingParams, guided: GuidedDecoding | None = None) -> Any:
+        """TensorRT-LLM ``SamplingParams`` for ``sampling`` (validated here, with field names) and,
+        for a guided request, its grammar (the executor's xgrammar compiles and applies it)."""
         if sampling.max_tokens < 1:
             raise InvalidRequestError("sampling.max_tokens", "must be at least 1")
         if sampling.temperature < 0 or not math.isfinite(sampling.temperature):
@@ -523,6 +550,12 @@ class TensorRTLLMEngine:
             kwargs["repetition_penalty"] = float(sampling.repetition_penalty)
         if self._return_perf_metrics:
             kwargs["return_perf_metrics"] = True  # for queue time (arrival -> first scheduled)
+        if guided is not None:
+            if not self._info.guided_decoding:
+                raise InvalidRequestError(
+                    "constrain_calls", "this engine was loaded without guided decoding (--guided-decoding)"
+                )
+            kwargs["guided_decoding"] = self._api.GuidedDecodingParams(grammar=guided.ebnf)
         # end_id / pad_id are left unset: the executor takes them from the engine directory's
         # tokenizer, which the build copies from the checkpoint.
         return self._api.SamplingParams(**kwargs)

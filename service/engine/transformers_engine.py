@@ -55,10 +55,11 @@ from apihelper.service.engine.protocol import (
     EngineRequest,
     EngineStats,
     FinishReason,
+    GuidedDecoding,
     SamplingParams,
 )
 from apihelper.service.engine.stops import IncrementalText
-from apihelper.service.prompts import PromptFormat
+from apihelper.service.prompts import ChatPrompt, PromptFormat
 
 logger = logging.getLogger(__name__)
 
@@ -168,10 +169,16 @@ class TransformersEngine:
         stop_timeout_s: float = 10.0,
         poll_interval_s: float = 1.0,
         seeded_sampling: bool = False,
+        guidance: Guidance | None = None,
+        chat_template: Callable[[ChatPrompt], str] | None = None,
     ) -> None:
         """Wrap a started manager. ``load`` is the normal way in; tests pass their own parts.
-        ``seeded_sampling``: the manager runs ``seeded_sampling``'s processor (``seed`` kwarg)."""
+        ``seeded_sampling``: the manager runs ``seeded_sampling``'s processor (``seed`` kwarg).
+        ``guidance``: the manager runs ``grammar_mask``'s processor (guided requests).
+        ``chat_template``: renders chat prompts (the tokenizer's template); None: no chat formats."""
         self._manager = manager
+        self._guidance = guidance
+        self._chat_template = chat_template
         self._tokenizer = tokenizer
         self._info = info
         self._eos_token_ids = tuple(eos_token_ids)
@@ -204,6 +211,7 @@ class TransformersEngine:
         seed: int | None = None,
         num_threads: int | None = None,
         stop_timeout_s: float = 10.0,
+        guided_decoding: bool = True,
     ) -> TransformersEngine:
         """Load ``model_dir`` (a HF checkpoint, optionally with an apihelper manifest) and start
         the continuous-batching manager. The work runs in a thread; the event loop stays free.
@@ -225,6 +233,8 @@ class TransformersEngine:
           None keeps torch's default (one per core). On a small shared CPU, 1 keeps the dev
           model fast when other processes compete for the cores (OpenMP's spinning threads
           slow down 10-30x when oversubscribed).
+        - ``guided_decoding``: install the grammar mask (xgrammar), so requests with a call grammar
+          are constrained; a request without one pays one dictionary lookup per step.
         """
         return await asyncio.to_thread(
             cls._load_sync,
@@ -240,6 +250,7 @@ class TransformersEngine:
             seed=seed,
             num_threads=num_threads,
             stop_timeout_s=stop_timeout_s,
+            guided_decoding=guided_decoding,
         )
 
     @classmethod
@@ -258,6 +269,7 @@ class TransformersEngine:
         seed: int | None,
         num_threads: int | None,
         stop_timeout_s: float,
+        guided_decoding: bool,
     ) -> TransformersEngine:
         try:
             import torch
@@ -348,12 +360,18 @@ class TransformersEngine:
             max_requests_per_batch=max_concurrent,
             per_request_processors=True,
             seed=seed,
+            # Guided decoding feeds each sampled token to its grammar before the next step is
+            # prepared: asynchronous batching (on by default with CUDA graphs) prepares it first.
+            use_async_batching=False,
         )
         try:
             manager = model.init_continuous_batching(
                 generation_config=generation_config, continuous_batching_config=cb_config
             )
             # Before start: the manager sizes its processor-argument tensors when it starts.
+            guidance = (
+                _install_grammar_mask(manager, tokenizer, int(config.vocab_size), eos_ids) if guided_decoding else None
+            )
             seeded = _install_seeded_sampling(manager)
             _start_manager(torch, manager)
         except (MemoryError, ValueError, RuntimeError) as exc:
@@ -374,6 +392,7 @@ class TransformersEngine:
             prompt_format=fmt,
             max_model_len=limit,
             random_weights=manifest.random_weights if manifest else False,
+            guided_decoding=guidance is not None,
             extra={
                 "model_dir": str(model_dir),
                 "device": str(torch_device),
@@ -407,6 +426,8 @@ class TransformersEngine:
             vocab_size=int(config.vocab_size),
             stop_timeout_s=stop_timeout_s,
             seeded_sampling=seeded,
+            guidance=guidance,
+            chat_template=_chat_template(tokenizer),
         )
 
     # ------------------------------------------------------------------ Engine protocol
@@ -422,6 +443,11 @@ class TransformersEngine:
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` encodes to as a prompt (the leading <s> included, as ``stream`` counts)."""
         return len(self._tokenizer.encode(text))
+
+    def render_chat(self, prompt: ChatPrompt) -> str:
+        if self._chat_template is None:
+            raise InvalidRequestError("prompt_format", f"{self._info.model} has no chat template")
+        return self._chat_template(prompt)
 
     async def stream(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         """Generate for ``request``, yielding text deltas; the last output has a finish reason."""
@@ -440,11 +466,14 @@ class TransformersEngine:
             )
         if request.request_id in self._in_flight:
             raise InvalidRequestError("request_id", "a request with this id is already running")
+        grammar = await self._compiled(request.guided)
         self._check_alive()
 
         flight = _InFlight(request.request_id, f"{request.request_id}#{next(self._ids)}")
         self._in_flight[request.request_id] = flight
         try:
+            if grammar is not None and self._guidance is not None:
+                self._guidance.constraints.add(flight.manager_id, grammar)
             # The handler must exist before the request does, or early outputs go to the
             # manager's shared queue; it is bound to the running loop, so register it here.
             self._manager.register_result_handler(flight.manager_id, flight.deliver)
@@ -636,8 +665,21 @@ class TransformersEngine:
         if getattr(status, "fatal_error", None) is not None:
             raise EngineUnavailableError("the generation engine's worker thread failed")
 
+    async def _compiled(self, guided: GuidedDecoding | None) -> Any:
+        """The compiled grammar of a guided request (compiled in a worker thread, cached)."""
+        if guided is None:
+            return None
+        if self._guidance is None:
+            raise InvalidRequestError("constrain_calls", "this engine cannot constrain decoding (no xgrammar)")
+        try:
+            return (await self._guidance.compiler.compile_async(guided)).grammar
+        except (RuntimeError, ValueError) as exc:  # xgrammar's errors for a grammar it cannot compile
+            raise InvalidRequestError("constrain_calls", f"the call grammar does not compile: {exc}") from exc
+
     def _release(self, flight: _InFlight) -> None:
         """Cancel ``flight`` in the manager if it still runs and forget it (idempotent)."""
+        if self._guidance is not None:
+            self._guidance.constraints.discard(flight.manager_id)
         if not flight.finished_in_manager and not flight.cancelled:
             flight.cancelled = True
             self._manager.cancel_request(flight.manager_id)
@@ -696,6 +738,56 @@ def _start_manager(torch: Any, manager: Any) -> None:
     starter.join()
     if errors:
         raise errors[0]
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """Guided decoding in the manager: which requests are constrained, and their compiler."""
+
+    constraints: Any  # grammar_mask.GrammarConstraints
+    compiler: Any  # grammar_mask.GrammarCompilerCache
+
+
+def _install_grammar_mask(manager: Any, tokenizer: Any, vocab_size: int, eos_ids: Sequence[int]) -> Guidance | None:
+    """Add ``grammar_mask``'s processor to ``manager``; None (no guided decoding) without
+    xgrammar or where this transformers differs."""
+    try:
+        from transformers.generation.continuous_batching.cb_logits_processors import (
+            ContinuousBatchingLogitsProcessor,
+        )
+
+        from apihelper.service.engine import grammar_mask
+    except ImportError as exc:
+        logger.info("transformers engine: no guided decoding (%s)", exc)
+        return None
+    constraints = grammar_mask.GrammarConstraints()
+    installed = grammar_mask.install(
+        manager, ContinuousBatchingLogitsProcessor, constraints, vocab_size=vocab_size, stop_token_ids=eos_ids
+    )
+    if installed is None:
+        logger.info("transformers engine: no guided decoding (this continuous-batching manager differs)")
+        return None
+    compiler = grammar_mask.GrammarCompilerCache.for_hf_tokenizer(
+        tokenizer, vocab_size=vocab_size, stop_token_ids=eos_ids
+    )
+    return Guidance(constraints, compiler)
+
+
+def _chat_template(tokenizer: Any) -> Callable[[ChatPrompt], str] | None:
+    """The tokenizer's chat template as a function of a prompt, or None when it has none."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+
+    def render(prompt: ChatPrompt) -> str:
+        text = tokenizer.apply_chat_template(
+            prompt.message_dicts(),
+            tools=[dict(t) for t in prompt.tools] or None,
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        return str(text)
+
+    return render
 
 
 def _install_seeded_sampling(manager: Any) -> bool:

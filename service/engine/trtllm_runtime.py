@@ -42,6 +42,7 @@ class TrtllmApi:
     QuantConfig: Callable[..., Any]
     QuantAlgo: Any
     CalibConfig: Callable[..., Any]
+    GuidedDecodingParams: Callable[..., Any]
 
 
 def import_trtllm() -> TrtllmApi:
@@ -63,6 +64,7 @@ def import_trtllm() -> TrtllmApi:
         from tensorrt_llm.llmapi import (
             BuildConfig,
             CalibConfig,
+            GuidedDecodingParams,
             KvCacheConfig,
             QuantAlgo,
             QuantConfig,
@@ -82,6 +84,7 @@ def import_trtllm() -> TrtllmApi:
         QuantConfig=QuantConfig,
         QuantAlgo=QuantAlgo,
         CalibConfig=CalibConfig,
+        GuidedDecodingParams=GuidedDecodingParams,
     )
 
 

@@ -38,6 +38,7 @@ _FORMATS_IN: dict[pb.PromptFormat, PromptFormat | None] = {
     pb.PROMPT_FORMAT_UNSPECIFIED: None,
     pb.PROMPT_FORMAT_GORILLA_V0: PromptFormat.GORILLA_V0,
     pb.PROMPT_FORMAT_OPENFUNCTIONS_V2: PromptFormat.OPENFUNCTIONS_V2,
+    pb.PROMPT_FORMAT_CHAT_TOOLS: PromptFormat.CHAT_TOOLS,
 }
 _FORMATS_OUT: dict[PromptFormat, pb.PromptFormat] = {fmt: code for code, fmt in _FORMATS_IN.items() if fmt is not None}
 _FINISH = {
@@ -91,6 +92,7 @@ def generate_params(request: pb.GenerateRequest, limits: RequestLimits) -> Gener
         suppress_repeated_lines=(
             request.suppress_repeated_lines if request.HasField("suppress_repeated_lines") else True
         ),
+        constrain_calls=request.constrain_calls if request.HasField("constrain_calls") else None,
     )
 
 
@@ -212,6 +214,7 @@ def _completion_pb(event: CompletionEvent) -> pb.Completion:
         suppressed_lines=event.suppressed_lines,
         sampling=sampling_pb(event.sampling),
         corpus_versions=event.corpus_versions,
+        calls_constrained=event.calls_constrained,
     )
 
 

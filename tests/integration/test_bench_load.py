@@ -5,6 +5,7 @@ error but the CANCELLED its own cancels cause. Timings are not asserted: CI mach
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +83,16 @@ async def test_real_stack_against_the_engine_driven_directly() -> None:
     assert direct["ratio"] == pytest.approx(direct["service_tokens_per_s"] / direct["tokens_per_s"], abs=1e-3)
     assert isinstance(report.acceptance["service_throughput_at_least_95pct_of_direct"], bool)
     assert "engine driven directly" in format_table(report)
+
+
+@pytest.mark.transformers5
+async def test_constrained_bench_reports_every_configuration(dev_model_dir: Path) -> None:
+    """Plumbing only (one round; the figure itself is for a quiet machine): both engines run,
+    the constrained stream is masked, and each configuration is compared with the baseline."""
+    from apihelper.bench.constrained.run import run as run_constrained
+
+    summary = await run_constrained(dev_model_dir, rounds=1, device="cpu")
+    assert {"A", "B", "C", "D"} <= set(summary)
+    assert all(summary[k]["median_tokens_per_s"] > 0 for k in "ABCD")
+    assert summary["A"]["vs_A_percent"] == 0.0
+    assert isinstance(summary["acceptance_c_within_10_percent_of_a"], bool)

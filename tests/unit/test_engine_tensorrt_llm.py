@@ -33,7 +33,14 @@ from apihelper.errors import (
     MissingDependencyError,
 )
 from apihelper.service.engine.manifest import MANIFEST_NAME, ModelManifest, read_manifest
-from apihelper.service.engine.protocol import Engine, EngineOutput, EngineRequest, FinishReason, SamplingParams
+from apihelper.service.engine.protocol import (
+    Engine,
+    EngineOutput,
+    EngineRequest,
+    FinishReason,
+    GuidedDecoding,
+    SamplingParams,
+)
 from apihelper.service.engine.tensorrt_llm_engine import TensorRTLLMEngine
 from apihelper.service.engine.trtllm_runtime import TrtllmApi
 from apihelper.service.prompts import PromptFormat
@@ -179,6 +186,12 @@ class FakeCalibConfig(Strict):
             "tokenizer_max_seq_length",
         ]
     )
+
+
+class FakeGuidedDecodingParams(Strict):
+    """tensorrt_llm.sampling_params.GuidedDecodingParams (1.2.x): one guide per request."""
+
+    FIELDS = frozenset(["json", "regex", "grammar", "json_object", "structural_tag"])
 
 
 class FakeQuantAlgo(enum.Enum):
@@ -333,6 +346,7 @@ def fake_api() -> TrtllmApi:
         QuantConfig=FakeQuantConfig,
         QuantAlgo=FakeQuantAlgo,
         CalibConfig=FakeCalibConfig,
+        GuidedDecodingParams=FakeGuidedDecodingParams,
     )
 
 
@@ -797,6 +811,7 @@ async def test_load_passes_the_kv_cache_config_and_fills_info(tmp_path: Path) ->
         (call,) = factory.calls
         assert call["model"] == str(tmp_path / "engine")
         assert call["kv_cache_config"].kwargs == {"free_gpu_memory_fraction": 0.8, "enable_block_reuse": False}
+        assert call["guided_decoding_backend"] == "xgrammar" and engine.info.guided_decoding
         info = engine.info
         assert (info.kind, info.model, info.prompt_format, info.max_model_len) == (
             "tensorrt_llm",
@@ -1018,3 +1033,32 @@ def test_build_cleans_up_after_a_failed_build(tmp_path: Path) -> None:
             gpu_name=lambda: "GPU",
         )
     assert not (tmp_path / "engine").exists()
+
+
+# ---------------------------------------------------------------------- guided decoding
+
+
+async def test_a_guided_request_carries_its_grammar_to_the_executor(running: Any, tmp_path: Path) -> None:
+    llm = FakeLLM(script=[Step("<<<api_call>>>: f()"), Step("", finish="stop")])
+    engine = await running(llm, tmp_path)
+    grammar = GuidedDecoding('root ::= "<<<api_call>>>: f()"', "k1")
+    guided = EngineRequest("g1", "USER: call f\nASSISTANT:", SamplingParams(max_tokens=8), grammar)
+    await collect(engine, guided)
+    await collect(engine, request("USER: hi\nASSISTANT:", request_id="plain"))
+    constrained, plain = (call["sampling_params"] for call in llm.calls)
+    assert constrained.guided_decoding.kwargs == {"grammar": grammar.ebnf}
+    assert "guided_decoding" not in plain.kwargs
+
+
+async def test_without_guided_decoding_a_guided_request_is_refused(tmp_path: Path) -> None:
+    engine, factory = await load(write_engine_dir(tmp_path / "engine"), FakeLLM(), guided_decoding=False)
+    try:
+        assert "guided_decoding_backend" not in factory.calls[0] and not engine.info.guided_decoding
+        guided = EngineRequest(
+            "g1", "USER: x\nASSISTANT:", SamplingParams(max_tokens=8), GuidedDecoding('root ::= "x"', "k")
+        )
+        with pytest.raises(InvalidRequestError) as info:
+            await collect(engine, guided)
+        assert info.value.field == "constrain_calls"
+    finally:
+        await engine.shutdown()

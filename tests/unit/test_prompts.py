@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 
 from apihelper.retriever.types import ApiDoc, RetrievedDoc
-from apihelper.service.prompts import PromptFormat, build_prompt
+from apihelper.service.prompts import PromptFormat, build_prompt, gorilla_v0_prompt, openfunctions_v2_prompt
 
 
 def _doc(key: str, text: str = "doc text", function: dict[str, object] | None = None) -> RetrievedDoc:
@@ -18,7 +18,7 @@ def test_gorilla_v0_prompt_is_the_trained_format() -> None:
         "helpful, detailed, and polite answers to the user's questions.\nUSER: Create a new session"
         "\n Use this API documentation for reference: REC\nASSISTANT:"
     )
-    bare = build_prompt(PromptFormat.GORILLA_V0, "q", [])
+    bare = gorilla_v0_prompt("q", [])
     assert bare.endswith("USER: q\nASSISTANT:")
 
 
@@ -28,7 +28,7 @@ def test_openfunctions_v2_prompt_embeds_function_schemas() -> None:
         "description": "Create",
         "parameters": {"type": "object", "properties": {}},
     }
-    prompt = build_prompt(PromptFormat.OPENFUNCTIONS_V2, "make one", [_doc("POST /sessions", function=fn)])
+    prompt = openfunctions_v2_prompt("make one", [_doc("POST /sessions", function=fn)])
     assert prompt.startswith("You are an AI programming assistant, utilizing the Gorilla LLM model")
     assert f"\n### Instruction: <<function>>{json.dumps([fn])}\n<<question>>make one\n### Response: " in prompt
     assert build_prompt(PromptFormat.OPENFUNCTIONS_V2, "q", []) == "### Instruction: <<question>> q\n### Response: "

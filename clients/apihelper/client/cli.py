@@ -36,6 +36,7 @@ _FORMATS = {
     "auto": pb.PROMPT_FORMAT_UNSPECIFIED,
     "gorilla_v0": pb.PROMPT_FORMAT_GORILLA_V0,
     "openfunctions_v2": pb.PROMPT_FORMAT_OPENFUNCTIONS_V2,
+    "chat_tools": pb.PROMPT_FORMAT_CHAT_TOOLS,
 }
 
 
@@ -70,6 +71,8 @@ async def ask(channel: grpc.aio.Channel, args: argparse.Namespace, out: TextIO) 
         prompt_format=_FORMATS[args.format],
         suppress_repeated_lines=not args.keep_repeats,
     )
+    if args.constrain_calls != "auto":
+        request.constrain_calls = args.constrain_calls == "on"
     stub = pb_grpc.ApiHelperStub(channel)
     deltas = 0
     started = time.perf_counter()
@@ -115,7 +118,8 @@ def print_completion(c: pb.Completion, deltas: int, wall_seconds: float, out: Te
     out.write("\n\n--- completion ---\n")
     out.write(
         f"finish: {finish}   tokens: prompt {c.usage.prompt_tokens}, completion "
-        f"{c.usage.completion_tokens}   streamed in {deltas} deltas   model: {c.model}\n"
+        f"{c.usage.completion_tokens}   streamed in {deltas} deltas   model: {c.model}"
+        f"{'   calls constrained to the docs' if c.calls_constrained else ''}\n"
     )
     color = _Colors(out)
     verdict = pb.Verdict.Name(c.verdict).removeprefix("VERDICT_").lower()
@@ -210,6 +214,12 @@ def _parser() -> argparse.ArgumentParser:
     p_ask.add_argument("--stop", action="append")
     p_ask.add_argument("--format", choices=sorted(_FORMATS), default="auto")
     p_ask.add_argument("--keep-repeats", action="store_true", help="do not suppress lines the model repeats verbatim")
+    p_ask.add_argument(
+        "--constrain-calls",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="only calls to real APIs of the docs (auto: where the server's engine can)",
+    )
     add_retrieval(sub.add_parser("search", help="retrieve docs only"))
     sub.add_parser("corpora", help="list the corpora")
     p_health = sub.add_parser("health", help="check grpc.health.v1")

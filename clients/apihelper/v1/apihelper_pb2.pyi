@@ -23,6 +23,7 @@ class PromptFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PROMPT_FORMAT_UNSPECIFIED: _ClassVar[PromptFormat]
     PROMPT_FORMAT_GORILLA_V0: _ClassVar[PromptFormat]
     PROMPT_FORMAT_OPENFUNCTIONS_V2: _ClassVar[PromptFormat]
+    PROMPT_FORMAT_CHAT_TOOLS: _ClassVar[PromptFormat]
 
 class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -47,6 +48,7 @@ RETRIEVAL_MODE_NONE: RetrievalMode
 PROMPT_FORMAT_UNSPECIFIED: PromptFormat
 PROMPT_FORMAT_GORILLA_V0: PromptFormat
 PROMPT_FORMAT_OPENFUNCTIONS_V2: PromptFormat
+PROMPT_FORMAT_CHAT_TOOLS: PromptFormat
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
@@ -85,20 +87,22 @@ class RetrievalOptions(_message.Message):
     def __init__(self, corpora: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., mode: _Optional[_Union[RetrievalMode, str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("instruction", "retrieval", "sampling", "prompt_format", "request_id", "suppress_repeated_lines")
+    __slots__ = ("instruction", "retrieval", "sampling", "prompt_format", "request_id", "suppress_repeated_lines", "constrain_calls")
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FORMAT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SUPPRESS_REPEATED_LINES_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAIN_CALLS_FIELD_NUMBER: _ClassVar[int]
     instruction: str
     retrieval: RetrievalOptions
     sampling: SamplingParams
     prompt_format: PromptFormat
     request_id: str
     suppress_repeated_lines: bool
-    def __init__(self, instruction: _Optional[str] = ..., retrieval: _Optional[_Union[RetrievalOptions, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., prompt_format: _Optional[_Union[PromptFormat, str]] = ..., request_id: _Optional[str] = ..., suppress_repeated_lines: _Optional[bool] = ...) -> None: ...
+    constrain_calls: bool
+    def __init__(self, instruction: _Optional[str] = ..., retrieval: _Optional[_Union[RetrievalOptions, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., prompt_format: _Optional[_Union[PromptFormat, str]] = ..., request_id: _Optional[str] = ..., suppress_repeated_lines: _Optional[bool] = ..., constrain_calls: _Optional[bool] = ...) -> None: ...
 
 class Source(_message.Message):
     __slots__ = ("key", "corpus", "title", "score", "text")
@@ -178,7 +182,7 @@ class ApiCall(_message.Message):
     def __init__(self, raw: _Optional[str] = ..., name: _Optional[str] = ..., arguments: _Optional[_Mapping[str, str]] = ..., matched_key: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., reasons: _Optional[_Iterable[str]] = ..., retrieved: _Optional[bool] = ..., suggestion: _Optional[str] = ...) -> None: ...
 
 class Completion(_message.Message):
-    __slots__ = ("finish_reason", "usage", "timings", "api_calls", "text", "request_id", "model", "prompt_format", "fields", "verdict", "verdict_reasons", "suppressed_lines", "sampling", "corpus_versions")
+    __slots__ = ("finish_reason", "usage", "timings", "api_calls", "text", "request_id", "model", "prompt_format", "fields", "verdict", "verdict_reasons", "suppressed_lines", "sampling", "corpus_versions", "calls_constrained")
     class FieldsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +211,7 @@ class Completion(_message.Message):
     SUPPRESSED_LINES_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     CORPUS_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    CALLS_CONSTRAINED_FIELD_NUMBER: _ClassVar[int]
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
@@ -221,7 +226,8 @@ class Completion(_message.Message):
     suppressed_lines: int
     sampling: SamplingParams
     corpus_versions: _containers.ScalarMap[str, str]
-    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., api_calls: _Optional[_Iterable[_Union[ApiCall, _Mapping]]] = ..., text: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_format: _Optional[_Union[PromptFormat, str]] = ..., fields: _Optional[_Mapping[str, str]] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., verdict_reasons: _Optional[_Iterable[str]] = ..., suppressed_lines: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., corpus_versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    calls_constrained: bool
+    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., api_calls: _Optional[_Iterable[_Union[ApiCall, _Mapping]]] = ..., text: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_format: _Optional[_Union[PromptFormat, str]] = ..., fields: _Optional[_Mapping[str, str]] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., verdict_reasons: _Optional[_Iterable[str]] = ..., suppressed_lines: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., corpus_versions: _Optional[_Mapping[str, str]] = ..., calls_constrained: _Optional[bool] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("sources", "delta", "completion")
