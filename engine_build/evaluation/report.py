@@ -18,6 +18,7 @@ server's timings), p50; plus completion tokens per wall-clock second of the whol
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -132,7 +133,7 @@ class Speed:
     wall_s: float
 
     def to_json(self) -> dict[str, Any]:
-        return {k: round(v, 3) if isinstance(v, float) else v for k, v in self.__dict__.items()}
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in dataclasses.asdict(self).items()}
 
 
 @dataclass(frozen=True)

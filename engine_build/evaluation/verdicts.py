@@ -42,9 +42,7 @@ class AnswerVerdict:
 
 
 def from_checked(checked: CheckedAnswer) -> AnswerVerdict:
-    calls = tuple(
-        CallVerdict(c.call.name, c.doc_key, c.verdict.value, c.reasons) for c in checked.checks if c.call.name
-    )
+    calls = tuple(CallVerdict(c.call.name, c.doc_key, c.verdict.value, c.reasons) for c in checked.checks)
     return AnswerVerdict(checked.verdict.value, calls)
 
 
