@@ -211,6 +211,21 @@ def test_bfcl_checker_labels_hand_made_answers_through_the_cli(
     for question, (case, _, outcome, detail) in zip(questions, BFCL_TABLE, strict=True):
         assert got[question["id"]] == (outcome, detail), case
     assert "bfcl" in table and f"{1 / len(BFCL_TABLE):.3f}" in table
+    # The per-question output is an answers file again: re-scoring it gives the same labels.
+    rescored = tmp_path / "rescored.jsonl"
+    run_cli(
+        [
+            "eval-answers",
+            "--answers",
+            str(out_path),
+            "--questions",
+            str(tmp_path / "hand.json"),
+            "--out",
+            str(rescored),
+        ],
+        capsys,
+    )
+    assert [r["labels"] for r in read_jsonl(rescored)] == [r["labels"] for r in read_jsonl(out_path)]
 
 
 @pytest.mark.parametrize("render", [as_functions_text, as_tool_calls_text], ids=["functions", "tool_calls"])
