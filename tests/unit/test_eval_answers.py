@@ -389,3 +389,15 @@ def test_the_request_is_the_question_plus_the_options() -> None:
     assert list(full.retrieval.corpora) == ["a", "b"] and full.retrieval.top_k == 5
     assert full.prompt_format == pb.PROMPT_FORMAT_OPENFUNCTIONS_V2 and full.retrieval.mode == pb.RETRIEVAL_MODE_KEYWORD
     assert full.sampling.max_tokens == 32 and full.sampling.HasField("temperature") and full.sampling.seed == 7
+
+
+def test_every_prompt_format_has_an_answer_style_and_a_flag() -> None:
+    """A new prompt format (chat_tools) must be named in these tables, or answers in it go unread."""
+    from apihelper.build.eval_answers_cli import FORMATS, MODES
+    from apihelper.build.evaluation.calls import STYLE_OF_FORMAT
+    from apihelper.build.evaluation.runner import PROMPT_FORMATS, RETRIEVAL_MODES
+    from apihelper.service.prompts import PromptFormat
+
+    assert set(STYLE_OF_FORMAT) == set(PromptFormat)
+    assert set(FORMATS) == set(PROMPT_FORMATS) == {"auto", *(f.value for f in PromptFormat)}
+    assert set(MODES) == set(RETRIEVAL_MODES)
