@@ -6,6 +6,7 @@
     apihelper-build apply-delta --base LLAMA_DIR --delta GORILLA_DELTA_DIR --out DIR
     apihelper-build build-engine --checkpoint DIR --out ENGINE_DIR [--quant fp8] ...
     apihelper-build eval-retrieval --milvus-uri URI --corpus NAME --questions FILE.jsonl
+    apihelper-build eval-answers (--target HOST:PORT | --answers FILE) --questions FILE [--api-db ...]
 
 Heavy libraries are imported inside the commands, so ``--help`` works anywhere.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from apihelper.build import apply_delta, import_gguf, trtllm_build
 from apihelper.build.artifacts import corpus_texts
+from apihelper.build.eval_answers_cli import add_eval_answers_parser
 from apihelper.build.eval_cli import add_eval_parser, add_milvus_arguments
 from apihelper.errors import ApiHelperError, CorpusLoadError, InvalidRequestError
 from apihelper.retriever.types import CorpusFormat
@@ -129,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=trtllm_build.cli_main)
 
     add_eval_parser(sub)
+    add_eval_answers_parser(sub)
     return parser
 
 

@@ -56,6 +56,11 @@ _FIELD_RE = re.compile(r"<<<\s*([A-Za-z][A-Za-z_ ]{0,30}?)\s*>>>[ \t]*:?")
 # A marker cut off at the end of a truncated answer ("... <<<expla").
 _PARTIAL_MARKER_RE = re.compile(r"(?:<<<?[A-Za-z_ ]{0,30}>{0,2}|<)\s*$")
 _DICT_KEY_RE = re.compile(r"""(['"])(domain|api_call|api_provider|explanation|code)\1\s*:\s*""")
+# Where a value opened by an escaped quote ends: the same escaped quote, then the next key or "}".
+_ESCAPED_VALUE_END = {
+    q: re.compile(re.escape("\\" + q) + r"""\s*(?:,\s*\\?['"][A-Za-z_]\w*\\?['"]\s*:|\})""") for q in "'\""
+}
+_ESCAPED_QUOTES_RE = re.compile(r"\\+(['\"])")
 _REST_TEXT_RE = re.compile(r"\b(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS)\s+((?:https?://[^\s'\"`]+)|/[^\s'\"`,;)]*)")
 _CURL_RE = re.compile(r"(?:^|[\s`$])curl\s", re.MULTILINE)
 _FENCE_RE = re.compile(r"```[A-Za-z0-9_+-]*[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
@@ -195,7 +200,8 @@ def _tool_call_answer(text: str) -> ParsedAnswer:
             raw=json.dumps(call.as_json(), ensure_ascii=False)[:MAX_CALL_CHARS],
             name=call.name,
             args=tuple(
-                Argument(name, json.dumps(value, ensure_ascii=False), ArgWhere.KEYWORD, literal=True, value=value)
+                # Sources in Python syntax, as every other call's: 'x', True, None.
+                Argument(name, repr(value)[:MAX_CALL_CHARS], ArgWhere.KEYWORD, literal=True, value=value)
                 for name, value in list(call.arguments.items())[:MAX_ARGS]
             ),
             style=CallStyle.PYTHON,
@@ -280,6 +286,8 @@ def _as_field_text(value: Any) -> str:
 
 def _string_token_at(text: str, start: int) -> str | None:
     """The Python/JSON string literal starting at ``start`` (unterminated: the rest of the text)."""
+    if text.startswith(('\\"', "\\'"), start):
+        return _escaped_quote_value(text, start)
     if start >= len(text) or text[start] not in "'\"":
         return None
     quote = text[start]
@@ -299,6 +307,18 @@ def _string_token_at(text: str, start: int) -> str | None:
         i += 1
     # Cut off inside the string: keep what there is, unescaped the cheap way.
     return text[start + len(delim) : limit].replace("\\n", "\n").replace("\\'", "'").replace('\\"', '"').strip()
+
+
+def _escaped_quote_value(text: str, start: int) -> str:
+    """A value opened by an escaped quote: Gorilla-7B's TorchHub answers write ``'api_call': \\"...\\"``
+    (the dict was rendered inside a string), with the call's own quotes escaped the same way or not.
+    It runs to the escaped quote that is followed by the next key or the closing brace; cut off, to
+    the end of the text. Quotes inside are unescaped, however deep (``\\\\'`` too: seen in them)."""
+    quote = text[start + 1]
+    limit = min(len(text), start + MAX_DICT_ANSWER_CHARS)
+    close = _ESCAPED_VALUE_END[quote].search(text, start + 2, limit)
+    value = text[start + 2 : close.start() if close else limit]
+    return _ESCAPED_QUOTES_RE.sub(r"\1", value).replace("\\n", "\n").strip()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -174,6 +174,34 @@ CASES = [
         positional=["intel-isl/MiDaS", "DPT_Hybrid"],
     ),
     Case(
+        # Gorilla-7B's released TorchHub answers: the dict rendered inside a string, so the api_call
+        # value opens and closes with an escaped quote.
+        "v0-dict-layout-escaped-quotes",
+        G,
+        "{'domain': 'Classification', 'api_call': \\\"model = torch.hub.load('intel-isl/MiDaS', 'DPT_Hybrid')\\\", "
+        "'api_provider': 'PyTorch', 'explanation': 'Load the pretrained MiDaS model.'}\\n\"",
+        ["torch.hub.load"],
+        {"domain": "Classification", "api_provider": "PyTorch"},
+        positional=["intel-isl/MiDaS", "DPT_Hybrid"],
+    ),
+    Case(
+        "v0-dict-layout-escaped-quotes-inside",
+        G,
+        "{'domain': 'Classification', 'api_call': \\\"model = torch.hub.load(\\\"owner/repo\\\", \\\\'net\\\\', "
+        "pretrained=True)\\\", 'api_provider': 'PyTorch'}",
+        ["torch.hub.load"],
+        {"api_provider": "PyTorch"},
+        kwargs={"pretrained": True},
+        positional=["owner/repo", "net"],
+    ),
+    Case(
+        "v0-dict-layout-escaped-quote-cut-off",
+        G,
+        "{'domain': 'Classification', 'api_call': \\'model = torch.hub.load(\"intel-isl/MiDaS\", \"DPT_Large\")",
+        ["torch.hub.load"],
+        positional=["intel-isl/MiDaS", "DPT_Large"],
+    ),
+    Case(
         "v0-dict-layout-nested-output",
         G,
         "{'Instruction': I need an API to estimate depth., 'Output': {'domain': 'Classification', 'api_call': "
