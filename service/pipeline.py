@@ -23,7 +23,7 @@ from apihelper.retriever.types import CorpusInfo, RetrievalMode, RetrievalResult
 from apihelper.service.answers.check import CallCheck, Verdict
 from apihelper.service.answers.corpus_cache import CorpusCache, corpus_version
 from apihelper.service.answers.repetition import RepetitionFilter
-from apihelper.service.engine.protocol import Engine, EngineRequest, FinishReason, SamplingParams
+from apihelper.service.engine.protocol import Engine, EngineInfo, EngineRequest, FinishReason, SamplingParams
 from apihelper.service.metrics import NullRecorder, Recorder
 from apihelper.service.prompts import PromptFormat, build_prompt
 
@@ -43,6 +43,10 @@ class GenerateParams:
     prompt_format: PromptFormat | None  # None: the model's own
     request_id: str
     suppress_repeated_lines: bool = True
+    # The prompt's docs as the caller gave them (an OpenAI request's ``tools``), instead of
+    # retrieving; None: retrieve. Given docs belong to no corpus (``corpus == ""``): the verdict
+    # checks calls against them alone.
+    docs: tuple[RetrievedDoc, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,11 @@ class Pipeline:
         self._recorder = recorder or NullRecorder()
         self._corpora = CorpusCache(retriever)
 
+    @property
+    def engine_info(self) -> EngineInfo:
+        """What is served: the model's name, prompt format and context length."""
+        return self._engine.info
+
     async def close(self) -> None:
         """Stop the background work of the corpus cache (catalog builds)."""
         await self._corpora.close()
@@ -123,12 +132,15 @@ class Pipeline:
     async def generate(self, params: GenerateParams) -> AsyncGenerator[PipelineEvent, None]:
         clock = _Clock()
         info = self._engine.info
-        result = await self._retrieve(params.retrieval)
+        if params.docs is None:
+            result = await self._retrieve(params.retrieval)
+        else:
+            result = RetrievalResult(list(params.docs))
         retrieval = _retrieval_timings(result, clock.ms())
 
         fmt = params.prompt_format or info.prompt_format
         docs, prompt = self._fit_prompt(fmt, params.retrieval.instruction, result.docs, params.sampling)
-        sources = {d.corpus for d in docs}
+        sources = {d.corpus for d in docs if d.corpus}
         self._corpora.warm(sources)
         yield SourcesEvent(docs)
 

@@ -18,7 +18,7 @@ from tests.support import BACKEND_AI_SPEC, FakeEmbedder, free_port, live_server,
 if TYPE_CHECKING:
     from apihelper.retriever.milvus_store import MilvusStore
     from apihelper.service.engine.protocol import Engine
-    from apihelper.service.grpc.server import RunningServer
+    from apihelper.service.frontends import RunningServer
 
 
 @pytest.fixture(scope="session")

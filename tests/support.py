@@ -26,7 +26,8 @@ from apihelper.retriever.memory import MemoryRetriever
 from apihelper.retriever.types import Retriever
 from apihelper.service.engine.fake import FakeEngine
 from apihelper.service.engine.protocol import Engine
-from apihelper.service.grpc.server import RunningServer, start_server
+from apihelper.service.frontends import RunningServer, start_server
+from apihelper.service.http.server import bind
 from apihelper.service.metrics import Recorder
 from apihelper.service.settings import Settings
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
@@ -56,21 +57,25 @@ async def live_server(
     *,
     recorder: Recorder | None = None,
     settings: Settings | None = None,
+    http: bool = False,
     **overrides: Any,
 ) -> AsyncIterator[RunningServer]:
     """A real apihelper gRPC server on a free loopback port around ``engine`` and ``retriever``
     (a FakeEngine and a MemoryRetriever by default); ``overrides`` replace Settings fields.
+    ``http``: the HTTP front end too, on another free loopback port (``running.http_port``).
 
     On exit it is released the way the composition root does it: the server drains, then the
     engine shuts down, then the retriever closes.
     """
-    settings = replace(settings or Settings(port=0), **overrides)
+    # HTTP only on a socket bound here (port 0 in Settings means "off", not "any port").
+    settings = replace(settings or Settings(port=0), **overrides, http_port=0)
     engine = engine if engine is not None else FakeEngine()
     retriever = retriever if retriever is not None else MemoryRetriever()
     async with AsyncExitStack() as stack:
         stack.push_async_callback(retriever.close)
         stack.push_async_callback(engine.shutdown)
-        running = await start_server(settings, engine, retriever, recorder)
+        http_socket = bind("127.0.0.1", 0) if http else None
+        running = await start_server(settings, engine, retriever, recorder, http_socket=http_socket)
         stack.push_async_callback(running.stop)
         yield running
 

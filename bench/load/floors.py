@@ -260,10 +260,12 @@ async def start_inprocess(
     cfg: LoadConfig | None = None,
 ) -> InProcessServer:
     """Start the real gRPC server in this process around the fake or the real engine."""
-    from apihelper.service.grpc.server import start_server
+    from apihelper.service.frontends import start_server
     from apihelper.service.settings import Settings
 
-    settings = Settings(port=0, max_concurrent_streams=max_streams, metrics_port=0, shutdown_grace_seconds=2.0)
+    settings = Settings(
+        port=0, http_port=0, max_concurrent_streams=max_streams, metrics_port=0, shutdown_grace_seconds=2.0
+    )
     if kind in FAKE_KINDS:
         from apihelper.service.engine.fake import FakeEngine
 
