@@ -6,6 +6,7 @@ Fixtures live in ``tests/conftest.py``; plain helpers live here, imported as ``t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -253,3 +254,44 @@ HOSTILE_ANSWERS = [
     "<<function>>f(" + "g()," * 1000 + ")",
     "f(a='x\u2028y',\n b=2, c='\x0c')",
 ]
+
+
+# ---------------------------------------------------------------------------------- HTTP
+
+
+async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
+    """(event, data) of each Server-Sent Event in ``lines`` (a response's lines; comments and
+    fields other than event/data skipped): the client side, to check what the server framed."""
+    event, data = "message", []
+    async for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "event":
+                event = value
+            elif name == "data":
+                data.append(value)
+    if data:
+        yield event, "\n".join(data)
+
+
+async def wait_until(condition: Any, seconds: float, what: str) -> None:
+    """Poll ``condition()`` every 10 ms for up to ``budget(seconds)``; fail naming ``what``."""
+    deadline = time.monotonic() + budget(seconds)
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {seconds:g} s (load-adjusted)")
+        await asyncio.sleep(0.01)
+
+
+def http_client(running: RunningServer, **kwargs: Any) -> Any:
+    """An httpx.AsyncClient for ``running``'s HTTP port (use it as ``async with``)."""
+    import httpx
+
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{running.http_port}", **{"timeout": 30.0, **kwargs})

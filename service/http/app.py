@@ -32,7 +32,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
@@ -105,7 +105,9 @@ class HttpApi:
         return [
             *(Route(path, self._guard(handler), methods=[method]) for method, path, handler in guarded),
             *(Route(path, handler, methods=[method]) for method, path, handler in open_),
-            Mount("/", StaticFiles(directory=static_dir(), html=True, follow_symlink=True), name="web"),
+            Route("/", self.index, methods=["GET"]),
+            # follow_symlink: an editable install links the files in from the source tree
+            Mount("/static", StaticFiles(directory=static_dir(), follow_symlink=True), name="static"),
         ]
 
     # -- routes --------------------------------------------------------------------------------
@@ -185,6 +187,10 @@ class HttpApi:
         """Readiness: 200 while SERVING (engine and retriever answer, not draining), else 503."""
         serving = self._core.health.serving
         return JSONResponse({"status": _health_name(serving)}, status_code=200 if serving else 503)
+
+    async def index(self, request: Request) -> Response:
+        """The web app (its script and style under /static)."""
+        return FileResponse(static_dir() / "index.html")
 
     async def spec(self, request: Request) -> Response:
         return Response(self._spec, media_type="application/json")
