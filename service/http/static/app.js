@@ -126,7 +126,7 @@ function showCompletion(c) {
   ];
   $("timings").replaceChildren(...rows.map(([name, ms]) => {
     const tr = element("tr");
-    tr.append(element("td", name), element("td", `${ms.toFixed(1)} ms`));
+    tr.append(element("td", name.trim(), name.startsWith(" ") ? "part" : undefined), element("td", `${ms.toFixed(1)} ms`));
     return tr;
   }));
   const usage = c.usage;
