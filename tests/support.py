@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -262,7 +262,8 @@ HOSTILE_ANSWERS = [
 async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
     """(event, data) of each Server-Sent Event in ``lines`` (a response's lines; comments and
     fields other than event/data skipped): the client side, to check what the server framed."""
-    event, data = "message", []
+    event = "message"
+    data: list[str] = []
     async for line in lines:
         if not line:
             if data:
@@ -281,7 +282,7 @@ async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]
         yield event, "\n".join(data)
 
 
-async def wait_until(condition: Any, seconds: float, what: str) -> None:
+async def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
     """Poll ``condition()`` every 10 ms for up to ``budget(seconds)``; fail naming ``what``."""
     deadline = time.monotonic() + budget(seconds)
     while not condition():

@@ -31,7 +31,7 @@ from typing import Any
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -161,6 +161,8 @@ class HttpApi:
             body = await self._json(request)
         except InvalidRequestError as exc:
             return _error(exc)
+        except ClientGone:
+            return Response(status_code=CANCELLED.status)
         if not isinstance(body, dict) or not body.get("stream"):
 
             async def work() -> Any:
@@ -237,11 +239,14 @@ class HttpApi:
         if declared.isdigit() and int(declared) > limit:
             raise RequestTooLargeError(limit)
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise RequestTooLargeError(limit)
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestTooLargeError(limit)
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise ClientGone from None
         try:
             return json.loads(b"".join(chunks))
         except (ValueError, UnicodeDecodeError) as exc:
@@ -303,6 +308,10 @@ class HttpApi:
             deadline = self._deadline(request)
             params, render = await prepare()
             self._streams.acquire()
+        except ClientGone:
+            result.outcome = CANCELLED
+            finish()
+            return Response(status_code=CANCELLED.status)  # nobody reads it
         except Exception as exc:
             result.outcome = self._failed(exc)
             finish()

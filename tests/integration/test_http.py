@@ -250,7 +250,8 @@ async def test_streams_past_the_limit_get_429_whichever_protocol_holds_the_slots
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             body = {"instruction": "Create a new session", "sampling": {"max_tokens": 150}}
             grpc_call = stub.Generate(pb.GenerateRequest(instruction="Create a new session"), timeout=30)
-            assert (await grpc_call.read()).HasField("sources")  # type: ignore[union-attr]
+            first = await grpc_call.read()
+            assert isinstance(first, pb.GenerateResponse) and first.HasField("sources")
             async with client.stream("POST", "/v1/generate", json=body) as held:
                 assert held.status_code == 200
                 await wait_until(lambda: engine.num_in_flight == 2, 10, "two streams running")
@@ -372,8 +373,9 @@ async def test_calls_are_recorded_by_route_with_ttft() -> None:
 
 
 async def test_https_with_the_services_certificate(pki: Path) -> None:
-    tls = {"tls_cert_file": str(pki / "server.pem"), "tls_key_file": str(pki / "server.key")}
-    async with live_server(http=True, **tls) as running:
+    async with live_server(
+        http=True, tls_cert_file=str(pki / "server.pem"), tls_key_file=str(pki / "server.key")
+    ) as running:
         async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=pki / "ca.pem"), timeout=30) as client:
             response = await client.get(f"https://127.0.0.1:{running.http_port}/v1/corpora")
             assert response.status_code == 200 and response.json()["corpora"][0]["name"] == "demo"

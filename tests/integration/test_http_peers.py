@@ -82,7 +82,8 @@ async def test_openai_client_streams_tool_calls(server: Served) -> None:
         stream=True,
         stream_options={"include_usage": True},
     )
-    content, calls, finish, usage, chunks = "", {}, None, None, 0
+    content, finish, usage, chunks = "", None, None, 0
+    calls: dict[int, tuple[str, str, str, str]] = {}  # index -> (id, type, name, arguments)
     async for chunk in stream:
         chunks += 1
         if chunk.usage is not None:
@@ -90,14 +91,21 @@ async def test_openai_client_streams_tool_calls(server: Served) -> None:
         for choice in chunk.choices:
             content += choice.delta.content or ""
             for call in choice.delta.tool_calls or ():
-                calls[call.index] = call
+                assert call.function is not None
+                calls[call.index] = (
+                    call.id or "",
+                    call.type or "",
+                    call.function.name or "",
+                    call.function.arguments or "",
+                )
             finish = choice.finish_reason or finish
     assert content == CALL and chunks > 5  # the text came token by token
     assert finish == "tool_calls"
-    assert [c.function.name for c in calls.values()] == ["createSession"]
-    assert all(c.function.name in server.names for c in calls.values())
-    assert json.loads(calls[0].function.arguments) == {"image": "python:3.11", "resources": {"cpu": 2}}
-    assert calls[0].id and calls[0].type == "function"
+    assert [name for _, _, name, _ in calls.values()] == ["createSession"]
+    assert all(name in server.names for _, _, name, _ in calls.values())
+    call_id, kind, _, arguments = calls[0]
+    assert json.loads(arguments) == {"image": "python:3.11", "resources": {"cpu": 2}}
+    assert call_id and kind == "function"
     assert usage is not None and usage.completion_tokens > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
 
