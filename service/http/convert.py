@@ -38,12 +38,13 @@ from apihelper.v1 import apihelper_pb2 as pb
 
 M = TypeVar("M", bound=Message)
 
-# json_format names the failing field in two ways: "Failed to parse <field> field: ..." (nested
-# for nested messages) and 'no field named "<field>" at "<Message>.<path>"'.
+# json_format names the failing field in three ways: "Failed to parse <field> field: ..." (nested
+# for nested messages), a trailing "at <Message>.<path>" (sometimes deeper, sometimes not as
+# deep), and 'no field named "<field>" at "<Message>.<path>"'.
 _FAILED_FIELD_RE = re.compile(r"Failed to parse (\w+) field: ")
 _NO_FIELD_RE = re.compile(r'has no field named "(\w+)" at "([\w.]+)"')
 _CAMEL_RE = re.compile(r"(?<=[a-z0-9])([A-Z])")
-_TRAILING_AT_RE = re.compile(r"\s+at [\w.]+\.*$")
+_TRAILING_AT_RE = re.compile(r"\s+at ([\w.]+?)\.*$")
 
 
 def snake_case(name: str) -> str:
@@ -59,8 +60,12 @@ def parse_error_field(text: str) -> tuple[str, str]:
         return ".".join(snake_case(p) for p in path), "unknown field"
     path = _FAILED_FIELD_RE.findall(text)
     detail = _FAILED_FIELD_RE.sub("", text).strip()
-    detail = _TRAILING_AT_RE.sub("", detail).rstrip(".") or "invalid value"
-    return ".".join(snake_case(p) for p in path), detail
+    at = _TRAILING_AT_RE.search(detail)
+    if at is not None:
+        located = at.group(1).split(".")[1:]  # without the message's name
+        path = located if len(located) > len(path) else path
+        detail = detail[: at.start()]
+    return ".".join(snake_case(p) for p in path), detail.rstrip(".") or "invalid value"
 
 
 def parse_message(body: Any, message: M) -> M:
