@@ -15,7 +15,9 @@ it as plain instruction text).
 from __future__ import annotations
 
 import json
+import math
 import re
+import struct
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -33,6 +35,7 @@ from apihelper.service.pipeline import (
     PipelineEvent,
     RetrieveOutcome,
     RetrieveParams,
+    SourcesEvent,
 )
 from apihelper.v1 import apihelper_pb2 as pb
 
@@ -160,11 +163,54 @@ def event_name(event: PipelineEvent) -> str:
 
 
 def event_data(event: PipelineEvent) -> str:
-    """A Generate event as the JSON of its GenerateResponse. Deltas, one per token, take a short
-    cut that writes the very same JSON without building a message (a unit test holds them equal)."""
+    """A Generate event as the JSON of its GenerateResponse. The events before the first token
+    (the sources) and each delta take a short cut that writes the same JSON without building
+    and walking a message (json_format's walk costs ~0.4 ms for three sources, on the path to the
+    first token); unit tests hold both equal to json_format's output."""
     if isinstance(event, DeltaEvent):
         return '{"delta":{"text":' + json.dumps(event.text, ensure_ascii=False) + "}}"
+    if isinstance(event, SourcesEvent):
+        fast = _sources_fast(event.docs)
+        if fast is not None:
+            return dumps({"sources": {"sources": fast}})
     return dumps(message_json(convert.generate_response(event)))
+
+
+def _sources_fast(docs: list[RetrievedDoc]) -> list[dict[str, Any]] | None:
+    """The Source messages' JSON, or None for a score the short cut does not write (not finite,
+    or beyond float32: json_format writes those)."""
+    try:
+        return [
+            {
+                "key": d.doc.key,
+                "corpus": d.corpus,
+                "title": d.doc.title,
+                "score": float32_json(d.score),
+                "text": d.doc.text,
+            }
+            for d in docs
+        ]
+    except (OverflowError, ValueError):
+        return None
+
+
+def float32_json(value: float) -> float:
+    """A proto ``float`` field as the JSON mapping writes it: the value rounded to float32, then
+    the shortest decimal (6 significant digits or more) that reads back as that float32."""
+    if not math.isfinite(value):
+        raise ValueError("not finite")
+    single = _to_float32(value)
+    digits = 6
+    shortest = float(f"{single:.{digits}g}")
+    while _to_float32(shortest) != single:
+        digits += 1
+        shortest = float(f"{single:.{digits}g}")
+    return shortest
+
+
+def _to_float32(value: float) -> float:
+    result: float = struct.unpack("<f", struct.pack("<f", value))[0]
+    return result
 
 
 def dumps(value: Any) -> str:

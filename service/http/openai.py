@@ -222,9 +222,7 @@ def tool_calls(checks: Sequence[CallCheck], docs: Sequence[RetrievedDoc], reques
     """The answer's calls as OpenAI ``tool_calls``: one per call that has a name, its
     ``arguments`` a JSON object string. The name is the function name of the doc the call matched
     (a REST call ``POST /sessions`` comes back as its operation's function, ``createSession``) when
-    that doc was in the prompt, else the name as written. Arguments: each value as a JSON value
-    where the model wrote a literal, else as its source text; positional ones under the
-    parameter name the check bound them to where the doc's schema says, else ``arg0``..."""
+    that doc was in the prompt, else the name as written. Arguments: :func:`call_arguments`."""
     by_key = {d.doc.key: d.doc for d in docs}
     out: list[dict[str, Any]] = []
     for i, check in enumerate(c for c in checks if c.call.name):
@@ -242,7 +240,9 @@ def tool_calls(checks: Sequence[CallCheck], docs: Sequence[RetrievedDoc], reques
 
 
 def call_arguments(call: ParsedCall, schema: FunctionSchema | None = None) -> dict[str, Any]:
-    """A call's arguments by name: literals as their values, anything else as source text."""
+    """A call's arguments by name: each value as a JSON value where the model wrote a literal,
+    else as its source text. Positional arguments take the schema's parameter names in order
+    (``arg0``... without a schema); a name written twice keeps its first value."""
     params = (schema or {}).get("parameters") or {}
     properties = params.get("properties") if isinstance(params, Mapping) else None
     names = list(properties) if isinstance(properties, Mapping) else []

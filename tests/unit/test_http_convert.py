@@ -30,9 +30,10 @@ from apihelper.service.answers.check import check_answer
 from apihelper.service.answers.parse import parse_answer
 from apihelper.service.core import RequestLimits
 from apihelper.service.engine.protocol import FinishReason, SamplingParams
+from apihelper.service.grpc import convert as grpc_convert
 from apihelper.service.http import convert, openai
 from apihelper.service.http.openapi import message_schemas, openapi_spec
-from apihelper.service.pipeline import CompletionEvent, DeltaEvent, Timings
+from apihelper.service.pipeline import CompletionEvent, DeltaEvent, SourcesEvent, Timings
 from apihelper.service.prompts import PromptFormat, build_prompt
 from apihelper.v1 import apihelper_pb2 as pb
 
@@ -99,6 +100,14 @@ def test_the_delta_shortcut_writes_what_json_format_writes(text: str) -> None:
     assert json.loads(convert.event_data(DeltaEvent(text))) == convert.message_json(message)
     assert convert.event_data(DeltaEvent(text)) == convert.dumps(convert.message_json(message))
     assert convert.event_name(DeltaEvent(text)) == "delta"
+
+
+@given(st.lists(st.tuples(st.text(), st.text(), st.text(), st.floats(allow_nan=False)), max_size=4))
+def test_the_sources_shortcut_writes_what_json_format_writes(rows: list[tuple[str, str, str, float]]) -> None:
+    event = SourcesEvent(
+        [RetrievedDoc(ApiDoc(key, text[:9], text, ""), corpus, score) for key, corpus, text, score in rows]
+    )
+    assert json.loads(convert.event_data(event)) == convert.message_json(grpc_convert.generate_response(event))
 
 
 def test_the_seeds_routes() -> None:
