@@ -317,16 +317,16 @@ class HttpApi:
             finish()
             return _error(exc)
         events = self._pipeline.generate(params)
+        timer = asyncio.timeout_at(deadline)
         try:
-            async with asyncio.timeout_at(deadline):
+            async with timer:
                 first = await anext(events)
         except BaseException as exc:
             await events.aclose()
             self._streams.release()
-            result.outcome = CANCELLED if isinstance(exc, asyncio.CancelledError) else self._failed(exc)
-            if isinstance(exc, TimeoutError):
+            if isinstance(exc, TimeoutError) and timer.expired():
                 exc = DeadlineExceededError(f"the request's {self._timeout_text(request)} passed")
-                result.outcome = http_outcome(exc)
+            result.outcome = CANCELLED if isinstance(exc, asyncio.CancelledError) else self._failed(exc)
             finish()
             if not isinstance(exc, Exception):
                 raise
@@ -354,26 +354,25 @@ class HttpApi:
     ) -> AsyncIterator[ServerSentEvent]:
         for frame in render(first):
             yield frame
+        timer = asyncio.timeout_at(deadline)
         try:
             while True:
                 # The deadline covers waiting for the pipeline, never a yield: the consumer sends
                 # between two waits, and a timeout must not cancel it there.
-                async with asyncio.timeout_at(deadline):
+                timer = asyncio.timeout_at(deadline)
+                async with timer:
                     try:
                         event = await anext(events)
                     except StopAsyncIteration:
                         break
                 for frame in render(event):
                     yield frame
-        except TimeoutError:
-            exc: Exception = DeadlineExceededError(f"the request's {self._timeout_text(request)} passed")
-            result.outcome = http_outcome(exc)
-            yield ServerSentEvent(convert.dumps(error_body(exc)), event="error" if done is None else None)
-            return
         except asyncio.CancelledError:
             result.outcome = CANCELLED  # the client went away: the engine request was aborted
             raise
         except Exception as exc:
+            if isinstance(exc, TimeoutError) and timer.expired():
+                exc = DeadlineExceededError(f"the request's {self._timeout_text(request)} passed")
             result.outcome = self._failed(exc)
             yield ServerSentEvent(convert.dumps(error_body(exc)), event="error" if done is None else None)
             return
