@@ -19,16 +19,23 @@ DATA ?= data
 PACKAGE_DIRS := clients/apihelper service retriever engine_build bench
 EDITABLE := --config-settings editable_mode=strict -e .
 
-.PHONY: install install-compat link link-compat prometheus-tools demo test test-fast test-compat \
+.PHONY: install install-compat link link-compat prometheus-tools chromium demo test test-fast test-compat \
 	lint typecheck proto clean
 
-install: $(STAMP) link prometheus-tools
+install: $(STAMP) link prometheus-tools chromium
 
 # promtool and a Prometheus server for the metrics tests: Debian's package `prometheus`.
 prometheus-tools:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+# A headless browser for the web app's test (Playwright drives it; it downloads no browser of
+# its own): Debian's package `chromium`.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 # torch is pinned in the same pip command: unpinned, pip would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -44,7 +51,8 @@ $(STAMP): pyproject.toml
 
 define relink
 	@find $(PACKAGE_DIRS) -path '*/__pycache__' -prune -o -type f \( -name '*.py' -o -name '*.pyi' \
-	  -o -name 'py.typed' -o -name '*.yaml' -o -name '*.json' -o -name '*.jsonl' \) -print | sort > $(1)/.package-files.new
+	  -o -name 'py.typed' -o -name '*.yaml' -o -name '*.json' -o -name '*.jsonl' \
+	  -o -name '*.html' -o -name '*.js' -o -name '*.css' \) -print | sort > $(1)/.package-files.new
 	@if ! cmp -s $(1)/.package-files.new $(1)/.package-files; then \
 	  echo "linking the apihelper package tree into $(1)"; \
 	  $(1)/bin/python -m pip install -q --no-deps $(EDITABLE) > $(1)/.link.log 2>&1 || { cat $(1)/.link.log; exit 1; }; \

@@ -5,7 +5,8 @@
 #   2. the sample corpora into Milvus Lite                                -> $DATA/milvus.db
 #        rest:       retriever/samples/demo_cloud_openapi.yaml (the project's own OpenAPI spec)
 #        functional: the prometheus_client package installed with the project (read with ast)
-#   3. apihelper-serve on a free loopback port, then apihelper-client ask, then SIGTERM.
+#   3. apihelper-serve on a free loopback port (HTTP on $HTTP_PORT, default 8000, or a free one
+#      when 8000 is taken), then apihelper-client ask and the seed's curl line, then SIGTERM.
 #      The model answers in its chat format with the retrieved operations as tools, and its call
 #      is constrained to those operations and their schemas (constrain_calls, on by default).
 set -euo pipefail
@@ -31,9 +32,14 @@ FUNCTIONAL=$("$BIN/python" -c 'import os, prometheus_client; print(os.path.dirna
   --corpus rest=retriever/samples/demo_cloud_openapi.yaml:openapi \
   --corpus "functional=$FUNCTIONAL:python"
 
-PORT=$("$BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() {
+  "$BIN/python" -c 'import socket, sys; s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); print(s.getsockname()[1])' "$1"
+}
+PORT=$(free_port 0)
+HTTP_PORT=${HTTP_PORT:-8000}
+HTTP_PORT=$(free_port "$HTTP_PORT" 2>/dev/null || free_port 0)
 LOG="$DATA/serve.log"
-"$BIN/apihelper-serve" --host 127.0.0.1 --port "$PORT" --milvus-uri "$DATA/milvus.db" \
+"$BIN/apihelper-serve" --host 127.0.0.1 --port "$PORT" --http-port "$HTTP_PORT" --milvus-uri "$DATA/milvus.db" \
   --model "$DATA/smollm2" >"$LOG" 2>&1 &
 SERVER=$!
 stop_server() {
@@ -53,6 +59,14 @@ fi
 "$BIN/apihelper-client" --address "127.0.0.1:$PORT" corpora
 echo
 "$BIN/apihelper-client" --address "127.0.0.1:$PORT" ask "$INSTRUCTION" --corpus rest --max-tokens 160
+echo
+echo "over HTTP (the web app is at http://127.0.0.1:$HTTP_PORT/):"
+if command -v curl >/dev/null; then
+  echo "\$ curl -X POST -H \"Content-Type: application/json\" -d '{\"instruction\":\"$INSTRUCTION\"}' http://127.0.0.1:$HTTP_PORT/rest_api"
+  curl -sS -X POST -H "Content-Type: application/json" -d "{\"instruction\":\"$INSTRUCTION\"}" \
+    "http://127.0.0.1:$HTTP_PORT/rest_api" |
+    "$BIN/python" -c 'import json, sys; print("\n".join("  %.3f  %s" % (s["score"], s["key"]) for s in json.load(sys.stdin)["sources"]))'
+fi
 stop_server
 trap - EXIT
 echo

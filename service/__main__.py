@@ -1,9 +1,10 @@
 """``apihelper-serve``: the composition root. The only place that picks concrete classes.
 
 Reads Settings once, builds the embedder, the Milvus retriever, the engine and the metrics
-recorder, starts the gRPC server, and on SIGTERM/SIGINT drains it (health NOT_SERVING -> grace
-period for the streams in flight -> engine shutdown -> retriever closed). Every lifetime is held
-by one exit stack in :func:`serve`.
+recorder, starts the front ends (gRPC, and HTTP beside it in the same event loop), and on
+SIGTERM/SIGINT drains them together (health NOT_SERVING -> both stop accepting -> one grace
+period for the streams in flight on either -> engine shutdown -> retriever closed). Every
+lifetime is held by one exit stack in :func:`serve`.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ async def serve(settings: Settings) -> None:
     """
     from apihelper.retriever.embedding import Embedder
     from apihelper.retriever.milvus_retriever import open_retriever
-    from apihelper.service.grpc.server import start_server
+    from apihelper.service.frontends import start_server
 
     stop = asyncio.Event()
     starting = asyncio.current_task()
@@ -102,6 +103,9 @@ async def serve(settings: Settings) -> None:
         gc.collect()
         gc.freeze()
         print(f"apihelper: listening on {settings.host}:{running.port}", flush=True)
+        if running.http_port:
+            scheme = "https" if settings.tls_cert_file else "http"
+            print(f"apihelper: HTTP on {scheme}://{settings.host}:{running.http_port}/", flush=True)
         serving = True
         await stop.wait()
         log.info("signal received: draining for up to %.1fs", settings.shutdown_grace_seconds)

@@ -24,7 +24,14 @@ from apihelper.service.answers.check import CallCheck, Verdict
 from apihelper.service.answers.constraint import CallConstraints
 from apihelper.service.answers.corpus_cache import CorpusCache, corpus_version
 from apihelper.service.answers.repetition import RepetitionFilter
-from apihelper.service.engine.protocol import Engine, EngineRequest, FinishReason, GuidedDecoding, SamplingParams
+from apihelper.service.engine.protocol import (
+    Engine,
+    EngineInfo,
+    EngineRequest,
+    FinishReason,
+    GuidedDecoding,
+    SamplingParams,
+)
 from apihelper.service.metrics import NullRecorder, Recorder
 from apihelper.service.prompts import Prompt, PromptFormat, build_prompt
 
@@ -47,6 +54,10 @@ class GenerateParams:
     # Only calls to real APIs in the call part of the answer (guided decoding). None: where the
     # engine can constrain and the docs give something to call.
     constrain_calls: bool | None = None
+    # The prompt's docs as the caller gave them (an OpenAI request's ``tools``), instead of
+    # retrieving; None: retrieve. Given docs belong to no corpus (``corpus == ""``): the verdict
+    # checks calls against them alone.
+    docs: tuple[RetrievedDoc, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,11 @@ class Pipeline:
         self._corpora = CorpusCache(retriever)
         self._constraints = CallConstraints()
 
+    @property
+    def engine_info(self) -> EngineInfo:
+        """What is served: the model's name, prompt format and context length."""
+        return self._engine.info
+
     async def close(self) -> None:
         """Stop the background work of the corpus cache (catalog builds)."""
         await self._corpora.close()
@@ -129,13 +145,16 @@ class Pipeline:
     async def generate(self, params: GenerateParams) -> AsyncGenerator[PipelineEvent, None]:
         clock = _Clock()
         info = self._engine.info
-        result = await self._retrieve(params.retrieval)
+        if params.docs is None:
+            result = await self._retrieve(params.retrieval)
+        else:
+            result = RetrievalResult(list(params.docs))
         retrieval = _retrieval_timings(result, clock.ms())
 
         fmt = params.prompt_format or info.prompt_format
         constrain = _constrain(params.constrain_calls, info.guided_decoding, info.kind)
         docs, prompt = self._fit_prompt(fmt, params.retrieval.instruction, result.docs, params.sampling)
-        sources = {d.corpus for d in docs}
+        sources = {d.corpus for d in docs if d.corpus}
         self._corpora.warm(sources)
         yield SourcesEvent(docs)
         guided = await self._call_grammar(fmt, docs, sources) if constrain else None

@@ -24,7 +24,8 @@ ENV_PREFIX = "APIHELPER_"
 class Settings:
     # Network
     host: str = "127.0.0.1"
-    port: int = 50051  # 0 picks a free port (tests)
+    port: int = 50051  # gRPC; 0 picks a free port (tests)
+    http_port: int = 8000  # HTTP/JSON, SSE, OpenAI-compatible API and the web app; 0 disables
     reflection: bool = True
     # Security: a bearer token (or a file holding it); TLS from PEM files, mutual TLS with a client CA
     auth_token: str = dataclasses.field(default="", repr=False)
@@ -33,7 +34,7 @@ class Settings:
     tls_key_file: str = ""
     tls_client_ca_file: str = ""  # set: clients must present a certificate signed by this CA
     # Transport limits
-    max_message_bytes: int = 4 * 1024 * 1024
+    max_message_bytes: int = 4 * 1024 * 1024  # gRPC messages and HTTP request bodies
     keepalive_time_seconds: float = 60.0
     keepalive_timeout_seconds: float = 20.0
     metrics_host: str = "127.0.0.1"
@@ -72,7 +73,7 @@ class Settings:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
-        for name in ("port", "metrics_port"):
+        for name in ("port", "http_port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigurationError(f"{name} must be 0..65535, got {getattr(self, name)}")
         if self.engine not in ("transformers", "tensorrt_llm"):
@@ -132,7 +133,7 @@ def load_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="apihelper-serve",
-        description="Serve retrieval-augmented API-call generation over gRPC.",
+        description="Serve retrieval-augmented API-call generation over gRPC and HTTP.",
         epilog=f"Every setting can also come from a TOML file or {ENV_PREFIX}<NAME> variables.",
     )
     parser.add_argument("--config", type=Path, help="TOML settings file")

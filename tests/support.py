@@ -6,6 +6,7 @@ Fixtures live in ``tests/conftest.py``; plain helpers live here, imported as ``t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +27,8 @@ from apihelper.retriever.memory import MemoryRetriever
 from apihelper.retriever.types import Retriever
 from apihelper.service.engine.fake import FakeEngine
 from apihelper.service.engine.protocol import Engine
-from apihelper.service.grpc.server import RunningServer, start_server
+from apihelper.service.frontends import RunningServer, start_server
+from apihelper.service.http.server import bind
 from apihelper.service.metrics import Recorder
 from apihelper.service.settings import Settings
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
@@ -56,21 +58,25 @@ async def live_server(
     *,
     recorder: Recorder | None = None,
     settings: Settings | None = None,
+    http: bool = False,
     **overrides: Any,
 ) -> AsyncIterator[RunningServer]:
     """A real apihelper gRPC server on a free loopback port around ``engine`` and ``retriever``
     (a FakeEngine and a MemoryRetriever by default); ``overrides`` replace Settings fields.
+    ``http``: the HTTP front end too, on another free loopback port (``running.http_port``).
 
     On exit it is released the way the composition root does it: the server drains, then the
     engine shuts down, then the retriever closes.
     """
-    settings = replace(settings or Settings(port=0), **overrides)
+    # HTTP only on a socket bound here (port 0 in Settings means "off", not "any port").
+    settings = replace(settings or Settings(port=0), **overrides, http_port=0)
     engine = engine if engine is not None else FakeEngine()
     retriever = retriever if retriever is not None else MemoryRetriever()
     async with AsyncExitStack() as stack:
         stack.push_async_callback(retriever.close)
         stack.push_async_callback(engine.shutdown)
-        running = await start_server(settings, engine, retriever, recorder)
+        http_socket = bind("127.0.0.1", 0) if http else None
+        running = await start_server(settings, engine, retriever, recorder, http_socket=http_socket)
         stack.push_async_callback(running.stop)
         yield running
 
@@ -248,3 +254,45 @@ HOSTILE_ANSWERS = [
     "<<function>>f(" + "g()," * 1000 + ")",
     "f(a='x\u2028y',\n b=2, c='\x0c')",
 ]
+
+
+# ---------------------------------------------------------------------------------- HTTP
+
+
+async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
+    """(event, data) of each Server-Sent Event in ``lines`` (a response's lines; comments and
+    fields other than event/data skipped): the client side, to check what the server framed."""
+    event = "message"
+    data: list[str] = []
+    async for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "event":
+                event = value
+            elif name == "data":
+                data.append(value)
+    if data:
+        yield event, "\n".join(data)
+
+
+async def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    """Poll ``condition()`` every 10 ms for up to ``budget(seconds)``; fail naming ``what``."""
+    deadline = time.monotonic() + budget(seconds)
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {seconds:g} s (load-adjusted)")
+        await asyncio.sleep(0.01)
+
+
+def http_client(running: RunningServer, **kwargs: Any) -> Any:
+    """An httpx.AsyncClient for ``running``'s HTTP port (use it as ``async with``)."""
+    import httpx
+
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{running.http_port}", **{"timeout": 30.0, **kwargs})

@@ -15,6 +15,8 @@ LAG_PROBE_INTERVAL_S = 0.010
 
 DEFAULT_INSTRUCTION = "Create a new compute session with the python:3.11 image"
 
+TRANSPORTS = ("grpc", "http")
+
 
 _MODES = {
     "hybrid": pb.RETRIEVAL_MODE_HYBRID,
@@ -43,6 +45,7 @@ class LoadConfig:
     retrieval_mode: str = "hybrid"
     corpora: tuple[str, ...] = ()
     top_k: int | None = None
+    transport: str = "grpc"  # grpc: Generate streams | http: POST /v1/generate, Server-Sent Events
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.channels < 1 or self.max_calls < 1:
@@ -55,6 +58,8 @@ class LoadConfig:
             raise ValueError("deadline must be positive")
         if self.retrieval_mode not in _MODES:
             raise ValueError(f"retrieval_mode must be one of {', '.join(_MODES)}")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
 
 
 def check_loopback(target: str) -> str:
@@ -91,3 +96,4 @@ class RunOptions:
     gc_freeze: bool = True  # gc.freeze() in the server process once it has started, as service/__main__.py does
     event_loop: str = "auto"  # the server process's loop, chosen as service/__main__.py does (main() applies it)
     compare_direct: bool = False  # --inprocess real: first drive the engine directly at the same concurrency
+    compare_transports: bool = False  # in-process: the same load over gRPC, then over HTTP (SSE)

@@ -207,6 +207,7 @@ class InProcessServer:
     engine: Engine | None = None
     prompt: str = ""
     default_max_tokens: int = 0
+    http_port: int = 0  # the service's HTTP front end (0: none, as for the bare floors)
 
 
 def fake_reply(words: int = 0) -> str:
@@ -264,10 +265,13 @@ async def start_inprocess(
     cfg: LoadConfig | None = None,
 ) -> InProcessServer:
     """Start the real gRPC server in this process around the fake or the real engine."""
-    from apihelper.service.grpc.server import start_server
+    from apihelper.service.frontends import start_server
+    from apihelper.service.http.server import bind
     from apihelper.service.settings import Settings
 
-    settings = Settings(port=0, max_concurrent_streams=max_streams, metrics_port=0, shutdown_grace_seconds=2.0)
+    settings = Settings(
+        port=0, http_port=0, max_concurrent_streams=max_streams, metrics_port=0, shutdown_grace_seconds=2.0
+    )
     if kind in FAKE_KINDS:
         from apihelper.service.engine.fake import FakeEngine
 
@@ -290,7 +294,9 @@ async def start_inprocess(
         static = TimedRetriever(_sample_docs())
         fake = FakeEngine(reply, token_delay_s=delay)
         timed = TimedEngine(fake, static.started)
-        running = await start_server(settings, timed, static, _recorder(recorder, timed, "none"))
+        running = await start_server(
+            settings, timed, static, _recorder(recorder, timed, "none"), http_socket=bind("127.0.0.1", 0)
+        )
 
         async def forget_requests() -> None:
             # FakeEngine keeps every request it accepted (for test assertions): over a long run
@@ -308,7 +314,7 @@ async def start_inprocess(
             await running.stop()
 
         desc = f"in-process server, FakeEngine at {token_rate:g} tokens/s per stream, static retriever"
-        return InProcessServer(running.port, timed.marks, delay, desc, stop_fake)
+        return InProcessServer(running.port, timed.marks, delay, desc, stop_fake, http_port=running.http_port)
 
     from apihelper.build.dev_model import make_dev_model
     from apihelper.retriever.embedding import Embedder
@@ -328,7 +334,9 @@ async def start_inprocess(
     retriever = await open_retriever(uri, "", embedder)
     real_engine = await TransformersEngine.load(model_dir, device=device)
     timed = TimedEngine(real_engine)
-    running = await start_server(settings, timed, retriever, _recorder(recorder, timed, embedder.model_name))
+    running = await start_server(
+        settings, timed, retriever, _recorder(recorder, timed, embedder.model_name), http_socket=bind("127.0.0.1", 0)
+    )
     desc = f"in-process server, transformers dev model on {device}, Milvus Lite with the sample corpus"
     return InProcessServer(
         running.port,
@@ -339,6 +347,7 @@ async def start_inprocess(
         engine=real_engine,
         prompt=await _service_prompt(retriever, real_engine, cfg or LoadConfig(concurrency=1, duration_s=1.0)),
         default_max_tokens=min(settings.default_max_tokens, real_engine.info.max_model_len // 2),
+        http_port=running.http_port,
     )
 
 

@@ -49,6 +49,7 @@ class Report:
     baseline: dict[str, Any] | None = None  # --compare-bare: the bare gRPC floor under the same load
     baseline_engine: dict[str, Any] | None = None  # --compare-bare: bare gRPC + the same fake engine
     direct: dict[str, Any] | None = None  # --compare-direct: the real engine driven without the service
+    other_transport: dict[str, Any] | None = None  # --compare-transports: the gRPC run beside this HTTP one
 
 
 def build_report(
@@ -238,6 +239,28 @@ def attach_direct(report: Report, direct: dict[str, float]) -> None:
     report.acceptance["service_throughput_at_least_95pct_of_direct"] = None if ratio is None else ratio >= 0.95
 
 
+def attach_transport(http: Report, grpc: Report) -> None:
+    """Issue 15, acceptance 5: TTFT p50 through SSE within 1 ms of gRPC's under the same load."""
+
+    def diff(q: str) -> float | None:
+        a, b = http.ttft_ms.get(q), grpc.ttft_ms.get(q)
+        return None if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) else round(a - b, 3)
+
+    http.other_transport = {
+        "transport": "grpc",
+        "ttft_ms": grpc.ttft_ms,
+        "ttft_overhead_ms": grpc.ttft_overhead_ms,
+        "event_loop_lag_ms": {k: v for k, v in grpc.event_loop_lag_ms.items() if k in ("n", "p50", "p99", "max")},
+        "throughput": grpc.throughput,
+        "streams": grpc.streams,
+        "cpu": grpc.cpu,
+        "http_minus_grpc_ttft_ms": {"p50": diff("p50"), "p90": diff("p90"), "p99": diff("p99")},
+    }
+    added = diff("p50")
+    http.acceptance["http_ttft_p50_within_1ms_of_grpc"] = None if added is None else abs(added) <= 1.0
+    http.acceptance["no_errors_over_grpc"] = grpc.streams["errors"] == 0
+
+
 def format_table(report: Report) -> str:
     def fmt(d: dict[str, Any], keys: Sequence[str] = ("n", "p50", "p90", "p99", "max")) -> str:
         return "  ".join(f"{k}={'n/a' if d.get(k) is None else d[k]}" for k in keys if k in d)
@@ -301,6 +324,13 @@ def format_table(report: Report) -> str:
             f"server CPU {b['cpu']['server_cpu_pct_of_one_core']}%"
         )
         lines.append(f"{'  service adds to TTFT (ms)':34} {fmt(b['service_adds_ttft_ms'], ('p50', 'p90', 'p99'))}")
+    if report.other_transport is not None:
+        o = report.other_transport
+        lines.append(
+            f"{'over gRPC, same load':34} TTFT {fmt(o['ttft_ms'])}; lag {fmt(o['event_loop_lag_ms'], ('p50', 'p99', 'max'))}; "
+            f"server CPU {o['cpu']['server_cpu_pct_of_one_core']}%"
+        )
+        lines.append(f"{'  HTTP minus gRPC TTFT (ms)':34} {fmt(o['http_minus_grpc_ttft_ms'], ('p50', 'p90', 'p99'))}")
     if report.direct is not None:
         d = report.direct
         lines.append(

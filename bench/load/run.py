@@ -4,6 +4,12 @@
         [--token-rate 50] [--cancel-prob 0.1] [--deadline S] [--compare-bare] [--json-out FILE]
     .venv/bin/python bench/load/run.py --inprocess real [--device cpu] [--max-tokens 32] ...
     .venv/bin/python bench/load/run.py --target 127.0.0.1:50051 [--corpora demo] ...
+    .venv/bin/python bench/load/run.py --inprocess fake --http | --compare-transports ...
+
+Transport: gRPC Generate streams, or with ``--http`` the HTTP front end's ``POST /v1/generate``
+read as Server-Sent Events (httpx, keep-alive connections); ``--compare-transports`` runs the
+same load over both, one after the other, each on a fresh in-process server, and reports the
+difference in TTFT (issue 15: within 1 ms at p50).
 
 Each of ``--concurrency`` workers loops for ``--duration`` seconds (after ``--warmup``): open a
 Generate stream, read it to its end, or with probability ``--cancel-prob`` cancel it after a
@@ -79,7 +85,14 @@ from typing import Any
 from apihelper.bench.load.config import _MODES, DEFAULT_INSTRUCTION, LoadConfig, RunOptions, check_loopback
 from apihelper.bench.load.floors import FAKE_KINDS, drive_engine_directly, fake_stream_seconds, start_inprocess
 from apihelper.bench.load.meters import GcMeter, LagProbe, LoopBusyMeter, machine_busy_s
-from apihelper.bench.load.report import Report, attach_baseline, attach_direct, build_report, format_table
+from apihelper.bench.load.report import (
+    Report,
+    attach_baseline,
+    attach_direct,
+    attach_transport,
+    build_report,
+    format_table,
+)
 from apihelper.bench.load.workers import ClientResult, Window, _recv, _spawn_clients, run_load
 
 
@@ -97,7 +110,7 @@ async def run(opts: RunOptions) -> Report:
     }
     if opts.target is not None:
         target = check_loopback(opts.target)
-        settings.update(server=f"--target {target}", client="this process")
+        settings.update(server=f"--target {target}", client="this process", transport=cfg.transport)
         t0 = time.perf_counter()
         result = await run_load(cfg, target)
         wall = time.perf_counter() - t0
@@ -134,7 +147,11 @@ async def run(opts: RunOptions) -> Report:
             recorder=opts.recorder,
             client=(f"{opts.client_procs} separate process(es)" if opts.client == "process" else "inline, server loop"),
         )
-        target = f"127.0.0.1:{server.port}"
+        if cfg.transport == "http" and not server.http_port:
+            await server.stop()
+            raise ValueError(f"--http: the {opts.inprocess} server has no HTTP front end")
+        target = f"127.0.0.1:{server.http_port if cfg.transport == 'http' else server.port}"
+        settings["transport"] = "HTTP, Server-Sent Events of /v1/generate" if cfg.transport == "http" else "gRPC"
         if opts.gc_freeze:
             gc.collect()
             gc.freeze()  # what start-up allocated is never walked again by the collector
@@ -244,6 +261,15 @@ async def run_compared(opts: RunOptions) -> Report:
     return report
 
 
+async def run_transports(opts: RunOptions) -> Report:
+    """The same load over gRPC, then over HTTP (each on a fresh in-process server); the HTTP
+    report, with gRPC's figures and the difference in TTFT beside it."""
+    grpc_run = await run(dataclasses.replace(opts, cfg=dataclasses.replace(opts.cfg, transport="grpc")))
+    http_run = await run(dataclasses.replace(opts, cfg=dataclasses.replace(opts.cfg, transport="http")))
+    attach_transport(http_run, grpc_run)
+    return http_run
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bench/load/run.py",
@@ -328,6 +354,17 @@ def _parser() -> argparse.ArgumentParser:
         help="--inprocess real: first drive the same engine directly (no gRPC, no pipeline) with the "
         "service's prompt at the same concurrency, and report the service's throughput as a share of it",
     )
+    p.add_argument(
+        "--http",
+        action="store_true",
+        help="drive the HTTP front end (POST /v1/generate, Server-Sent Events) instead of gRPC; --target is then "
+        "the HTTP HOST:PORT",
+    )
+    p.add_argument(
+        "--compare-transports",
+        action="store_true",
+        help="in-process modes: run the same load over gRPC, then over HTTP, and report both TTFTs",
+    )
     p.add_argument("--json-out", type=Path, default=None, help="write the report as JSON here")
     return p
 
@@ -358,6 +395,7 @@ def options_from_args(argv: Sequence[str] | None = None) -> tuple[RunOptions, Pa
         retrieval_mode=a.mode,
         corpora=tuple(c for c in a.corpora.split(",") if c),
         top_k=a.top_k,
+        transport="http" if a.http else "grpc",
     )
     opts = RunOptions(
         cfg=cfg,
@@ -375,6 +413,7 @@ def options_from_args(argv: Sequence[str] | None = None) -> tuple[RunOptions, Pa
         gc_freeze=a.gc_freeze,
         event_loop=a.event_loop,
         compare_direct=a.compare_direct,
+        compare_transports=a.compare_transports,
     )
     if a.target is not None:
         check_loopback(a.target)
@@ -382,6 +421,10 @@ def options_from_args(argv: Sequence[str] | None = None) -> tuple[RunOptions, Pa
         raise ValueError("--compare-bare goes with --inprocess fake")
     if a.compare_direct and a.inprocess != "real":
         raise ValueError("--compare-direct goes with --inprocess real")
+    if (a.http or a.compare_transports) and a.inprocess in ("bare", "bare-engine"):
+        raise ValueError("the bare floors speak gRPC only: --http and --compare-transports go with fake or real")
+    if a.compare_transports and (a.target is not None or a.compare_bare or a.compare_direct):
+        raise ValueError("--compare-transports runs two in-process loads of its own: not with --target or --compare-*")
     return opts, a.json_out
 
 
@@ -394,7 +437,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from apihelper.service.grpc.server import event_loop_factory
 
     with asyncio.Runner(loop_factory=event_loop_factory(opts.event_loop)) as runner:
-        report = runner.run(run_compared(opts) if opts.compare_bare else run(opts))
+        if opts.compare_transports:
+            report = runner.run(run_transports(opts))
+        else:
+            report = runner.run(run_compared(opts) if opts.compare_bare else run(opts))
     print(format_table(report))
     if json_out is not None:
         json_out.write_text(json.dumps(asdict(report), indent=2) + "\n")

@@ -4,11 +4,13 @@ Every error the service, the retriever, the offline tools or the client raise on
 from :class:`ApiHelperError`. It sits at the floor of the package: every layer imports it, none
 of it imports anything of apihelper. Each protocol maps the *classes* below to its status codes in
 exactly one place (gRPC: ``apihelper.grpc_status``, both ways, so a client gets the same classes
-back); nothing else decides what a client sees.
+back; HTTP: ``apihelper.http_status``); nothing else decides what a client sees.
 
     ApiHelperError
     ├── InvalidRequestError        the request is wrong; names the offending ``field``
-    │   └── UnknownCorpusError     a corpus that is not ingested
+    │   ├── UnknownCorpusError     a corpus that is not ingested
+    │   └── RequestTooLargeError   a request body over the server's size limit (HTTP; gRPC's
+    │                              transport refuses those itself)
     ├── UnauthenticatedError       no valid credentials (a client sees this; the server's
     │                              interceptor answers before any handler runs)
     ├── ResourceExhaustedError     a limit (concurrency, queue) is reached; retry later
@@ -55,6 +57,14 @@ class UnknownCorpusError(InvalidRequestError):
         known_text = ", ".join(sorted(known)) or "none ingested"
         super().__init__("retrieval.corpora", f"unknown corpus {corpus!r} (known: {known_text})")
         self.corpus = corpus
+
+
+class RequestTooLargeError(InvalidRequestError):
+    """A request body is larger than the server accepts."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__("body", f"is over the limit of {limit} bytes")
+        self.limit = limit
 
 
 class UnauthenticatedError(ApiHelperError):

@@ -98,6 +98,20 @@ class Argument:
     literal: bool = False  # ``value`` holds the literal's value (ast.literal_eval / json accepted it)
     value: Any = None
 
+    @property
+    def key(self) -> str:
+        """Its name in :attr:`ParsedCall.arguments`: the name, else ``arg<position>`` for a
+        positional one, ``*``/``**``, or ``body``/``query`` for an opaque REST body or query."""
+        if self.name:
+            return self.name
+        if self.where is ArgWhere.POSITIONAL:
+            return f"arg{self.position}"
+        if self.where is ArgWhere.STAR:
+            return "*"
+        if self.where is ArgWhere.STAR_STAR:
+            return "**"
+        return str(self.where.value)
+
 
 @dataclass(frozen=True)
 class ParsedCall:
@@ -122,17 +136,7 @@ class ParsedCall:
         an opaque REST body/query as ``body``/``query``."""
         out: dict[str, str] = {}
         for arg in self.args:
-            if arg.name:
-                key = arg.name
-            elif arg.where is ArgWhere.POSITIONAL:
-                key = f"arg{arg.position}"
-            elif arg.where is ArgWhere.STAR:
-                key = "*"
-            elif arg.where is ArgWhere.STAR_STAR:
-                key = "**"
-            else:
-                key = arg.where.value
-            out.setdefault(key, arg.source)
+            out.setdefault(arg.key, arg.source)
         return out
 
 

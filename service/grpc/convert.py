@@ -1,18 +1,19 @@
 """Pure conversions between apihelper.v1 protobuf messages and domain types.
 
 Inbound conversions validate and name the offending field (``InvalidRequestError``); outbound
-ones never fail. No other module in the service touches generated protobuf types.
+ones never fail. The HTTP front end reuses them (its JSON is these messages in protobuf's JSON
+mapping), so a request means the same and is validated the same over either protocol.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from dataclasses import dataclass
 
 from apihelper.errors import InvalidRequestError
 from apihelper.retriever.types import CorpusInfo, RetrievalMode, RetrievedDoc
 from apihelper.service.answers.check import CallCheck, Verdict
+from apihelper.service.core import RequestLimits
 from apihelper.service.engine.protocol import FinishReason, SamplingParams
 from apihelper.service.pipeline import (
     CompletionEvent,
@@ -57,17 +58,6 @@ _MAX_STOP_STRINGS = 16
 _MAX_STOP_CHARS = 256
 _MAX_CORPORA = 64
 _MAX_REQUEST_ID_CHARS = 128
-
-
-@dataclass(frozen=True)
-class RequestLimits:
-    """What a request may ask for; built once from Settings and the engine's info."""
-
-    max_instruction_bytes: int
-    default_top_k: int
-    max_top_k: int
-    default_max_tokens: int
-    max_model_len: int
 
 
 # -- inbound -----------------------------------------------------------------------------------

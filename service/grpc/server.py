@@ -1,17 +1,15 @@
-"""The gRPC server and its lifecycle: health, reflection, graceful drain.
+"""The gRPC front end and its lifecycle: health, reflection, graceful drain.
 
-start:    bind -> start -> health SERVING once the engine and the retriever answer
-running:  a monitor re-checks both every few seconds and flips health both ways; a probe
-          measures the event loop's lag for the metrics
-stop:     health NOT_SERVING at once (load balancers stop sending) -> refuse new RPCs ->
-          in-flight streams get ``shutdown_grace_seconds`` to finish (the engine is shut down
-          after this by its owner, the composition root)
+start:    bind -> start; the health service mirrors the core's health (SERVING once the engine
+          and the retriever answer; the core's monitor re-checks both and flips it both ways)
+stop:     the core says NOT_SERVING for good (health enters graceful shutdown: load balancers
+          stop sending) -> refuse new RPCs -> in-flight streams get the grace period to finish
+          (the composition root drains every front end at once, then shuts the engine down)
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,14 +19,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from apihelper.errors import ApiHelperError, ConfigurationError
-from apihelper.retriever.types import Retriever
-from apihelper.service.engine.protocol import Engine
+from apihelper.errors import ConfigurationError
+from apihelper.service.core import Core
 from apihelper.service.grpc.auth import BearerTokenInterceptor
-from apihelper.service.grpc.convert import RequestLimits
 from apihelper.service.grpc.servicer import ApiHelperServicer
-from apihelper.service.metrics import NullRecorder, Recorder
-from apihelper.service.pipeline import Pipeline
 from apihelper.service.settings import Settings, read_auth_token
 from apihelper.v1 import apihelper_pb2 as pb
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
@@ -38,72 +32,41 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ApiHelper"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-# The lag probe's period: 20 wake-ups a second cost nothing measurable and catch stalls of a
-# few milliseconds.
-LOOP_LAG_PROBE_SECONDS = 0.05
 
 
 @dataclass
-class RunningServer:
-    """A started gRPC server. It owns the server, its health, its monitor tasks and the pipeline;
-    the engine, the retriever and the recorder it serves belong to whoever built them."""
+class GrpcFrontend:
+    """A started gRPC server over a core it does not own."""
 
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
-    pipeline: Pipeline
-    grace_seconds: float
-    _monitor: asyncio.Task[None]
-    _lag_probe: asyncio.Task[None]
 
-    async def stop(self) -> None:
-        """Drain: NOT_SERVING, refuse new calls, let the streams in flight finish within the
-        grace period. Safe to call more than once."""
-        self._monitor.cancel()
-        await self.health.enter_graceful_shutdown()  # NOT_SERVING for every service, for good
-        await self.server.stop(self.grace_seconds)
-        self._lag_probe.cancel()  # after the drain: the lag while draining is worth recording
-        for task in (self._monitor, self._lag_probe):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.pipeline.close()
+    async def stop(self, grace_seconds: float) -> None:
+        """Refuse new calls; let the streams in flight finish within the grace period. Safe to
+        call more than once."""
+        await self.server.stop(grace_seconds)
 
 
-async def start_server(
-    settings: Settings, engine: Engine, retriever: Retriever, recorder: Recorder | None = None
-) -> RunningServer:
-    limits = RequestLimits(
-        max_instruction_bytes=settings.max_instruction_bytes,
-        default_top_k=settings.default_top_k,
-        max_top_k=settings.max_top_k,
-        default_max_tokens=min(settings.default_max_tokens, engine.info.max_model_len // 2),
-        max_model_len=engine.info.max_model_len,
-    )
+async def start_grpc(settings: Settings, core: Core) -> GrpcFrontend:
     token = read_auth_token(settings)
     server = grpc.aio.server(
         interceptors=[BearerTokenInterceptor(token)] if token else [],
         options=_channel_options(settings),
     )
-    recorder = recorder or NullRecorder()
     health_servicer = health.aio.HealthServicer()
-    health_checks: set[asyncio.Task[bool]] = set()
 
-    def recheck_health() -> None:
-        if not health_checks:  # one re-check at a time is enough
-            task = asyncio.create_task(_update_health(health_servicer, engine, retriever))
-            health_checks.add(task)
-            task.add_done_callback(health_checks.discard)
+    async def follow(serving: bool, final: bool) -> None:
+        if final:
+            await health_servicer.enter_graceful_shutdown()  # NOT_SERVING for every service, for good
+            return
+        state = _SERVING if serving else _NOT_SERVING
+        await health_servicer.set("", state)
+        await health_servicer.set(SERVICE_NAME, state)
 
-    pipeline = Pipeline(retriever, engine, recorder)
-    servicer = ApiHelperServicer(
-        pipeline,
-        limits,
-        recorder,
-        max_concurrent_streams=settings.max_concurrent_streams,
-        default_deadline_seconds=settings.default_deadline_seconds,
-        on_unavailable=recheck_health,
-    )
-    pb_grpc.add_ApiHelperServicer_to_server(servicer, server)
+    await follow(core.health.serving, False)
+    core.health.subscribe(follow)
+    pb_grpc.add_ApiHelperServicer_to_server(ApiHelperServicer(core), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if settings.reflection:
         names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
@@ -114,14 +77,8 @@ async def start_server(
     if port == 0:
         raise OSError(f"could not bind {settings.host}:{settings.port}")
     await server.start()
-    await _update_health(health_servicer, engine, retriever)
-    monitor = asyncio.create_task(
-        _monitor_health(health_servicer, engine, retriever, settings.health_check_interval_seconds),
-        name="apihelper-health-monitor",
-    )
-    lag_probe = asyncio.create_task(_probe_loop_lag(recorder, LOOP_LAG_PROBE_SECONDS), name="apihelper-loop-lag")
     log.info("serving %s on %s:%d", SERVICE_NAME, settings.host, port)
-    return RunningServer(server, port, health_servicer, pipeline, settings.shutdown_grace_seconds, monitor, lag_probe)
+    return GrpcFrontend(server, port, health_servicer)
 
 
 def _channel_options(settings: Settings) -> list[tuple[str, int]]:
@@ -147,37 +104,6 @@ def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     except OSError as exc:
         raise ConfigurationError(f"TLS files: {exc.strerror}: {exc.filename}") from exc
     return grpc.ssl_server_credentials([(key, chain)], root_certificates=client_ca, require_client_auth=bool(client_ca))
-
-
-async def _update_health(servicer: health.aio.HealthServicer, engine: Engine, retriever: Retriever) -> bool:
-    try:
-        await engine.check_health()
-        await retriever.check_health()
-        ok = True
-    except ApiHelperError as exc:
-        log.warning("health check failed: %s", exc)
-        ok = False
-    state = _SERVING if ok else _NOT_SERVING
-    await servicer.set("", state)
-    await servicer.set(SERVICE_NAME, state)
-    return ok
-
-
-async def _probe_loop_lag(recorder: Recorder, period: float) -> None:
-    """Sleep ``period`` over and over and record how much later than asked each wake-up came."""
-    loop = asyncio.get_running_loop()
-    while True:
-        asked = loop.time()
-        await asyncio.sleep(period)
-        recorder.loop_lag(max(0.0, loop.time() - asked - period))
-
-
-async def _monitor_health(
-    servicer: health.aio.HealthServicer, engine: Engine, retriever: Retriever, interval: float
-) -> None:
-    while True:
-        await asyncio.sleep(interval)
-        await _update_health(servicer, engine, retriever)
 
 
 def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

@@ -11,38 +11,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
-from apihelper.errors import DeadlineExceededError, ResourceExhaustedError
+from apihelper.errors import DeadlineExceededError
 from apihelper.grpc_status import status_code
+from apihelper.service.core import Core
 from apihelper.service.grpc import convert, status
-from apihelper.service.metrics import Recorder
-from apihelper.service.pipeline import Pipeline
 from apihelper.v1 import apihelper_pb2 as pb
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
 
 
 class ApiHelperServicer(pb_grpc.ApiHelperServicer):
-    def __init__(
-        self,
-        pipeline: Pipeline,
-        limits: convert.RequestLimits,
-        recorder: Recorder,
-        *,
-        max_concurrent_streams: int,
-        default_deadline_seconds: float,
-        on_unavailable: Callable[[], None] = lambda: None,
-    ) -> None:
-        self._pipeline = pipeline
-        self._limits = limits
-        self._recorder = recorder
-        self._max_streams = max_concurrent_streams
-        self._default_deadline = default_deadline_seconds
-        self._streams = 0
-        self._on_unavailable = on_unavailable  # re-check health now, not at the next poll
+    """The RPCs over the core every front end shares: its pipeline, limits, stream limit,
+    default deadline, recorder and health (re-checked at once when a call meets UNAVAILABLE)."""
+
+    def __init__(self, core: Core) -> None:
+        self._pipeline = core.pipeline
+        self._limits = core.limits
+        self._recorder = core.recorder
+        self._streams = core.streams
+        self._default_deadline = core.default_deadline_seconds
+        self._on_unavailable = core.health.recheck_soon
 
     @contextlib.asynccontextmanager
     async def _rpc(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
@@ -78,17 +70,11 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[pb.GenerateRequest, pb.GenerateResponse]
     ) -> AsyncIterator[pb.GenerateResponse]:
         async with self._rpc("Generate", context):
-            if self._streams >= self._max_streams:
-                # Refuse at once rather than queue without bound: the client can retry elsewhere.
-                raise ResourceExhaustedError(f"{self._streams} streams in progress, the limit is {self._max_streams}")
-            self._streams += 1
-            try:
+            with self._streams.admit():  # over the limit: RESOURCE_EXHAUSTED at once
                 params = convert.generate_params(request, self._limits)
                 async with contextlib.aclosing(self._pipeline.generate(params)) as events:
                     async for event in events:
                         yield convert.generate_response(event)
-            finally:
-                self._streams -= 1
 
     async def Retrieve(
         self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext[pb.RetrieveRequest, pb.RetrieveResponse]

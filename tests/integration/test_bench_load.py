@@ -11,7 +11,7 @@ import pytest
 
 from apihelper.bench.load.config import LoadConfig, RunOptions, check_loopback
 from apihelper.bench.load.report import format_table, percentile
-from apihelper.bench.load.run import options_from_args, run
+from apihelper.bench.load.run import options_from_args, run, run_transports
 
 
 async def test_inprocess_fake_smoke_counts_tokens_lag_and_only_our_cancels() -> None:
@@ -51,6 +51,27 @@ async def test_separate_client_process_and_deadlines_are_reported_by_status() ->
     assert set(report.errors_by_status) == {"DEADLINE_EXCEEDED"}
     assert report.cpu["client_processes_cpu_s"] > 0
     assert not math.isnan(report.event_loop_lag_ms["p99"])
+
+
+async def test_the_http_transport_and_the_comparison_with_grpc() -> None:
+    # The same load over SSE (POST /v1/generate), then over gRPC, each on a fresh server: both
+    # stream whole answers, the HTTP report carries gRPC's figures and the TTFT difference.
+    cfg = LoadConfig(concurrency=4, duration_s=1.0, warmup_s=0.3, ramp_s=0.1, cancel_prob=0.3, cancel_max_messages=6)
+    report = await run_transports(RunOptions(cfg=cfg, inprocess="fake", client="inline", token_rate=200.0))
+    assert report.settings["transport"].startswith("HTTP")
+    assert report.streams["errors"] == 0, report.error_examples
+    assert report.streams["completed"] > 0 and report.streams["cancelled_by_client"] > 0
+    assert report.throughput["tokens_per_s"] > 0
+    assert report.ttft_overhead_ms["client_to_engine_call"]["n"] > 0  # request ids joined the engine marks
+    other = report.other_transport
+    assert other is not None and other["streams"]["completed"] > 0
+    assert other["http_minus_grpc_ttft_ms"]["p50"] == pytest.approx(
+        report.ttft_ms["p50"] - other["ttft_ms"]["p50"], abs=1e-2
+    )
+    assert isinstance(report.acceptance["http_ttft_p50_within_1ms_of_grpc"], bool)
+    assert "HTTP minus gRPC TTFT" in format_table(report)
+    with pytest.raises(ValueError):
+        options_from_args(["--inprocess", "bare", "--http"])
 
 
 def test_only_loopback_targets() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from apihelper.build.cli import main as build_main
-from apihelper.service.grpc.server import RunningServer
+from apihelper.service.frontends import RunningServer
 from tests.support import BIN, FakeEmbedder, live_server, shared_corpus
 from tests.unit.test_eval_bfcl_ast import reference_arguments
 

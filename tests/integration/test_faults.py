@@ -20,7 +20,7 @@ from apihelper.errors import EngineUnavailableError
 from apihelper.retriever.memory import MemoryRetriever
 from apihelper.service.engine.fake import FakeEngine, pieces
 from apihelper.service.engine.protocol import EngineOutput, EngineRequest
-from apihelper.service.grpc.server import RunningServer
+from apihelper.service.frontends import RunningServer
 from apihelper.v1 import apihelper_pb2 as pb
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
 from tests.support import budget, live_server, stub_for

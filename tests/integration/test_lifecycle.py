@@ -1,5 +1,6 @@
-"""Process-level lifecycle, for real: SIGTERM to an apihelper-serve process drains it, and an
-ingest killed with SIGKILL at any point converges on the right docs when run again."""
+"""Process-level lifecycle, for real: SIGTERM to an apihelper-serve process drains it (gRPC and
+HTTP together), and an ingest killed with SIGKILL at any point converges on the right docs when
+run again."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import time
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from apihelper.retriever.samples import sample_corpus_path
 from apihelper.v1 import apihelper_pb2 as pb
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
+from tests.support import free_port, sse_events
 
 BIN = Path(sys.executable).parent
 SERVE = BIN / "apihelper-serve"
@@ -45,11 +48,14 @@ async def test_sigterm_drains_in_flight_streams_then_exits_0(dev_model_dir: Path
     assert ingest.wait(timeout=180) == 0, ingest.stdout.read() if ingest.stdout else b""
     # The log goes to a file: a pipe nobody drains would fill up and block the server.
     log = tmp_path / "serve.log"
+    http_port = free_port()
     server = subprocess.Popen(
         [
             str(SERVE),
             "--port",
             "0",
+            "--http-port",
+            str(http_port),
             "--metrics-port",
             "0",
             "--milvus-uri",
@@ -77,7 +83,18 @@ async def test_sigterm_drains_in_flight_streams_then_exits_0(dev_model_dir: Path
                     port = int(line.rsplit(":", 1)[1])
             await asyncio.sleep(0.2)
         assert port, "the server never said where it listens"
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        http_request = {
+            "instruction": "Create a new session",
+            "retrieval": {"mode": "RETRIEVAL_MODE_NONE"},
+            "sampling": {"max_tokens": 400},
+        }
+        async with (
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=600) as http,
+            http.stream("POST", "/v1/generate", json=http_request) as http_stream,
+        ):
+            http_events = sse_events(http_stream.aiter_lines())
+            assert (await anext(http_events))[0] == "sources"  # an HTTP stream in flight too
             stub = pb_grpc.ApiHelperStub(channel)
             health = health_pb2_grpc.HealthStub(channel)
             long_request = pb.GenerateRequest(
@@ -112,6 +129,12 @@ async def test_sigterm_drains_in_flight_streams_then_exits_0(dev_model_dir: Path
             deltas = "".join(m.delta.text for m in rest if m.WhichOneof("event") == "delta")
             assert rest[-1].completion.text == deltas
             assert rest[-1].completion.finish_reason in (pb.FINISH_REASON_LENGTH, pb.FINISH_REASON_STOP)
+            # The HTTP stream in flight finishes whole too; new HTTP connections are refused.
+            http_rest = [event async for event, _ in http_events]
+            assert http_rest[-1] == "completion" and set(http_rest[:-1]) == {"delta"}
+            async with httpx.AsyncClient(timeout=5) as fresh:
+                with pytest.raises(httpx.ConnectError):
+                    await fresh.get(f"http://127.0.0.1:{http_port}/healthz")
         assert await asyncio.to_thread(server.wait, 60) == 0
     finally:
         if server.poll() is None:

@@ -51,7 +51,7 @@ async def test_a_start_up_failing_at_the_engine_leaves_no_milvus_lite_behind(tmp
     assert not _threads_in("milvus_lite")
     children = {c.pid for c in psutil.Process().children(recursive=True)}  # earlier tests' (multiprocessing's tracker)
 
-    settings = Settings(port=0, metrics_port=0, milvus_uri=str(db), model=str(tmp_path / "no-such-model"))
+    settings = Settings(port=0, http_port=0, metrics_port=0, milvus_uri=str(db), model=str(tmp_path / "no-such-model"))
     # The engine step refuses: the model is missing (or, in the env pinned like the TensorRT-LLM
     # container, the transformers engine refuses transformers 4.x before it looks).
     with pytest.raises(ConfigurationError, match=r"no-such-model|needs transformers 5"):

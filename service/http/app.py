@@ -1,0 +1,481 @@
+"""The HTTP routes: JSON in, pipeline call, JSON or Server-Sent Events out. Nothing else.
+
+Conversion lives in ``convert`` and ``openai`` (pure functions); the status of an error in
+``apihelper.http_status`` (one table). Every call gets what a gRPC call gets from the core: the
+bearer token (health, the spec and the web app stay open), the stream limit (a generation over
+HTTP counts against the limit gRPC streams meet; past it: 429 at once), a deadline (the
+``X-Request-Timeout`` header in seconds, at most the server's default deadline, which is also
+what a request without the header gets), the metrics (``rpc`` label: the route; outcomes named
+as gRPC names them), and cancellation: a client that goes away, or a deadline that passes,
+cancels the handler and so aborts the engine request.
+
+Streams send the first event (the sources) only after retrieval succeeded, so a bad corpus
+name is still a plain 400; an error after that is an ``error`` event (``data`` the error JSON)
+and ends the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+
+from apihelper.errors import DeadlineExceededError, InvalidRequestError, RequestTooLargeError, UnauthenticatedError
+from apihelper.http_status import CANCELLED, OK, HttpOutcome, error_body, http_outcome
+from apihelper.retriever.types import RetrievedDoc
+from apihelper.service.core import Core
+from apihelper.service.http import convert, openai
+from apihelper.service.http.openapi import openapi_spec
+from apihelper.service.pipeline import CompletionEvent, GenerateParams, PipelineEvent, SourcesEvent
+
+log = logging.getLogger(__name__)
+
+TIMEOUT_HEADER = "x-request-timeout"
+PING_SECONDS = 15.0  # an SSE comment this often keeps proxies from closing a quiet stream
+
+Frames = list[ServerSentEvent]
+Render = Callable[[PipelineEvent], Frames]
+
+
+class ClientGone(Exception):
+    """The client closed the connection before the answer was ready."""
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    auth_token: str  # "" : no auth
+    max_body_bytes: int
+    send_timeout_seconds: float  # a stream whose client reads nothing this long is dropped
+
+
+def static_dir() -> Path:
+    return Path(str(files("apihelper.service.http") / "static"))
+
+
+def build_app(core: Core, options: HttpOptions) -> Starlette:
+    api = HttpApi(core, options)
+    return Starlette(routes=api.routes(), exception_handlers={HTTPException: _http_exception})
+
+
+class HttpApi:
+    def __init__(self, core: Core, options: HttpOptions) -> None:
+        self._core = core
+        self._pipeline = core.pipeline
+        self._limits = core.limits
+        self._recorder = core.recorder
+        self._streams = core.streams
+        self._options = options
+        self._expected = f"Bearer {options.auth_token}".encode() if options.auth_token else b""
+        self._started = openai.now()
+        self._spec = json.dumps(openapi_spec(core.pipeline.engine_info.model)).encode()
+
+    def routes(self) -> list[BaseRoute]:
+        guarded = [
+            ("POST", "/rest_api", self.rest_api),
+            ("POST", "/functional", self.functional),
+            ("POST", "/inference", self.inference),
+            ("POST", "/v1/generate", self.generate),
+            ("POST", "/v1/retrieve", self.retrieve),
+            ("GET", "/v1/corpora", self.corpora),
+            ("POST", "/v1/chat/completions", self.chat_completions),
+            ("GET", "/v1/models", self.models),
+        ]
+        open_ = [
+            ("GET", "/healthz", self.healthz),
+            ("GET", "/readyz", self.readyz),
+            ("GET", "/openapi.json", self.spec),
+        ]
+        return [
+            *(Route(path, self._guard(handler), methods=[method]) for method, path, handler in guarded),
+            *(Route(path, handler, methods=[method]) for method, path, handler in open_),
+            Route("/", self.index, methods=["GET"]),
+            # follow_symlink: an editable install links the files in from the source tree
+            Mount("/static", StaticFiles(directory=static_dir(), follow_symlink=True), name="static"),
+        ]
+
+    # -- routes --------------------------------------------------------------------------------
+
+    async def rest_api(self, request: Request) -> Response:
+        return await self._seed_retrieve(request, "rest", "/rest_api")
+
+    async def functional(self, request: Request) -> Response:
+        return await self._seed_retrieve(request, "functional", "/functional")
+
+    async def _seed_retrieve(self, request: Request, corpus: str, route: str) -> Response:
+        async def work() -> Any:
+            params = convert.seed_retrieve_params(await self._json(request), corpus, route, self._limits)
+            return convert.retrieve_json(await self._pipeline.retrieve(params))
+
+        return await self._unary(request, f"POST {route}", work)
+
+    async def retrieve(self, request: Request) -> Response:
+        async def work() -> Any:
+            params = convert.retrieve_params(await self._json(request), self._limits)
+            return convert.retrieve_json(await self._pipeline.retrieve(params))
+
+        return await self._unary(request, "POST /v1/retrieve", work)
+
+    async def corpora(self, request: Request) -> Response:
+        async def work() -> Any:
+            return convert.corpora_json(await self._pipeline.list_corpora())
+
+        return await self._unary(request, "GET /v1/corpora", work)
+
+    async def inference(self, request: Request) -> Response:
+        async def work() -> Any:
+            params = convert.inference_params(await self._json(request), self._limits)
+            docs, completion = await self._generate_whole(params)
+            return convert.inference_json(docs, completion)
+
+        return await self._unary(request, "POST /inference", work)
+
+    async def generate(self, request: Request) -> Response:
+        def render(event: PipelineEvent) -> Frames:
+            return [ServerSentEvent(convert.event_data(event), event=convert.event_name(event))]
+
+        async def prepare() -> tuple[GenerateParams, Render]:
+            return convert.generate_params(await self._json(request), self._limits), render
+
+        return await self._stream(request, "POST /v1/generate", prepare, done=None)
+
+    async def chat_completions(self, request: Request) -> Response:
+        route = "POST /v1/chat/completions"
+        try:
+            body = await self._json(request)
+        except InvalidRequestError as exc:
+            return _error(exc)
+        except ClientGone:
+            return Response(status_code=CANCELLED.status)
+        if not isinstance(body, dict) or not body.get("stream"):
+
+            async def work() -> Any:
+                chat = openai.chat_request(body, self._limits, self._model, _request_id())
+                docs, completion = await self._generate_whole(chat.params)
+                return openai.chat_completion(completion, docs, chat, openai.now())
+
+            return await self._unary(request, route, work)
+
+        async def prepare() -> tuple[GenerateParams, Render]:
+            chat = openai.chat_request(body, self._limits, self._model, _request_id())
+            return chat.params, _chat_renderer(chat, openai.now())
+
+        return await self._stream(request, route, prepare, done=ServerSentEvent("[DONE]"))
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse(openai.models_json(self._model, self._started))
+
+    async def healthz(self, request: Request) -> Response:
+        """Liveness: the process answers; the body says what gRPC's health says."""
+        return JSONResponse({"status": _health_name(self._core.health.serving)})
+
+    async def readyz(self, request: Request) -> Response:
+        """Readiness: 200 while SERVING (engine and retriever answer, not draining), else 503."""
+        serving = self._core.health.serving
+        return JSONResponse({"status": _health_name(serving)}, status_code=200 if serving else 503)
+
+    async def index(self, request: Request) -> Response:
+        """The web app (its script and style under /static)."""
+        return FileResponse(static_dir() / "index.html")
+
+    async def spec(self, request: Request) -> Response:
+        return Response(self._spec, media_type="application/json")
+
+    # -- what every call gets ------------------------------------------------------------------
+
+    @property
+    def _model(self) -> str:
+        return self._pipeline.engine_info.model
+
+    def _guard(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` behind the bearer token, when one is set (compared in constant time)."""
+        if not self._expected:
+            return handler
+
+        async def guarded(request: Request) -> Response:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, self._expected):
+                response = _error(UnauthenticatedError("missing or invalid bearer token"))
+                response.headers["www-authenticate"] = "Bearer"
+                return response
+            return await handler(request)
+
+        return guarded
+
+    def _deadline(self, request: Request) -> float:
+        """When this call must end (event-loop time)."""
+        allowed = self._core.default_deadline_seconds
+        header = request.headers.get(TIMEOUT_HEADER)
+        seconds = allowed
+        if header is not None:
+            try:
+                seconds = float(header)
+            except ValueError:
+                seconds = -1.0
+            if not 0 < seconds <= allowed:
+                raise InvalidRequestError(TIMEOUT_HEADER, f"must be a number of seconds in (0, {allowed:g}]")
+        return asyncio.get_running_loop().time() + seconds
+
+    async def _json(self, request: Request) -> Any:
+        """The body as JSON, at most ``max_body_bytes``."""
+        limit = self._options.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise RequestTooLargeError(limit)
+        chunks, size = [], 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise RequestTooLargeError(limit)
+                chunks.append(chunk)
+        except ClientDisconnect:
+            raise ClientGone from None
+        try:
+            return json.loads(b"".join(chunks))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidRequestError("body", f"is not JSON: {exc}") from None
+
+    async def _generate_whole(self, params: GenerateParams) -> tuple[list[RetrievedDoc], CompletionEvent]:
+        """Run a generation to its end under the stream limit: (the prompt's docs, the completion)."""
+        with self._streams.admit():
+            docs: list[RetrievedDoc] = []
+            async with contextlib.aclosing(self._pipeline.generate(params)) as events:
+                async for event in events:
+                    if isinstance(event, SourcesEvent):
+                        docs = event.docs
+                    elif isinstance(event, CompletionEvent):
+                        return docs, event
+        raise AssertionError("the pipeline ended without a completion")
+
+    async def _unary(self, request: Request, route: str, work: Callable[[], Awaitable[Any]]) -> Response:
+        """One JSON answer: recorded, under the deadline, cancelled if the client goes away."""
+        started = time.perf_counter()
+        outcome = OK
+        self._recorder.rpc_started(route)
+        try:
+            async with asyncio.timeout_at(self._deadline(request)) as timer:
+                return JSONResponse(await _cancel_on_disconnect(request.receive, work()))
+        except TimeoutError:
+            if not timer.expired():
+                raise
+            exc = DeadlineExceededError(f"the request's {self._timeout_text(request)} passed")
+            outcome = http_outcome(exc)
+            return _error(exc)
+        except ClientGone:
+            outcome = CANCELLED
+            return Response(status_code=CANCELLED.status)  # nobody reads it
+        except Exception as exc:
+            outcome = self._failed(exc)
+            return _error(exc)
+        finally:
+            self._recorder.rpc_finished(route, outcome.code, time.perf_counter() - started)
+
+    async def _stream(
+        self,
+        request: Request,
+        route: str,
+        prepare: Callable[[], Awaitable[tuple[GenerateParams, Render]]],
+        done: ServerSentEvent | None,
+    ) -> Response:
+        """A generation as Server-Sent Events. Validation, admission and retrieval come first, so
+        their errors get a status; the slot, the pipeline and the record are released however
+        the response ends (even one the client left before it started)."""
+        started = time.perf_counter()
+        self._recorder.rpc_started(route)
+        result = _Outcome()
+
+        def finish() -> None:
+            self._recorder.rpc_finished(route, result.outcome.code, time.perf_counter() - started)
+
+        try:
+            deadline = self._deadline(request)
+            params, render = await prepare()
+            self._streams.acquire()
+        except ClientGone:
+            result.outcome = CANCELLED
+            finish()
+            return Response(status_code=CANCELLED.status)  # nobody reads it
+        except Exception as exc:
+            result.outcome = self._failed(exc)
+            finish()
+            return _error(exc)
+        events = self._pipeline.generate(params)
+        timer = asyncio.timeout_at(deadline)
+        try:
+            async with timer:
+                first = await anext(events)
+        except BaseException as exc:
+            await events.aclose()
+            self._streams.release()
+            if isinstance(exc, TimeoutError) and timer.expired():
+                exc = DeadlineExceededError(f"the request's {self._timeout_text(request)} passed")
+            result.outcome = CANCELLED if isinstance(exc, asyncio.CancelledError) else self._failed(exc)
+            finish()
+            if not isinstance(exc, Exception):
+                raise
+            return _error(exc)
+
+        async def close() -> None:
+            await events.aclose()  # a stream the client left before it started: nothing ran on
+            self._streams.release()
+            if not result.completed and result.outcome is OK:
+                result.outcome = CANCELLED
+            finish()
+
+        frames = self._frames(first, events, render, deadline, done, result, request)
+        return _EventStream(frames, close, self._options.send_timeout_seconds)
+
+    async def _frames(
+        self,
+        first: PipelineEvent,
+        events: AsyncIterator[PipelineEvent],
+        render: Render,
+        deadline: float,
+        done: ServerSentEvent | None,
+        result: _Outcome,
+        request: Request,
+    ) -> AsyncIterator[ServerSentEvent]:
+        for frame in render(first):
+            yield frame
+        timer = asyncio.timeout_at(deadline)
+        try:
+            while True:
+                # The deadline covers waiting for the pipeline, never a yield: the consumer sends
+                # between two waits, and a timeout must not cancel it there.
+                timer = asyncio.timeout_at(deadline)
+                async with timer:
+                    try:
+                        event = await anext(events)
+                    except StopAsyncIteration:
+                        break
+                for frame in render(event):
+                    yield frame
+        except asyncio.CancelledError:
+            result.outcome = CANCELLED  # the client went away: the engine request was aborted
+            raise
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and timer.expired():
+                exc = DeadlineExceededError(f"the request's {self._timeout_text(request)} passed")
+            result.outcome = self._failed(exc)
+            yield ServerSentEvent(convert.dumps(error_body(exc)), event="error" if done is None else None)
+            return
+        if done is not None:
+            yield done
+        result.completed = True
+
+    def _failed(self, exc: BaseException) -> HttpOutcome:
+        outcome = http_outcome(exc)
+        if outcome.code == "UNAVAILABLE":
+            self._core.health.recheck_soon()
+        elif outcome.code == "INTERNAL":
+            log.exception("internal error", exc_info=exc)
+        return outcome
+
+    def _timeout_text(self, request: Request) -> str:
+        header = request.headers.get(TIMEOUT_HEADER)
+        if header is not None:
+            return f"{TIMEOUT_HEADER} of {header} s"
+        return f"deadline (the server's default, {self._core.default_deadline_seconds:g} s)"
+
+
+@dataclass
+class _Outcome:
+    outcome: HttpOutcome = OK
+    completed: bool = False
+
+
+class _EventStream(EventSourceResponse):
+    """An SSE response that runs ``close`` however it ends: finished, failed, cancelled by a
+    disconnect, or never started because the client left first."""
+
+    def __init__(
+        self, frames: AsyncIterator[ServerSentEvent], close: Callable[[], Awaitable[None]], send_timeout: float
+    ) -> None:
+        super().__init__(frames, ping=PING_SECONDS, send_timeout=send_timeout)
+        self._close = close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._close()
+
+
+async def _cancel_on_disconnect(receive: Receive, work: Awaitable[Any]) -> Any:
+    """``work``'s result, or ClientGone once the client disconnects (``work`` cancelled first)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task.cancelled():
+        raise ClientGone
+    return task.result()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _chat_renderer(chat: openai.ChatRequest, created: int) -> Render:
+    """Pipeline events as chat completion chunks: the role first, content deltas, then the tool
+    calls, the finish reason and the usage (``openai.final_chunks``)."""
+    docs: list[RetrievedDoc] = []
+    rid, model = chat.params.request_id, chat.model
+
+    def render(event: PipelineEvent) -> Frames:
+        if isinstance(event, SourcesEvent):
+            docs.extend(event.docs)
+            out = [openai.chunk(rid, model, created, {"role": "assistant", "content": ""})]
+        elif isinstance(event, CompletionEvent):
+            out = openai.final_chunks(event, docs, chat, created)
+        else:
+            out = [openai.chunk(rid, model, created, {"content": event.text})]
+        return [ServerSentEvent(convert.dumps(c)) for c in out]
+
+    return render
+
+
+def _error(exc: BaseException) -> JSONResponse:
+    return JSONResponse(error_body(exc), status_code=http_outcome(exc).status)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    """Routing errors (404, 405) in the same JSON shape as the API's own."""
+    assert isinstance(exc, HTTPException)
+    kind = "NOT_FOUND" if exc.status_code == 404 else "HTTP"
+    body = {"error": {"message": exc.detail, "type": kind, "param": None, "code": exc.status_code}}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def _health_name(serving: bool) -> str:
+    return "SERVING" if serving else "NOT_SERVING"
+
+
+def _request_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex

@@ -1,0 +1,114 @@
+"""The HTTP front end's lifecycle: uvicorn serving the app in the service's own event loop.
+
+``uvicorn.Server.serve()`` is a coroutine: it runs as a task beside grpc.aio, on the same loop,
+over the same core. The composition root owns SIGTERM/SIGINT (uvicorn's own signal capture is
+switched off) and drains both front ends together: ``stop`` closes the listening socket, lets
+requests in flight finish within the grace period, then cancels what is left (which aborts
+their engine requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import socket
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import uvicorn
+
+from apihelper.errors import ConfigurationError
+from apihelper.service.core import Core
+from apihelper.service.http.app import HttpOptions, build_app
+from apihelper.service.settings import Settings, read_auth_token
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets)
+        finally:
+            self.ready.set()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Leave the signals to the composition root, which drains every front end at once."""
+        yield
+
+
+@dataclass
+class HttpFrontend:
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    port: int
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop accepting, give requests in flight ``grace_seconds``, cancel the rest. Safe to
+        call more than once."""
+        self.server.config.timeout_graceful_shutdown = math.ceil(grace_seconds)
+        self.server.should_exit = True
+        await asyncio.shield(self.task)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(f"http_port: cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+async def start_http(settings: Settings, core: Core, *, sock: socket.socket | None = None) -> HttpFrontend:
+    """Serve the HTTP API on ``sock``, or on ``host:http_port``."""
+    options = HttpOptions(
+        auth_token=read_auth_token(settings),
+        max_body_bytes=settings.max_message_bytes,
+        send_timeout_seconds=settings.keepalive_time_seconds,
+    )
+    config = uvicorn.Config(
+        build_app(core, options),
+        lifespan="off",
+        log_config=None,  # the service's logging, as configured by the composition root
+        access_log=False,
+        server_header=False,
+        ws="none",
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
+        ssl_certfile=settings.tls_cert_file or None,
+        ssl_keyfile=settings.tls_key_file or None,
+        ssl_ca_certs=settings.tls_client_ca_file or None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if settings.tls_client_ca_file else ssl.CERT_NONE,
+    )
+    try:
+        config.load()
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"HTTP TLS files: {exc}") from exc
+    sock = sock if sock is not None else bind(settings.host, settings.http_port)
+    server = _Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="apihelper-http")
+    ready = asyncio.ensure_future(server.ready.wait())
+    await asyncio.wait((ready, task), return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()
+    if task.done() or not server.started:
+        await asyncio.wait((task,))
+        task.result()  # its failure, raised here
+        raise ConfigurationError("the HTTP server stopped during start-up")
+    port = int(sock.getsockname()[1])
+    scheme = "https" if settings.tls_cert_file else "http"
+    log.info("serving HTTP on %s://%s:%d", scheme, settings.host, port)
+    return HttpFrontend(server, task, port)
