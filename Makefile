@@ -51,7 +51,7 @@ $(STAMP): pyproject.toml
 
 define relink
 	@find $(PACKAGE_DIRS) -path '*/__pycache__' -prune -o -type f \( -name '*.py' -o -name '*.pyi' \
-	  -o -name 'py.typed' -o -name '*.yaml' -o -name '*.json' -o -name '*.jsonl' \
+	  -o -name 'py.typed' -o -name '*.yaml' -o -name '*.json' -o -name '*.jsonl' -o -name '*.npz' \
 	  -o -name '*.html' -o -name '*.js' -o -name '*.css' \) -print | sort > $(1)/.package-files.new
 	@if ! cmp -s $(1)/.package-files.new $(1)/.package-files; then \
 	  echo "linking the apihelper package tree into $(1)"; \

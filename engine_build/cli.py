@@ -7,6 +7,7 @@
     apihelper-build build-engine --checkpoint DIR --out ENGINE_DIR [--quant fp8] ...
     apihelper-build eval-retrieval --milvus-uri URI --corpus NAME --questions FILE.jsonl
     apihelper-build eval-answers (--target HOST:PORT | --answers FILE) --questions FILE [--api-db ...]
+    apihelper-build train-embedder --out ADAPTER.npz --corpus NAME=PATH --questions NAME=FILE.jsonl
 
 Heavy libraries are imported inside the commands, so ``--help`` works anywhere.
 """
@@ -21,6 +22,7 @@ from apihelper.build import apply_delta, import_gguf, trtllm_build
 from apihelper.build.artifacts import corpus_texts
 from apihelper.build.eval_answers_cli import add_eval_answers_parser
 from apihelper.build.eval_cli import add_eval_parser, add_milvus_arguments
+from apihelper.build.train_embedder import add_train_parser
 from apihelper.errors import ApiHelperError, CorpusLoadError, InvalidRequestError
 from apihelper.retriever.types import CorpusFormat
 from apihelper.service.prompts import PromptFormat
@@ -132,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_eval_parser(sub)
     add_eval_answers_parser(sub)
+    add_train_parser(sub)
     return parser
 
 

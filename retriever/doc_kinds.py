@@ -29,7 +29,9 @@ class DocKind(str, enum.Enum):
     CLASSMETHOD = "classmethod"
     STATICMETHOD = "staticmethod"
     CLASS = "class"  # Python: a class, called as its constructor
+    CLI_COMMAND = "cli_command"  # Python: a click/typer command (its framework parses the arguments)
     APIBENCH_RECORD = "apibench_record"  # Gorilla's API record; key its api_call
+    FUNCTION_SCHEMA = "function_schema"  # a tool definition (OpenAI, MCP, BFCL); key its name
     TEXT = "text"  # anything else (generic JSONL): searched and shown, never checked as a call
 
     @property
@@ -78,6 +80,19 @@ class PythonMetadata(TypedDict, total=False):
     function: FunctionSchema
     bases: list[str]  # classes only
     methods: list[str]  # classes only
+    audience: str  # "cli" (a command, or code of a command-line package) or "api"
+    truncated: bool
+
+
+class FunctionSchemaMetadata(TypedDict, total=False):
+    kind: str  # DocKind.FUNCTION_SCHEMA
+    name: str  # the bare name the model calls (the key may be "name#<hash>")
+    schema_format: str  # "openai", "mcp", "bfcl" or "plain"
+    summary: str
+    required: list[str]
+    function: FunctionSchema  # the definition as written (BFCL's "dict" kept; see json_schema)
+    variants: int  # distinct schemas seen with this name and description (the first is kept)
+    duplicates: int  # identical repeats dropped
     truncated: bool
 
 
@@ -92,6 +107,44 @@ class ApiBenchMetadata(TypedDict, total=False):
     variants: int  # distinct records merged (same api_call)
     duplicates: int  # identical records dropped
     truncated: bool
+
+
+# BFCL type names -> JSON Schema (bfcl_eval's GORILLA_TO_OPENAPI mapping, the JSON-Schema part).
+BFCL_TYPES = {
+    "dict": "object",
+    "float": "number",
+    "double": "number",
+    "tuple": "array",
+    "list": "array",
+    "bool": "boolean",
+    "any": "string",
+    "byte": "integer",
+    "short": "integer",
+    "long": "integer",
+    "char": "string",
+}
+
+
+def json_schema(schema: Any) -> Any:
+    """``schema`` with BFCL's type names mapped to JSON Schema's, recursively (a copy).
+
+    For consumers of JSON Schema proper: metadata["function"] keeps the schema as written.
+    """
+    if isinstance(schema, list):
+        return [json_schema(item) for item in schema]
+    if not isinstance(schema, Mapping):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "type" and isinstance(value, str):
+            out[key] = BFCL_TYPES.get(value, value)
+        elif key == "properties" and isinstance(value, Mapping):
+            out[key] = {name: json_schema(sub) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties", "anyOf", "oneOf", "allOf", "not"):
+            out[key] = json_schema(value)
+        else:
+            out[key] = value
+    return out
 
 
 def doc_kind(doc: ApiDoc) -> DocKind:
@@ -111,6 +164,10 @@ def python_metadata(doc: ApiDoc) -> PythonMetadata | None:
     return cast(PythonMetadata, doc.metadata) if doc_kind(doc).is_python else None
 
 
+def function_schema_metadata(doc: ApiDoc) -> FunctionSchemaMetadata | None:
+    return cast(FunctionSchemaMetadata, doc.metadata) if doc_kind(doc) is DocKind.FUNCTION_SCHEMA else None
+
+
 def apibench_metadata(doc: ApiDoc) -> ApiBenchMetadata | None:
     return cast(ApiBenchMetadata, doc.metadata) if doc_kind(doc) is DocKind.APIBENCH_RECORD else None
 
@@ -119,6 +176,11 @@ def function_schema(doc: ApiDoc) -> FunctionSchema | None:
     """The doc's JSON function schema when it has one (any kind may: generic JSONL docs too)."""
     function = doc.metadata.get("function")
     return cast(FunctionSchema, function) if isinstance(function, Mapping) else None
+
+
+def audience(doc: ApiDoc) -> str:
+    """``cli`` for command-line code the Python loader marked so, else ``api``."""
+    return "cli" if doc.metadata.get("audience") == "cli" else "api"
 
 
 def domain(doc: ApiDoc) -> str:

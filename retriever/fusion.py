@@ -8,18 +8,21 @@ Fusing here behaves the same on Lite and on a server and lets the weight be meas
 
 Method: each list's scores are standardised over its own candidates (z-scores: mean 0, standard
 deviation 1), a doc missing from one list gets that list's lowest standardised score, and the
-fused score is ``(1 - w) * z_dense + w * z_keyword``. Standardising makes the weight mean the same
-thing for every query, whatever the spread of cosine similarities or BM25 scores; the fused
-scores are roughly comparable across corpora, which the cross-corpus merge relies on.
+fused score is ``(1 - w) * z_dense + w * z_keyword``, plus an optional per-item prior. Standardising
+makes the weight mean the same thing for every query, whatever the spread of cosine similarities or
+BM25 scores; the fused scores are roughly comparable across corpora, which the cross-corpus merge
+relies on. :func:`fuse_hits` adds the rules of ``retriever.ranking`` (the command-line prior,
+variants of one callable last).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from apihelper.retriever.ranking import asks_for_cli, diversify, doc_prior, variant_group
 from apihelper.retriever.types import RetrievedDoc
 
 T = TypeVar("T")
@@ -53,16 +56,22 @@ def fuse(
     *,
     keyword_weight: float = KEYWORD_WEIGHT,
     top_k: int,
+    prior: Callable[[T], float] | None = None,
 ) -> list[Scored[T]]:
     """The best ``top_k`` of both lists by fused score (see the module docstring), best first.
 
     Items are taken from the dense list when a key is in both. An empty list contributes
-    nothing (the other list's standardised scores are used alone).
+    nothing (the other list's standardised scores are used alone). ``prior(item)`` is added to
+    each fused score (with one list alone, to its standardised score).
     """
-    if not keyword or keyword_weight <= 0:
-        return sorted(dense, key=lambda s: s.score, reverse=True)[:top_k]
-    if not dense or keyword_weight >= 1:
-        return sorted(keyword, key=lambda s: s.score, reverse=True)[:top_k]
+    if not keyword or keyword_weight <= 0 or not dense or keyword_weight >= 1:
+        alone = dense if (not keyword or keyword_weight <= 0) else keyword
+        if prior is None:
+            return sorted(alone, key=lambda s: s.score, reverse=True)[:top_k]
+        z = _standardised([s.score for s in alone])
+        scored = [Scored(s.key, zs + prior(s.item), s.item) for s, zs in zip(alone, z, strict=True)]
+        scored.sort(key=lambda s: s.score, reverse=True)
+        return scored[:top_k]
     z_dense = dict(zip((s.key for s in dense), _standardised([s.score for s in dense]), strict=False))
     z_keyword = dict(zip((s.key for s in keyword), _standardised([s.score for s in keyword]), strict=False))
     floor_dense = min(z_dense.values())
@@ -72,7 +81,9 @@ def fuse(
     fused = [
         Scored(
             key,
-            (1.0 - keyword_weight) * z_dense.get(key, floor_dense) + keyword_weight * z_keyword.get(key, floor_keyword),
+            (1.0 - keyword_weight) * z_dense.get(key, floor_dense)
+            + keyword_weight * z_keyword.get(key, floor_keyword)
+            + (prior(item) if prior is not None else 0.0),
             item,
         )
         for key, item in items.items()
@@ -81,8 +92,12 @@ def fuse(
     return fused[:top_k]
 
 
-def fuse_hits(dense: Sequence[RetrievedDoc], keyword: Sequence[RetrievedDoc], top_k: int) -> list[RetrievedDoc]:
-    """The hybrid result from dense and keyword candidates of retrieved docs.
+def fuse_hits(
+    dense: Sequence[RetrievedDoc], keyword: Sequence[RetrievedDoc], top_k: int, *, query: str = ""
+) -> list[RetrievedDoc]:
+    """The hybrid result from dense and keyword candidates of retrieved docs, ordered by the rules
+    of ``retriever.ranking``: the audience prior (``query`` tells whether it asks for the command
+    line), then variants of one callable behind the other results.
 
     The candidates may come from several corpora: fusing the pooled lists standardises every
     score against the same distribution, so the corpora's results are comparable. (Fusing each
@@ -92,13 +107,22 @@ def fuse_hits(dense: Sequence[RetrievedDoc], keyword: Sequence[RetrievedDoc], to
     def key(hit: RetrievedDoc) -> str:
         return f"{hit.corpus}\x00{hit.doc.key}"
 
+    cli_query = asks_for_cli(query)
     fused = fuse(
         [Scored(key(hit), hit.score, hit) for hit in dense],
         [Scored(key(hit), hit.score, hit) for hit in keyword],
         keyword_weight=KEYWORD_WEIGHT,
-        top_k=top_k,
+        top_k=len(dense) + len(keyword),  # all of them: diversify reorders before the cut
+        prior=lambda hit: doc_prior(hit.doc, cli_query=cli_query),
     )
-    return [RetrievedDoc(doc=s.item.doc, corpus=s.item.corpus, score=s.score) for s in fused]
+    ordered = diversify(fused, lambda s: f"{s.item.corpus}\x00{variant_group(s.item.doc)}")[:top_k]
+    # A variant moved behind others scores no more than what now precedes it: scores stay
+    # non-increasing, so a later sort by score (the cross-corpus merge) keeps this order.
+    hits: list[RetrievedDoc] = []
+    for s in ordered:
+        score = min(s.score, hits[-1].score) if hits else s.score
+        hits.append(RetrievedDoc(doc=s.item.doc, corpus=s.item.corpus, score=score))
+    return hits
 
 
 __all__ = ["KEYWORD_WEIGHT", "Scored", "fuse", "fuse_hits"]

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from apihelper.errors import ConfigurationError, UnknownCorpusError
 from apihelper.retriever.embedding import TextEmbedder
@@ -166,7 +167,7 @@ class MilvusRetriever:
                 )
                 dense += d
                 keyword += k
-            return fuse_hits(dense, keyword, top_k)
+            return fuse_hits(dense, keyword, top_k, query=query)
 
         # One thread for all corpora: two Milvus round trips per corpus take ~5 ms; handing each
         # corpus to its own thread gained nothing on 2 cores (the GIL serialises the decoding).
@@ -203,19 +204,22 @@ async def open_retriever(
     corpora_ttl_s: float = 5.0,
     timeout_s: float = 10.0,
     warm_up: bool = True,
+    query_adapter: str | Path = "bundled",
 ) -> MilvusRetriever:
     """Connect to Milvus (Lite path or server URI) and return a ready retriever.
 
-    ``embedder`` defaults to the bundled MiniLM :class:`retriever.embedding.Embedder`; with
+    ``embedder`` defaults to the bundled MiniLM :class:`retriever.embedding.Embedder` with the
+    query adapter ``query_adapter`` ("bundled", "none" or a file; ``retriever.adapter``); with
     ``warm_up`` its model is loaded now (in a thread) so the first request is not slow.
     Raises RetrieverUnavailableError when Milvus cannot be reached, ConfigurationError for a bad
     URI or model. Corpora built with another embedding model are logged (their dense and hybrid
     searches would compare vectors of different models).
     """
     if embedder is None:
+        from apihelper.retriever.adapter import query_embedder
         from apihelper.retriever.embedding import Embedder
 
-        embedder = Embedder()
+        embedder = query_embedder(Embedder(), query_adapter)
     store = await asyncio.to_thread(MilvusStore, uri, token, timeout_s=timeout_s)
     retriever = MilvusRetriever(store, embedder, corpora_ttl_s=corpora_ttl_s)
     try:

@@ -579,7 +579,7 @@ class MilvusStore:
         third round trip cost what the smaller candidate lists saved, about 5 ms either way.)
         """
         dense, keyword = self.hybrid_candidates(corpus, query_text=query_text, query_vector=query_vector, top_k=top_k)
-        return fuse_hits(dense, keyword, top_k)
+        return fuse_hits(dense, keyword, top_k, query=query_text)
 
     def hybrid_candidates(
         self, corpus: str, *, query_text: str, query_vector: Sequence[float], top_k: int, dense: bool = True

@@ -21,6 +21,7 @@ class CorpusFormat(str, enum.Enum):
     PYTHON = "python"  # a wheel, sdist or source directory: one doc per public function/method
     APIBENCH = "apibench"  # Gorilla APIBench JSONL records: key is api_call, whitespace collapsed
     JSONL = "jsonl"  # generic {"id", "title", "text", "metadata"} lines
+    FUNCTIONS = "functions"  # tool definitions (OpenAI tools, MCP tools/list, BFCL): key is the name
 
 
 class RetrievalMode(str, enum.Enum):

@@ -65,6 +65,7 @@ async def serve(settings: Settings) -> None:
     engine's threads and memory), and a normal stop drains the gRPC server first, then shuts the
     engine down, then closes the retriever.
     """
+    from apihelper.retriever.adapter import query_embedder
     from apihelper.retriever.embedding import Embedder
     from apihelper.retriever.milvus_retriever import open_retriever
     from apihelper.service.frontends import start_server
@@ -84,7 +85,7 @@ async def serve(settings: Settings) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
             stack.callback(loop.remove_signal_handler, sig)
-        embedder = await asyncio.to_thread(Embedder)
+        embedder = query_embedder(await asyncio.to_thread(Embedder), settings.query_adapter)
         retriever = await open_retriever(settings.milvus_uri, settings.milvus_token, embedder)
         stack.push_async_callback(retriever.close)
         engine = await build_engine(settings)

@@ -42,6 +42,8 @@ class Settings:
     # Retrieval: a Milvus Lite directory, or http(s)://host:19530 for a Milvus server
     milvus_uri: str = "data/milvus.db"
     milvus_token: str = dataclasses.field(default="", repr=False)
+    # Query adapter over the embedding model (apihelper.retriever.adapter): bundled | none | a file
+    query_adapter: str = "bundled"
     # Engine
     engine: str = "transformers"  # transformers | tensorrt_llm
     model: str = "data/dev-model"  # Hugging Face directory (or engine directory)

@@ -4,10 +4,13 @@ Format detection (:func:`detect_format`), used when no format is given:
 
 - a directory, ``.whl``, ``.tar.gz``/``.tgz``/``.tar``/``.zip`` -> python;
 - ``.json``/``.yaml``/``.yml`` holding one object with an ``openapi`` key -> openapi;
+- ``.json`` holding tool definitions (a list of OpenAI tools or function definitions, an MCP
+  ``{"tools": [...]}`` result) -> functions;
 - JSON lines (``.jsonl``/``.ndjson``, or a ``.json`` that is really JSONL, like APIBench's
-  ``torchhub_train.json``): the first object decides: ``api_call`` -> apibench, ``id`` and
-  ``text`` -> jsonl. Question files (``code``/``api_data`` lines, or ``question``/``answer``)
-  are not corpora and are refused.
+  ``torchhub_train.json``): the first object decides: a tool definition -> functions,
+  ``api_call`` -> apibench, ``id`` and ``text`` -> jsonl. Question files (``code``/``api_data``
+  lines, ``question``/``answer``, or BFCL's ``question``/``function``) are not corpora and are
+  refused.
 
 Content problems inside a file (a bad line, a broken ``$ref``, an unparsable module) come back
 as LoadProblems in the LoadResult; only a file whose format cannot be told (or that cannot be
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from apihelper.errors import CorpusLoadError
+from apihelper.retriever.loaders.function_schema import looks_like_definitions
 from apihelper.retriever.types import CorpusFormat, LoadResult
 
 _ARCHIVE_SUFFIXES = (".whl", ".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
@@ -40,17 +44,28 @@ def _first_json_line(path: Path) -> Any:
     return None
 
 
+def _is_question_record(record: Any) -> bool:
+    """A line of a question file: APIBench training/eval lines, the project's, or BFCL's."""
+    return isinstance(record, dict) and (
+        "api_data" in record or ("question" in record and ("answer" in record or "function" in record))
+    )
+
+
 def _format_of_record(path: Path, record: Any) -> CorpusFormat:
     if not isinstance(record, dict):
         raise CorpusLoadError(str(path), "first line is not a JSON object; cannot tell the corpus format")
-    if "api_data" in record or ("question" in record and "answer" in record):
+    if _is_question_record(record):
         raise CorpusLoadError(str(path), "this is a question/eval file, not a corpus")
+    if looks_like_definitions(record):
+        return CorpusFormat.FUNCTIONS
     if "api_call" in record:
         return CorpusFormat.APIBENCH
     if "id" in record and "text" in record:
         return CorpusFormat.JSONL
     raise CorpusLoadError(
-        str(path), f"JSON lines with keys {sorted(record)[:8]} match no corpus format (need api_call, or id+text)"
+        str(path),
+        f"JSON lines with keys {sorted(record)[:8]} match no corpus format "
+        "(need a tool definition, api_call, or id+text)",
     )
 
 
@@ -82,9 +97,15 @@ def detect_format(path: Path) -> CorpusFormat:
                     raise CorpusLoadError(str(path), f"not valid YAML: {exc}") from exc
             if isinstance(document, dict) and "openapi" in document:
                 return CorpusFormat.OPENAPI
+            if looks_like_definitions(document):
+                return CorpusFormat.FUNCTIONS
+            if _is_question_record(document):
+                raise CorpusLoadError(str(path), "this is a question/eval file, not a corpus")
             if isinstance(document, dict) and "swagger" in document:
                 raise CorpusLoadError(str(path), "Swagger 2.0 is not supported; convert it to OpenAPI 3.x")
-            raise CorpusLoadError(str(path), "a JSON/YAML file without an 'openapi' key is not a known corpus")
+            raise CorpusLoadError(
+                str(path), "a JSON/YAML file that is neither an OpenAPI spec nor tool definitions is not a known corpus"
+            )
     except (OSError, UnicodeDecodeError) as exc:
         raise CorpusLoadError(str(path), f"cannot read file: {exc}") from exc
     raise CorpusLoadError(
@@ -114,6 +135,10 @@ def load_corpus(
         from apihelper.retriever.loaders.python_pkg import load_python_package
 
         return fmt, load_python_package(path, include=include)
+    if fmt is CorpusFormat.FUNCTIONS:
+        from apihelper.retriever.loaders.function_schema import load_function_schemas
+
+        return fmt, load_function_schemas(path)
     if fmt is CorpusFormat.APIBENCH:
         from apihelper.retriever.loaders.apibench import load_apibench
 

@@ -17,7 +17,14 @@ package, ``__init__.py`` standing for the package itself):
 defines a literal ``__all__``, module-level names must be listed there. Test packages
 (``tests``/``test`` directories, ``test_*.py``, ``conftest.py``) and ``setup.py`` are skipped.
 
-Each doc's metadata has ``kind`` (function/method/classmethod/staticmethod/class), ``module``,
+Command-line code is loaded but told apart, so that a whole SDK wheel ranks its library first
+(``retriever.ranking``) and a user can tell a command from a function: a function decorated by a
+command-line framework (``@click.command()``, ``@click.option(...)``, ``@<group>.command()``,
+typer's ``@app.command()``) is kind ``cli_command``; every doc has ``metadata["audience"]``:
+``cli`` for those commands and for anything in a command-line package (a module path segment
+``cli``, ``commands``, ``console``, ``scripts``, ``cmd``), else ``api``.
+
+Each doc's metadata has ``kind`` (function/method/classmethod/staticmethod/class/cli_command), ``module``,
 ``qualname``, ``signature`` (rebuilt from the AST, annotations via ``ast.unparse``),
 ``decorators``, ``is_async``, ``required`` and ``function``: an openfunctions JSON function schema
 whose ``name`` is the callable as written in code (``Class.method`` or ``function``), with
@@ -34,6 +41,7 @@ problem says so (signatures then lack the type parameters). Anything else is ski
 from __future__ import annotations
 
 import ast
+import dataclasses
 import fnmatch
 import io
 import json
@@ -571,7 +579,9 @@ def _function_doc(
     owner_summary: str,
 ) -> ApiDoc:
     tails = _decorator_tails(node)
-    if not owner:
+    if is_cli_command(node):
+        kind = DocKind.CLI_COMMAND
+    elif not owner:
         kind = DocKind.FUNCTION
     elif "staticmethod" in tails:
         kind = DocKind.STATICMETHOD
@@ -712,8 +722,48 @@ def _class_docs(module: str, node: ast.ClassDef, owner: list[str]) -> list[ApiDo
     return docs
 
 
+# Decorator roots of command-line frameworks, and package names that hold a command-line interface.
+CLI_FRAMEWORKS = frozenset({"click", "typer", "cyclopts", "fire", "cloup", "asyncclick"})
+CLI_DECORATOR_TAILS = frozenset({"command", "group", "callback"})
+CLI_SEGMENTS = frozenset({"cli", "clis", "commands", "console", "scripts", "cmd"})
+
+
+def _decorator_root(node: ast.expr) -> str:
+    target = node.func if isinstance(node, ast.Call) else node
+    while isinstance(target, ast.Attribute):
+        target = target.value
+    return target.id if isinstance(target, ast.Name) else ""
+
+
+def is_cli_command(node: _FunctionNode) -> bool:
+    """Whether a function is a command of a command-line framework: decorated from click/typer
+    (``@click.option``, ``@click.command()``) or with ``@<group>.command(...)``/``.group(...)``."""
+    for dec in node.decorator_list:
+        target = dec.func if isinstance(dec, ast.Call) else dec
+        if _decorator_root(dec) in CLI_FRAMEWORKS:
+            return True
+        if isinstance(target, ast.Attribute) and target.attr in CLI_DECORATOR_TAILS:
+            return True
+    return False
+
+
+def audience(module: str, kind: str) -> str:
+    """Who a doc is for: ``cli`` for command-line commands and anything in a command-line
+    package (a module path segment such as ``cli`` or ``commands``), else ``api``."""
+    if kind == DocKind.CLI_COMMAND.value or any(part in CLI_SEGMENTS for part in module.split(".")):
+        return "cli"
+    return "api"
+
+
+def _with_audience(doc: ApiDoc) -> ApiDoc:
+    metadata = dict(doc.metadata)
+    metadata["audience"] = audience(str(metadata.get("module", "")), str(metadata.get("kind", "")))
+    return dataclasses.replace(doc, metadata=metadata)
+
+
 def module_docs(module: str, tree: ast.Module) -> list[ApiDoc]:
-    """The docs of one parsed module (public functions, classes and their methods)."""
+    """The docs of one parsed module (public functions, classes and their methods), each with
+    ``metadata["audience"]`` (see :func:`audience`)."""
     exported = _dunder_all(tree)
     by_name: dict[str, list[ApiDoc]] = {}
     for node in _top_level(tree.body):
@@ -727,7 +777,7 @@ def module_docs(module: str, tree: ast.Module) -> list[ApiDoc]:
             if "overload" in _decorator_tails(node):
                 continue
             by_name[node.name] = [_function_doc(module, node, [], "")]
-    return [doc for docs in by_name.values() for doc in docs]
+    return [_with_audience(doc) for docs in by_name.values() for doc in docs]
 
 
 def load_python_package(path: Path, include: Sequence[str] | None = None) -> LoadResult:

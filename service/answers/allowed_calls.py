@@ -8,6 +8,8 @@ same doc:
 - gorilla_v0: REST operations as ``METHOD /path`` with each parameter's location; Python callables
   as their dotted key (methods also as ``Class.method``) with the signature's parameters in order;
   APIBench records as their api_call.
+- both: function-schema docs (tool definitions) as their name with the schema's properties as
+  keyword arguments.
 - openfunctions_v2 / chat_tools: the function schema's name and properties (REST body fields under
   their schema names, e.g. ``body_name``); APIBench records as their api_call.
 
@@ -20,7 +22,7 @@ import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from apihelper.retriever.doc_kinds import DocKind, doc_kind, function_schema
+from apihelper.retriever.doc_kinds import DocKind, doc_kind, function_schema, json_schema
 from apihelper.retriever.types import ApiDoc
 from apihelper.service.answers.check import apibench_reference, python_signature, rest_operation
 from apihelper.service.answers.grammar import (
@@ -89,6 +91,8 @@ def gorilla_call(doc: ApiDoc) -> AllowedCall | None:
         return AllowedCall(f"{op.method} {op.path}", CallKind.REST, params)
     if kind is DocKind.APIBENCH_RECORD:
         return apibench_call(doc)
+    if kind is DocKind.FUNCTION_SCHEMA:
+        return _schema_call(doc, CallKind.PYTHON)
     if kind.is_python:
         signature = python_signature(doc)
         if signature is None:
@@ -135,11 +139,23 @@ def function_call(doc: ApiDoc) -> AllowedCall | None:
                 _spec(p.arg_name, p.schema, p.required, ParamWhere.KEYWORD) for p in op.params if p.where != "header"
             )
             return AllowedCall(name, CallKind.FUNCTION, params)
+    return _schema_call(doc, CallKind.FUNCTION)
+
+
+def _schema_call(doc: ApiDoc, kind: CallKind) -> AllowedCall | None:
+    """A call by the function schema's name with its properties as keyword arguments (BFCL's type
+    names read as JSON Schema's)."""
+    schema = function_schema(doc) or {}
+    name = schema.get("name")
+    if not isinstance(name, str) or not name:
+        return None
     parameters = schema.get("parameters")
     required = parameters.get("required") if isinstance(parameters, Mapping) else None
     required_names = {str(r) for r in required} if isinstance(required, list) else set()
-    params = tuple(_spec(n, s, n in required_names, ParamWhere.KEYWORD) for n, s in _properties(doc).items())
-    return AllowedCall(name, CallKind.FUNCTION, params)
+    params = tuple(
+        _spec(n, json_schema(s), n in required_names, ParamWhere.KEYWORD) for n, s in _properties(doc).items()
+    )
+    return AllowedCall(name, kind, params)
 
 
 def allowed_calls(fmt: PromptFormat, docs: Iterable[ApiDoc]) -> list[AllowedCall]:

@@ -19,6 +19,10 @@ what kind a doc is and what its metadata holds is the retriever's contract
   :class:`inspect.Signature` rebuilt by parsing ``signature`` with :mod:`ast` (falling back to
   the ``function`` schema), never by importing.
 - APIBench records: Gorilla's AST sub-tree rule, see :func:`apibench_reference`.
+- Function schemas (tool definitions): called by their bare name; the arguments are checked
+  against the schema as BFCL's checker does (every required parameter given, none outside the
+  schema, literal values of the right JSON type and in the enum), BFCL's type names read as
+  JSON Schema's (``doc_kinds.json_schema``).
 - Text docs are not APIs: a call that names one is unchecked.
 
 Pure and synchronous: no I/O; the work is bounded by the parser's limits and the catalog size.
@@ -43,6 +47,7 @@ from apihelper.retriever.doc_kinds import (
     apibench_metadata,
     doc_kind,
     function_schema,
+    json_schema,
     python_metadata,
     rest_metadata,
 )
@@ -760,6 +765,45 @@ def _check_rest_function_call(call: ParsedCall, doc: ApiDoc, op: RestOperation, 
     return _finish(call, doc.key, reasons, notes, retrieved)
 
 
+def _check_schema_call(call: ParsedCall, doc: ApiDoc, retrieved: ApiCatalog) -> CallCheck:
+    """A call of a tool definition: its arguments against the definition's JSON Schema
+    (positional arguments take the properties in order, as openfunctions answers rarely use)."""
+    schema = function_schema(doc) or {}
+    parameters = json_schema(schema.get("parameters") or {})
+    props: Mapping[str, Any] = parameters.get("properties") or {} if isinstance(parameters, Mapping) else {}
+    required = [str(r) for r in parameters.get("required") or []] if isinstance(parameters, Mapping) else []
+    order = list(props)
+    reasons: list[str] = []
+    notes: list[str] = [f"{call.name} is {doc.key}"] if doc.key != call.name else []
+    given: set[str] = set()
+    for arg in call.args:
+        if arg.where in (ArgWhere.STAR, ArgWhere.STAR_STAR):
+            notes.append("*args/**kwargs in the call: arguments not fully checked")
+            given.update(order)
+            continue
+        if arg.where is ArgWhere.POSITIONAL:
+            if arg.position >= len(order):
+                reasons.append(f"too many positional arguments for {call.name}")
+                continue
+            name = order[arg.position]
+        else:
+            name = arg.name
+        if name not in props:
+            reasons.append(_unknown_name_reason("parameter", name, order))
+            continue
+        if name in given:
+            reasons.append(f"'{name}' given more than once")
+        given.add(name)
+        sub = props[name]
+        problem = type_problem(arg.value, sub) if arg.literal and isinstance(sub, Mapping) else None
+        if problem:
+            reasons.append(f"'{name}' {problem}")
+    missing = [name for name in required if name not in given]
+    if missing:
+        reasons.append(f"missing required parameter{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+    return _finish(call, doc.key, reasons, notes, retrieved)
+
+
 # ----------------------------------------------------------------------------------------------
 # Python (and openfunctions names, and APIBench records)
 
@@ -786,6 +830,8 @@ def _resolve_python(call: ParsedCall, catalogs: Sequence[ApiCatalog], retrieved:
             op = rest_operation(doc)
             if op is not None:
                 return _check_rest_function_call(call, doc, op, retrieved)
+            if doc_kind(doc) is DocKind.FUNCTION_SCHEMA:
+                return _check_schema_call(call, doc, retrieved)
             if doc_kind(doc).is_python:
                 return _check_python_binding(call, doc, catalogs, retrieved)
             return _finish_unchecked(call, doc, retrieved)

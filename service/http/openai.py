@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apihelper.errors import InvalidRequestError
-from apihelper.retriever.doc_kinds import DocKind, FunctionSchema, function_schema
+from apihelper.retriever.doc_kinds import DocKind, FunctionSchema, FunctionSchemaMetadata, function_schema
 from apihelper.retriever.types import ApiDoc, RetrievalMode, RetrievedDoc
 from apihelper.service.answers.check import CallCheck
 from apihelper.service.answers.parse import ArgWhere, ParsedCall
@@ -155,19 +155,19 @@ def parse_tool_choice(choice: Any, tools: Sequence[FunctionSchema]) -> tuple[str
 
 
 def tool_docs(tools: Sequence[FunctionSchema]) -> tuple[RetrievedDoc, ...]:
-    """A caller's tools as the prompt's docs: functions (``DocKind.FUNCTION``) keyed by name whose
-    JSON schema is the tool's, belonging to no corpus. The prompt formats read the schema
+    """A caller's tools as the prompt's docs: function schemas (``DocKind.FUNCTION_SCHEMA``) keyed
+    by name, belonging to no corpus. The prompt formats read the schema
     (openfunctions' function list) or the text (gorilla_v0's reference block); the verdict binds
     a call's arguments to the schema."""
     docs = []
     for tool in tools:
         text = json.dumps(tool, ensure_ascii=False)
-        metadata = {
-            "kind": DocKind.FUNCTION.value,
-            "module": "",
-            "qualname": tool["name"],
+        metadata: FunctionSchemaMetadata = {
+            "kind": DocKind.FUNCTION_SCHEMA.value,
+            "name": tool["name"],
+            "schema_format": "openai",
             "summary": tool.get("description", ""),
-            "function": dict(tool),
+            "function": tool,
         }
         doc = ApiDoc(key=tool["name"], title=tool["name"], text=text, index_text="", metadata=metadata)
         docs.append(RetrievedDoc(doc, corpus="", score=1.0))

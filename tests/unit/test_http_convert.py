@@ -210,7 +210,7 @@ def test_tools_become_the_prompts_docs_and_tool_choice_picks_them() -> None:
     chat = _chat(tools=[TOOL, other])
     docs = chat.params.docs
     assert docs is not None and [d.doc.key for d in docs] == ["createSession", "listImages"]
-    assert all(d.corpus == "" and doc_kind(d.doc) is DocKind.FUNCTION for d in docs)
+    assert all(d.corpus == "" and doc_kind(d.doc) is DocKind.FUNCTION_SCHEMA for d in docs)
     assert function_schema(docs[0].doc) == SCHEMA
     # openfunctions_v2 shows the model exactly the caller's schemas.
     prompt = build_prompt(PromptFormat.OPENFUNCTIONS_V2, "x", docs)
