@@ -103,9 +103,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             except ApiHelperError:
                 raise  # Milvus down, a bad name: the whole command fails (exit 2, one line)
             except Exception as exc:  # a bug of ours: say so in one line, go on with the next corpus
-                print(_safe(f"{name}: not ingested: internal error: {type(exc).__name__}: {exc}"), file=sys.stderr)
+                hint = "" if args.verbose else " (--verbose prints the traceback)"
+                print(
+                    _safe(f"{name}: not ingested: internal error: {type(exc).__name__}: {exc}{hint}"), file=sys.stderr
+                )
                 if args.verbose:
-                    traceback.print_exc()
+                    print(_safe(traceback.format_exc()), file=sys.stderr, end="")
                 broken += 1
                 continue
             for problem in report.problems:
@@ -115,7 +118,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if broken:
-        print("apihelper-build: internal error (run with --verbose for the traceback)", file=sys.stderr)
         return 2
     if failed == len(specs):
         return 2
@@ -200,9 +202,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.command != "ingest":
             raise
         # An internal bug: one line, the traceback only when asked for.
-        print(_safe(f"apihelper-build: internal error: {type(exc).__name__}: {exc}"), file=sys.stderr)
-        if getattr(args, "verbose", False):
-            traceback.print_exc()
+        verbose = bool(getattr(args, "verbose", False))
+        hint = "" if verbose else " (--verbose prints the traceback)"
+        print(_safe(f"apihelper-build: internal error: {type(exc).__name__}: {exc}{hint}"), file=sys.stderr)
+        if verbose:
+            print(_safe(traceback.format_exc()), file=sys.stderr, end="")
         code = 2
     raise SystemExit(code)
 
