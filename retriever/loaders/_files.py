@@ -99,14 +99,15 @@ def decode_text(data: bytes) -> str:
 
 
 def bounded_tree(value: Any, limits: IngestLimits) -> Any:
-    """``value`` (parsed JSON/YAML) checked for depth, lone surrogates replaced by U+FFFD.
+    """``value`` (parsed JSON/YAML) checked for depth (objects and arrays nested, the outermost
+    being 1), lone surrogates replaced by U+FFFD.
 
     Raises LimitExceeded past ``limits.max_depth``.
     """
     found = [False]
 
     def walk(node: Any, depth: int) -> None:
-        if depth > limits.max_depth:
+        if isinstance(node, (dict, list)) and depth > limits.max_depth:
             raise LimitExceeded(limits, "max_depth", f"values nested deeper than {limits.max_depth}")
         if isinstance(node, str):
             if not found[0] and _SURROGATE.search(node):
@@ -120,7 +121,7 @@ def bounded_tree(value: Any, limits: IngestLimits) -> Any:
             for item in node:
                 walk(item, depth + 1)
 
-    walk(value, 0)
+    walk(value, 1)  # the outermost object or array is depth 1
     return replace_surrogates(value) if found[0] else value
 
 
@@ -149,7 +150,7 @@ def parse_yaml(text: str, limits: IngestLimits = DEFAULT_LIMITS) -> Any:
     """``yaml.safe_load`` with the depth bounded while composing and the nodes copied by aliases
     counted (a recursive alias refused); raises LimitExceeded, ValueError or yaml.YAMLError."""
     import yaml
-    from yaml.events import AliasEvent
+    from yaml.events import AliasEvent, ScalarEvent
 
     class BoundedLoader(yaml.SafeLoader):
         def __init__(self, stream: str) -> None:
@@ -174,11 +175,12 @@ def parse_yaml(text: str, limits: IngestLimits = DEFAULT_LIMITS) -> Any:
                             f"YAML aliases copy more than {limits.max_yaml_alias_nodes} nodes",
                         )
                 return super().compose_node(parent, index)
-            self.apihelper_depth += 1
+            collection = not self.check_event(ScalarEvent)
+            self.apihelper_depth += collection
             if self.apihelper_depth > limits.max_depth:
                 raise LimitExceeded(limits, "max_depth", f"values nested deeper than {limits.max_depth}")
             node = super().compose_node(parent, index)
-            self.apihelper_depth -= 1
+            self.apihelper_depth -= collection
             children: list[Any]
             if isinstance(node, yaml.MappingNode):
                 children = [part for pair in node.value for part in pair]
