@@ -42,7 +42,12 @@ _SPEC_SUFFIXES = (".json", ".yaml", ".yml")
 
 def _first_json_line(path: Path, limits: IngestLimits) -> Any:
     data = read_bytes(path, limits)
-    for raw in data.split(b"\n"):
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end
+        raw = data[start:end]
+        start = end + 1
         if raw.strip():
             try:
                 return parse_json(raw.decode("utf-8-sig"), limits)
