@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
+from dataclasses import fields
 from pathlib import Path
 
 from apihelper.build import apply_delta, import_gguf, trtllm_build
@@ -24,6 +26,7 @@ from apihelper.build.eval_answers_cli import add_eval_answers_parser
 from apihelper.build.eval_cli import add_eval_parser, add_milvus_arguments
 from apihelper.build.train_embedder import add_train_parser
 from apihelper.errors import ApiHelperError, CorpusLoadError, InvalidRequestError
+from apihelper.retriever.limits import IngestLimits
 from apihelper.retriever.types import CorpusFormat
 from apihelper.service.prompts import PromptFormat
 
@@ -39,6 +42,16 @@ def parse_corpus_spec(spec: str) -> tuple[str, Path, CorpusFormat | None]:
     return name, Path(rest), None
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def cmd_make_dev_model(args: argparse.Namespace) -> int:
     from apihelper.build.dev_model import make_dev_model
 
@@ -49,32 +62,63 @@ def cmd_make_dev_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _safe(text: str) -> str:
+    """``text`` printable on any stream (file names may carry undecodable bytes)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def ingest_limits(args: argparse.Namespace) -> IngestLimits:
+    """The IngestLimits of the ``--max-*`` flags."""
+    return IngestLimits(**{f.name: getattr(args, f.name) for f in fields(IngestLimits)})
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from apihelper.retriever.embedding import Embedder
     from apihelper.retriever.ingest import format_report, ingest_corpus
     from apihelper.retriever.milvus_store import MilvusStore
 
     specs = [parse_corpus_spec(s) for s in args.corpus]
+    limits = ingest_limits(args)
     embedder = Embedder()
     store = MilvusStore(args.milvus_uri, args.milvus_token)
-    partial = failed = 0
+    partial = failed = broken = 0
     try:
         for name, path, fmt in specs:
             try:
                 report = ingest_corpus(
-                    store, embedder, name, path, fmt, progress=not args.quiet, include=args.include or None
+                    store,
+                    embedder,
+                    name,
+                    path,
+                    fmt,
+                    progress=not args.quiet,
+                    include=args.include or None,
+                    limits=limits,
                 )
             except CorpusLoadError as exc:
                 # One unreadable corpus must not stop the others; the exit status tells.
-                print(f"{name}: not ingested: {exc}", file=sys.stderr)
+                print(_safe(f"{name}: not ingested: {exc}"), file=sys.stderr)
                 failed += 1
                 continue
+            except ApiHelperError:
+                raise  # Milvus down, a bad name: the whole command fails (exit 2, one line)
+            except Exception as exc:  # a bug of ours: say so in one line, go on with the next corpus
+                hint = "" if args.verbose else " (--verbose prints the traceback)"
+                print(
+                    _safe(f"{name}: not ingested: internal error: {type(exc).__name__}: {exc}{hint}"), file=sys.stderr
+                )
+                if args.verbose:
+                    print(_safe(traceback.format_exc()), file=sys.stderr, end="")
+                broken += 1
+                continue
             for problem in report.problems:
-                print(f"  problem in {problem.path}: {problem.message}", file=sys.stderr)
+                print(_safe(f"  problem in {problem.path}: {problem.message}"), file=sys.stderr)
             partial += bool(report.problems)
-            print(format_report(report))
+            print(_safe(format_report(report)))
     finally:
         store.close()
+    if broken:
+        return 2
     if failed == len(specs):
         return 2
     return 3 if partial or failed else 0
@@ -95,8 +139,11 @@ def _parser() -> argparse.ArgumentParser:
         "ingest",
         help="load API docs and write them to Milvus (idempotent)",
         description=(
-            "Exit status: 0 everything loaded; 3 partial (some files or corpora skipped, listed on "
-            "stderr; the rest is ingested); 2 nothing ingested."
+            "Every file is read as hostile input, within the --max-* limits below (a file past one "
+            "is reported, naming the file and the limit, and skipped). Exit status: 0 everything "
+            "loaded; 3 partial (some files or corpora skipped, each listed on stderr; the rest is "
+            "ingested); 2 nothing ingested, Milvus unavailable, or an internal error (one line; "
+            "the traceback with --verbose)."
         ),
     )
     add_milvus_arguments(p)
@@ -114,6 +161,12 @@ def _parser() -> argparse.ArgumentParser:
         help="python corpora: only modules under this dotted prefix (repeatable), e.g. ai.backend.client.func",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--verbose", action="store_true", help="print the traceback of an internal error")
+    limits = p.add_argument_group("limits (per file and per corpus; see retriever/limits.py)")
+    for flag, default, help_text in IngestLimits.describe():
+        limits.add_argument(
+            flag, type=_positive_int, default=default, metavar="N", help=f"{help_text} (default {default})"
+        )
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser(
@@ -143,7 +196,17 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = args.func(args)
     except ApiHelperError as exc:
-        print(f"apihelper-build: {exc}", file=sys.stderr)
+        print(_safe(f"apihelper-build: {exc}"), file=sys.stderr)
+        code = 2
+    except Exception as exc:
+        if args.command != "ingest":
+            raise
+        # An internal bug: one line, the traceback only when asked for.
+        verbose = bool(getattr(args, "verbose", False))
+        hint = "" if verbose else " (--verbose prints the traceback)"
+        print(_safe(f"apihelper-build: internal error: {type(exc).__name__}: {exc}{hint}"), file=sys.stderr)
+        if verbose:
+            print(_safe(traceback.format_exc()), file=sys.stderr, end="")
         code = 2
     raise SystemExit(code)
 

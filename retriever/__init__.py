@@ -3,7 +3,8 @@
 Modules (heavy libraries are imported lazily, inside functions and constructors):
 
 - ``retriever.types``: plain domain types and the ``Retriever`` protocol.
-- ``retriever.loaders``: ``load_corpus(path, fmt=None, *, include=None)`` and ``detect_format``;
+- ``retriever.loaders``: ``load_corpus(path, fmt=None, *, include=None, limits=IngestLimits())`` and ``detect_format``
+  (every file read as hostile input within ``retriever.limits.IngestLimits``);
   one module per format (openapi, python_pkg, apibench, jsonl, function_schema).
 - ``retriever.embedding``: ``Embedder`` (llama-index HuggingFaceEmbedding over the bundled MiniLM)
   and the ``TextEmbedder`` protocol.

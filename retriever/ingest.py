@@ -29,6 +29,7 @@ from pathlib import Path
 
 from apihelper.errors import CorpusLoadError
 from apihelper.retriever.embedding import TextEmbedder
+from apihelper.retriever.limits import DEFAULT_LIMITS, IngestLimits
 from apihelper.retriever.loaders import load_corpus
 from apihelper.retriever.milvus_store import (
     MAX_KEY_BYTES,
@@ -68,17 +69,19 @@ def ingest_corpus(
     *,
     include: Sequence[str] | None = None,
     batch_size: int = EMBED_BATCH,
+    limits: IngestLimits = DEFAULT_LIMITS,
 ) -> IngestReport:
     """Make corpus ``name`` hold exactly the docs of ``path``; see the module docstring.
 
     ``progress``: show a tqdm bar for embedding on stderr (the caller reports the summary).
     ``include``: module patterns for Python packages (see ``load_corpus``).
+    ``limits``: what one file and one corpus may cost to load (``retriever/limits.py``).
     Raises ConfigurationError (bad name), CorpusLoadError (nothing loadable),
     RetrieverUnavailableError (Milvus failed).
     """
     check_corpus_name(name)
     path = Path(path)
-    used_fmt, result = load_corpus(path, fmt, include=include)
+    used_fmt, result = load_corpus(path, fmt, include=include, limits=limits)
     problems = list(result.problems)
     docs: dict[str, ApiDoc] = {}
     for doc in result.docs:

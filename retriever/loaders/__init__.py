@@ -12,9 +12,13 @@ Format detection (:func:`detect_format`), used when no format is given:
   lines, ``question``/``answer``, or BFCL's ``question``/``function``) are not corpora and are
   refused.
 
-Content problems inside a file (a bad line, a broken ``$ref``, an unparsable module) come back
-as LoadProblems in the LoadResult; only a file whose format cannot be told (or that cannot be
-opened for detection) raises :class:`~service.errors.CorpusLoadError`.
+Every file is read as hostile input, within :class:`~apihelper.retriever.limits.IngestLimits`
+(regular files only, bounded reads, nesting, ``$ref`` and YAML alias budgets; see
+``retriever/limits.py``). Content problems inside a file (a bad line, a broken ``$ref``, an
+unparsable module, a limit hit) come back as LoadProblems in the LoadResult, naming the file and
+the limit; only a file whose format cannot be told (or that cannot be read for detection)
+raises :class:`~service.errors.CorpusLoadError`. Docs come back with their text normalised
+(:func:`clean_doc`: NFC, control characters removed, lone surrogates replaced).
 """
 
 from __future__ import annotations
@@ -25,22 +29,30 @@ from pathlib import Path
 from typing import Any
 
 from apihelper.errors import CorpusLoadError
+from apihelper.retriever.limits import DEFAULT_LIMITS, IngestLimits, LimitExceeded
+from apihelper.retriever.loaders._files import decode_text, parse_json, problem_message, read_bytes
+from apihelper.retriever.loaders._text import clean_text, clean_value
 from apihelper.retriever.loaders.function_schema import looks_like_definitions
-from apihelper.retriever.types import CorpusFormat, LoadResult
+from apihelper.retriever.types import ApiDoc, CorpusFormat, LoadProblem, LoadResult
 
 _ARCHIVE_SUFFIXES = (".whl", ".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _SPEC_SUFFIXES = (".json", ".yaml", ".yml")
 
 
-def _first_json_line(path: Path) -> Any:
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                try:
-                    return json.loads(line)
-                except json.JSONDecodeError:
-                    return None
+def _first_json_line(path: Path, limits: IngestLimits) -> Any:
+    data = read_bytes(path, limits)
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end
+        raw = data[start:end]
+        start = end + 1
+        if raw.strip():
+            try:
+                return parse_json(raw.decode("utf-8-sig"), limits)
+            except (ValueError, LimitExceeded):
+                return None
     return None
 
 
@@ -69,32 +81,33 @@ def _format_of_record(path: Path, record: Any) -> CorpusFormat:
     )
 
 
-def detect_format(path: Path) -> CorpusFormat:
-    """The corpus format of ``path`` (see the module docstring); raises CorpusLoadError."""
+def detect_format(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> CorpusFormat:
+    """The corpus format of ``path`` (see the module docstring); raises CorpusLoadError.
+
+    Files are read as the loaders read them (regular files only, within ``limits``), so a file
+    too big, too deep or not UTF-8 is refused here, naming the limit.
+    """
     name = path.name.lower()
     if path.is_dir() or name.endswith(_ARCHIVE_SUFFIXES):
         return CorpusFormat.PYTHON
-    if not path.is_file():
+    if not path.exists():
         raise CorpusLoadError(str(path), "no such file or directory")
     try:
         if name.endswith(_JSONL_SUFFIXES):
-            return _format_of_record(path, _first_json_line(path))
+            return _format_of_record(path, _first_json_line(path, limits))
         if name.endswith(_SPEC_SUFFIXES):
-            raw = path.read_text(encoding="utf-8")
             document: Any
             if name.endswith(".json"):
+                raw = decode_text(read_bytes(path, limits))
                 try:
-                    document = json.loads(raw)
+                    document = parse_json(raw, limits)
                 except json.JSONDecodeError:
                     # Not one JSON document: maybe JSON lines under a .json name.
-                    return _format_of_record(path, _first_json_line(path))
+                    return _format_of_record(path, _first_json_line(path, limits))
             else:
-                import yaml
+                from apihelper.retriever.loaders.openapi import read_spec
 
-                try:
-                    document = yaml.safe_load(raw)
-                except yaml.YAMLError as exc:
-                    raise CorpusLoadError(str(path), f"not valid YAML: {exc}") from exc
+                document = read_spec(path, limits)
             if isinstance(document, dict) and "openapi" in document:
                 return CorpusFormat.OPENAPI
             if looks_like_definitions(document):
@@ -106,11 +119,50 @@ def detect_format(path: Path) -> CorpusFormat:
             raise CorpusLoadError(
                 str(path), "a JSON/YAML file that is neither an OpenAPI spec nor tool definitions is not a known corpus"
             )
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CorpusLoadError(str(path), f"cannot read file: {exc}") from exc
+    except CorpusLoadError:
+        raise
+    except Exception as exc:  # unreadable, not a regular file, too big or deep, bad JSON/YAML
+        raise CorpusLoadError(str(path), problem_message(exc)) from exc
     raise CorpusLoadError(
         str(path), "unknown corpus file type (expected .json/.yaml/.yml/.jsonl, a wheel/sdist/zip, or a directory)"
     )
+
+
+def clean_doc(doc: ApiDoc) -> ApiDoc:
+    """``doc`` with its text normalised for embedding, indexing and prompts (see
+    ``_text.clean_text``): key and title on one line, text and metadata strings cleaned."""
+    metadata = clean_value(doc.metadata)
+    return ApiDoc(
+        key=clean_text(doc.key, multiline=False).strip(),
+        title=clean_text(doc.title, multiline=False),
+        text=clean_text(doc.text),
+        index_text=clean_text(doc.index_text),
+        metadata=metadata if isinstance(metadata, dict) else {},
+    )
+
+
+def _clean_result(path: Path, result: LoadResult, limits: IngestLimits) -> LoadResult:
+    problems = [
+        LoadProblem(clean_text(p.path, multiline=False), clean_text(p.message, multiline=False))
+        for p in result.problems
+    ]
+    docs: list[ApiDoc] = []
+    for doc in result.docs:
+        if len(docs) >= limits.max_docs:
+            problems.append(
+                LoadProblem(str(path), str(LimitExceeded(limits, "max_docs", "more docs; the rest skipped")))
+            )
+            break
+        try:
+            cleaned = clean_doc(doc)
+        except Exception as exc:  # metadata too deep to walk, say
+            problems.append(LoadProblem(str(path), f"doc {doc.key[:80]!r} skipped: {problem_message(exc)}"))
+            continue
+        if not cleaned.key:
+            problems.append(LoadProblem(str(path), "a doc whose key is empty once cleaned was skipped"))
+            continue
+        docs.append(cleaned)
+    return LoadResult(docs, problems)
 
 
 def load_corpus(
@@ -118,34 +170,41 @@ def load_corpus(
     fmt: CorpusFormat | None = None,
     *,
     include: Sequence[str] | None = None,
+    limits: IngestLimits = DEFAULT_LIMITS,
 ) -> tuple[CorpusFormat, LoadResult]:
     """Load ``path`` as ``fmt`` (detected when None); returns the format used and the result.
 
     ``include`` restricts Python packages to matching module names (fnmatch patterns, or a
-    dotted package name that takes its submodules); other formats ignore it.
+    dotted package name that takes its submodules); other formats ignore it. Every loader works
+    within ``limits`` and never raises for content; the docs come back cleaned
+    (:func:`clean_doc`) and at most ``limits.max_docs`` of them.
     """
     path = Path(path)
     if fmt is None:
-        fmt = detect_format(path)
+        fmt = detect_format(path, limits)
+    return fmt, _clean_result(path, _load(path, fmt, include, limits), limits)
+
+
+def _load(path: Path, fmt: CorpusFormat, include: Sequence[str] | None, limits: IngestLimits) -> LoadResult:
     if fmt is CorpusFormat.OPENAPI:
         from apihelper.retriever.loaders.openapi import load_openapi
 
-        return fmt, load_openapi(path)
+        return load_openapi(path, limits)
     if fmt is CorpusFormat.PYTHON:
         from apihelper.retriever.loaders.python_pkg import load_python_package
 
-        return fmt, load_python_package(path, include=include)
+        return load_python_package(path, include=include, limits=limits)
     if fmt is CorpusFormat.FUNCTIONS:
         from apihelper.retriever.loaders.function_schema import load_function_schemas
 
-        return fmt, load_function_schemas(path)
+        return load_function_schemas(path, limits)
     if fmt is CorpusFormat.APIBENCH:
         from apihelper.retriever.loaders.apibench import load_apibench
 
-        return fmt, load_apibench(path)
+        return load_apibench(path, limits)
     from apihelper.retriever.loaders.jsonl import load_jsonl
 
-    return fmt, load_jsonl(path)
+    return load_jsonl(path, limits)
 
 
-__all__ = ["detect_format", "load_corpus"]
+__all__ = ["clean_doc", "detect_format", "load_corpus"]

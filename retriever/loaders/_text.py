@@ -7,12 +7,14 @@ reads) and ``ApiDoc.index_text`` (what is embedded and BM25-indexed).
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterable, Iterator
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from apihelper.retriever.limits import DEFAULT_LIMITS, IngestLimits
+from apihelper.retriever.loaders._files import decode_text, parse_json, problem_message, read_bytes
 from apihelper.retriever.types import LoadProblem
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -176,24 +178,63 @@ def join_nonempty(parts: Iterable[str | None], sep: str = "\n") -> str:
     return sep.join(part for part in parts if part)
 
 
-def json_lines(path: Path, problems: list[LoadProblem]) -> Iterator[tuple[int, str, Any]]:
+def json_lines(
+    path: Path, problems: list[LoadProblem], limits: IngestLimits = DEFAULT_LIMITS
+) -> Iterator[tuple[int, str, Any]]:
     """``(line number, "path:line", parsed value)`` for each non-blank line of a JSONL file.
 
-    An unreadable file or a line that is not JSON becomes a problem; the rest still comes.
+    The file is read within ``limits.max_file_bytes`` (regular files only); each line is decoded
+    and parsed on its own, so an unreadable file is one problem and a line that is not UTF-8 or
+    not JSON (or nested past ``limits.max_depth``) is that line's problem; the rest still comes.
     """
     try:
-        handle = path.open(encoding="utf-8")
-    except OSError as exc:
-        problems.append(LoadProblem(str(path), f"cannot read file: {exc}"))
+        data = read_bytes(path, limits)
+    except Exception as exc:  # OSError, FileRefused, LimitExceeded
+        problems.append(LoadProblem(str(path), problem_message(exc)))
         return
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(LoadProblem(where, f"invalid JSON: {exc.msg}"))
-                continue
-            yield number, where, record
+    start = 0
+    number = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        if end < 0:
+            end = len(data)
+        raw = data[start:end]
+        start = end + 1
+        number += 1
+        if not raw.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = parse_json(decode_text(raw) if number == 1 else raw.decode("utf-8"), limits)
+        except Exception as exc:  # bad UTF-8, bad JSON, too deep, a huge integer
+            problems.append(LoadProblem(where, problem_message(exc)))
+            continue
+        yield number, where, record
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+_LINE_BREAKS = re.compile("\r\n?|[\u2028\u2029\x85]")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str, *, multiline: bool = True) -> str:
+    """``text`` ready to embed, index and show: lone surrogates replaced (U+FFFD), line breaks
+    made ``\\n``, control and bidirectional-override characters removed, NFC-normalised.
+    ``multiline=False`` also turns newlines and tabs into spaces (titles, keys)."""
+    text = _SURROGATES.sub("\ufffd", text)
+    text = _LINE_BREAKS.sub("\n", text)
+    text = _CONTROL.sub("", text)
+    if not multiline:
+        text = text.replace("\n", " ").replace("\t", " ")
+    return unicodedata.normalize("NFC", text)
+
+
+def clean_value(value: Any) -> Any:
+    """A JSON-like value with every string (keys too) passed through :func:`clean_text`."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, Mapping):
+        return {clean_text(str(k)) if isinstance(k, str) else k: clean_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_value(v) for v in value]
+    return value

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from apihelper.retriever.doc_kinds import ApiBenchMetadata, DocKind
+from apihelper.retriever.limits import DEFAULT_LIMITS, IngestLimits
+from apihelper.retriever.loaders._files import contained, problem_message
 from apihelper.retriever.loaders._text import (
     collapse_whitespace,
     identifier_words,
@@ -91,11 +93,35 @@ def _index_text(group: _Group) -> str:
     return trim(join_nonempty(parts), MAX_INDEX)
 
 
-def load_apibench(path: Path) -> LoadResult:
-    """Load one APIBench JSONL file; never raises for bad content (problems are returned)."""
+def _doc(key: str, group: _Group) -> ApiDoc:
+    first = group.first
+    metadata = ApiBenchMetadata(
+        kind=DocKind.APIBENCH_RECORD.value,
+        api_call=first["api_call"],
+        api_name=_as_text(first.get("api_name", "")),
+        domain=_as_text(first.get("domain", "")),
+        framework=_as_text(first.get("framework", "")),
+        functionality=_as_text(first.get("functionality", "")),
+        line=group.line,
+        variants=1 + len(group.variants),
+        duplicates=group.duplicates,
+    )
+    title = " — ".join(unique([metadata["api_name"], metadata["functionality"], metadata["domain"]])) or key
+    return ApiDoc(
+        key=key,
+        title=trim(title, 200),
+        text=trim(record_text(first), MAX_TEXT),
+        index_text=_index_text(group),
+        metadata=metadata,
+    )
+
+
+@contained
+def load_apibench(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadResult:
+    """Load one APIBench JSONL file; never raises (problems are returned)."""
     problems: list[LoadProblem] = []
     groups: dict[str, _Group] = {}
-    for number, where, record in json_lines(path, problems):
+    for number, where, record in json_lines(path, problems, limits):
         if not isinstance(record, dict) or not isinstance(record.get("api_call"), str):
             problems.append(LoadProblem(where, "not an APIBench record (no string 'api_call')"))
             continue
@@ -115,26 +141,8 @@ def load_apibench(path: Path) -> LoadResult:
 
     docs: list[ApiDoc] = []
     for key, group in groups.items():
-        first = group.first
-        metadata = ApiBenchMetadata(
-            kind=DocKind.APIBENCH_RECORD.value,
-            api_call=first["api_call"],
-            api_name=_as_text(first.get("api_name", "")),
-            domain=_as_text(first.get("domain", "")),
-            framework=_as_text(first.get("framework", "")),
-            functionality=_as_text(first.get("functionality", "")),
-            line=group.line,
-            variants=1 + len(group.variants),
-            duplicates=group.duplicates,
-        )
-        title = " — ".join(unique([metadata["api_name"], metadata["functionality"], metadata["domain"]])) or key
-        docs.append(
-            ApiDoc(
-                key=key,
-                title=trim(title, 200),
-                text=trim(record_text(first), MAX_TEXT),
-                index_text=_index_text(group),
-                metadata=metadata,
-            )
-        )
+        try:
+            docs.append(_doc(key, group))
+        except Exception as exc:  # a hostile record is its own line's problem
+            problems.append(LoadProblem(f"{path}:{group.line}", problem_message(exc)))
     return LoadResult(docs, problems)

@@ -43,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from apihelper.retriever.doc_kinds import BFCL_TYPES, DocKind, FunctionSchemaMetadata
+from apihelper.retriever.limits import DEFAULT_LIMITS, IngestLimits
+from apihelper.retriever.loaders._files import contained, decode_text, parse_json, problem_message, read_bytes
 from apihelper.retriever.loaders._text import (
     expanded_words,
     first_paragraphs,
@@ -220,35 +222,41 @@ class _Entry:
     duplicates: int = 0
 
 
-def _read_values(path: Path, problems: list[LoadProblem]) -> Iterator[tuple[str, Any]]:
+def _read_values(path: Path, problems: list[LoadProblem], limits: IngestLimits) -> Iterator[tuple[str, Any]]:
     """``(where, parsed JSON value)`` of a JSON document or of each JSON line."""
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.append(LoadProblem(str(path), f"cannot read file: {exc}"))
-        return
     if not path.name.lower().endswith((".jsonl", ".ndjson")):
         try:
-            yield str(path), json.loads(raw)
+            raw = decode_text(read_bytes(path, limits))
+        except Exception as exc:  # OSError, not a regular file, too big, not UTF-8
+            problems.append(LoadProblem(str(path), problem_message(exc)))
             return
+        try:
+            value = parse_json(raw, limits)
         except json.JSONDecodeError:
             pass  # maybe JSON lines under a .json name
-    for _, where, record in json_lines(path, problems):
+        except Exception as exc:  # too deep, a huge integer
+            problems.append(LoadProblem(str(path), problem_message(exc)))
+            return
+        else:
+            yield str(path), value
+            return
+    for _, where, record in json_lines(path, problems, limits):
         yield where, record
 
 
-def load_function_schemas(path: Path) -> LoadResult:
-    """Load one function-schema corpus file; never raises for bad content (problems are returned)."""
+@contained
+def load_function_schemas(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadResult:
+    """Load one function-schema corpus file; never raises (problems are returned)."""
     problems: list[LoadProblem] = []
     entries: dict[tuple[str, str], _Entry] = {}
-    for where, value in _read_values(path, problems):
+    for where, value in _read_values(path, problems, limits):
         for raw in _definitions_in(value):
             try:
                 definition = parse_definition(raw)
-            except ValueError as exc:
-                problems.append(LoadProblem(where, str(exc)))
+                schema = json.dumps(definition.function(), sort_keys=True, ensure_ascii=False)
+            except Exception as exc:  # ValueError says what is wrong; anything else is hostile input
+                problems.append(LoadProblem(where, str(exc) if type(exc) is ValueError else problem_message(exc)))
                 continue
-            schema = json.dumps(definition.function(), sort_keys=True, ensure_ascii=False)
             pair = (definition.name, definition.description)
             entry = entries.get(pair)
             if entry is None:
@@ -258,7 +266,12 @@ def load_function_schemas(path: Path) -> LoadResult:
             else:
                 entry.schemas.add(schema)
     keys = assign_keys(list(entries))
-    docs = [_doc(key, entry) for key, entry in zip(keys, entries.values(), strict=True)]
+    docs: list[ApiDoc] = []
+    for key, entry in zip(keys, entries.values(), strict=True):
+        try:
+            docs.append(_doc(key, entry))
+        except Exception as exc:  # a hostile definition is its own problem
+            problems.append(LoadProblem(f"{path}#{key}", problem_message(exc)))
     return LoadResult(docs, problems)
 
 

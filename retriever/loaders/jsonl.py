@@ -12,14 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from apihelper.retriever.doc_kinds import DocKind
+from apihelper.retriever.limits import DEFAULT_LIMITS, IngestLimits
+from apihelper.retriever.loaders._files import contained
 from apihelper.retriever.loaders._text import join_nonempty, json_lines
 from apihelper.retriever.types import ApiDoc, LoadProblem, LoadResult
 
 
-def load_jsonl(path: Path) -> LoadResult:
+@contained
+def load_jsonl(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadResult:
+    """Load one JSONL corpus file; never raises (problems are returned)."""
     problems: list[LoadProblem] = []
     docs: dict[str, ApiDoc] = {}
-    for _, where, record in json_lines(path, problems):
+    for _, where, record in json_lines(path, problems, limits):
         if not isinstance(record, dict):
             problems.append(LoadProblem(where, "not a JSON object"))
             continue

@@ -28,6 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from apihelper.retriever.doc_kinds import HTTP_METHODS, DocKind, FunctionSchema, RestMetadata, RestParameter
+from apihelper.retriever.limits import DEFAULT_LIMITS, IngestLimits, LimitExceeded
+from apihelper.retriever.loaders._files import (
+    contained,
+    decode_text,
+    parse_json,
+    parse_yaml,
+    problem_message,
+    read_bytes,
+)
 from apihelper.retriever.loaders._text import (
     expanded_words,
     first_paragraphs,
@@ -74,11 +83,32 @@ class BrokenRefError(Exception):
 
 
 class _Resolver:
-    """Looks up local JSON-pointer refs in one spec and remembers the broken ones it met."""
+    """Looks up local JSON-pointer refs in one spec and remembers the broken ones it met.
 
-    def __init__(self, spec: Mapping[str, Any]) -> None:
+    It also keeps the budget of the operation being built (:meth:`start_operation`): each
+    ``$ref`` followed and each schema node visited counts, and going past
+    ``limits.max_ref_expansions`` or ``limits.max_schema_nodes`` raises LimitExceeded, so refs
+    that fan out (40 wide, 4 deep is 2.5 million nodes) cost a bounded amount of work.
+    """
+
+    def __init__(self, spec: Mapping[str, Any], limits: IngestLimits = DEFAULT_LIMITS) -> None:
         self._spec = spec
+        self._limits = limits
         self.broken: list[str] = []
+        self.expansions = 0
+        self.nodes = 0
+
+    def start_operation(self) -> None:
+        self.broken.clear()
+        self.expansions = 0
+        self.nodes = 0
+
+    def count_node(self) -> None:
+        self.nodes += 1
+        if self.nodes > self._limits.max_schema_nodes:
+            raise LimitExceeded(
+                self._limits, "max_schema_nodes", f"its schemas have more than {self._limits.max_schema_nodes} nodes"
+            )
 
     def lookup(self, ref: str) -> Any:
         if not ref.startswith("#"):
@@ -105,6 +135,13 @@ class _Resolver:
             if ref in stack or len(stack) >= MAX_REF_DEPTH:
                 name = ref.rsplit("/", 1)[-1]
                 return {"type": "object", "description": f"(recursive {name})"}, stack
+            self.expansions += 1
+            if self.expansions > self._limits.max_ref_expansions:
+                raise LimitExceeded(
+                    self._limits,
+                    "max_ref_expansions",
+                    f"its schemas expand more than {self._limits.max_ref_expansions} $refs",
+                )
             try:
                 target = self.lookup(ref)
             except BrokenRefError as exc:
@@ -129,6 +166,7 @@ def _jsonable(value: Any) -> Any:
 
 def compact_schema(resolver: _Resolver, node: Any, depth: int = 0, stack: tuple[str, ...] = ()) -> dict[str, Any]:
     """A small JSON Schema for prompts: refs inlined, allOf merged, nulls dropped, depth-limited."""
+    resolver.count_node()
     node, stack = resolver.deref(node, stack)
     if not isinstance(node, Mapping):
         return {}
@@ -275,33 +313,39 @@ def _split_description(description: str) -> tuple[str, list[str]]:
     return description[: match.start()], privileges
 
 
-def load_openapi(path: Path) -> LoadResult:
-    """Load one OpenAPI 3.x file; never raises for bad content (problems are returned)."""
+def read_spec(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> Any:
+    """The parsed JSON (``.json``) or YAML (otherwise) document at ``path``, read and parsed
+    within ``limits``; raises (LimitExceeded, FileRefused, OSError, ValueError, YAMLError)."""
+    raw = decode_text(read_bytes(path, limits))
+    if path.suffix.lower() == ".json":
+        return parse_json(raw, limits)
+    return parse_yaml(raw, limits)
+
+
+@contained
+def load_openapi(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadResult:
+    """Load one OpenAPI 3.x file; never raises (problems are returned)."""
     source = str(path)
     try:
-        raw = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return LoadResult([], [LoadProblem(source, f"cannot read file: {exc}")])
-    try:
-        if path.suffix.lower() == ".json":
-            spec: Any = json.loads(raw)
-        else:
-            import yaml  # pyyaml is a base dependency; imported here to keep the module light
-
-            spec = yaml.safe_load(raw)
-    except Exception as exc:  # json.JSONDecodeError, yaml.YAMLError: both are content errors
-        return LoadResult([], [LoadProblem(source, f"not valid JSON/YAML: {exc}")])
+        spec = read_spec(path, limits)
+    except Exception as exc:  # unreadable, too big, too deep, bad JSON/YAML: all this file's problem
+        return LoadResult([], [LoadProblem(source, problem_message(exc))])
     if not isinstance(spec, Mapping) or not str(spec.get("openapi", "")).startswith("3"):
         return LoadResult([], [LoadProblem(source, "not an OpenAPI 3.x document ('openapi: 3.x' missing)")])
     paths = spec.get("paths")
     if not isinstance(paths, Mapping):
         return LoadResult([], [LoadProblem(source, "OpenAPI document has no 'paths' object")])
 
-    resolver = _Resolver(spec)
+    resolver = _Resolver(spec, limits)
     docs: list[ApiDoc] = []
     problems: list[LoadProblem] = []
     for api_path, raw_item in paths.items():
-        item, _ = resolver.deref(raw_item)
+        resolver.start_operation()
+        try:
+            item, _ = resolver.deref(raw_item)
+        except LimitExceeded as exc:
+            problems.append(LoadProblem(f"{source}#{api_path}", f"skipped: {exc}"))
+            continue
         if not isinstance(item, Mapping):
             problems.append(LoadProblem(f"{source}#{api_path}", "path item is not an object"))
             continue
@@ -311,14 +355,19 @@ def load_openapi(path: Path) -> LoadResult:
             if operation is None:
                 continue
             key = f"{method} {api_path}"
-            resolver.broken.clear()
+            resolver.start_operation()
             if not isinstance(operation, Mapping):
                 problems.append(LoadProblem(f"{source}#{key}", "operation is not an object"))
                 continue
+            if len(docs) >= limits.max_docs:
+                problems.append(
+                    LoadProblem(source, str(LimitExceeded(limits, "max_docs", "more operations; the rest skipped")))
+                )
+                return LoadResult(docs, problems)
             try:
                 docs.append(_operation_doc(resolver, method, str(api_path), operation, shared_params))
             except Exception as exc:  # a malformed operation must not stop the rest of the spec
-                problems.append(LoadProblem(f"{source}#{key}", f"skipped: {type(exc).__name__}: {exc}"))
+                problems.append(LoadProblem(f"{source}#{key}", f"skipped: {problem_message(exc)}"))
             for message in unique(resolver.broken):
                 problems.append(LoadProblem(f"{source}#{key}", message))
     return LoadResult(docs, problems)

@@ -45,17 +45,20 @@ import dataclasses
 import fnmatch
 import io
 import json
+import os
 import re
 import sys
 import tarfile
 import tokenize
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from apihelper.retriever.doc_kinds import DocKind, FunctionSchema, PythonMetadata
+from apihelper.retriever.limits import DEFAULT_LIMITS, IngestLimits, LimitExceeded
+from apihelper.retriever.loaders._files import FileRefused, contained, problem_message, read_bytes
 from apihelper.retriever.loaders._text import expanded_words, first_paragraphs, identifier_words, join_nonempty, trim
 from apihelper.retriever.types import ApiDoc, LoadProblem, LoadResult
 
@@ -110,46 +113,133 @@ _NONE_NAMES = {"None", "NoneType", "Undefined", "UndefinedType"}
 _UNWRAP_TYPES = {"Optional", "Annotated", "Final", "Required", "NotRequired", "ClassVar"}
 
 
-@dataclass(frozen=True)
-class _Source:
-    relpath: str  # path inside the package, '/'-separated
-    data: bytes
-
+_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
 
 # --------------------------------------------------------------------------------------------
-# Source enumeration
+# Source enumeration: names first (cheap, counted), then each wanted file through a bounded reader
 
 
-def _iter_sources(path: Path, problems: list[LoadProblem]) -> Iterator[_Source]:
+def _sort_key(relpath: str) -> tuple[str, ...]:
+    return tuple(relpath.split("/"))
+
+
+def _package_names(path: Path, limits: IngestLimits, problems: list[LoadProblem]) -> list[str]:
+    """The ``.py`` paths inside a package ('/'-separated, in load order), entries counted
+    against ``limits.max_members``; raises LimitExceeded, OSError or an archive error."""
     name = path.name.lower()
-    try:
-        if path.is_dir():
-            for file in sorted(path.rglob("*.py")):
-                rel = file.relative_to(path)
-                if any(part.startswith(".") for part in rel.parts):
-                    continue
-                try:
-                    yield _Source(rel.as_posix(), file.read_bytes())
-                except OSError as exc:
-                    problems.append(LoadProblem(str(file), f"cannot read: {exc}"))
-        elif name.endswith((".whl", ".zip")):
-            with zipfile.ZipFile(path) as archive:
-                for info in archive.infolist():
-                    if info.is_dir() or not info.filename.endswith(".py"):
-                        continue
-                    yield _Source(info.filename, archive.read(info))
-        elif name.endswith((".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")):
-            with tarfile.open(path) as archive:
-                for member in archive.getmembers():
-                    if not member.isfile() or not member.name.endswith(".py"):
-                        continue
-                    handle = archive.extractfile(member)
-                    if handle is not None:
-                        yield _Source(member.name, handle.read())
-        else:
-            problems.append(LoadProblem(str(path), "not a wheel, sdist, zip or directory"))
-    except (OSError, zipfile.BadZipFile, tarfile.TarError) as exc:
-        problems.append(LoadProblem(str(path), f"cannot read package archive: {exc}"))
+    names: list[str] = []
+    if path.is_dir():
+        seen = 0
+
+        def walk_error(exc: OSError) -> None:
+            problems.append(LoadProblem(str(exc.filename or path), problem_message(exc)))
+
+        for folder, dirs, files in os.walk(path, onerror=walk_error):
+            seen += len(dirs) + len(files)
+            if seen > limits.max_members:
+                raise LimitExceeded(limits, "max_members", f"more than {limits.max_members} directory entries")
+            # Hidden and test/build folders hold no public modules; symlinked folders are not
+            # followed (inside the root their files are reached anyway; outside, never read).
+            dirs[:] = sorted(
+                d
+                for d in dirs
+                if not d.startswith(".") and d not in _SKIP_DIRS and not os.path.islink(os.path.join(folder, d))
+            )
+            rel_folder = Path(folder).relative_to(path)
+            for file in files:
+                if file.endswith(".py") and not file.startswith("."):
+                    names.append((rel_folder / file).as_posix())
+        return sorted(names, key=_sort_key)
+    if name.endswith((".whl", ".zip")):
+        declared = _zip_declared_entries(path)
+        if declared is not None and declared > limits.max_members:
+            raise LimitExceeded(limits, "max_members", f"an archive of {declared} members")
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            if len(infos) > limits.max_members:
+                raise LimitExceeded(limits, "max_members", f"an archive of {len(infos)} members")
+            return [i.filename for i in infos if not i.is_dir() and i.filename.endswith(".py")]
+    if name.endswith(_TAR_SUFFIXES):
+        declared_bytes = 0
+        with tarfile.open(path) as tar:
+            for count, member in enumerate(tar, start=1):
+                if count > limits.max_members:
+                    raise LimitExceeded(limits, "max_members", f"more than {limits.max_members} archive members")
+                # A tar is read in one stream: every member's bytes are decompressed to skip it.
+                declared_bytes += max(member.size, 0)
+                if declared_bytes > limits.max_total_bytes:
+                    raise LimitExceeded(
+                        limits, "max_total_bytes", f"members of more than {limits.max_total_bytes} bytes"
+                    )
+                if member.isfile() and member.name.endswith(".py"):
+                    names.append(member.name)
+                _forget_members(tar)  # keep no headers: only names are needed here
+        return names
+    raise FileRefused("not a wheel, sdist, zip or directory")
+
+
+def _forget_members(archive: tarfile.TarFile) -> None:
+    """Drop the member headers a TarFile keeps while iterating (iteration goes on from the
+    stream's offset), so a tar of many members does not pile them up."""
+    archive.members = []  # type: ignore[attr-defined]  # set in TarFile.__init__, not in the stubs
+
+
+def _zip_declared_entries(path: Path) -> int | None:
+    """The member count a zip's end record declares, read before zipfile loads the whole
+    central directory (a small file can declare millions of entries)."""
+    end_record = getattr(zipfile, "_EndRecData", None)
+    if end_record is None:
+        return None
+    with path.open("rb") as handle:
+        record = end_record(handle)
+    if not record:
+        return None
+    return int(record[4])
+
+
+def _package_files(path: Path, names: Sequence[str], limits: IngestLimits) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    """``(relpath, read)`` for each of ``names`` in archive order; ``read()`` returns the file's
+    bytes (at most ``limits.max_member_bytes``) or raises (LimitExceeded, FileRefused, OSError,
+    an archive error), and must be called before the next item is taken."""
+    wanted = set(names)
+    lower = path.name.lower()
+    if path.is_dir():
+        for relpath in names:
+            file = path / relpath
+            yield relpath, partial(read_bytes, file, limits, limit="max_member_bytes", root=path)
+    elif lower.endswith((".whl", ".zip")):
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.filename in wanted and not info.is_dir():
+                    yield info.filename, partial(_read_zip_member, archive, info, limits)
+    else:
+        with tarfile.open(path) as archive:
+            for member in archive:
+                _forget_members(archive)
+                if member.isfile() and member.name in wanted:
+                    yield member.name, partial(_read_tar_member, archive, member, limits)
+
+
+def _read_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: IngestLimits) -> bytes:
+    cap = limits.max_member_bytes
+    if info.file_size > cap:
+        raise LimitExceeded(limits, "max_member_bytes", f"a member of {info.file_size} bytes")
+    with archive.open(info) as handle:
+        data = handle.read(cap + 1)  # never more than the cap, whatever the header claims
+    if len(data) > cap:
+        raise LimitExceeded(limits, "max_member_bytes", f"a member of more than {cap} bytes")
+    return data
+
+
+def _read_tar_member(archive: tarfile.TarFile, member: tarfile.TarInfo, limits: IngestLimits) -> bytes:
+    cap = limits.max_member_bytes
+    if member.size > cap:
+        raise LimitExceeded(limits, "max_member_bytes", f"a member of {member.size} bytes")
+    handle = archive.extractfile(member)
+    if handle is None:
+        return b""
+    with handle:
+        return handle.read(cap + 1)[: cap + 1]
 
 
 def _module_parts(relpath: str, strip_root: str | None, dir_package: str | None) -> list[str] | None:
@@ -208,19 +298,16 @@ def strip_pep695(source: str) -> str | None:
     except (tokenize.TokenError, SyntaxError, IndentationError):
         return None
     significant = [t for t in tokens if t.type not in (tokenize.COMMENT, tokenize.NL)]
+    # The matching "]" of every "[", in one pass (a scan per "[" was quadratic: 12,000 nested
+    # "def a[" took 73 s).
+    closing: dict[int, int] = {}
+    open_brackets: list[int] = []
+    for j, tok in enumerate(significant):
+        if tok.type == tokenize.OP and tok.string == "[":
+            open_brackets.append(j)
+        elif tok.type == tokenize.OP and tok.string == "]" and open_brackets:
+            closing[open_brackets.pop()] = j
     edits: list[tuple[tuple[int, int], tuple[int, int]]] = []
-
-    def bracket_end(start: int) -> int | None:
-        depth = 0
-        for j in range(start, len(significant)):
-            tok = significant[j]
-            if tok.type == tokenize.OP and tok.string == "[":
-                depth += 1
-            elif tok.type == tokenize.OP and tok.string == "]":
-                depth -= 1
-                if depth == 0:
-                    return j
-        return None
 
     line_starters = (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
     for i, tok in enumerate(significant[:-2]):
@@ -228,7 +315,7 @@ def strip_pep695(source: str) -> str | None:
         if tok.type != tokenize.NAME or nxt.type != tokenize.NAME:
             continue
         if tok.string in ("def", "class") and after.type == tokenize.OP and after.string == "[":
-            end = bracket_end(i + 2)
+            end = closing.get(i + 2)
             if end is not None:
                 edits.append((after.start, significant[end].end))
         elif tok.string == "type" and after.type == tokenize.OP and after.string in ("[", "="):
@@ -240,7 +327,7 @@ def strip_pep695(source: str) -> str | None:
                 continue
             edits.append((tok.start, nxt.start))
             if after.string == "[":
-                end = bracket_end(i + 2)
+                end = closing.get(i + 2)
                 if end is not None:
                     edits.append((after.start, significant[end].end))
     if not edits:
@@ -253,31 +340,29 @@ def strip_pep695(source: str) -> str | None:
     def absolute(pos: tuple[int, int]) -> int:
         return offsets[pos[0] - 1] + pos[1]
 
-    out = source
-    for edit_start, edit_end in sorted(edits, key=lambda e: absolute(e[0]), reverse=True):
-        out = out[: absolute(edit_start)] + out[absolute(edit_end) :]
-    return out
+    # Cut the edited spans in one pass; a span inside an earlier one is already gone.
+    pieces: list[str] = []
+    done = 0
+    for start, end in sorted((absolute(a), absolute(b)) for a, b in edits):
+        if start < done:
+            continue
+        pieces.append(source[done:start])
+        done = end
+    pieces.append(source[done:])
+    return "".join(pieces)
 
 
-# Real modules are far smaller; a bigger "source" file is generated data or an attack on the
-# parser's memory and time, and a NUL byte means it is not text at all.
-MAX_SOURCE_BYTES = 2 * 1024 * 1024
-
-
-def _parse(source: _Source, label: str, problems: list[LoadProblem]) -> ast.Module | None:
-    if len(source.data) > MAX_SOURCE_BYTES:
-        problems.append(LoadProblem(label, f"skipped: {len(source.data)} bytes, over {MAX_SOURCE_BYTES}"))
-        return None
-    if b"\x00" in source.data:
+def _parse(data: bytes, label: str, problems: list[LoadProblem]) -> ast.Module | None:
+    if b"\x00" in data:
         problems.append(LoadProblem(label, "skipped: a binary file, not Python source"))
         return None
     try:
-        return ast.parse(source.data, filename=label)
+        return ast.parse(data, filename=label)
     except (SyntaxError, ValueError) as exc:
         where = f"line {exc.lineno}: " if isinstance(exc, SyntaxError) and exc.lineno else ""
         reason = exc.msg if isinstance(exc, SyntaxError) else str(exc)
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        text = source.data.decode("utf-8", errors="replace")
+        text = data.decode("utf-8", errors="replace")
         rewritten = strip_pep695(text)
         if rewritten is not None:
             try:
@@ -780,51 +865,82 @@ def module_docs(module: str, tree: ast.Module) -> list[ApiDoc]:
     return [_with_audience(doc) for docs in by_name.values() for doc in docs]
 
 
-def load_python_package(path: Path, include: Sequence[str] | None = None) -> LoadResult:
+@contained
+def load_python_package(
+    path: Path, include: Sequence[str] | None = None, limits: IngestLimits = DEFAULT_LIMITS
+) -> LoadResult:
     """Load a wheel, sdist, zip or directory of Python sources (never imports them).
 
     ``include``: optional module-name patterns (fnmatch, e.g. ``ai.backend.client.func.*``; a
     plain dotted name also takes its submodules) restricting which modules give docs.
+    ``limits``: member count, bytes per member and in total, docs (see ``IngestLimits``); a
+    directory's files are read only when they are regular files inside it (a symlink out of it,
+    a FIFO or a device is a problem). Files are read one at a time and not kept.
     """
     problems: list[LoadProblem] = []
-    sources = list(_iter_sources(path, problems))
-    if not sources:
+    try:
+        names = _package_names(path, limits, problems)
+    except Exception as exc:  # too many members, not an archive, unreadable
+        problems.append(LoadProblem(str(path), f"cannot read package: {problem_message(exc)}"))
+        return LoadResult([], problems)
+    if not names:
         if not problems:
             problems.append(LoadProblem(str(path), "no .py files found"))
         return LoadResult([], problems)
 
     # An sdist (or a zip of a project) has one top directory named like "pkg-1.0": drop it.
-    first_parts = {s.relpath.split("/", 1)[0] for s in sources if "/" in s.relpath}
+    first_parts = {n.split("/", 1)[0] for n in names if "/" in n}
     strip_root: str | None = None
-    if path.is_file() and len(first_parts) == 1 and all("/" in s.relpath for s in sources):
+    if path.is_file() and len(first_parts) == 1 and all("/" in n for n in names):
         root = next(iter(first_parts))
-        if not root.isidentifier() or path.name.lower().endswith((".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")):
+        if not root.isidentifier() or path.name.lower().endswith(_TAR_SUFFIXES):
             strip_root = root
     # A directory that is itself a package (has __init__.py) names the top-level module.
     dir_package = path.name if path.is_dir() and (path / "__init__.py").is_file() else None
 
-    docs: dict[str, ApiDoc] = {}
-    for source in sources:
-        parts = _module_parts(source.relpath, strip_root, dir_package)
+    modules: dict[str, str] = {}
+    for relpath in names:
+        parts = _module_parts(relpath, strip_root, dir_package)
         if parts is None or not _is_public_module(parts):
             continue
         module = ".".join(parts)
-        if not _matches(module, include):
-            continue
-        label = f"{path}!{source.relpath}" if path.is_file() else str(path / source.relpath)
-        tree = _parse(source, label, problems)
-        if tree is None:
-            continue
-        try:
-            found = module_docs(module, tree)
-        except (RecursionError, ValueError) as exc:  # pathological files must not stop the load
-            problems.append(LoadProblem(label, f"skipped: {type(exc).__name__}: {exc}"))
-            continue
-        for doc in found:
-            if doc.key in docs:
-                problems.append(LoadProblem(label, f"duplicate key {doc.key!r}; kept the first"))
+        if _matches(module, include):
+            modules.setdefault(relpath, module)
+
+    docs: dict[str, ApiDoc] = {}
+    total = 0
+    try:
+        for relpath, read in _package_files(path, list(modules), limits):
+            label = f"{path}!{relpath}" if path.is_file() else str(path / relpath)
+            if len(docs) >= limits.max_docs:
+                problems.append(
+                    LoadProblem(str(path), str(LimitExceeded(limits, "max_docs", "more docs; the rest skipped")))
+                )
+                break
+            try:
+                data = read()
+                total += len(data)
+                if total > limits.max_total_bytes:
+                    problems.append(
+                        LoadProblem(
+                            str(path),
+                            str(LimitExceeded(limits, "max_total_bytes", f"sources past {label}; the rest skipped")),
+                        )
+                    )
+                    break
+                tree = _parse(data, label, problems)
+                del data
+                found = module_docs(modules[relpath], tree) if tree is not None else []
+            except Exception as exc:  # pathological files must not stop the load
+                problems.append(LoadProblem(label, f"skipped: {problem_message(exc)}"))
                 continue
-            docs[doc.key] = doc
+            for doc in found:
+                if doc.key in docs:
+                    problems.append(LoadProblem(label, f"duplicate key {doc.key!r}; kept the first"))
+                    continue
+                docs[doc.key] = doc
+    except Exception as exc:  # the archive itself broke half-way (a truncated stream, a bad header)
+        problems.append(LoadProblem(str(path), f"cannot read package archive: {problem_message(exc)}"))
     return LoadResult(list(docs.values()), problems)
 
 
