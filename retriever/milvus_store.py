@@ -67,7 +67,7 @@ _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
 COLLECTION_PREFIX = "apihelper_"
-CORPUS_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+CORPUS_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")  # fullmatch: "$" would let "name\n" pass
 SCHEMA_VERSION = "2"
 
 MAX_KEY_BYTES = 4096
@@ -96,7 +96,7 @@ _P_SCHEMA = _PROP + "schema_version"
 
 
 def valid_corpus_name(name: str) -> bool:
-    return bool(CORPUS_NAME.match(name))
+    return bool(CORPUS_NAME.fullmatch(name))
 
 
 def check_corpus_name(name: str) -> None:
