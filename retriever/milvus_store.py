@@ -124,6 +124,12 @@ def collection_name(corpus: str) -> str:
     return COLLECTION_PREFIX + corpus
 
 
+def shown_source(source: str) -> str:
+    """A corpus' source as listed: an absolute path (stored by an older ingest) by its name only,
+    so a server's directories are not shown to its callers."""
+    return Path(source).name if source.startswith("/") or Path(source).is_absolute() else source
+
+
 def staged_collection_name(corpus: str, version: int) -> str:
     return f"{STAGED_PREFIX}{corpus}_v{version}"
 
@@ -361,7 +367,7 @@ class MilvusStore:
             name=corpus,
             format=fmt,
             doc_count=count,
-            source=props.get(_P_SOURCE, ""),
+            source=shown_source(props.get(_P_SOURCE, "")),
             embedding_model=props.get(_P_MODEL, ""),
             last_ingest=last_ingest,
         )

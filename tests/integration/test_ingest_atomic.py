@@ -135,9 +135,30 @@ def test_a_first_ingest_that_fails_leaves_no_corpus(
 def test_a_legacy_collection_is_replaced_by_a_version(store: MilvusStore, tmp_path: Path) -> None:
     # A corpus made before versions: a plain collection under the served name.
     embedder = FakeEmbedder()
-    settings = CorpusSettings(CorpusFormat.JSONL, "old.jsonl", embedder.model_name, embedder.dim)
+    settings = CorpusSettings(CorpusFormat.JSONL, "/srv/corpora/old.jsonl", embedder.model_name, embedder.dim)
     store._create_collection("apihelper_legacy", settings)
     assert store.corpus_names() == ["legacy"]
+    assert _info(store, "legacy").source == "old.jsonl"  # an older ingest's absolute path: its name only
     ingest_corpus(store, embedder, "legacy", _write_corpus(tmp_path / "l.jsonl", 3, "l"), progress=False)
     assert store.corpus_names() == ["legacy"] and _info(store, "legacy").doc_count == 3
+    assert _info(store, "legacy").source == "l.jsonl"
     assert store.serving_collection("legacy") == STAGED_PREFIX + "legacy_v1"
+
+
+def test_the_source_is_shown_as_given(store: MilvusStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "specs").mkdir()
+    _write_corpus(tmp_path / "specs" / "a.jsonl", 2, "a")
+    monkeypatch.chdir(tmp_path)
+    ingest_corpus(store, FakeEmbedder(), "rel", Path("specs/a.jsonl"), progress=False)
+    assert _info(store, "rel").source == "specs/a.jsonl"
+    ingest_corpus(store, FakeEmbedder(), "abs", tmp_path / "specs" / "a.jsonl", progress=False)
+    assert _info(store, "abs").source == "a.jsonl"
+
+
+@pytest.mark.parametrize("name", ["demo\n", "demo\r", " demo", "Demo", "d" * 64, "9demo", ""])
+def test_bad_corpus_names_are_refused(store: MilvusStore, tmp_path: Path, name: str) -> None:
+    from apihelper.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="invalid corpus name"):
+        ingest_corpus(store, FakeEmbedder(), name, _write_corpus(tmp_path / "n.jsonl", 1, "n"), progress=False)
+    assert store.corpus_names() == []
