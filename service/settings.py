@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from apihelper.errors import ConfigurationError
 
@@ -103,6 +104,10 @@ class Settings:
             raise ConfigurationError("num_threads must be >= 0 (0: one per core)")
         if self.max_instruction_bytes < 1 or self.default_max_tokens < 1:
             raise ConfigurationError("max_instruction_bytes and default_max_tokens must be positive")
+        for url in api_base_urls(self):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigurationError(f"api_base_urls: {url!r} is not an http(s) URL with a host")
 
 
 def api_base_urls(settings: Settings) -> tuple[str, ...]:
