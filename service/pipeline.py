@@ -132,7 +132,7 @@ class Pipeline:
         self._engine = engine
         self._recorder = recorder or NullRecorder()
         self._corpora = CorpusCache(retriever, base_urls=base_urls)
-        self._constraints = CallConstraints()
+        self._constraints = CallConstraints(base_urls=base_urls)
 
     @property
     def engine_info(self) -> EngineInfo:
