@@ -5,6 +5,10 @@ version. Failures are injected at the store's one write boundary (``_insert_rows
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +19,8 @@ from apihelper.errors import RetrieverUnavailableError
 from apihelper.retriever.ingest import ingest_corpus
 from apihelper.retriever.milvus_store import STAGED_PREFIX, CorpusSettings, MilvusStore
 from apihelper.retriever.types import CorpusFormat, CorpusInfo, RetrievalMode
-from tests.support import FakeEmbedder
+from tests.conftest import LiteServer  # the lite_server fixture's type
+from tests.support import BIN, FakeEmbedder, ingest_in_subprocess
 
 BATCH = 4
 
@@ -162,3 +167,55 @@ def test_bad_corpus_names_are_refused(store: MilvusStore, tmp_path: Path, name: 
     with pytest.raises(ConfigurationError, match="invalid corpus name"):
         ingest_corpus(store, FakeEmbedder(), name, _write_corpus(tmp_path / "n.jsonl", 1, "n"), progress=False)
     assert store.corpus_names() == []
+
+
+def test_a_reingest_killed_half_way_leaves_the_previous_version(lite_server: LiteServer, tmp_path: Path) -> None:
+    """The real ``apihelper-build ingest`` in a subprocess, SIGKILLed once it has written part of
+    the new version (its progress bar past the first batch): nothing runs after a kill, so only
+    the switch-at-the-end design can leave the served version as it was."""
+    small = _write_corpus(tmp_path / "small.jsonl", 8, "old")
+    ingest_in_subprocess(lite_server.uri, f"k={small}")
+    store = MilvusStore(lite_server.uri)
+    try:
+        before, texts = _info(store, "k"), _texts(store, "k")
+    finally:
+        store.close()
+    assert before.doc_count == 8
+
+    big = _write_corpus(tmp_path / "big.jsonl", 600, "new")
+    args = [str(BIN / "apihelper-build"), "ingest", "--milvus-uri", lite_server.uri, "--corpus", f"k={big}"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ))
+    assert process.stderr is not None
+    seen = b""
+    killed_at = 0
+    while process.poll() is None:
+        chunk = os.read(process.stderr.fileno(), 4096)
+        if not chunk:
+            break
+        seen += chunk
+        done = [int(n) for n in re.findall(rb"embedding k:[^\r\n]*?\b(\d+)/600", seen)]
+        if done and 0 < done[-1] < 600:
+            process.send_signal(signal.SIGKILL)
+            killed_at = done[-1]
+            break
+    process.wait(timeout=60)
+    assert killed_at, f"the ingest was not caught half-way: {seen[-2000:]!r}"
+    assert process.returncode == -signal.SIGKILL
+
+    store = MilvusStore(lite_server.uri)
+    try:
+        after = _info(store, "k")
+        assert (after.doc_count, after.last_ingest) == (before.doc_count, before.last_ingest)
+        assert _texts(store, "k") == texts
+        assert store.corpus_names() == ["k"]
+    finally:
+        store.close()
+
+    # The next run finishes, and drops what the killed one left.
+    ingest_in_subprocess(lite_server.uri, f"k={big}")
+    store = MilvusStore(lite_server.uri)
+    try:
+        assert _info(store, "k").doc_count == 600 == len(_texts(store, "k"))
+        assert _staged_left(store) == [store.serving_collection("k")]
+    finally:
+        store.close()
