@@ -37,7 +37,7 @@ async def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     try:
         known = await retriever.corpus_names(refresh=True)
         if args.corpus not in known:
-            raise UnknownCorpusError(args.corpus, known)
+            raise UnknownCorpusError(args.corpus)
         report, ranked = await evaluate(
             retriever, questions, corpus=args.corpus, mode=RetrievalMode(args.mode), k=args.k
         )

@@ -65,6 +65,7 @@ class RestMetadata(TypedDict, total=False):
     parameters: list[RestParameter]  # path, query and header parameters (body fields: the schema)
     required: list[str]  # required arguments of the function schema
     function: FunctionSchema
+    servers: list[str]  # base URLs the operation is served at (OpenAPI servers; may be relative)
     truncated: bool
 
 
@@ -176,6 +177,13 @@ def function_schema(doc: ApiDoc) -> FunctionSchema | None:
     """The doc's JSON function schema when it has one (any kind may: generic JSONL docs too)."""
     function = doc.metadata.get("function")
     return cast(FunctionSchema, function) if isinstance(function, Mapping) else None
+
+
+def rest_servers(doc: ApiDoc) -> list[str]:
+    """The base URLs a REST operation's spec names (OpenAPI ``servers``), as written there."""
+    meta = rest_metadata(doc)
+    servers = meta.get("servers") if meta is not None else None
+    return [s for s in servers if isinstance(s, str)] if isinstance(servers, list) else []
 
 
 def audience(doc: ApiDoc) -> str:

@@ -1,19 +1,24 @@
 """Ingest: load a corpus file, embed what changed, and make its Milvus collection match it.
 
-Idempotent. The stored ``(key, content_hash)`` pairs are compared with the loaded docs:
-
-- new keys are embedded and inserted, changed ones (other hash) re-embedded and upserted,
-- keys no longer in the input are deleted,
-- unchanged docs are not touched, so a second run on the same input writes nothing.
+Idempotent and atomic per corpus. The stored ``(key, content_hash)`` pairs are compared with the
+loaded docs: new keys are added, changed ones (other hash) updated, keys no longer in the input
+deleted. When anything changed, the run writes a new version of the corpus beside the one
+served (``MilvusStore.stage_corpus``): the unchanged docs copied with their vectors, the new and
+changed ones embedded. Only a complete version is served (``publish``: one alias switch), with
+its doc count and a new ``last_ingest``, which is the corpus version the service caches under.
+A run that fails half-way (Milvus, the embedder, a crash) leaves the previous version served and
+counted as it was, and drops what it staged; a first ingest that fails leaves no corpus. A run
+on unchanged input writes no docs.
 
 Corpus info (collection properties): format, source, embedding model/dim and doc count are
 refreshed on every run; ``last_ingest`` only moves when the run wrote something, so it says
-when the corpus content last changed (the first run always sets it).
+when the corpus content last changed (the first run always sets it). ``source`` is the path as
+the user gave it (an absolute one only by its name): the server shows it, not its own paths.
 
 If the collection was built with another embedding model or dimension, or with an older schema
-version (``milvus_store.SCHEMA_VERSION``), it is dropped and rebuilt (every doc counts as added):
-vectors from two models cannot be searched together, and an old schema lacks the normalised
-keyword field.
+version (``milvus_store.SCHEMA_VERSION``), the new version is built from scratch (every doc
+counts as added): vectors from two models cannot be searched together, and an old schema lacks
+the normalised keyword field.
 
 A file that yields no docs at all raises CorpusLoadError and leaves the collection alone
 (otherwise a typo in a path would delete a whole corpus). Per-line or per-file problems are
@@ -22,12 +27,13 @@ reported in ``IngestReport.problems`` and the rest is ingested.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from apihelper.errors import CorpusLoadError
+from apihelper.errors import CorpusLoadError, RetrieverUnavailableError
 from apihelper.retriever.embedding import TextEmbedder
 from apihelper.retriever.limits import DEFAULT_LIMITS, IngestLimits
 from apihelper.retriever.loaders import load_corpus
@@ -97,7 +103,7 @@ def ingest_corpus(
 
     settings = CorpusSettings(
         format=used_fmt,
-        source=str(path.resolve()),
+        source=display_source(path),
         embedding_model=embedder.model_name,
         embedding_dim=embedder.dim,
     )
@@ -111,11 +117,8 @@ def ingest_corpus(
             or store.schema_version(name) != SCHEMA_VERSION
         ):
             log.warning("corpus %s was built with another embedding model or schema; rebuilding it", name)
-            store.drop_corpus(name)
-            store.create_corpus(name, settings)
             rebuilt = True
     else:
-        store.create_corpus(name, settings)
         rebuilt = True
 
     stored = {} if rebuilt else store.content_hashes(name)
@@ -125,19 +128,10 @@ def ingest_corpus(
     unchanged = len(docs) - len(added) - len(updated)
 
     to_write = added + updated
-    if to_write:
-        _embed_and_upsert(store, embedder, name, to_write, progress=progress, batch_size=batch_size)
-    if removed:
-        store.delete_keys(name, removed)
-    wrote = bool(to_write or removed)
-    if wrote:
-        store.flush(name)
-    store.update_corpus_info(
-        name,
-        settings=settings,
-        doc_count=len(docs),
-        last_ingest=now_utc() if wrote or rebuilt else None,
-    )
+    if to_write or removed or rebuilt:
+        _write_version(store, embedder, name, settings, docs, to_write, progress=progress, batch_size=batch_size)
+    else:  # nothing changed: the info only (a new source path, say); the version stays
+        store.update_corpus_info(name, settings=settings, doc_count=len(docs), last_ingest=None)
     report = IngestReport(
         corpus=name,
         added=len(added),
@@ -188,6 +182,46 @@ def document_vectors(embedder: TextEmbedder, docs: Sequence[ApiDoc]) -> list[lis
     return vectors
 
 
+def display_source(path: Path) -> str:
+    """What ListCorpora shows as a corpus' source: the path as given, relative; an absolute path
+    only by its last part (a server's directories are nobody's business)."""
+    return path.name if path.is_absolute() else str(path)
+
+
+def _write_version(
+    store: MilvusStore,
+    embedder: TextEmbedder,
+    name: str,
+    settings: CorpusSettings,
+    docs: Mapping[str, ApiDoc],
+    to_write: Sequence[ApiDoc],
+    *,
+    progress: bool,
+    batch_size: int,
+) -> None:
+    """Stage the new version of ``name`` (the stored rows of the docs not in ``to_write`` copied,
+    ``to_write`` embedded), then serve it; on any failure drop it and leave the served one."""
+    staged = store.stage_corpus(name, settings)
+    try:
+        written = {d.key for d in to_write}
+        keep = {k for k in docs if k not in written}
+        if keep:
+            copied = store.copy_docs(name, staged, keep)
+            if copied != len(keep):  # the served version changed under this run: do not guess
+                raise RetrieverUnavailableError(
+                    f"corpus {name!r} changed during the ingest ({copied} of {len(keep)} unchanged docs found)"
+                )
+        _embed_and_upsert(store, embedder, name, to_write, progress=progress, batch_size=batch_size, staged=staged)
+        store.flush(name, staged=staged)
+        store.update_corpus_info(name, settings=settings, doc_count=len(docs), last_ingest=now_utc(), staged=staged)
+        store.publish(name, staged)
+    except BaseException:  # KeyboardInterrupt too: the half-written version must not stay
+        with contextlib.suppress(Exception):  # Milvus down: the next ingest drops it
+            if store.serving_collection(name) != staged:  # not past publish's switch
+                store.abandon(staged)
+        raise
+
+
 def _embed_and_upsert(
     store: MilvusStore,
     embedder: TextEmbedder,
@@ -196,6 +230,7 @@ def _embed_and_upsert(
     *,
     progress: bool,
     batch_size: int,
+    staged: str | None = None,
 ) -> None:
     from tqdm import tqdm
 
@@ -203,5 +238,5 @@ def _embed_and_upsert(
         for start in range(0, len(docs), batch_size):
             batch = docs[start : start + batch_size]
             vectors = document_vectors(embedder, batch)
-            store.upsert_docs(name, batch, vectors)
+            store.upsert_docs(name, batch, vectors, staged=staged)
             bar.update(len(batch))

@@ -90,4 +90,4 @@ class MemoryRetriever:
 
     def _check_known(self, corpus: str) -> None:
         if corpus != self.corpus_name:
-            raise UnknownCorpusError(corpus, [self.corpus_name])
+            raise UnknownCorpusError(corpus)

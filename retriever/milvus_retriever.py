@@ -71,7 +71,7 @@ class MilvusRetriever:
             known = await self.corpus_names(refresh=True)  # maybe ingested since the last look
             for corpus in wanted:
                 if corpus not in known:
-                    raise UnknownCorpusError(corpus, known)
+                    raise UnknownCorpusError(corpus)
         return wanted
 
     def _embedded_alike(self, corpus: str) -> bool:

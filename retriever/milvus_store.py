@@ -1,7 +1,7 @@
 """The Milvus side of retrieval: the ONLY module that imports pymilvus.
 
-One collection per corpus, named ``apihelper_<corpus>`` (corpus names match
-``^[a-z][a-z0-9_]{0,62}$``). Schema:
+One collection per corpus version, served under the alias ``apihelper_<corpus>`` (corpus names
+``re.fullmatch`` ``[a-z][a-z0-9_]{0,62}``). Schema:
 
     pk            VARCHAR(64), primary: sha1 hex of the doc key (keys can be long)
     key           VARCHAR(4096): the doc key ("METHOD /path", "pkg.mod.Class.method", ...)
@@ -20,6 +20,15 @@ Corpus info (format, source, embedding model and dim, doc count, last ingest tim
 *collection properties* ("apihelper.*" keys, set at creation and changed with
 alter_collection_properties). That works on Milvus Lite and on a Milvus server, needs no extra
 collection, and goes away with the collection it describes.
+
+Versions: a (re-)ingest writes a *staged* collection ``apihelperv_<corpus>_v<n>`` (the docs that
+did not change copied over with their vectors, the rest embedded), and only when it is complete
+points the alias at it (``alter_alias``: one atomic step on Milvus Lite and on a server) and
+drops the old one. A run that fails half-way leaves the corpus served, and counted, exactly as it
+was; a corpus whose first ingest fails does not appear at all. Staged collections are not
+corpora (their prefix differs); one left by a crash is dropped by the next ingest of its corpus.
+A corpus made before versions (a plain ``apihelper_<corpus>`` collection) is replaced on its next
+re-ingest: dropped, then the alias created, the one moment it is briefly absent.
 
 Everything here blocks; the async retriever calls it through ``asyncio.to_thread``. pymilvus and
 connection failures are turned into :class:`RetrieverUnavailableError` (messages carry the
@@ -66,8 +75,9 @@ from apihelper.retriever.types import ApiDoc, CorpusFormat, CorpusInfo, Retrieva
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 
-COLLECTION_PREFIX = "apihelper_"
-CORPUS_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+COLLECTION_PREFIX = "apihelper_"  # the served name of a corpus: an alias (or a legacy collection)
+STAGED_PREFIX = "apihelperv_"  # the collections holding corpus versions: apihelperv_<corpus>_v<n>
+CORPUS_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")  # fullmatch: "$" would let "name\n" pass
 SCHEMA_VERSION = "2"
 
 MAX_KEY_BYTES = 4096
@@ -77,6 +87,8 @@ MAX_METADATA_BYTES = 60000  # Milvus rejects JSON values over 64 KiB by default
 # Candidates each side of a hybrid search fetches before fusion (at least top_k).
 HYBRID_CANDIDATES = 50
 OUTPUT_FIELDS = ["key", "title", "text", "index_text", "metadata"]  # every ApiDoc field
+# Every stored field but the BM25 function's output (Milvus computes it from keywords).
+COPIED_FIELDS = ["pk", "key", "title", "text", "index_text", "keywords", "dense", "metadata", "content_hash"]
 # Rows per page when a whole corpus is read (corpus_docs): about 1000 x a few KB per round trip.
 READ_BATCH = 1000
 # How long a search waits for a collection that another thread is loading before it answers
@@ -96,7 +108,7 @@ _P_SCHEMA = _PROP + "schema_version"
 
 
 def valid_corpus_name(name: str) -> bool:
-    return bool(CORPUS_NAME.match(name))
+    return bool(CORPUS_NAME.fullmatch(name))
 
 
 def check_corpus_name(name: str) -> None:
@@ -110,6 +122,26 @@ def check_corpus_name(name: str) -> None:
 
 def collection_name(corpus: str) -> str:
     return COLLECTION_PREFIX + corpus
+
+
+def shown_source(source: str) -> str:
+    """A corpus' source as listed: an absolute path (stored by an older ingest) by its name only,
+    so a server's directories are not shown to its callers."""
+    return Path(source).name if source.startswith("/") or Path(source).is_absolute() else source
+
+
+def staged_collection_name(corpus: str, version: int) -> str:
+    return f"{STAGED_PREFIX}{corpus}_v{version}"
+
+
+def staged_corpus(name: str) -> tuple[str, int] | None:
+    """(corpus, version) of a staged collection's name; None for any other name."""
+    if not name.startswith(STAGED_PREFIX):
+        return None
+    corpus, sep, version = name[len(STAGED_PREFIX) :].rpartition("_v")
+    if not sep or not version.isdigit() or not valid_corpus_name(corpus):
+        return None
+    return corpus, int(version)
 
 
 def doc_pk(key: str) -> str:
@@ -275,12 +307,33 @@ class MilvusStore:
     def corpus_names(self) -> list[str]:
         """Names of the corpora present (collections named apihelper_<valid name>)."""
         with self._guard("list collections"):
-            names = self._client.list_collections(timeout=self._timeout)
+            names = [*self._client.list_collections(timeout=self._timeout), *self._aliases()]
         return sorted(
-            n[len(COLLECTION_PREFIX) :]
-            for n in names
-            if n.startswith(COLLECTION_PREFIX) and valid_corpus_name(n[len(COLLECTION_PREFIX) :])
+            {
+                n[len(COLLECTION_PREFIX) :]
+                for n in names
+                if n.startswith(COLLECTION_PREFIX) and valid_corpus_name(n[len(COLLECTION_PREFIX) :])
+            }
         )
+
+    def _aliases(self, collection: str | None = None) -> list[str]:
+        """Every alias (of ``collection`` when given). Call inside ``_guard``."""
+        if collection is None:
+            listed = self._client.list_aliases(timeout=self._timeout)
+        else:
+            listed = self._client.list_aliases(collection, timeout=self._timeout)
+        return [str(a) for a in (listed.get("aliases") or [])]
+
+    def serving_collection(self, corpus: str) -> str | None:
+        """The collection that holds what ``corpus`` serves: the alias' target, the legacy
+        collection of that name, or None when the corpus does not exist."""
+        served = collection_name(corpus)
+        with self._guard("describe alias"):
+            if served in self._aliases():
+                return str(self._client.describe_alias(served, timeout=self._timeout)["collection_name"])
+            if self._client.has_collection(served, timeout=self._timeout):
+                return served
+        return None
 
     def has_corpus(self, corpus: str) -> bool:
         if not valid_corpus_name(corpus):
@@ -314,7 +367,7 @@ class MilvusStore:
             name=corpus,
             format=fmt,
             doc_count=count,
-            source=props.get(_P_SOURCE, ""),
+            source=shown_source(props.get(_P_SOURCE, "")),
             embedding_model=props.get(_P_MODEL, ""),
             last_ingest=last_ingest,
         )
@@ -340,8 +393,34 @@ class MilvusStore:
     # ---------------------------------------------------------------- writing (ingest)
 
     def create_corpus(self, corpus: str, settings: CorpusSettings) -> None:
-        """Create the collection of ``corpus`` (which must not exist) with its indexes and info."""
+        """Create ``corpus`` (which must not exist), empty, with its indexes and info: a first
+        version, served at once (ingest stages versions instead, see ``stage_corpus``)."""
         check_corpus_name(corpus)
+        staged = self.stage_corpus(corpus, settings)
+        self.publish(corpus, staged)
+
+    def stage_corpus(self, corpus: str, settings: CorpusSettings) -> str:
+        """A new, empty collection for the next version of ``corpus``, not served yet; its name.
+        Staged collections of ``corpus`` that a crashed run left are dropped first."""
+        check_corpus_name(corpus)
+        serving = self.serving_collection(corpus)
+        with self._guard("list collections"):
+            names = self._client.list_collections(timeout=self._timeout)
+        versions = [0]
+        for name in names:
+            staged = staged_corpus(name)
+            if staged is None or staged[0] != corpus:
+                continue
+            versions.append(staged[1])
+            if name != serving:
+                log.warning("dropping %s, left by an ingest of corpus %s that did not finish", name, corpus)
+                with self._guard("drop collection"):
+                    self._client.drop_collection(name, timeout=self._timeout)
+        name = staged_collection_name(corpus, max(versions) + 1)
+        self._create_collection(name, settings)
+        return name
+
+    def _create_collection(self, name: str, settings: CorpusSettings) -> None:
         from pymilvus import DataType, Function, FunctionType
 
         with self._guard("create collection"):
@@ -378,7 +457,7 @@ class MilvusStore:
             )
             index_params.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
             self._client.create_collection(
-                collection_name(corpus),
+                name,
                 schema=schema,
                 index_params=index_params,
                 properties={
@@ -392,13 +471,48 @@ class MilvusStore:
                 },
                 timeout=self._timeout,
             )
+
+    def publish(self, corpus: str, staged: str) -> None:
+        """Serve ``staged`` (complete) as ``corpus`` in one step, then drop the version it replaces."""
+        served = collection_name(corpus)
+        old = self.serving_collection(corpus)
+        with self._guard("load collection"):
+            self._client.load_collection(staged, timeout=max(self._timeout, 60.0))
+        with self._guard("switch alias"):
+            if old is not None and old != served:
+                self._client.alter_alias(staged, served, timeout=self._timeout)
+            else:
+                if old == served:  # a corpus made before versions: its collection has the name
+                    self._client.drop_collection(served, timeout=self._timeout)
+                self._client.create_alias(staged, served, timeout=self._timeout)
         self._loaded.discard(corpus)
+        self._schema.pop(corpus, None)
+        if old is not None and old != served:
+            try:  # served already: a failure here only leaves the old version for the next ingest
+                with self._guard("drop collection"):
+                    self._client.drop_collection(old, timeout=self._timeout)
+            except RetrieverUnavailableError as exc:
+                log.warning("could not drop %s, the version corpus %s served before: %s", old, corpus, exc)
+
+    def abandon(self, staged: str) -> None:
+        """Drop a staged collection that will not be served (its run failed). Best effort: what
+        is left is dropped by the next ingest of the corpus."""
+        if staged_corpus(staged) is None:
+            raise ValueError(f"{staged!r} is not a staged collection")
+        try:
+            with self._guard("drop collection"):
+                self._client.drop_collection(staged, timeout=self._timeout)
+        except RetrieverUnavailableError as exc:
+            log.warning("could not drop %s after a failed ingest (the next ingest will): %s", staged, exc)
 
     def drop_corpus(self, corpus: str) -> None:
-        if not self.has_corpus(corpus):
+        serving = self.serving_collection(corpus)
+        if serving is None:
             return
         with self._guard("drop collection"):
-            self._client.drop_collection(collection_name(corpus), timeout=self._timeout)
+            if serving != collection_name(corpus):
+                self._client.drop_alias(collection_name(corpus), timeout=self._timeout)
+            self._client.drop_collection(serving, timeout=self._timeout)
         self._loaded.discard(corpus)
 
     def update_corpus_info(
@@ -408,7 +522,9 @@ class MilvusStore:
         settings: CorpusSettings,
         doc_count: int,
         last_ingest: datetime | None,
+        staged: str | None = None,
     ) -> None:
+        """Set the info of ``corpus`` (of its staged version ``staged``, when given)."""
         props = {
             _P_FORMAT: settings.format.value,
             _P_SOURCE: settings.source,
@@ -419,7 +535,9 @@ class MilvusStore:
         if last_ingest is not None:
             props[_P_LAST] = last_ingest.astimezone(UTC).isoformat()
         with self._guard("alter collection properties"):
-            self._client.alter_collection_properties(collection_name(corpus), properties=props, timeout=self._timeout)
+            self._client.alter_collection_properties(
+                staged or collection_name(corpus), properties=props, timeout=self._timeout
+            )
 
     def ensure_loaded(self, corpus: str, *, wait_s: float | None = None) -> None:
         """Load the collection into memory if needed (reopened collections start released).
@@ -509,8 +627,11 @@ class MilvusStore:
 
         return self._loaded_retry(corpus, read)
 
-    def upsert_docs(self, corpus: str, docs: Sequence[ApiDoc], vectors: Sequence[Sequence[float]]) -> None:
-        """Insert or replace ``docs`` (matched by key) with their dense vectors."""
+    def upsert_docs(
+        self, corpus: str, docs: Sequence[ApiDoc], vectors: Sequence[Sequence[float]], *, staged: str | None = None
+    ) -> None:
+        """Insert or replace ``docs`` (matched by key) with their dense vectors, in ``corpus`` or
+        in its staged version ``staged``."""
         if len(docs) != len(vectors):
             raise ValueError("docs and vectors differ in length")
         if not docs:
@@ -529,8 +650,34 @@ class MilvusStore:
             }
             for doc, vector in zip(docs, vectors, strict=False)
         ]
-        with self._guard("upsert"):
-            self._client.upsert(collection_name(corpus), rows, timeout=max(self._timeout, 60.0))
+        self._insert_rows(staged or collection_name(corpus), rows, upsert=staged is None)
+
+    def _insert_rows(self, collection: str, rows: list[dict[str, Any]], *, upsert: bool) -> None:
+        """The one place rows are written (an I/O boundary tests fail on purpose)."""
+        with self._guard("upsert" if upsert else "insert"):
+            if upsert:
+                self._client.upsert(collection, rows, timeout=max(self._timeout, 60.0))
+            else:
+                self._client.insert(collection, rows, timeout=max(self._timeout, 60.0))
+
+    def copy_docs(self, corpus: str, staged: str, keys: set[str], *, batch_size: int = READ_BATCH) -> int:
+        """Copy the stored rows of ``keys`` (vectors included: nothing is embedded again) from
+        what ``corpus`` serves into its staged version; returns how many were copied."""
+        copied = 0
+        self.ensure_loaded(corpus)
+        with self._guard("read corpus"):
+            batch: list[dict[str, Any]] = []
+            for row in self._rows(corpus, COPIED_FIELDS, batch_size=batch_size):
+                if str(row.get("key")) not in keys:
+                    continue
+                batch.append({f: row[f] for f in COPIED_FIELDS})
+                if len(batch) >= batch_size:
+                    self._insert_rows(staged, batch, upsert=False)
+                    copied, batch = copied + len(batch), []
+            if batch:
+                self._insert_rows(staged, batch, upsert=False)
+                copied += len(batch)
+        return copied
 
     def delete_keys(self, corpus: str, keys: Sequence[str]) -> None:
         if not keys:
@@ -538,10 +685,10 @@ class MilvusStore:
         with self._guard("delete"):
             self._client.delete(collection_name(corpus), ids=[doc_pk(k) for k in keys], timeout=self._timeout)
 
-    def flush(self, corpus: str) -> None:
+    def flush(self, corpus: str, *, staged: str | None = None) -> None:
         """Seal written data (a server otherwise does it in the background)."""
         with self._guard("flush"):
-            self._client.flush(collection_name(corpus), timeout=max(self._timeout, 60.0))
+            self._client.flush(staged or collection_name(corpus), timeout=max(self._timeout, 60.0))
 
     # ---------------------------------------------------------------- search
 

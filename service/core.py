@@ -21,7 +21,7 @@ from apihelper.retriever.types import Retriever
 from apihelper.service.engine.protocol import Engine
 from apihelper.service.metrics import NullRecorder, Recorder
 from apihelper.service.pipeline import Pipeline
-from apihelper.service.settings import Settings
+from apihelper.service.settings import Settings, api_base_urls
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ async def start_core(
     recorder = recorder or NullRecorder()
     health = Health(engine, retriever)
     core = Core(
-        pipeline=Pipeline(retriever, engine, recorder),
+        pipeline=Pipeline(retriever, engine, recorder, base_urls=api_base_urls(settings)),
         limits=request_limits(settings, engine),
         streams=StreamLimit(settings.max_concurrent_streams),
         health=health,

@@ -118,12 +118,21 @@ class _Clock:
 
 
 class Pipeline:
-    def __init__(self, retriever: Retriever, engine: Engine, recorder: Recorder | None = None) -> None:
+    def __init__(
+        self,
+        retriever: Retriever,
+        engine: Engine,
+        recorder: Recorder | None = None,
+        *,
+        base_urls: Sequence[str] = (),
+    ) -> None:
+        """``base_urls``: where the documented APIs are served beside their specs' servers (the
+        verdict flags calls to other hosts)."""
         self._retriever = retriever
         self._engine = engine
         self._recorder = recorder or NullRecorder()
-        self._corpora = CorpusCache(retriever)
-        self._constraints = CallConstraints()
+        self._corpora = CorpusCache(retriever, base_urls=base_urls)
+        self._constraints = CallConstraints(base_urls=base_urls)
 
     @property
     def engine_info(self) -> EngineInfo:
@@ -228,6 +237,11 @@ class Pipeline:
 
     async def _retrieve(self, params: RetrieveParams) -> RetrievalResult:
         if params.mode is RetrievalMode.NONE:
+            if params.corpora:
+                # No docs, but the corpora named must exist, as in every other mode (NOT_FOUND).
+                await self._retriever.retrieve(
+                    params.instruction, corpora=params.corpora, top_k=0, mode=RetrievalMode.NONE
+                )
             return RetrievalResult([])
         result = await self._retriever.retrieve(
             params.instruction,

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from apihelper.errors import ConfigurationError
 
@@ -68,6 +69,9 @@ class Settings:
     default_top_k: int = 3
     max_top_k: int = 50
     default_max_tokens: int = 128
+    # Where the documented APIs are served, beside each OpenAPI spec's own servers: comma-separated
+    # base URLs. An answer's call to an absolute URL on any other host is not "valid".
+    api_base_urls: str = ""
     # Lifecycle
     event_loop: str = "auto"  # auto: uvloop where installed | uvloop | asyncio
     shutdown_grace_seconds: float = 10.0
@@ -100,6 +104,15 @@ class Settings:
             raise ConfigurationError("num_threads must be >= 0 (0: one per core)")
         if self.max_instruction_bytes < 1 or self.default_max_tokens < 1:
             raise ConfigurationError("max_instruction_bytes and default_max_tokens must be positive")
+        for url in api_base_urls(self):
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ConfigurationError(f"api_base_urls: {url!r} is not an http(s) URL with a host")
+
+
+def api_base_urls(settings: Settings) -> tuple[str, ...]:
+    """The configured base URLs (``api_base_urls``), blanks dropped."""
+    return tuple(u.strip() for u in settings.api_base_urls.split(",") if u.strip())
 
 
 def read_auth_token(settings: Settings) -> str:

@@ -8,7 +8,7 @@ back; HTTP: ``apihelper.http_status``); nothing else decides what a client sees.
 
     ApiHelperError
     ├── InvalidRequestError        the request is wrong; names the offending ``field``
-    │   ├── UnknownCorpusError     a corpus that is not ingested
+    │   ├── UnknownCorpusError     a corpus that is not ingested (gRPC NOT_FOUND, HTTP 404)
     │   └── RequestTooLargeError   a request body over the server's size limit (HTTP; gRPC's
     │                              transport refuses those itself)
     ├── UnauthenticatedError       no valid credentials (a client sees this; the server's
@@ -53,10 +53,26 @@ class InvalidRequestError(ApiHelperError):
 class UnknownCorpusError(InvalidRequestError):
     """A request names a corpus that has not been ingested."""
 
-    def __init__(self, corpus: str, known: list[str]) -> None:
-        known_text = ", ".join(sorted(known)) or "none ingested"
-        super().__init__("retrieval.corpora", f"unknown corpus {corpus!r} (known: {known_text})")
+    # The message names the corpus asked for, never the others (ListCorpora lists those, to
+    # callers that may see them), and only the head of a long name.
+    MAX_NAME_CHARS = 80
+
+    def __init__(self, corpus: str) -> None:
+        shown = corpus if len(corpus) <= self.MAX_NAME_CHARS else corpus[: self.MAX_NAME_CHARS] + "..."
+        super().__init__("retrieval.corpora", f"unknown corpus {shown!r}")
         self.corpus = corpus
+
+    @classmethod
+    def from_details(cls, text: str) -> UnknownCorpusError:
+        """The error back from its ``str()``, as a client reads it off the wire (NOT_FOUND)."""
+        prefix = "retrieval.corpora: unknown corpus "
+        corpus = text[len(prefix) :] if text.startswith(prefix) else ""
+        if len(corpus) >= 2 and corpus[0] == corpus[-1] and corpus[0] in "'\"":
+            corpus = corpus[1:-1]  # repr() quotes it; escapes inside stay as sent
+        error = cls(corpus)
+        if str(error) != text:  # not in the shape this class writes: keep the details as they are
+            error.field, error.message, error.args = "", text, (text,)
+        return error
 
 
 class RequestTooLargeError(InvalidRequestError):

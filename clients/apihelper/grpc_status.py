@@ -19,10 +19,12 @@ from apihelper.errors import (
     ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
+    UnknownCorpusError,
 )
 
 # Most specific first: the first class an error is an instance of decides its code.
 CODES: tuple[tuple[type[ApiHelperError], grpc.StatusCode], ...] = (
+    (UnknownCorpusError, grpc.StatusCode.NOT_FOUND),  # before its base class: the first match wins
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
     (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -44,7 +46,9 @@ def error_from_status(code: grpc.StatusCode, details: str) -> ApiHelperError:
     """The error a client sees for a call that ended with ``code`` and ``details``."""
     if code is grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidRequestError.from_message(details)
+    if code is grpc.StatusCode.NOT_FOUND:
+        return UnknownCorpusError.from_details(details)
     for cls, mapped in CODES:
-        if mapped is code and cls is not InvalidRequestError:
+        if mapped is code and cls not in (InvalidRequestError, UnknownCorpusError):
             return cls(details)
     return ApiHelperError(f"{code.name}: {details}" if details else code.name)

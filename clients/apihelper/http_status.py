@@ -10,7 +10,8 @@ whether they came over gRPC or HTTP), so dashboards need no second set of querie
 
 Statuses follow Google's published mapping between gRPC codes and HTTP (INVALID_ARGUMENT and
 FAILED_PRECONDITION 400, UNAUTHENTICATED 401, RESOURCE_EXHAUSTED 429, UNAVAILABLE 503,
-DEADLINE_EXCEEDED 504, CANCELLED 499), with 413 for a body over the size limit.
+DEADLINE_EXCEEDED 504, CANCELLED 499, NOT_FOUND 404: an unknown corpus), with 413 for a body over
+the size limit.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from apihelper.errors import (
     ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
+    UnknownCorpusError,
 )
 
 
@@ -43,6 +45,7 @@ INTERNAL = HttpOutcome(500, "INTERNAL")
 # Most specific first: the first class an error is an instance of decides its outcome.
 OUTCOMES: tuple[tuple[type[ApiHelperError], HttpOutcome], ...] = (
     (RequestTooLargeError, HttpOutcome(413, "INVALID_ARGUMENT")),
+    (UnknownCorpusError, HttpOutcome(404, "NOT_FOUND")),
     (InvalidRequestError, HttpOutcome(400, "INVALID_ARGUMENT")),
     (UnauthenticatedError, HttpOutcome(401, "UNAUTHENTICATED")),
     (ResourceExhaustedError, HttpOutcome(429, "RESOURCE_EXHAUSTED")),

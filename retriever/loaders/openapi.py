@@ -11,7 +11,9 @@ kept: they are operations of the spec and eval keys may name them.
   indexed: on the dev questions they diluted both dense and BM25 matches).
 - ``metadata["function"]``: an openfunctions-style JSON function schema (name, description,
   parameters as a JSON Schema object, required list); metadata also has method, path,
-  operation_id, tags and required.
+  operation_id, tags and required, and ``servers``: the base URLs the operation is served at
+  (the operation's ``servers``, else its path item's, else the spec's; variables filled with
+  their defaults), which the verdict compares an answer's host with.
 
 Local ``$ref``s ("#/components/...") are resolved lazily while the schema is compacted, with a
 guard against cycles (recursive filter schemas are common) and a depth limit. A broken or
@@ -337,6 +339,7 @@ def load_openapi(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadResul
         return LoadResult([], [LoadProblem(source, "OpenAPI document has no 'paths' object")])
 
     resolver = _Resolver(spec, limits)
+    spec_servers = _server_urls(spec.get("servers"))
     docs: list[ApiDoc] = []
     problems: list[LoadProblem] = []
     for api_path, raw_item in paths.items():
@@ -350,6 +353,7 @@ def load_openapi(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadResul
             problems.append(LoadProblem(f"{source}#{api_path}", "path item is not an object"))
             continue
         shared_params = item.get("parameters") or []
+        item_servers = _server_urls(item.get("servers")) or spec_servers
         for method in HTTP_METHODS:
             operation = item.get(method.lower())
             if operation is None:
@@ -365,12 +369,37 @@ def load_openapi(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadResul
                 )
                 return LoadResult(docs, problems)
             try:
-                docs.append(_operation_doc(resolver, method, str(api_path), operation, shared_params))
+                servers = _server_urls(operation.get("servers")) or item_servers
+                docs.append(_operation_doc(resolver, method, str(api_path), operation, shared_params, servers))
             except Exception as exc:  # a malformed operation must not stop the rest of the spec
                 problems.append(LoadProblem(f"{source}#{key}", f"skipped: {problem_message(exc)}"))
             for message in unique(resolver.broken):
                 problems.append(LoadProblem(f"{source}#{key}", message))
     return LoadResult(docs, problems)
+
+
+MAX_SERVERS = 8  # base URLs kept per operation
+MAX_SERVER_URL = 512
+
+
+def _server_urls(raw: Any) -> list[str]:
+    """The URLs of an OpenAPI ``servers`` list, ``{variables}`` filled with their defaults."""
+    if not isinstance(raw, list):
+        return []
+    urls: list[str] = []
+    for server in raw[:MAX_SERVERS]:
+        if not isinstance(server, Mapping) or not isinstance(server.get("url"), str):
+            continue
+        url = server["url"].strip()[:MAX_SERVER_URL]
+        variables = server.get("variables")
+        if isinstance(variables, Mapping):
+            for name, variable in list(variables.items())[:16]:
+                default = variable.get("default") if isinstance(variable, Mapping) else None
+                if isinstance(default, str):
+                    url = url.replace("{" + str(name) + "}", default)
+        if url and url not in urls:
+            urls.append(url)
+    return urls
 
 
 def _operation_doc(
@@ -379,6 +408,7 @@ def _operation_doc(
     api_path: str,
     operation: Mapping[str, Any],
     shared_params: Any,
+    servers: list[str] | None = None,
 ) -> ApiDoc:
     key = f"{method} {api_path}"
     operation_id = operation.get("operationId")
@@ -507,5 +537,7 @@ def _operation_doc(
         required=required,
         function=function,
     )
+    if servers:
+        metadata["servers"] = servers
     title = summary or operation_id or key
     return ApiDoc(key=key, title=title, text=text, index_text=index_text, metadata=metadata)

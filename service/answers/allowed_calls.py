@@ -22,7 +22,7 @@ import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from apihelper.retriever.doc_kinds import DocKind, doc_kind, function_schema, json_schema
+from apihelper.retriever.doc_kinds import DocKind, doc_kind, function_schema, json_schema, rest_servers
 from apihelper.retriever.types import ApiDoc
 from apihelper.service.answers.check import apibench_reference, python_signature, rest_operation
 from apihelper.service.answers.grammar import (
@@ -33,6 +33,7 @@ from apihelper.service.answers.grammar import (
     ParamWhere,
     ValueType,
 )
+from apihelper.service.answers.parse import url_host
 from apihelper.service.prompts import PromptFormat
 
 _WHERE = {"path": ParamWhere.PATH, "query": ParamWhere.QUERY, "header": ParamWhere.HEADER, "body": ParamWhere.BODY}
@@ -88,7 +89,8 @@ def gorilla_call(doc: ApiDoc) -> AllowedCall | None:
         if op is None:
             return None
         params = tuple(_spec(p.name, p.schema, p.required, _WHERE.get(p.where, ParamWhere.BODY)) for p in op.params)
-        return AllowedCall(f"{op.method} {op.path}", CallKind.REST, params)
+        servers = tuple(u for u in rest_servers(doc) if url_host(u) not in ("", "?"))
+        return AllowedCall(f"{op.method} {op.path}", CallKind.REST, params, base_urls=servers)
     if kind is DocKind.APIBENCH_RECORD:
         return apibench_call(doc)
     if kind is DocKind.FUNCTION_SCHEMA:

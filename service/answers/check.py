@@ -25,6 +25,14 @@ what kind a doc is and what its metadata holds is the retriever's contract
   JSON Schema's (``doc_kinds.json_schema``).
 - Text docs are not APIs: a call that names one is unchecked.
 
+Hosts: a REST call written with an absolute URL (``requests.delete("https://evil.example/...")``,
+``curl https://...``, ``httpx``, ``GET https://...``) must go to the API's own server: a host
+among the matched operation's OpenAPI ``servers`` or the configured base URLs (``base_urls``,
+the ``api_base_urls`` setting). Another host is ``unknown_api`` ("wrong host": that API is not
+documented there, and the call would send its data elsewhere); where neither the spec nor the
+settings name a server, an absolute URL's host cannot be confirmed and the call is
+``unchecked``. Paths and ``{BASE_URL}/...`` templates name no host and are not affected.
+
 Pure and synchronous: no I/O; the work is bounded by the parser's limits and the catalog size.
 """
 
@@ -50,6 +58,7 @@ from apihelper.retriever.doc_kinds import (
     json_schema,
     python_metadata,
     rest_metadata,
+    rest_servers,
 )
 from apihelper.retriever.types import ApiDoc, RetrievedDoc
 from apihelper.service.answers.parse import (
@@ -60,6 +69,7 @@ from apihelper.service.answers.parse import (
     ParsedCall,
     parse_answer,
     parse_call,
+    url_host,
 )
 from apihelper.service.prompts import PromptFormat
 
@@ -463,15 +473,22 @@ def check_answer(
     text: str,
     docs: Sequence[RetrievedDoc],
     corpus: ApiCatalog | None = None,
+    *,
+    base_urls: Sequence[str] = (),
 ) -> CheckedAnswer:
-    """Parse ``text`` (an answer in ``fmt``) and check every call. Never raises."""
-    return check_parsed(parse_answer(fmt, text), docs, corpus)
+    """Parse ``text`` (an answer in ``fmt``) and check every call. Never raises.
+
+    ``base_urls``: where the APIs are served besides their specs' ``servers`` (see Hosts above).
+    """
+    return check_parsed(parse_answer(fmt, text), docs, corpus, base_urls=base_urls)
 
 
 def check_parsed(
     answer: ParsedAnswer,
     docs: Sequence[RetrievedDoc],
     corpus: ApiCatalog | None = None,
+    *,
+    base_urls: Sequence[str] = (),
 ) -> CheckedAnswer:
     # The corpus copy of a retrieved doc wins: the vector store may have trimmed its metadata.
     retrieved = ApiCatalog(
@@ -480,7 +497,7 @@ def check_parsed(
     checks: list[CallCheck] = []
     for call in answer.calls:
         try:
-            checks.append(check_call(call, retrieved, corpus))
+            checks.append(check_call(call, retrieved, corpus, base_urls=base_urls))
         except Exception as exc:  # a checker bug must not fail the request: say so instead
             checks.append(CallCheck(call, Verdict.UNCHECKED, (f"validation error: {type(exc).__name__}",)))
     if not checks:
@@ -498,13 +515,19 @@ def check_parsed(
     )
 
 
-def check_call(call: ParsedCall, retrieved: ApiCatalog, corpus: ApiCatalog | None = None) -> CallCheck:
+def check_call(
+    call: ParsedCall,
+    retrieved: ApiCatalog,
+    corpus: ApiCatalog | None = None,
+    *,
+    base_urls: Sequence[str] = (),
+) -> CallCheck:
     """The verdict on one call, looked up in the retrieved docs first, then the corpus."""
     if call.style is CallStyle.NONE or not call.name:
         return CallCheck(call, Verdict.UNPARSEABLE, (call.problem or "no call could be read",))
     catalogs = [c for c in (retrieved, corpus) if c is not None]
     if call.style is CallStyle.REST:
-        result = _check_rest_call(call, catalogs, retrieved)
+        result = _check_host(call, _check_rest_call(call, catalogs, retrieved), catalogs, base_urls)
     else:
         result = _check_python_call(call, catalogs, retrieved)
     if result.verdict is Verdict.UNKNOWN_API:
@@ -521,6 +544,34 @@ def check_call(call: ParsedCall, retrieved: ApiCatalog, corpus: ApiCatalog | Non
             result, reasons=(*result.reasons, "the answer was cut off; the call was completed to parse it")
         )
     return result
+
+
+@functools.lru_cache(maxsize=256)
+def _hosts_of(urls: tuple[str, ...]) -> frozenset[str]:
+    """The host names of the absolute ones among ``urls`` (a relative server URL names none)."""
+    return frozenset(h for h in (url_host(u) for u in urls) if h and h != "?")
+
+
+def _check_host(
+    call: ParsedCall, result: CallCheck, catalogs: Sequence[ApiCatalog], base_urls: Sequence[str]
+) -> CallCheck:
+    """``result`` unless the call's absolute URL goes to a host that is not the API's own."""
+    host = call.host
+    if not host or "{" in host or result.verdict in (Verdict.UNKNOWN_API, Verdict.UNPARSEABLE):
+        return result  # a path or {BASE_URL}/... template; or already not an API of the docs
+    doc = next((d for c in catalogs if (d := c.get(result.doc_key)) is not None), None)
+    own = _hosts_of(tuple(rest_servers(doc)) if doc is not None else ()) | _hosts_of(tuple(base_urls))
+    if host in own:
+        return result
+    shown = host if len(host) <= 80 else host[:77] + "..."
+    if not own:
+        if result.verdict is not Verdict.VALID:
+            return dataclasses.replace(result, reasons=(*result.reasons, f"host {shown!r} not checked")[:MAX_REASONS])
+        reason = f"host {shown!r} not checked: the spec names no server and no base URL is configured (api_base_urls)"
+        return dataclasses.replace(result, verdict=Verdict.UNCHECKED, reasons=(reason,))
+    servers = ", ".join(sorted(own)[:3])
+    reason = f"wrong host: {shown!r} is not where {result.doc_key} is served ({servers})"
+    return CallCheck(call, Verdict.UNKNOWN_API, (reason,), "", False, result.doc_key)
 
 
 def _finish(

@@ -12,6 +12,7 @@ from; the engine caches what it compiles by the grammar's key.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -32,8 +33,10 @@ _Key = tuple[PromptFormat, tuple[tuple[str, str, str], ...]]
 class CallConstraints:
     """Builds and caches the call grammars of requests; see the module docstring."""
 
-    def __init__(self, *, max_entries: int = MAX_CACHED_GRAMMARS) -> None:
+    def __init__(self, *, max_entries: int = MAX_CACHED_GRAMMARS, base_urls: Sequence[str] = ()) -> None:
+        """``base_urls``: where REST calls go when their spec names no server (api_base_urls)."""
         self._max_entries = max_entries
+        self._base_urls = tuple(base_urls)
         self._by_docs: OrderedDict[_Key, GuidedDecoding | None] = OrderedDict()
         # A catalog is one version of the sources' corpora: its grammar goes when it does.
         self._by_catalog: weakref.WeakKeyDictionary[ApiCatalog, GuidedDecoding | None] = weakref.WeakKeyDictionary()
@@ -46,13 +49,13 @@ class CallConstraints:
         if fmt is PromptFormat.GORILLA_V0 and catalog is not None:
             # The catalog holds the retrieved docs too: one grammar per corpus version.
             if catalog not in self._by_catalog:
-                self._by_catalog[catalog] = await asyncio.to_thread(_build, fmt, catalog.docs())
+                self._by_catalog[catalog] = await asyncio.to_thread(_build, fmt, catalog.docs(), self._base_urls)
             return self._by_catalog[catalog]
         key: _Key = (fmt, tuple((d.corpus, d.doc.key, d.doc.content_hash) for d in docs))
         if key in self._by_docs:
             self._by_docs.move_to_end(key)
             return self._by_docs[key]
-        grammar = await asyncio.to_thread(_build, fmt, [d.doc for d in docs])
+        grammar = await asyncio.to_thread(_build, fmt, [d.doc for d in docs], self._base_urls)
         self._by_docs[key] = grammar
         while len(self._by_docs) > self._max_entries:
             self._by_docs.popitem(last=False)
@@ -65,9 +68,10 @@ class CallConstraints:
 _OPTIONS = {PromptFormat.CHAT_TOOLS: GrammarOptions(max_prose_chars=0, max_calls=1)}
 
 
-def _build(fmt: PromptFormat, docs: Sequence[ApiDoc]) -> GuidedDecoding | None:
+def _build(fmt: PromptFormat, docs: Sequence[ApiDoc], base_urls: tuple[str, ...] = ()) -> GuidedDecoding | None:
+    options = dataclasses.replace(_OPTIONS.get(fmt) or GrammarOptions(), base_urls=base_urls)
     try:
-        grammar = build_call_grammar(fmt, allowed_calls(fmt, docs), _OPTIONS.get(fmt))
+        grammar = build_call_grammar(fmt, allowed_calls(fmt, docs), options)
     except NoAllowedCallsError:
         return None
     return GuidedDecoding(grammar.ebnf, grammar.key)

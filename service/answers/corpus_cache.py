@@ -26,6 +26,7 @@ says which version of each corpus that was (``infos``). Under it:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -251,8 +252,11 @@ class CorpusCatalogs:
 class CorpusCache:
     """Corpus versions and validation catalogs for the pipeline; see the module docstring."""
 
-    def __init__(self, retriever: Retriever, catalogs: CorpusCatalogs | None = None) -> None:
+    def __init__(
+        self, retriever: Retriever, catalogs: CorpusCatalogs | None = None, *, base_urls: Sequence[str] = ()
+    ) -> None:
         self._retriever = retriever
+        self._base_urls = tuple(base_urls)  # where the APIs are served beside their specs' servers
         self._catalogs = catalogs or CorpusCatalogs(retriever)
         self._infos: dict[str, CorpusInfo] = {}  # corpus -> as last listed
         self._infos_at = -math.inf
@@ -309,8 +313,10 @@ class CorpusCache:
         retrieved docs only when that catalog cannot be had; the reasons then say so)."""
         catalog = await self.catalog(docs, infos)
         if catalog is not None and len(catalog) > INLINE_CHECK_MAX_DOCS:
-            return await asyncio.to_thread(check_answer, fmt, text, docs, catalog)
-        return check_answer(fmt, text, docs, catalog)
+            return await asyncio.to_thread(
+                functools.partial(check_answer, fmt, text, docs, catalog, base_urls=self._base_urls)
+            )
+        return check_answer(fmt, text, docs, catalog, base_urls=self._base_urls)
 
     async def close(self) -> None:
         """Cancel the warm-ups and catalog builds still running (at server stop)."""

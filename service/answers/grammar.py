@@ -11,7 +11,8 @@ What each format's grammar allows (free text where the format has free text, the
 
 - ``gorilla_v0``: ``[<<<domain>>>: text]<<<api_call>>>: CALL[ <<<api_provider>>>: text ...]`` where
   CALL is one allowed call: a Python call ``pkg.mod.func(arg=value, ...)``, a REST call
-  (``POST /sessions {"name": ...}`` or ``requests.post('https://host/sessions', json={...})``),
+  (``POST /sessions {"name": ...}`` or ``requests.post('https://api.example/sessions', json={...})``
+  on one of the API's own servers, ``'{BASE_URL}/sessions'`` when none is known),
   or an APIBench record's ``api_call`` verbatim. After the call only the other Gorilla sections
   follow (``<<<api_call>>>`` cannot appear twice).
 - ``openfunctions_v2``: one or more ``<<function>>name(arg=value, ...)`` and nothing else.
@@ -116,6 +117,7 @@ class AllowedCall:
     kind: CallKind
     params: tuple[ParamSpec, ...] = ()
     aliases: tuple[str, ...] = ()
+    base_urls: tuple[str, ...] = ()  # REST: the absolute server URLs its spec names
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,9 @@ class GrammarOptions:
     max_calls: int = 4  # calls per answer (openfunctions_v2, chat_tools)
     rest_styles: tuple[RestStyle, ...] = (RestStyle.TEXT, RestStyle.REQUESTS)
     max_path_value_chars: int = 64  # one concrete REST path segment / query value
+    # Where REST calls go when their spec names no server (the api_base_urls setting); with
+    # neither, a requests-style call writes '{BASE_URL}/path': never a host of the model's own.
+    base_urls: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if min(self.max_prose_chars, self.max_string_chars, self.max_path_value_chars) < 0:
@@ -579,13 +584,41 @@ def _rest_text_call(fmt: PromptFormat, call: AllowedCall, values: _Values, rules
     return f"({expr})"
 
 
-def _rest_requests_call(fmt: PromptFormat, call: AllowedCall, values: _Values, rules: _Rules) -> str:
-    """``requests.post('https://host/path', params={...}, json={...})``."""
+# Leading path segments of a server URL the verdict drops to match (check.MAX_BASE_SEGMENTS).
+_MAX_BASE_SEGMENTS = 2
+
+
+def _base_url_forms(base_urls: Sequence[str]) -> list[str]:
+    """The server URLs a call may be written with, without a trailing "/": those the verdict
+    matches (a base path of at most two segments; a longer one is cut to its origin)."""
+    forms: list[str] = []
+    for url in base_urls:
+        parts = urllib.parse.urlsplit(url.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            continue
+        segments = [s for s in parts.path.split("/") if s]
+        base = "/" + "/".join(segments) if 0 < len(segments) <= _MAX_BASE_SEGMENTS else ""
+        form = f"{parts.scheme}://{parts.netloc}{base}"
+        if form not in forms and "{" not in form:
+            forms.append(form)
+    return forms
+
+
+def _rest_requests_call(
+    fmt: PromptFormat, call: AllowedCall, values: _Values, rules: _Rules, base_urls: Sequence[str] = ()
+) -> str:
+    """``requests.post('https://api.example/path', params={...}, json={...})``: the host one of
+    the API's servers (``call.base_urls``, else ``base_urls``), else ``'{BASE_URL}/path'``."""
     method, path = _rest_parts(call)
     by_where = _params_by_where(call)
     path_specs = {s.name: s for s in by_where[ParamWhere.PATH]}
-    host = values._once("v_host", '("https://" | "http://") [a-z0-9.\\-]{1,48} (":" [0-9]{1,5})?')
-    url = f'"\'" {host} {_path_expr(fmt, path, path_specs, values, in_python=True)} "\'"'
+    forms = _base_url_forms(call.base_urls or base_urls)
+    path_expr = _path_expr(fmt, path, path_specs, values, in_python=True)
+    if forms:
+        host = " | ".join(ebnf_string(_python_body(f)) for f in forms)
+        url = f'"\'" ({host}) {path_expr} "\'"'
+    else:  # a placeholder stands for the server, as path placeholders do for their values
+        url = f'"\'" {ebnf_string("{BASE_URL}")} {path_expr} "\'"'
     args: list[_Item] = [_Item(url, True)]
     for kw, specs in (("params", by_where[ParamWhere.QUERY]), ("json", by_where[ParamWhere.BODY])):
         if not specs:
@@ -615,10 +648,12 @@ def _gorilla_call(call: AllowedCall, values: _Values, rules: _Rules, options: Gr
         _check_text(fmt, call.name, "name")
         forms: list[str] = []
         reasons: list[str] = []
-        builders = {RestStyle.TEXT: _rest_text_call, RestStyle.REQUESTS: _rest_requests_call}
         for style in options.rest_styles:
             try:
-                forms.append(builders[style](fmt, call, values, rules))
+                if style is RestStyle.TEXT:
+                    forms.append(_rest_text_call(fmt, call, values, rules))
+                else:
+                    forms.append(_rest_requests_call(fmt, call, values, rules, options.base_urls))
             except _Unwritable as exc:
                 reasons.append(f"{style.value}: {exc}")
         if not forms:

@@ -125,6 +125,7 @@ class ParsedCall:
     style: CallStyle = CallStyle.NONE
     method: str = ""  # REST only: upper-case HTTP method
     path: str = ""  # REST only: the path as written (concrete, or the template itself)
+    host: str = ""  # REST only: the URL's host[:port], lower case ("" for a path or {BASE_URL}/...)
     receivers: tuple[ParsedCall, ...] = ()  # calls it is chained on: ``VFolder('x').mkdir(...)``
     subcalls: tuple[ParsedCall, ...] = ()  # every call in the fragment (Gorilla's sub-tree rule)
     truncated: bool = False  # parsed only after closing brackets/strings the answer left open
@@ -716,6 +717,7 @@ def _http_client_call(name: str, args: list[Argument], raw: str, truncated: bool
     path, query = path_and_query(url)
     if not path:
         return None
+    host = url_host(url)
     rest_args: list[Argument] = [Argument(k, v, ArgWhere.QUERY, -1, True, v) for k, v in query]
     for kw_name, where in (("params", ArgWhere.QUERY), ("json", ArgWhere.BODY), ("data", ArgWhere.BODY)):
         arg = keywords.get(kw_name)
@@ -732,6 +734,7 @@ def _http_client_call(name: str, args: list[Argument], raw: str, truncated: bool
         style=CallStyle.REST,
         method=method,
         path=path,
+        host=host,
         truncated=truncated,
     )
 
@@ -792,6 +795,19 @@ def path_and_query(url: str) -> tuple[str, list[tuple[str, str]]]:
     return path, pairs
 
 
+def url_host(url: str) -> str:
+    """The host name an absolute URL names (lower case, no user info or port); "" for a path
+    or a ``{BASE_URL}/...`` template; "?" for a URL whose host cannot be read."""
+    url = url.strip()
+    if "://" not in url:
+        return ""
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        host = None
+    return host or "?"  # a URL, but no host in it that any corpus' server could equal
+
+
 def _fields_of(obj: dict[Any, Any], where: ArgWhere, source: str) -> list[Argument]:
     out: list[Argument] = []
     for key, value in list(obj.items())[:MAX_ARGS]:
@@ -806,6 +822,7 @@ def _fields_of(obj: dict[Any, Any], where: ArgWhere, source: str) -> list[Argume
 def _rest_text_call(raw: str, body: str, m: re.Match[str]) -> ParsedCall:
     method = m.group(1).upper()
     path, query = path_and_query(m.group(2))
+    host = url_host(m.group(2))
     args: list[Argument] = [Argument(k, v, ArgWhere.QUERY, -1, True, v) for k, v in query]
     rest = body[m.end() : m.end() + MAX_CALL_CHARS]
     brace = rest.find("{")
@@ -822,6 +839,7 @@ def _rest_text_call(raw: str, body: str, m: re.Match[str]) -> ParsedCall:
         style=CallStyle.REST,
         method=method,
         path=path,
+        host=host,
     )
 
 
@@ -872,7 +890,10 @@ def _curl_call(raw: str, body: str) -> ParsedCall | None:
     method = method or ("POST" if data and not get_query else "GET")
     if method not in HTTP_METHODS:
         return None
+    if url[:1].isalnum() and "://" not in url:
+        url = "http://" + url  # curl reads "evil.example/x" as a host and a path
     path, query = path_and_query(url)
+    host = url_host(url)
     args: list[Argument] = [Argument(k, v, ArgWhere.QUERY, -1, True, v) for k, v in query]
     for chunk in data:
         obj = _literal_or_json(chunk) if chunk.lstrip().startswith("{") else None
@@ -892,6 +913,7 @@ def _curl_call(raw: str, body: str) -> ParsedCall | None:
         style=CallStyle.REST,
         method=method,
         path=path,
+        host=host,
     )
 
 
@@ -952,4 +974,5 @@ __all__ = [
     "parse_call",
     "parse_function_calls",
     "path_and_query",
+    "url_host",
 ]

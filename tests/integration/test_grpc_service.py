@@ -80,7 +80,9 @@ async def test_list_corpora(channel: grpc.aio.Channel) -> None:
     by_name = {c.name: c for c in response.corpora}
     demo = by_name["demo"]
     assert demo.format == "openapi" and demo.doc_count >= 15
-    assert demo.embedding_model and demo.source.endswith("demo_cloud_openapi.yaml")
+    # The source as ingest was given it, and a server path not at all (the sample's is absolute).
+    assert demo.embedding_model and demo.source == "demo_cloud_openapi.yaml"
+    assert all(not c.source.startswith("/") for c in response.corpora)
     assert demo.HasField("last_ingest")
     if BACKEND_AI_SPEC.exists():
         assert by_name["rest"].doc_count == 169
@@ -143,7 +145,6 @@ async def test_deadline_aborts_the_engine_request(channel: grpc.aio.Channel, eng
         (pb.GenerateRequest(instruction="   "), "instruction"),
         (pb.GenerateRequest(instruction="x" * 8193), "instruction"),
         (pb.GenerateRequest(instruction="é" * 4097), "instruction"),  # 8194 bytes
-        (pb.GenerateRequest(instruction="q", retrieval=pb.RetrievalOptions(corpora=["nope"])), "corpora"),
         (pb.GenerateRequest(instruction="q", retrieval=pb.RetrievalOptions(top_k=0)), "retrieval.top_k"),
         (pb.GenerateRequest(instruction="q", retrieval=pb.RetrievalOptions(top_k=51)), "retrieval.top_k"),
         (pb.GenerateRequest(instruction="q", sampling=pb.SamplingParams(max_tokens=0)), "sampling.max_tokens"),
@@ -166,6 +167,24 @@ async def test_bad_input_is_invalid_argument_naming_the_field(
     # The server keeps serving.
     ok = await stub.Retrieve(pb.RetrieveRequest(instruction="list sessions"), timeout=10)
     assert ok.sources
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [pb.RETRIEVAL_MODE_HYBRID, pb.RETRIEVAL_MODE_DENSE, pb.RETRIEVAL_MODE_KEYWORD, pb.RETRIEVAL_MODE_NONE],
+)
+async def test_an_unknown_corpus_is_not_found_in_every_mode(channel: grpc.aio.Channel, mode: int) -> None:
+    stub = pb_grpc.ApiHelperStub(channel)
+    options = pb.RetrievalOptions(corpora=["demo", "nope"], mode=mode)  # type: ignore[arg-type]
+    with pytest.raises(grpc.aio.AioRpcError) as generate:
+        async for _ in stub.Generate(pb.GenerateRequest(instruction="q", retrieval=options), timeout=10):
+            pass
+    with pytest.raises(grpc.aio.AioRpcError) as retrieve:
+        await stub.Retrieve(pb.RetrieveRequest(instruction="q", retrieval=options), timeout=10)
+    for info in (generate, retrieve):
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        details = info.value.details() or ""
+        assert "'nope'" in details and "demo" not in details  # the other corpora are not listed
 
 
 async def test_unset_top_k_takes_the_server_default(channel: grpc.aio.Channel) -> None:

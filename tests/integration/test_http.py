@@ -187,7 +187,6 @@ async def test_the_spec_and_the_web_app_are_served_without_a_token() -> None:
         ("/v1/generate", {"instruction": ""}, "instruction"),
         ("/v1/generate", {"instruction": "x", "sampling": {"temperature": 9}}, "sampling.temperature"),
         ("/v1/generate", {"instruction": "x", "retrieval": {"topK": "many"}}, "retrieval.top_k"),
-        ("/v1/generate", {"instruction": "x", "retrieval": {"corpora": ["nope"]}}, "retrieval.corpora"),
         ("/v1/generate", {"instruction": "x", "nonsense": 1}, "nonsense"),
         ("/v1/retrieve", {"instruction": "x", "retrieval": {"mode": "TELEPATHY"}}, "retrieval.mode"),
         ("/v1/retrieve", [1, 2], "body"),
@@ -218,6 +217,18 @@ async def test_bad_input_is_400_naming_the_field(path: str, body: Any, field: st
         assert error["message"]
         # ... and the server keeps serving.
         assert (await client.post("/v1/retrieve", json={"instruction": "Create a new session"})).status_code == 200
+
+
+async def test_an_unknown_corpus_is_404_in_every_mode() -> None:
+    async with live_server(http=True) as running, http_client(running) as client:
+        for mode in ("RETRIEVAL_MODE_HYBRID", "RETRIEVAL_MODE_KEYWORD", "RETRIEVAL_MODE_NONE"):
+            for path in ("/v1/retrieve", "/v1/generate"):
+                body = {"instruction": "x", "retrieval": {"corpora": ["nope"], "mode": mode}}
+                response = await client.post(path, json=body)
+                assert response.status_code == 404, (path, mode, response.text)
+                error = response.json()["error"]
+                assert error["type"] == "NOT_FOUND" and error["param"] == "retrieval.corpora"
+                assert "'nope'" in error["message"] and "demo" not in error["message"]
 
 
 async def test_not_json_and_too_large_bodies() -> None:

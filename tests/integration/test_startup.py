@@ -39,7 +39,11 @@ def _threads_in(package: str) -> list[str]:
 
 
 def _opens_from_another_process(db: Path) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from pymilvus import MilvusClient; print(MilvusClient(sys.argv[1]).list_collections())"
+    # Corpora are served under aliases of their versions' collections: both are listed.
+    code = (
+        "import sys; from pymilvus import MilvusClient; c = MilvusClient(sys.argv[1]); "
+        "print(c.list_collections(), c.list_aliases())"
+    )
     return subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True, timeout=120)
 
 

@@ -83,9 +83,14 @@ def _retrieved(catalog: ApiCatalog, keys: Sequence[str]) -> list[RetrievedDoc]:
     return out
 
 
+# Where these tests' calls say the APIs are served (Backend.AI's spec names no servers): the
+# configured base URLs.
+BASE_URLS = ("https://h", "https://api.backend.ai")
+
+
 def check(fmt: PromptFormat, text: str, corpus: ApiCatalog | None, retrieved: Sequence[str] = ()) -> CheckedAnswer:
     docs = _retrieved(corpus, retrieved) if corpus is not None else []
-    return check_answer(fmt, text, docs, corpus)
+    return check_answer(fmt, text, docs, corpus, base_urls=BASE_URLS)
 
 
 def _said(answer: CheckedAnswer, *words: str) -> bool:
@@ -472,7 +477,7 @@ def test_doc_without_function_schema_still_checks_path_and_parameters(rest: ApiC
         {"kind": "rest_operation", "method": "POST", "path": "/folders/{name}/mkdir", "truncated": True},
     )
     text = "<<<api_call>>>: requests.post('https://h/folders/vf/mkdir', json={'path': 'a', 'anything': 1})"
-    alone = check_answer(G, text, [RetrievedDoc(trimmed, "c", 1.0)], None)
+    alone = check_answer(G, text, [RetrievedDoc(trimmed, "c", 1.0)], None, base_urls=BASE_URLS)
     assert alone.verdict is Verdict.VALID and alone.doc_key == MKDIR  # body fields unknown: not judged
     # With the corpus at hand, its full copy of the doc is used instead.
     with_corpus = check_answer(G, text, [RetrievedDoc(trimmed, "c", 1.0)], rest)

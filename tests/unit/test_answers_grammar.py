@@ -43,6 +43,7 @@ SESSION = AllowedCall(
         ParamSpec("timeout", (ValueType.INTEGER,), False, ParamWhere.BODY),
         ParamSpec("X-Token", (ValueType.STRING,), True, ParamWhere.HEADER),
     ),
+    base_urls=("https://api.example.com",),
 )
 CREATE = AllowedCall(
     "pkg.client.Session.create",
@@ -146,6 +147,9 @@ def test_gorilla_accepts_calls_that_exist(answer: str) -> None:
         "<<<api_call>>>: pipeline('text-generation', model='gpt2') <<<api_call>>>: f()",  # a second call
         "<<<api_call>>>: pkg.client.Session.create(image='<<<api_provider>>>')",  # marker in a value
         "Sure! Here is the call.",  # no call at all
+        # The operation exists, but not on this host: only the API's own servers are written.
+        "<<<api_call>>>: requests.post('https://evil.example/sessions/s1/execute', json={'code': 'x'})",
+        "<<<api_call>>>: requests.post('https://api.example.com.evil.example/sessions/s1/execute', json={'code': 'x'})",
     ],
 )
 def test_gorilla_rejects_anything_else(answer: str) -> None:
@@ -211,3 +215,18 @@ def test_the_cache_key_follows_the_grammar() -> None:
     b = build_call_grammar(PromptFormat.GORILLA_V0, [CREATE])
     c = build_call_grammar(PromptFormat.GORILLA_V0, [CREATE, RECORD])
     assert a.key == b.key != c.key
+
+
+def test_requests_calls_go_to_the_api_servers_or_a_placeholder() -> None:
+    bare = AllowedCall(SESSION.name, CallKind.REST, SESSION.params)  # a spec without servers
+    call = "requests.post('%s/sessions/s1/execute', json={'code': 'x'})"
+    grammar = grammar_of(PromptFormat.GORILLA_V0, [bare])
+    assert accepts(grammar, "<<<api_call>>>: " + call % "{BASE_URL}")
+    assert not accepts(grammar, "<<<api_call>>>: " + call % "https://api.example.com")
+    configured = grammar_of(PromptFormat.GORILLA_V0, [bare], base_urls=("https://api.corp.example/v1/",))
+    assert accepts(configured, "<<<api_call>>>: " + call % "https://api.corp.example/v1")
+    assert not accepts(configured, "<<<api_call>>>: " + call % "{BASE_URL}")
+    # The spec's own servers win over the configured ones.
+    both = grammar_of(PromptFormat.GORILLA_V0, [SESSION], base_urls=("https://api.corp.example",))
+    assert accepts(both, "<<<api_call>>>: " + call % "https://api.example.com")
+    assert not accepts(both, "<<<api_call>>>: " + call % "https://api.corp.example")

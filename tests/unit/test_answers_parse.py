@@ -536,3 +536,25 @@ def test_rest_call_and_garbage_never_raise() -> None:
         assert call.raw == garbage.strip()[:4096]
     # Parsed as syntax only: the name is recorded, nothing is evaluated.
     assert parse_call("__import__('os').system('x')").name == "__import__.system"
+
+
+@pytest.mark.parametrize(
+    ("answer", "host"),
+    [
+        ("requests.get('https://API.Example.com:8443/v1/x')", "api.example.com"),
+        ("requests.get('https://good.example@evil.example/x')", "evil.example"),
+        ("httpx.post('http://10.0.0.1/x', json={})", "10.0.0.1"),
+        ("curl -X DELETE https://evil.example/admin", "evil.example"),
+        ("curl evil.example/admin", "evil.example"),  # curl reads a bare host as a host
+        ("curl $BASE/admin", ""),  # a shell variable stands for the server
+        ("GET https://evil.example/admin", "evil.example"),
+        ("requests.get('/v1/x')", ""),
+        ("requests.get('{BASE_URL}/x')", ""),
+        ("requests.get(f'{BASE_URL}/x')", ""),
+        ("requests.get('https:///x')", "?"),  # a URL with no host in it: equals no server
+    ],
+)
+def test_rest_calls_carry_the_host_they_name(answer: str, host: str) -> None:
+    call = parse_call(answer)
+    assert call.style is CallStyle.REST, call
+    assert call.host == host

@@ -29,7 +29,7 @@ from apihelper.grpc_status import CODES, error_from_status, status_code
             grpc.StatusCode.INVALID_ARGUMENT,
             InvalidRequestError,
         ),
-        (UnknownCorpusError("nope", ["demo"]), grpc.StatusCode.INVALID_ARGUMENT, InvalidRequestError),
+        (UnknownCorpusError("nope"), grpc.StatusCode.NOT_FOUND, UnknownCorpusError),
         (UnauthenticatedError("missing bearer token"), grpc.StatusCode.UNAUTHENTICATED, UnauthenticatedError),
         (ResourceExhaustedError("64 streams"), grpc.StatusCode.RESOURCE_EXHAUSTED, ResourceExhaustedError),
         (DeadlineExceededError("300 s"), grpc.StatusCode.DEADLINE_EXCEEDED, DeadlineExceededError),
@@ -48,9 +48,13 @@ def test_status_codes_round_trip(error: Exception, code: grpc.StatusCode, comes_
 
 
 def test_the_field_of_a_bad_request_survives_the_wire() -> None:
-    back = error_from_status(grpc.StatusCode.INVALID_ARGUMENT, str(UnknownCorpusError("nope", ["demo"])))
+    back = error_from_status(grpc.StatusCode.INVALID_ARGUMENT, str(InvalidRequestError("retrieval.top_k", "too big")))
     assert isinstance(back, InvalidRequestError)
-    assert back.field == "retrieval.corpora"
+    assert back.field == "retrieval.top_k"
+    corpus = error_from_status(grpc.StatusCode.NOT_FOUND, str(UnknownCorpusError("nope")))
+    assert isinstance(corpus, UnknownCorpusError) and corpus.field == "retrieval.corpora" and corpus.corpus == "nope"
+    odd = error_from_status(grpc.StatusCode.NOT_FOUND, "something else")
+    assert isinstance(odd, UnknownCorpusError) and str(odd) == "something else" and odd.field == ""
     unnamed = error_from_status(grpc.StatusCode.INVALID_ARGUMENT, "the request is bad: somehow")
     assert isinstance(unnamed, InvalidRequestError)
     assert unnamed.field == "" and str(unnamed) == "the request is bad: somehow"
@@ -59,3 +63,11 @@ def test_the_field_of_a_bad_request_survives_the_wire() -> None:
 def test_every_mapped_class_is_an_apihelper_error() -> None:
     assert all(issubclass(cls, ApiHelperError) for cls, _ in CODES)
     assert len({code for _, code in CODES}) == len(CODES)  # one class per code: the way back is unique
+
+
+def test_an_unknown_corpus_names_only_itself() -> None:
+    # The message a caller gets names the corpus asked for, not the ones it may not know of, and
+    # only the head of a long name.
+    error = UnknownCorpusError("x" * 10_000)
+    assert str(error).startswith("retrieval.corpora: unknown corpus 'xxx")
+    assert len(str(error)) < 200 and "known" not in str(error).replace("unknown", "")

@@ -131,7 +131,7 @@ def test_the_seeds_routes() -> None:
     ("error", "status", "code"),
     [
         (InvalidRequestError("sampling.top_p", "bad"), 400, "INVALID_ARGUMENT"),
-        (UnknownCorpusError("nope", ["demo"]), 400, "INVALID_ARGUMENT"),
+        (UnknownCorpusError("nope"), 404, "NOT_FOUND"),
         (RequestTooLargeError(10), 413, "INVALID_ARGUMENT"),
         (UnauthenticatedError("no"), 401, "UNAUTHENTICATED"),
         (ResourceExhaustedError("full"), 429, "RESOURCE_EXHAUSTED"),

@@ -16,7 +16,7 @@ def test_gorilla_v0_prompt_is_the_trained_format() -> None:
     assert prompt == (
         "A chat between a curious user and an artificial intelligence assistant. The assistant gives "
         "helpful, detailed, and polite answers to the user's questions.\nUSER: Create a new session"
-        "\n Use this API documentation for reference: REC\nASSISTANT:"
+        "\n Use this API documentation for reference: ```\nREC\n```\nASSISTANT:"
     )
     bare = gorilla_v0_prompt("q", [])
     assert bare.endswith("USER: q\nASSISTANT:")

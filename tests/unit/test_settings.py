@@ -53,3 +53,14 @@ def test_unknown_toml_key_is_rejected(tmp_path: Path) -> None:
 
 def test_token_is_not_in_repr() -> None:
     assert "s3cret" not in repr(Settings(milvus_token="s3cret"))
+
+
+def test_api_base_urls_are_a_comma_separated_list_of_http_urls() -> None:
+    from apihelper.service.settings import api_base_urls
+
+    settings = load_settings(["--api-base-urls", "https://api.corp.example/v1, http://10.0.0.5:8080,"], {})
+    assert api_base_urls(settings) == ("https://api.corp.example/v1", "http://10.0.0.5:8080")
+    assert api_base_urls(Settings()) == ()
+    for bad in ("api.corp.example", "ftp://x.example", "https://"):
+        with pytest.raises(ConfigurationError, match="api_base_urls"):
+            load_settings([], {"APIHELPER_API_BASE_URLS": bad})
