@@ -193,13 +193,19 @@ async def baseline_rows(uri: str, qset: QuestionSet, split: str, questions: list
 
 
 async def run_sets(
-    uri: str, sets: list[QuestionSet], splits: list[str], modes: list[RetrievalMode], build_dir: Path, baselines: bool
+    uri: str,
+    sets: list[QuestionSet],
+    splits: list[str],
+    modes: list[RetrievalMode],
+    build_dir: Path,
+    baselines: bool,
+    query_adapter: str = "bundled",
 ) -> list[dict[str, Any]]:
     from apihelper.retriever.evaluate import evaluate
     from apihelper.retriever.milvus_retriever import open_retriever
 
     rows: list[dict[str, Any]] = []
-    retriever = await open_retriever(uri)
+    retriever = await open_retriever(uri, query_adapter=query_adapter)
     try:
         for qset in sets:
             for split in splits if qset.manifest else ["latency"]:
@@ -267,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", default=",".join(s.name for s in SETS))
     parser.add_argument("--no-baselines", action="store_true", help="skip plain dense and plain BM25")
     parser.add_argument("--data-dir", type=Path, help="keep the Milvus Lite database here (default: a temp dir)")
+    parser.add_argument(
+        "--query-adapter",
+        default="bundled",
+        help='"bundled" (the shipped adapter), "none" (plain MiniLM queries) or a file',
+    )
     args = parser.parse_args(argv)
 
     if not SHARED.is_dir():
@@ -291,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ingesting {len(corpora)} corpora into {uri}", file=sys.stderr)
         ingest = ingest_all(uri, corpora, build_dir)
         print("evaluating", file=sys.stderr)
-        rows = asyncio.run(run_sets(uri, sets, splits, modes, build_dir, not args.no_baselines))
+        rows = asyncio.run(run_sets(uri, sets, splits, modes, build_dir, not args.no_baselines, args.query_adapter))
     table = markdown(rows, ingest, time.perf_counter() - started)
     print(table)
     if args.out:
