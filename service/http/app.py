@@ -220,9 +220,9 @@ class HttpApi:
 
     def _deadline(self, request: Request) -> float:
         """When this call must end (event-loop time)."""
-        allowed = self._core.default_deadline_seconds
+        allowed = self._core.max_deadline_seconds
         header = request.headers.get(TIMEOUT_HEADER)
-        seconds = allowed
+        seconds = self._core.default_deadline_seconds
         if header is not None:
             try:
                 seconds = float(header)

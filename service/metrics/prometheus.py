@@ -60,6 +60,12 @@ class PrometheusRecorder:
             "apihelper_requests", "RPCs finished, by method and final gRPC status code.", ["rpc", "code"], registry=r
         )
         self.in_flight = Gauge("apihelper_requests_in_flight", "RPCs being served now, by method.", ["rpc"], registry=r)
+        self.stalled = Counter(
+            "apihelper_stalled_streams",
+            "Streams ended because the client took no message for the stall timeout, by method.",
+            ["rpc"],
+            registry=r,
+        )
         self.request_duration = Histogram(
             "apihelper_request_duration_seconds",
             "RPC duration from arrival to the last message, by method (end-to-end latency).",
@@ -167,6 +173,9 @@ class PrometheusRecorder:
         if counter is None:
             counter = self._code_children[(rpc, code)] = self.requests.labels(rpc, code)
         counter.inc()
+
+    def stream_stalled(self, rpc: str) -> None:
+        self.stalled.labels(rpc).inc()
 
     def _rpc(self, rpc: str) -> tuple[Gauge, Histogram]:
         children = self._rpc_children.get(rpc)

@@ -1,0 +1,119 @@
+"""Calls that end before a servicer runs: counted, and answered with a plain status.
+
+grpc itself answers an unknown method (UNIMPLEMENTED) and a request that does not deserialize
+(UNKNOWN, with the exception's class in the details and a traceback in the log); neither reaches
+a servicer, so neither would be counted. :class:`CallGuard`, the outermost interceptor, closes
+both gaps:
+
+- an unknown method is counted as ``rpc="unknown"`` (one label value whatever the path: a
+  scanner cannot grow the series), then grpc answers UNIMPLEMENTED;
+- every handler's request deserializer is wrapped: bytes that are not the method's message
+  become a marker, and the call ends with INVALID_ARGUMENT ("the request is not a valid
+  <Message>"), one log line, and a count, before any other code sees it.
+
+The bearer-token interceptor (``auth``) counts its own refusals (UNAUTHENTICATED).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from apihelper.service.metrics import Recorder
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_RPC = "unknown"
+
+
+def rpc_label(method: str) -> str:
+    """The ``rpc`` label of a full method name: its last part (``/pkg.Service/Generate`` ->
+    ``Generate``)."""
+    return method.rsplit("/", 1)[-1] or UNKNOWN_RPC
+
+
+class _Undecodable:
+    """What a guarded deserializer returns for bytes that are not the expected message."""
+
+    __slots__ = ()
+
+
+UNDECODABLE = _Undecodable()
+
+
+def count_refusal(recorder: Recorder, rpc: str, code: grpc.StatusCode) -> None:
+    """Count a call that ends at once, before any servicer ran."""
+    recorder.rpc_started(rpc)
+    recorder.rpc_finished(rpc, code.name, 0.0)
+
+
+class CallGuard(grpc.aio.ServerInterceptor):
+    def __init__(self, recorder: Recorder) -> None:
+        self._recorder = recorder
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            count_refusal(self._recorder, UNKNOWN_RPC, grpc.StatusCode.UNIMPLEMENTED)
+            return None
+        if handler.request_streaming or handler.request_deserializer is None:
+            return handler  # streamed requests (reflection) are read by grpc itself
+        return _guarded(handler, rpc_label(handler_call_details.method), self._recorder)
+
+
+def _guarded(handler: grpc.RpcMethodHandler[Any, Any], rpc: str, recorder: Recorder) -> grpc.RpcMethodHandler[Any, Any]:
+    parse = handler.request_deserializer
+    assert parse is not None
+    expected = getattr(getattr(parse, "__self__", None), "__name__", "message")
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except Exception:  # DecodeError, or whatever a deserializer raises for bad bytes
+            return UNDECODABLE
+
+    async def refuse(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        log.info("%s: the request did not decode as %s (%s)", rpc, expected, context.peer())
+        count_refusal(recorder, rpc, grpc.StatusCode.INVALID_ARGUMENT)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {expected} message")
+
+    if handler.response_streaming:
+        behaviour: Any = handler.unary_stream
+        assert behaviour is not None
+
+        async def unary_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            if request is UNDECODABLE:
+                await refuse(context)
+                return
+            result = behaviour(request, context)
+            if inspect.isasyncgen(result):  # a handler that yields: write what it yields
+                async for message in result:
+                    await context.write(message)
+            elif inspect.isawaitable(result):
+                await result
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, request_deserializer=deserialize, response_serializer=handler.response_serializer
+        )
+
+    unary: Any = handler.unary_unary
+    assert unary is not None
+
+    async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if request is UNDECODABLE:
+            await refuse(context)
+            return None
+        result = unary(request, context)
+        return await result if inspect.isawaitable(result) else result
+
+    return grpc.unary_unary_rpc_method_handler(
+        unary_unary, request_deserializer=deserialize, response_serializer=handler.response_serializer
+    )
