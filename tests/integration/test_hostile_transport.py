@@ -1,0 +1,322 @@
+"""Hostile clients at the transport (issue 14, server items 1-3), over a real grpc.aio server on
+port 0 and raw HTTP/2 frames (``tests.rawh2``) where grpcio's client would not misbehave.
+
+- a client with a zero (or tiny) flow-control window that never reads holds a Generate slot no
+  longer than the stall timeout, and its engine request is aborted;
+- one connection cannot open more streams than ``max_streams_per_connection``;
+- a client deadline longer than the server's maximum is cut to it;
+- normal requests keep their time to first token, and the server its memory, while 64 stalled
+  streams exist;
+- health Watch streams are limited, timed out and counted;
+- UNAUTHENTICATED, UNIMPLEMENTED, INVALID_ARGUMENT (garbage protobuf) and RESOURCE_EXHAUSTED all
+  reach ``apihelper_requests_total``, and garbage gets a plain message, no traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import psutil
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from apihelper.service.engine.fake import FakeEngine
+from apihelper.service.frontends import RunningServer
+from apihelper.service.metrics.prometheus import PrometheusRecorder
+from apihelper.v1 import apihelper_pb2 as pb
+from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
+from tests.rawh2 import RawH2Client, grpc_frame
+from tests.support import budget, live_server, stub_for, wait_until
+
+GENERATE_PATH = "/apihelper.v1.ApiHelper/Generate"
+LONG_REPLY = " ".join(f"word{i}" for i in range(1500))  # ~1,500 tokens, ~12 KB of deltas
+SHORT = pb.GenerateRequest(instruction="Create a new session", sampling=pb.SamplingParams(max_tokens=16))
+LONG_BODY = grpc_frame(
+    pb.GenerateRequest(
+        instruction="Create a new session", sampling=pb.SamplingParams(max_tokens=1400)
+    ).SerializeToString()
+)
+FOREVER = "99999999S"  # the longest grpc-timeout the wire format allows
+
+
+def recorder_for(engine: FakeEngine) -> PrometheusRecorder:
+    return PrometheusRecorder(
+        version="test",
+        engine_kind="fake",
+        model="fake",
+        prompt_format="gorilla_v0",
+        embedding_model="fake-8",
+        engine_stats=engine.stats,
+    )
+
+
+def metric(recorder: PrometheusRecorder, name: str, **labels: str) -> float:
+    """A sample of the recorder's exposition, as a scrape reads it (0 when absent)."""
+    text = generate_latest(recorder.registry).decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+@pytest.fixture
+async def stalled_clients() -> AsyncIterator[list[RawH2Client]]:
+    """Raw HTTP/2 clients a test opens; closed after it."""
+    clients: list[RawH2Client] = []
+    yield clients
+    for client in clients:
+        await client.close()
+
+
+async def stall(server: RunningServer, clients: list[RawH2Client], streams: int, *, window: int, per: int) -> None:
+    """Open ``streams`` long Generate calls on connections of ``per`` streams each, with a
+    ``window``-byte flow-control window, an endless deadline, and no reading ever."""
+    while streams > 0:
+        client = RawH2Client("127.0.0.1", server.port, initial_window=window)
+        await client.connect()
+        clients.append(client)
+        await client.open_streams(GENERATE_PATH, LONG_BODY, min(per, streams), timeout=FOREVER)
+        streams -= per
+
+
+async def ttft(stub: pb_grpc.ApiHelperAsyncStub) -> float:
+    """Seconds from the call to its first delta (the answer is read to the end)."""
+    started = time.perf_counter()
+    first = 0.0
+    async for message in stub.Generate(SHORT, timeout=30):
+        if message.HasField("delta") and not first:
+            first = time.perf_counter() - started
+    assert first
+    return first
+
+
+# -- item 1: streams cannot outlive their welcome ---------------------------------------------
+
+
+@pytest.mark.parametrize("window", [0, 400])
+async def test_a_client_that_never_reads_holds_a_slot_no_longer_than_the_stall_timeout(
+    window: int, stalled_clients: list[RawH2Client]
+) -> None:
+    stall_s = 0.5
+    engine = FakeEngine(LONG_REPLY, token_delay_s=0.001)
+    recorder = recorder_for(engine)
+    async with live_server(
+        engine, recorder=recorder, max_concurrent_streams=8, stream_stall_timeout_seconds=stall_s
+    ) as server:
+        await stall(server, stalled_clients, 8, window=window, per=8)
+        await wait_until(lambda: server.core.streams.active == 8, 5, "the 8 stalled streams being admitted")
+        held_from = time.perf_counter()
+        async with stub_for(server) as stub:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await ttft(stub)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # every slot is held now
+            await wait_until(lambda: server.core.streams.active == 0, stall_s + 2, "the stalled streams ending")
+            held = time.perf_counter() - held_from
+            assert held <= budget(stall_s + 1.0), f"slots held {held:.2f} s for a {stall_s} s stall timeout"
+            await wait_until(lambda: engine.num_in_flight == 0, 2, "the stalled engine requests being aborted")
+            assert await ttft(stub) > 0  # the slots are back
+        assert metric(recorder, "apihelper_stalled_streams_total", rpc="Generate") == 8
+        assert metric(recorder, "apihelper_requests_total", rpc="Generate", code="DEADLINE_EXCEEDED") == 8
+        assert metric(recorder, "apihelper_requests_in_flight", rpc="Generate") == 0
+
+
+async def test_one_connection_cannot_take_every_slot(stalled_clients: list[RawH2Client]) -> None:
+    engine = FakeEngine(LONG_REPLY, token_delay_s=0.001)
+    async with live_server(
+        engine, max_concurrent_streams=16, max_streams_per_connection=4, stream_stall_timeout_seconds=30
+    ) as server:
+        # 12 streams written at once, before the client has read the server's SETTINGS: the
+        # server refuses what is over its limit itself.
+        await stall(server, stalled_clients, 12, window=0, per=12)
+        await wait_until(lambda: server.core.streams.active == 4, 5, "the connection's 4 streams being admitted")
+        await asyncio.sleep(0.3)
+        assert server.core.streams.active == 4
+        async with stub_for(server) as stub:
+            assert await ttft(stub) > 0  # another connection still gets a slot
+        await stalled_clients[0].read_until_done(list(stalled_clients[0].results)[4:], 5)
+        refused = [r for r in stalled_clients[0].results.values() if r.reset is not None]
+        assert len(refused) == 8
+
+
+async def test_client_deadlines_are_cut_to_the_servers_maximum() -> None:
+    engine = FakeEngine(LONG_REPLY, token_delay_s=0.01)
+    async with (
+        live_server(engine, default_deadline_seconds=0.3, max_deadline_seconds=0.5) as server,
+        stub_for(server) as stub,
+    ):
+        request = pb.GenerateRequest(instruction="x", sampling=pb.SamplingParams(max_tokens=1000))
+        started = time.perf_counter()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in stub.Generate(request, timeout=3600):
+                pass
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "maximum deadline of 0.5 s" in (info.value.details() or "")
+        assert time.perf_counter() - started <= budget(2.0)
+        await wait_until(lambda: engine.num_in_flight == 0, 2, "the engine request being aborted")
+
+
+async def test_normal_requests_keep_their_ttft_and_the_server_its_memory_beside_64_stalled_streams(
+    stalled_clients: list[RawH2Client],
+) -> None:
+    engine = FakeEngine(LONG_REPLY, token_delay_s=0.001)
+    stall_s = 4.0
+    async with (
+        live_server(engine, max_concurrent_streams=96, stream_stall_timeout_seconds=stall_s) as server,
+        stub_for(server) as stub,
+    ):
+        for _ in range(3):
+            await ttft(stub)  # warm up
+        baseline = statistics.median([await ttft(stub) for _ in range(15)])
+        rss = psutil.Process().memory_info().rss
+        peaks = []
+        for _wave in range(3):
+            opened = time.perf_counter()
+            # The issue's hostile reader: a 400-byte window (the engine starts, then the writes
+            # stall), an endless deadline, and never a read; 32 streams per connection.
+            await stall(server, stalled_clients, 64, window=400, per=32)
+            await wait_until(lambda: server.core.streams.active == 64, 5, "the 64 stalled streams being admitted")
+            during = [await ttft(stub) for _ in range(15)]
+            assert time.perf_counter() - opened < stall_s, "the stalled streams ended before the measurement"
+            assert server.core.streams.active >= 64  # measured while they all existed
+            median = statistics.median(during)
+            print(f"TTFT beside 64 stalled streams {median * 1000:.2f} ms")
+            assert median <= budget(3 * baseline + 0.01), f"TTFT {median * 1000:.1f} ms, {baseline * 1000:.1f} ms alone"
+            peaks.append(psutil.Process().memory_info().rss)
+            await wait_until(lambda: server.core.streams.active == 0, stall_s + 3, "the stalled streams ending")
+            await wait_until(lambda: engine.num_in_flight == 0, 2, "their engine requests being aborted")
+            for client in stalled_clients:
+                await client.close()
+            stalled_clients.clear()
+        growth = (max(peaks) - rss) / 2**20
+        print(
+            f"RSS {rss >> 20} MiB, after each wave {[p >> 20 for p in peaks]} MiB; TTFT alone {baseline * 1000:.2f} ms"
+        )
+        assert growth < 48, f"RSS grew {growth:.0f} MiB over 3 waves of 64 stalled streams"
+        assert peaks[-1] - peaks[0] < 16 * 2**20, f"RSS kept growing: {[p >> 20 for p in peaks]} MiB"
+
+
+# -- item 2: health Watch streams ---------------------------------------------------------------
+
+
+async def test_health_watches_are_limited_timed_out_and_counted() -> None:
+    engine = FakeEngine()
+    recorder = recorder_for(engine)
+    async with (
+        live_server(engine, recorder=recorder, max_health_watches=2, health_watch_timeout_seconds=1.0) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        health = health_pb2_grpc.HealthStub(channel)
+        watch = health.Watch  # type: ignore[attr-defined]
+        watches = [watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(2)]
+        for call in watches:
+            first = await call.read()
+            assert first.status == health_pb2.HealthCheckResponse.SERVING
+        assert metric(recorder, "apihelper_requests_in_flight", rpc="Watch") == 2
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await watch(health_pb2.HealthCheckRequest(), timeout=5).read()
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        started = time.perf_counter()
+        for call in watches:
+            assert await call.read() is grpc.aio.EOF  # ended by the server, not the client's 30 s
+            assert await call.code() == grpc.StatusCode.OK
+        assert time.perf_counter() - started <= budget(2.0)
+        assert metric(recorder, "apihelper_requests_in_flight", rpc="Watch") == 0
+        assert metric(recorder, "apihelper_requests_total", rpc="Watch", code="OK") == 2
+        assert metric(recorder, "apihelper_requests_total", rpc="Watch", code="RESOURCE_EXHAUSTED") == 1
+        check = health.Check  # type: ignore[attr-defined]
+        assert (
+            await check(health_pb2.HealthCheckRequest(), timeout=5)
+        ).status == health_pb2.HealthCheckResponse.SERVING
+        assert metric(recorder, "apihelper_requests_total", rpc="Check", code="OK") == 1
+
+
+async def test_a_watcher_that_never_reads_is_dropped_and_holds_up_nothing(stalled_clients: list[RawH2Client]) -> None:
+    engine = FakeEngine()
+    recorder = recorder_for(engine)
+    async with live_server(engine, recorder=recorder, stream_stall_timeout_seconds=0.5) as server:
+        client = RawH2Client("127.0.0.1", server.port, initial_window=0)
+        await client.connect()
+        stalled_clients.append(client)
+        await client.open_streams(
+            "/grpc.health.v1.Health/Watch", grpc_frame(health_pb2.HealthCheckRequest().SerializeToString()), 4
+        )
+        await wait_until(lambda: metric(recorder, "apihelper_stalled_streams_total", rpc="Watch") == 4, 3, "drops")
+        assert metric(recorder, "apihelper_requests_in_flight", rpc="Watch") == 0
+        async with asyncio.timeout(budget(2.0)):  # the drain's NOT_SERVING is not held up by them
+            await server.core.drain()
+
+
+# -- item 3: every final status counted; garbage gets a plain answer ----------------------------
+
+
+async def test_statuses_before_the_handler_reach_the_metrics(caplog: pytest.LogCaptureFixture) -> None:
+    engine = FakeEngine(LONG_REPLY, token_delay_s=0.01)
+    recorder = recorder_for(engine)
+    token = (("authorization", "Bearer s3cret"),)
+    caplog.set_level(logging.DEBUG)
+    async with (
+        live_server(engine, recorder=recorder, auth_token="s3cret", max_concurrent_streams=1) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = pb_grpc.ApiHelperStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.ListCorpora(pb.ListCorporaRequest(), timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        missing = channel.unary_unary("/apihelper.v1.ApiHelper/DropEverything")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await missing(b"", metadata=token, timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+        garbage = b"\xff\xff\xff\xff\x0fnot a protobuf"
+        for path, call in (
+            ("/apihelper.v1.ApiHelper/Retrieve", channel.unary_unary),
+            (GENERATE_PATH, channel.unary_stream),
+        ):
+            rpc = call(path)  # type: ignore[operator]
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                result = rpc(garbage, metadata=token, timeout=5)
+                if path == GENERATE_PATH:
+                    async for _ in result:
+                        pass
+                else:
+                    await result
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, path
+            details = info.value.details() or ""
+            assert details.startswith("the request is not a valid ") and "Error" not in details, details
+        # Garbage from a client without the token is refused for the token, whatever its bytes.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await channel.unary_unary("/apihelper.v1.ApiHelper/Retrieve")(garbage, timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        busy = stub.Generate(SHORT, metadata=token, timeout=30)
+        await busy.read()
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in stub.Generate(SHORT, metadata=token, timeout=5):
+                pass
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        busy.cancel()
+
+        expected = {
+            ("ListCorpora", "UNAUTHENTICATED"): 1,
+            ("Retrieve", "UNAUTHENTICATED"): 1,
+            ("unknown", "UNIMPLEMENTED"): 1,
+            ("Retrieve", "INVALID_ARGUMENT"): 1,
+            ("Generate", "INVALID_ARGUMENT"): 1,
+            ("Generate", "RESOURCE_EXHAUSTED"): 1,
+        }
+        for (rpc_name, code), count in expected.items():
+            assert metric(recorder, "apihelper_requests_total", rpc=rpc_name, code=code) == count, (rpc_name, code)
+    # Bad client input is one plain log line: no traceback, no exception class.
+    for record in caplog.records:
+        assert record.exc_info is None, record.getMessage()
+        assert "DecodeError" not in record.getMessage() and "Traceback" not in record.getMessage()
+    assert any("did not decode" in r.getMessage() for r in caplog.records)
