@@ -271,30 +271,32 @@ async def test_statuses_before_the_handler_reach_the_metrics(caplog: pytest.LogC
             await stub.ListCorpora(pb.ListCorporaRequest(), timeout=5)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
-        missing = channel.unary_unary("/apihelper.v1.ApiHelper/DropEverything")
+        missing: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            "/apihelper.v1.ApiHelper/DropEverything"
+        )
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await missing(b"", metadata=token, timeout=5)
         assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
         garbage = b"\xff\xff\xff\xff\x0fnot a protobuf"
-        for path, call in (
-            ("/apihelper.v1.ApiHelper/Retrieve", channel.unary_unary),
-            (GENERATE_PATH, channel.unary_stream),
-        ):
-            rpc = call(path)  # type: ignore[operator]
-            with pytest.raises(grpc.aio.AioRpcError) as info:
-                result = rpc(garbage, metadata=token, timeout=5)
-                if path == GENERATE_PATH:
-                    async for _ in result:
-                        pass
-                else:
-                    await result
-            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, path
-            details = info.value.details() or ""
+        retrieve: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+            "/apihelper.v1.ApiHelper/Retrieve"
+        )
+        generate: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(GENERATE_PATH)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await retrieve(garbage, metadata=token, timeout=5)
+        refusals = [info.value]
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in generate(garbage, metadata=token, timeout=5):
+                pass
+        refusals.append(info.value)
+        for refusal in refusals:
+            assert refusal.code() == grpc.StatusCode.INVALID_ARGUMENT
+            details = refusal.details() or ""
             assert details.startswith("the request is not a valid ") and "Error" not in details, details
         # Garbage from a client without the token is refused for the token, whatever its bytes.
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await channel.unary_unary("/apihelper.v1.ApiHelper/Retrieve")(garbage, timeout=5)
+            await retrieve(garbage, timeout=5)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
         busy = stub.Generate(SHORT, metadata=token, timeout=30)
