@@ -54,6 +54,7 @@ async def build_engine(settings: Settings) -> Engine:
         max_batch_tokens=settings.max_batch_tokens,
         num_threads=settings.num_threads or None,
         guided_decoding=settings.guided_decoding,
+        stall_timeout_s=settings.stream_stall_timeout_seconds,
     )
 
 
