@@ -40,6 +40,7 @@ TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 DOC_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50)
 RETRIEVAL_MODES = tuple(m.value for m in RetrievalMode if m is not RetrievalMode.NONE)
 FINISH_REASONS = tuple(r.value for r in FinishReason)
+STREAMING_RPCS = ("Generate", "Watch")  # the streams a stall can end
 
 
 class PrometheusRecorder:
@@ -144,6 +145,8 @@ class PrometheusRecorder:
             self.search.labels(mode)
         for reason in FINISH_REASONS:
             self.finished.labels(reason)
+        for rpc in STREAMING_RPCS:
+            self.stalled.labels(rpc)
         Info("apihelper_build", "The running service: version, engine, model and formats.", registry=r).info(
             {
                 "version": version,
