@@ -46,7 +46,7 @@ LONG_BODY = grpc_frame(
 FOREVER = "99999999S"  # the longest grpc-timeout the wire format allows
 # A stalled stream's HTTP/2 stream stays in the transport until its connection closes, so the
 # server's stop waits out its grace period for it: keep that short here.
-QUICK_STOP: dict[str, float] = {"shutdown_grace_seconds": 0.5}
+QUICK_STOP = 0.5
 
 
 def recorder_for(engine: FakeEngine) -> PrometheusRecorder:
@@ -112,7 +112,11 @@ async def test_a_client_that_never_reads_holds_a_slot_no_longer_than_the_stall_t
     engine = FakeEngine(LONG_REPLY, token_delay_s=0.001)
     recorder = recorder_for(engine)
     async with live_server(
-        engine, recorder=recorder, max_concurrent_streams=8, stream_stall_timeout_seconds=stall_s, **QUICK_STOP
+        engine,
+        recorder=recorder,
+        max_concurrent_streams=8,
+        stream_stall_timeout_seconds=stall_s,
+        shutdown_grace_seconds=QUICK_STOP,
     ) as server:
         await stall(server, stalled_clients, 8, window=window, per=8)
         await wait_until(lambda: server.core.streams.active == 8, 5, "the 8 stalled streams being admitted")
@@ -136,7 +140,11 @@ async def test_a_client_that_never_reads_holds_a_slot_no_longer_than_the_stall_t
 async def test_one_connection_cannot_take_every_slot(stalled_clients: list[RawH2Client]) -> None:
     engine = FakeEngine(LONG_REPLY, token_delay_s=0.001)
     async with live_server(
-        engine, max_concurrent_streams=16, max_streams_per_connection=4, stream_stall_timeout_seconds=30, **QUICK_STOP
+        engine,
+        max_concurrent_streams=16,
+        max_streams_per_connection=4,
+        stream_stall_timeout_seconds=30,
+        shutdown_grace_seconds=QUICK_STOP,
     ) as server:
         # 12 streams written at once, before the client has read the server's SETTINGS: the
         # server refuses what is over its limit itself.
@@ -174,7 +182,9 @@ async def test_normal_requests_keep_their_ttft_and_the_server_its_memory_beside_
     engine = FakeEngine(LONG_REPLY, token_delay_s=0.001)
     stall_s = 4.0
     async with (
-        live_server(engine, max_concurrent_streams=96, stream_stall_timeout_seconds=stall_s, **QUICK_STOP) as server,
+        live_server(
+            engine, max_concurrent_streams=96, stream_stall_timeout_seconds=stall_s, shutdown_grace_seconds=QUICK_STOP
+        ) as server,
         stub_for(server) as stub,
     ):
         for _ in range(3):
@@ -246,7 +256,9 @@ async def test_health_watches_are_limited_timed_out_and_counted() -> None:
 async def test_a_watcher_that_never_reads_is_dropped_and_holds_up_nothing(stalled_clients: list[RawH2Client]) -> None:
     engine = FakeEngine()
     recorder = recorder_for(engine)
-    async with live_server(engine, recorder=recorder, stream_stall_timeout_seconds=0.5, **QUICK_STOP) as server:
+    async with live_server(
+        engine, recorder=recorder, stream_stall_timeout_seconds=0.5, shutdown_grace_seconds=QUICK_STOP
+    ) as server:
         client = RawH2Client("127.0.0.1", server.port, initial_window=0)
         await client.connect()
         stalled_clients.append(client)
