@@ -19,6 +19,7 @@ import logging
 import statistics
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import psutil
@@ -339,3 +340,29 @@ async def test_statuses_before_the_handler_reach_the_metrics(caplog: pytest.LogC
         assert record.exc_info is None, record.getMessage()
         assert "DecodeError" not in record.getMessage() and "Traceback" not in record.getMessage()
     assert any("did not decode" in r.getMessage() for r in caplog.records)
+
+
+# -- the case on the real engine: readers that never read do not fill the batch ----------
+
+
+@pytest.mark.transformers5
+async def test_stalled_readers_do_not_hold_the_transformers_engines_batch(
+    dev_model_dir: Path, stalled_clients: list[RawH2Client]
+) -> None:
+    from apihelper.service.engine.transformers_engine import TransformersEngine
+
+    stall_s = 1.5
+    engine = await TransformersEngine.load(
+        dev_model_dir, device="cpu", max_concurrent=4, num_threads=1, stall_timeout_s=stall_s
+    )
+    async with live_server(engine, stream_stall_timeout_seconds=stall_s, shutdown_grace_seconds=QUICK_STOP) as server:
+        # 8 readers with a 400-byte window: twice the batch. Before, the engine generated every
+        # token for them, the batch stayed full and normal requests queued behind them.
+        await stall(server, stalled_clients, 8, window=400, per=8)
+        await wait_until(lambda: server.core.streams.active == 8, 10, "the stalled streams being admitted")
+        await wait_until(lambda: engine.num_in_flight == 0, stall_s + 10, "the stalled engine requests ending")
+        await wait_until(lambda: server.core.streams.active == 0, stall_s + 5, "the stalled streams ending")
+        assert engine.stats().running == 0
+        async with stub_for(server) as stub:
+            replies = [m async for m in stub.Generate(SHORT, timeout=budget(30))]
+        assert replies[-1].HasField("completion")
