@@ -15,7 +15,9 @@ port 0 and raw HTTP/2 frames (``tests.rawh2``) where grpcio's client would not m
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import socket
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -366,3 +368,45 @@ async def test_stalled_readers_do_not_hold_the_transformers_engines_batch(
         async with stub_for(server) as stub:
             replies = [m async for m in stub.Generate(SHORT, timeout=budget(30))]
         assert replies[-1].HasField("completion")
+
+
+# -- the HTTP front end shares the stall timeout ------------------------------------------------
+
+
+async def test_an_sse_client_that_never_reads_holds_a_slot_no_longer_than_the_stall_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from apihelper.retriever.memory import MemoryRetriever
+    from apihelper.service.frontends import start_server
+    from apihelper.service.http.server import bind
+    from apihelper.service.settings import Settings
+
+    stall_s = 0.5
+    engine = FakeEngine(" ".join(["x" * 200] * 3000), max_model_len=5000)  # ~600 KB of events
+    recorder = recorder_for(engine)
+    listener = bind("127.0.0.1", 0)
+    # Small kernel buffers (accepted sockets inherit the listener's), so a client that reads
+    # nothing blocks the server's sends after kilobytes rather than megabytes.
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
+    settings = Settings(port=0, http_port=0, metrics_port=0, stream_stall_timeout_seconds=stall_s)
+    server = await start_server(settings, engine, MemoryRetriever(), recorder, http_socket=listener)
+    client = socket.socket()
+    try:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", server.http_port))
+        body = json.dumps({"instruction": "x", "sampling": {"max_tokens": 3000}}).encode()
+        head = f"POST /v1/generate HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        await asyncio.get_running_loop().sock_sendall(client, head.encode() + body)
+        await wait_until(lambda: server.core.streams.active == 1, 5, "the stream being admitted")
+        started = time.perf_counter()
+        await wait_until(lambda: server.core.streams.active == 0, stall_s + 3, "the stalled stream ending")
+        assert time.perf_counter() - started <= budget(stall_s + 1.5)
+        await wait_until(lambda: engine.num_in_flight == 0, 2, "its engine request being aborted")
+        assert metric(recorder, "apihelper_stalled_streams_total", rpc="POST /v1/generate") == 1
+        assert metric(recorder, "apihelper_requests_total", rpc="POST /v1/generate", code="DEADLINE_EXCEEDED") == 1
+        assert not [r for r in caplog.records if r.exc_info is not None]  # one line, no traceback
+    finally:
+        client.close()
+        await server.stop()
+        await engine.shutdown()
