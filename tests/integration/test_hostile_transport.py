@@ -132,6 +132,7 @@ async def test_a_client_that_never_reads_holds_a_slot_no_longer_than_the_stall_t
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # every slot is held now
             await wait_until(lambda: server.core.streams.active == 0, stall_s + 2, "the stalled streams ending")
             held = time.perf_counter() - held_from
+            print(f"window {window}: 8 slots held {held:.2f} s for a {stall_s} s stall timeout")
             assert held <= budget(stall_s + 1.0), f"slots held {held:.2f} s for a {stall_s} s stall timeout"
             await wait_until(lambda: engine.num_in_flight == 0, 2, "the stalled engine requests being aborted")
             assert await ttft(stub) > 0  # the slots are back
