@@ -40,6 +40,10 @@ class Settings:
     # HTTP/2 streams one connection may have open at once (gRPC's grpc.max_concurrent_streams):
     # below max_concurrent_streams, so one connection cannot take every Generate slot.
     max_streams_per_connection: int = 32
+    # A gRPC connection is asked to go away (GOAWAY) after this long, and closed once its streams
+    # have had max_deadline_seconds to finish: the HTTP/2 streams of stalled calls, which the
+    # transport keeps until their connection closes, go with it. 0: connections live for ever.
+    max_connection_age_seconds: float = 1800.0
     # A stream whose next message the client has not taken for this long ends (its engine request
     # is aborted): a client that stops reading holds a slot no longer than this.
     stream_stall_timeout_seconds: float = 10.0
@@ -111,6 +115,8 @@ class Settings:
             raise ConfigurationError("max_deadline_seconds must be at least default_deadline_seconds")
         if self.max_streams_per_connection < 1 or self.max_health_watches < 1:
             raise ConfigurationError("max_streams_per_connection and max_health_watches must be positive")
+        if self.max_connection_age_seconds < 0:
+            raise ConfigurationError("max_connection_age_seconds must be >= 0 (0: no limit)")
         if self.stream_stall_timeout_seconds <= 0 or self.health_watch_timeout_seconds <= 0:
             raise ConfigurationError("stream_stall_timeout_seconds and health_watch_timeout_seconds must be positive")
         if self.num_threads < 0:

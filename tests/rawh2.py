@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import h2.settings
 
 
@@ -48,6 +49,8 @@ class RawH2Client:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self.results: dict[int, StreamResult] = {}
+        self.goaway = False  # the server sent GOAWAY
+        self.closed = False  # the server closed the TCP connection
 
     async def connect(self) -> None:
         self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
@@ -98,7 +101,7 @@ class RawH2Client:
 
     async def read_until_done(self, stream_ids: Sequence[int], seconds: float) -> None:
         """Read (acknowledging data, so the window reopens) until every stream in ``stream_ids``
-        ended or was reset, or ``seconds`` passed."""
+        ended or was reset, the server closed the connection, or ``seconds`` passed."""
         assert self._reader is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
@@ -110,10 +113,21 @@ class RawH2Client:
             except TimeoutError:
                 break
             if not chunk:
+                self.closed = True
                 break
-            for event in self._conn.receive_data(chunk):
+            if self.goaway:
+                continue  # h2 refuses frames after GOAWAY; only the close is awaited now
+            try:
+                events = self._conn.receive_data(chunk)
+            except h2.exceptions.ProtocolError:  # frames after the server's GOAWAY in one chunk
+                self.goaway = True
+                continue
+            for event in events:
+                if isinstance(event, h2.events.ConnectionTerminated):
+                    self.goaway = True
                 self._on_event(event, pending)
-            await self._flush()
+            if not self.goaway:
+                await self._flush()
 
     def _on_event(self, event: h2.events.Event, pending: set[int]) -> None:
         stream_id = getattr(event, "stream_id", None)

@@ -90,7 +90,7 @@ async def start_grpc(settings: Settings, core: Core) -> GrpcFrontend:
 
 
 def _channel_options(settings: Settings) -> list[tuple[str, int]]:
-    return [
+    options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         # Pings find dead peers behind NATs and load balancers; a client may ping us as often
@@ -103,6 +103,14 @@ def _channel_options(settings: Settings) -> list[tuple[str, int]]:
         # cannot take every Generate slot however many streams it opens.
         ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
     ]
+    if settings.max_connection_age_seconds:
+        # Clients reconnect on GOAWAY by themselves; streams in flight get the longest deadline
+        # a call may have. What is still open after that (a stalled call's HTTP/2 stream) is closed.
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.max_deadline_seconds * 1000)),
+        ]
+    return options
 
 
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

@@ -10,8 +10,9 @@ without one get the default), and each message is written under the stall timeou
 takes no message for that long (a zero flow-control window, a peer that stopped reading) ends the
 stream: the handler leaves, which closes the pipeline and aborts the engine request, and frees
 its Generate slot. No status can reach such a client (its window is shut), so none is sent; the
-HTTP/2 stream itself lingers in the transport until the connection closes, bounded per
-connection by ``max_streams_per_connection``.
+HTTP/2 stream itself lingers in the transport until the connection closes (a peer that stops
+reading stops answering keepalive pings; at the latest ``max_connection_age_seconds`` plus
+``max_deadline_seconds``), at most ``max_streams_per_connection`` of them per connection.
 """
 
 from __future__ import annotations

@@ -411,3 +411,27 @@ async def test_an_sse_client_that_never_reads_holds_a_slot_no_longer_than_the_st
         client.close()
         await server.stop()
         await engine.shutdown()
+
+
+async def test_a_stalled_calls_connection_is_closed_after_its_age_and_grace(stalled_clients: list[RawH2Client]) -> None:
+    engine = FakeEngine(LONG_REPLY, token_delay_s=0.001)
+    async with live_server(
+        engine,
+        stream_stall_timeout_seconds=0.3,
+        default_deadline_seconds=0.5,
+        max_deadline_seconds=0.5,  # the grace a connection's streams get once it is too old
+        max_connection_age_seconds=0.5,
+        shutdown_grace_seconds=QUICK_STOP,
+    ) as server:
+        client = RawH2Client("127.0.0.1", server.port, initial_window=0)
+        await client.connect()
+        stalled_clients.append(client)
+        ids = await client.open_streams(GENERATE_PATH, LONG_BODY, 4, timeout=FOREVER)
+        await wait_until(lambda: server.core.streams.active == 4, 3, "the stalled streams being admitted")
+        await wait_until(lambda: server.core.streams.active == 0, 3, "the stalled streams ending")
+        # The calls ended but their HTTP/2 streams stay in the transport: the connection's age
+        # and grace close it, so a peer that acks pings and never opens its window keeps nothing.
+        started = time.perf_counter()
+        await client.read_until_done(ids, budget(5.0))
+        assert client.goaway and client.closed
+        assert time.perf_counter() - started <= budget(3.0)

@@ -42,6 +42,7 @@ def test_bool_flags_and_env() -> None:
         (["--max-streams-per-connection", "0"], {}),
         ([], {"APIHELPER_MAX_HEALTH_WATCHES": "0"}),
         (["--health-watch-timeout-seconds", "-1"], {}),
+        (["--max-connection-age-seconds", "-5"], {}),
     ],
 )
 def test_bad_settings_are_configuration_errors(argv: list[str], env: dict[str, str]) -> None:
