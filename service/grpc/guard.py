@@ -16,12 +16,15 @@ The bearer-token interceptor (``auth``) counts its own refusals (UNAUTHENTICATED
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from apihelper.service.metrics import Recorder
 
@@ -64,9 +67,55 @@ class CallGuard(grpc.aio.ServerInterceptor):
         if handler is None:
             count_refusal(self._recorder, UNKNOWN_RPC, grpc.StatusCode.UNIMPLEMENTED)
             return None
-        if handler.request_streaming or handler.request_deserializer is None:
-            return handler  # streamed requests (reflection) are read by grpc itself
-        return _guarded(handler, rpc_label(handler_call_details.method), self._recorder)
+        rpc = rpc_label(handler_call_details.method)
+        if handler.request_streaming:
+            return _counted_stream(handler, rpc, self._recorder)
+        if handler.request_deserializer is None:
+            return handler
+        return _guarded(handler, rpc, self._recorder)
+
+
+def _counted_stream(
+    handler: grpc.RpcMethodHandler[Any, Any], rpc: str, recorder: Recorder
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A bidirectional handler (server reflection) counted like every RPC. Its requests are read
+    by grpc as the handler asks for them; one that does not decode fails the call."""
+    behaviour: Any = handler.stream_stream
+    if behaviour is None or not handler.response_streaming:
+        return handler  # client streaming with one reply: none is served
+
+    async def stream_stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        recorder.rpc_started(rpc)
+        try:
+            result = behaviour(requests, context)
+            if inspect.isasyncgen(result):
+                async for message in result:
+                    await context.write(message)
+            elif inspect.isawaitable(result):
+                await result
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except DecodeError:  # a streamed request that is not the method's message
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            log.info("%s: a request did not decode (%s)", rpc, context.peer())
+            await context.abort(code, "a request is not a valid message of this method")
+        except grpc.aio.AbortError:
+            code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except Exception:
+            code = grpc.StatusCode.UNKNOWN  # a bug in the handler: grpc logs it and says UNKNOWN
+            raise
+        finally:
+            recorder.rpc_finished(rpc, code.name, time.perf_counter() - started)
+
+    return grpc.stream_stream_rpc_method_handler(
+        stream_stream,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
 
 
 def _guarded(handler: grpc.RpcMethodHandler[Any, Any], rpc: str, recorder: Recorder) -> grpc.RpcMethodHandler[Any, Any]:

@@ -435,3 +435,27 @@ async def test_a_stalled_calls_connection_is_closed_after_its_age_and_grace(stal
         await client.read_until_done(ids, budget(5.0))
         assert client.goaway and client.closed
         assert time.perf_counter() - started <= budget(3.0)
+
+
+async def test_reflection_calls_are_counted_and_garbage_on_them_answered_plainly(
+    stalled_clients: list[RawH2Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    engine = FakeEngine()
+    recorder = recorder_for(engine)
+    path = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    async with live_server(engine, recorder=recorder, shutdown_grace_seconds=QUICK_STOP) as server:
+        client = RawH2Client("127.0.0.1", server.port)
+        await client.connect()
+        stalled_clients.append(client)
+        good = grpc_frame(reflection_pb2.ServerReflectionRequest(list_services="").SerializeToString())
+        bad = grpc_frame(b"\xff\xff\xff\xff\x0fnot a protobuf")
+        ok_id, bad_id = (await client.open_streams(path, good, 1))[0], (await client.open_streams(path, bad, 1))[0]
+        await client.read_until_done([ok_id, bad_id], budget(5.0))
+        assert client.status(ok_id) == "0" and b"apihelper.v1.ApiHelper" in client.results[ok_id].data
+        assert client.status(bad_id) == str(grpc.StatusCode.INVALID_ARGUMENT.value[0])
+        assert "Error" not in client.message(bad_id)
+        assert metric(recorder, "apihelper_requests_total", rpc="ServerReflectionInfo", code="OK") == 1
+        assert metric(recorder, "apihelper_requests_total", rpc="ServerReflectionInfo", code="INVALID_ARGUMENT") == 1
+    assert not [r for r in caplog.records if r.exc_info is not None or "DecodeError" in r.getMessage()]
