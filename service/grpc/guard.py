@@ -2,16 +2,21 @@
 
 grpc itself answers an unknown method (UNIMPLEMENTED) and a request that does not deserialize
 (UNKNOWN, with the exception's class in the details and a traceback in the log); neither reaches
-a servicer, so neither would be counted. :class:`CallGuard`, the outermost interceptor, closes
-both gaps:
+a servicer, so neither would be counted. :class:`CallGuard`, the interceptor next to the
+servicers (inside the token check, so a client without the token is refused whatever its bytes),
+closes both gaps:
 
 - an unknown method is counted as ``rpc="unknown"`` (one label value whatever the path: a
   scanner cannot grow the series), then grpc answers UNIMPLEMENTED;
-- every handler's request deserializer is wrapped: bytes that are not the method's message
-  become a marker, and the call ends with INVALID_ARGUMENT ("the request is not a valid
-  <Message>"), one log line, and a count, before any other code sees it.
+- every unary-request handler's deserializer is wrapped: bytes that are not the method's
+  message become a marker, and the call ends with INVALID_ARGUMENT ("the request is not a valid
+  <Message> message"), one log line, and a count, before any other code sees it;
+- streamed-request handlers (server reflection) are counted, and a request of theirs that does
+  not decode ends the call with INVALID_ARGUMENT the same way.
 
-The bearer-token interceptor (``auth``) counts its own refusals (UNAUTHENTICATED).
+The bearer-token interceptor (``auth``) counts its own refusals (UNAUTHENTICATED). What gRPC's
+core refuses before Python sees the call (a message over ``max_message_bytes``, oversized
+metadata) cannot be counted here.
 """
 
 from __future__ import annotations
