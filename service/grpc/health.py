@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2
 
-from apihelper.service.grpc.servicer import StreamStalled, write_within
+from apihelper.service.grpc.servicer import StreamStalled, write_blocked, write_within
 from apihelper.service.metrics import Recorder
 
 _UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
@@ -68,7 +68,11 @@ class BoundedHealthServicer(health.aio.HealthServicer):
                 async with asyncio.timeout(self._watch_timeout):
                     await self._follow(request.service, context)
             except TimeoutError:
-                pass  # the watch's time is up: end with OK, the client watches again
+                # The watch's time is up: end with OK, the client watches again; or, when a write
+                # still waits for the client, drop the call (no status can follow that write).
+                if write_blocked():
+                    code = grpc.StatusCode.DEADLINE_EXCEEDED
+                    raise asyncio.CancelledError from None
             finally:
                 self.watching -= 1
         except StreamStalled:
@@ -76,7 +80,8 @@ class BoundedHealthServicer(health.aio.HealthServicer):
             self._recorder.stream_stalled("Watch")
             raise asyncio.CancelledError from None  # no status can reach it: drop the call
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            if code is grpc.StatusCode.OK:  # not the dropped call above: the client went away
+                code = grpc.StatusCode.CANCELLED
             raise
         finally:
             self._recorder.rpc_finished("Watch", code.name, time.perf_counter() - started)

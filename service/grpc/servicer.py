@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -40,6 +41,11 @@ class StreamStalled(Exception):
     """A write waited longer than the stall timeout: the client is not reading."""
 
 
+# Tasks whose write was interrupted (a deadline, a cancellation) before the message was taken:
+# their call has a send in progress that never completes, so no status can follow it.
+_BLOCKED_WRITES: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
 async def write_within(context: grpc.aio.ServicerContext[Any, Any], message: Any, seconds: float) -> None:
     """``context.write(message)``, or :class:`StreamStalled` once it has waited ``seconds``."""
     try:
@@ -47,6 +53,20 @@ async def write_within(context: grpc.aio.ServicerContext[Any, Any], message: Any
             await context.write(message)
     except TimeoutError:
         raise StreamStalled from None
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None:
+            _BLOCKED_WRITES.add(task)
+        raise
+
+
+def write_blocked() -> bool:
+    """Whether this task's last write was interrupted before it completed (and forget it)."""
+    task = asyncio.current_task()
+    if task is None or task not in _BLOCKED_WRITES:
+        return False
+    _BLOCKED_WRITES.discard(task)
+    return True
 
 
 class ApiHelperServicer(pb_grpc.ApiHelperServicer):
@@ -87,6 +107,9 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
         except TimeoutError:
             exc = DeadlineExceededError(reason)
             code = status_code(exc)
+            if write_blocked():  # the deadline passed while a write waited for the client
+                log.info("%s: %s while the client took nothing; the stream ends", name, reason)
+                raise asyncio.CancelledError from None  # no status can follow that write
             await status.abort(context, exc)
         except StreamStalled:
             # The client takes nothing: no status can reach it. Leaving as cancelled lets grpc

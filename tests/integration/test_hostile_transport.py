@@ -459,3 +459,52 @@ async def test_reflection_calls_are_counted_and_garbage_on_them_answered_plainly
         assert metric(recorder, "apihelper_requests_total", rpc="ServerReflectionInfo", code="OK") == 1
         assert metric(recorder, "apihelper_requests_total", rpc="ServerReflectionInfo", code="INVALID_ARGUMENT") == 1
     assert not [r for r in caplog.records if r.exc_info is not None or "DecodeError" in r.getMessage()]
+
+
+async def test_a_deadline_that_passes_during_a_stalled_write_ends_the_call_quietly(
+    stalled_clients: list[RawH2Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = FakeEngine(LONG_REPLY, token_delay_s=0.001)
+    recorder = recorder_for(engine)
+    async with live_server(
+        engine,
+        recorder=recorder,
+        default_deadline_seconds=0.5,
+        stream_stall_timeout_seconds=30,  # the deadline comes first
+        shutdown_grace_seconds=QUICK_STOP,
+    ) as server:
+        client = RawH2Client("127.0.0.1", server.port, initial_window=0)
+        await client.connect()
+        stalled_clients.append(client)
+        await client.open_streams(GENERATE_PATH, LONG_BODY, 2)  # no deadline: the server's applies
+        await wait_until(lambda: server.core.streams.active == 2, 3, "the streams being admitted")
+        await wait_until(lambda: server.core.streams.active == 0, 3, "the deadline ending them")
+        await asyncio.sleep(0.2)
+        assert metric(recorder, "apihelper_requests_total", rpc="Generate", code="DEADLINE_EXCEEDED") == 2
+    assert not [r for r in caplog.records if r.exc_info is not None], [r.getMessage() for r in caplog.records]
+
+
+async def test_a_watch_whose_time_ends_during_a_stalled_write_ends_quietly(
+    stalled_clients: list[RawH2Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = FakeEngine()
+    recorder = recorder_for(engine)
+    async with live_server(
+        engine,
+        recorder=recorder,
+        health_watch_timeout_seconds=0.5,
+        stream_stall_timeout_seconds=30,  # the watch's end comes first
+        shutdown_grace_seconds=QUICK_STOP,
+    ) as server:
+        client = RawH2Client("127.0.0.1", server.port, initial_window=0)
+        await client.connect()
+        stalled_clients.append(client)
+        watch = grpc_frame(health_pb2.HealthCheckRequest().SerializeToString())
+        await client.open_streams("/grpc.health.v1.Health/Watch", watch, 2)
+        await wait_until(
+            lambda: metric(recorder, "apihelper_requests_total", rpc="Watch", code="DEADLINE_EXCEEDED") == 2,
+            3,
+            "the watches ending",
+        )
+        assert metric(recorder, "apihelper_requests_in_flight", rpc="Watch") == 0
+    assert not [r for r in caplog.records if r.exc_info is not None], [r.getMessage() for r in caplog.records]
