@@ -40,6 +40,7 @@ async def build_engine(settings: Settings) -> Engine:
             kv_cache_free_gpu_memory_fraction=settings.kv_cache_free_gpu_memory_fraction,
             enable_block_reuse=settings.enable_block_reuse,
             guided_decoding=settings.guided_decoding,
+            stall_timeout_s=settings.stream_stall_timeout_seconds,
         )
     from apihelper.service.engine.transformers_engine import TransformersEngine
 
@@ -54,6 +55,7 @@ async def build_engine(settings: Settings) -> Engine:
         max_batch_tokens=settings.max_batch_tokens,
         num_threads=settings.num_threads or None,
         guided_decoding=settings.guided_decoding,
+        stall_timeout_s=settings.stream_stall_timeout_seconds,
     )
 
 

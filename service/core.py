@@ -145,6 +145,10 @@ class Core:
     health: Health
     recorder: Recorder
     default_deadline_seconds: float
+    # Client deadlines past this are cut to it; a stream whose client takes no message for
+    # ``stall_timeout_seconds`` ends (Settings: max_deadline_seconds, stream_stall_timeout_seconds).
+    max_deadline_seconds: float = 600.0
+    stall_timeout_seconds: float = 10.0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def drain(self) -> None:
@@ -176,6 +180,8 @@ async def start_core(
         health=health,
         recorder=recorder,
         default_deadline_seconds=settings.default_deadline_seconds,
+        max_deadline_seconds=settings.max_deadline_seconds,
+        stall_timeout_seconds=settings.stream_stall_timeout_seconds,
     )
     await health.check()
     core._tasks = [

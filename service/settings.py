@@ -38,6 +38,20 @@ class Settings:
     max_message_bytes: int = 4 * 1024 * 1024  # gRPC messages and HTTP request bodies
     keepalive_time_seconds: float = 60.0
     keepalive_timeout_seconds: float = 20.0
+    # HTTP/2 streams one connection may have open at once (gRPC's grpc.max_concurrent_streams):
+    # below max_concurrent_streams, so one connection cannot take every Generate slot.
+    max_streams_per_connection: int = 32
+    # A gRPC connection is asked to go away (GOAWAY) after this long, and closed once its streams
+    # have had max_deadline_seconds to finish: the HTTP/2 streams of stalled calls, which the
+    # transport keeps until their connection closes, go with it. 0: connections live for ever.
+    max_connection_age_seconds: float = 1800.0
+    # A stream whose next message the client has not taken for this long ends (its engine request
+    # is aborted): a client that stops reading holds a slot no longer than this.
+    stream_stall_timeout_seconds: float = 10.0
+    # Health Watch streams at once (more get RESOURCE_EXHAUSTED); each ends after the timeout (the
+    # client watches again).
+    max_health_watches: int = 256
+    health_watch_timeout_seconds: float = 300.0
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # Prometheus /metrics over HTTP; 0 disables
     # Retrieval: a Milvus Lite directory, or http(s)://host:19530 for a Milvus server
@@ -65,6 +79,7 @@ class Settings:
     # Request limits and defaults
     max_concurrent_streams: int = 64  # Generate streams at once; more get RESOURCE_EXHAUSTED
     default_deadline_seconds: float = 300.0  # for calls that set no deadline
+    max_deadline_seconds: float = 600.0  # longer client deadlines are cut to this
     max_instruction_bytes: int = 8192
     default_top_k: int = 3
     max_top_k: int = 50
@@ -100,6 +115,14 @@ class Settings:
             raise ConfigurationError("set auth_token or auth_token_file, not both")
         if self.max_concurrent_streams < 1 or self.default_deadline_seconds <= 0:
             raise ConfigurationError("max_concurrent_streams and default_deadline_seconds must be positive")
+        if self.max_deadline_seconds < self.default_deadline_seconds:
+            raise ConfigurationError("max_deadline_seconds must be at least default_deadline_seconds")
+        if self.max_streams_per_connection < 1 or self.max_health_watches < 1:
+            raise ConfigurationError("max_streams_per_connection and max_health_watches must be positive")
+        if self.max_connection_age_seconds < 0:
+            raise ConfigurationError("max_connection_age_seconds must be >= 0 (0: no limit)")
+        if self.stream_stall_timeout_seconds <= 0 or self.health_watch_timeout_seconds <= 0:
+            raise ConfigurationError("stream_stall_timeout_seconds and health_watch_timeout_seconds must be positive")
         if self.num_threads < 0:
             raise ConfigurationError("num_threads must be >= 0 (0: one per core)")
         if self.max_instruction_bytes < 1 or self.default_max_tokens < 1:

@@ -111,11 +111,13 @@ class FakeEngine:
             raise InvalidRequestError("constrain_calls", "the fake engine cannot constrain decoding")
         reply = self._reply(request.prompt) if callable(self._reply) else self._reply
         answer = pieces(reply)
-        # The ids are always the first n pieces: decoding them is a lookup, not a join per step.
-        prefixes = list(itertools.accumulate(answer, initial=""))
+        # The ids are always the first n pieces, which tile the reply: decoding them is a slice,
+        # not a join per step, and holds no list of prefixes (that was quadratic in the reply).
+        text_reply = "".join(answer)
+        ends = list(itertools.accumulate((len(p) for p in answer), initial=0))
 
         def decode(ids: Sequence[int]) -> str:
-            return prefixes[len(ids)]
+            return text_reply[: ends[len(ids)]]
 
         try:
             text = IncrementalText(decode, sampling.stop)

@@ -10,6 +10,9 @@ the offline build in ``engine_build.trtllm_build`` goes through the same functio
   ``LLM.generate_async(..., streaming=True)`` into ``EngineOutput`` deltas;
 - aborting the request in the executor however a stream ends early, keeping ``num_in_flight``
   exact, and flipping health when the executor fails;
+- aborting a request whose consumer takes nothing for ``stall_timeout_s`` (the executor would
+  otherwise generate every token for a reader that never reads, holding its batch slot and KV
+  blocks); the stream then ends with ``FinishReason.CANCELLED`` when next read;
 - iteration statistics (``LLM.get_stats_async``) polled in the background for ``stats()``.
 
 Facts of the 1.2.x API this relies on (checked against NVIDIA/TensorRT-LLM sources):
@@ -142,6 +145,7 @@ class TensorRTLLMEngine:
         poll_interval_s: float = 1.0,
         abort_grace_s: float = 5.0,
         shutdown_timeout_s: float = 60.0,
+        stall_timeout_s: float | None = None,
     ) -> None:
         """Wrap a loaded ``LLM``. ``load`` is the normal way in; tests pass their own parts."""
         self._llm = llm
@@ -159,6 +163,8 @@ class TensorRTLLMEngine:
         # within this time the stream ends on its own.
         self._abort_grace_s = abort_grace_s
         self._shutdown_timeout_s = shutdown_timeout_s
+        # A stream whose consumer takes nothing for this long is aborted (None: never).
+        self._stall_timeout_s = stall_timeout_s
         self._in_flight: dict[str, _InFlight] = {}
         self._closed = False
         self._unhealthy: str | None = None
@@ -186,6 +192,7 @@ class TensorRTLLMEngine:
         compute_capability: Callable[[], str] | None = None,
         return_perf_metrics: bool = True,
         stats_interval_s: float = 1.0,
+        stall_timeout_s: float | None = None,
     ) -> TensorRTLLMEngine:
         """Load the engine in ``engine_dir`` (written by ``apihelper-build trtllm-engine``).
 
@@ -200,6 +207,7 @@ class TensorRTLLMEngine:
         - ``llm_factory``: what builds the ``LLM`` (default ``tensorrt_llm._tensorrt_engine.LLM``);
           ``api``, ``runtime_version`` and ``compute_capability`` replace the tensorrt_llm names,
           ``tensorrt_llm.__version__`` and ``torch.cuda.get_device_capability()``: test seams.
+        - ``stall_timeout_s``: abort a request whose consumer takes nothing for this long.
 
         Raises ``MissingDependencyError`` without tensorrt_llm and ``ConfigurationError`` for an
         engine this runtime must not run. Loading runs in a thread; the event loop stays free.
@@ -297,6 +305,7 @@ class TensorRTLLMEngine:
             max_input_len=max_input_len,
             return_perf_metrics=return_perf_metrics,
             stats_interval_s=stats_interval_s,
+            stall_timeout_s=stall_timeout_s,
         )
         engine._start_stats()
         logger.info(
@@ -448,14 +457,23 @@ class TensorRTLLMEngine:
                     queue_seconds = _queue_seconds(completion, time.perf_counter() - submitted_at)
                     first = False
                 prompt_ids = getattr(out, "prompt_token_ids", None)
-                yield EngineOutput(
-                    text_delta=delta,
-                    token_ids_delta=tuple(pending_ids),
-                    finish_reason=reason,
-                    prompt_tokens=len(prompt_ids) if prompt_ids is not None else prompt_tokens,
-                    completion_tokens=completion_tokens,
-                    queue_seconds=queue_seconds,
-                )
+                # While the consumer holds this output the executor keeps generating: past the
+                # stall timeout the request is aborted (its queued outputs still reach the stream).
+                watchdog = None
+                if reason is None and self._stall_timeout_s is not None:
+                    watchdog = asyncio.get_running_loop().call_later(self._stall_timeout_s, self._stalled, flight)
+                try:
+                    yield EngineOutput(
+                        text_delta=delta,
+                        token_ids_delta=tuple(pending_ids),
+                        finish_reason=reason,
+                        prompt_tokens=len(prompt_ids) if prompt_ids is not None else prompt_tokens,
+                        completion_tokens=completion_tokens,
+                        queue_seconds=queue_seconds,
+                    )
+                finally:
+                    if watchdog is not None:
+                        watchdog.cancel()
                 pending_ids = []
                 if reason is not None:
                     return
@@ -588,6 +606,17 @@ class TensorRTLLMEngine:
             self._check_executor()
             if flight.aborted_at is not None and time.monotonic() - flight.aborted_at > self._abort_grace_s:
                 return _ABORT_TIMED_OUT
+
+    def _stalled(self, flight: _InFlight) -> None:
+        """The consumer took nothing for the stall timeout: abort the request in the executor."""
+        if flight.finished or flight.aborted_at is not None:
+            return
+        logger.info(
+            "TensorRT-LLM engine: request %s aborted: its consumer took nothing for %g s",
+            flight.request_id,
+            self._stall_timeout_s,
+        )
+        self._abort_flight(flight)
 
     def _abort_flight(self, flight: _InFlight) -> None:
         """Call ``abort()`` on the request, at most once per request."""

@@ -10,10 +10,17 @@ How a request flows:
 - ``stream`` validates and tokenizes, registers a result handler, then ``add_request``s the ids
   with ``streaming=True``. The manager's thread generates; for every token it hands a
   ``GenerationOutput`` (all generated ids so far) to the handler through the event loop's
-  ``call_soon_threadsafe``, and the handler drops it into the request's ``asyncio.Queue``.
+  ``call_soon_threadsafe``, and the handler keeps it for the stream: only the newest output of a
+  request is kept (each carries every id so far), so a consumer that falls behind costs one
+  output, not one per token.
 - The stream decodes the ids (``service.engine.stops``), holds back half characters and possible
   stop-string beginnings, and yields text deltas. Requests run concurrently in the manager's
   batches: nothing here serializes them.
+- Backpressure: transformers' manager cannot pause a request, so a request whose consumer does
+  not drain is ended instead: once the manager is ``max_tokens_ahead`` tokens ahead of what the
+  consumer took, or the consumer has taken nothing for ``stall_timeout_s`` while output waits,
+  the request is cancelled in the manager (its batch slot and KV pages freed) and the stream ends
+  with ``FinishReason.CANCELLED`` after the text already generated.
 - However a stream ends (finished, stop string, consumer cancelled, ``aclose``, ``abort``,
   failure), its ``finally`` cancels the request in the manager if it still runs, removes the
   handler, and drops the bookkeeping, so ``num_in_flight`` returns to 0.
@@ -37,6 +44,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +81,10 @@ _STATUS_FAILED = 4
 # Prompts up to this many characters are tokenized on the event loop (well under a millisecond);
 # longer ones go to a worker thread so they never stall other streams.
 _INLINE_TOKENIZE_CHARS = 16_384
+# How far the manager may run ahead of a stream's consumer (tokens) before the request is ended:
+# a consumer this far behind is not reading (a gRPC stream's writes block only once the client's
+# flow-control window, 64 KiB by default, is full).
+MAX_TOKENS_AHEAD = 256
 
 
 class ContinuousBatchingManager(Protocol):
@@ -146,13 +158,42 @@ class _InFlight:
 
     request_id: str  # the caller's id
     manager_id: str  # unique per submission, so a reused caller id never meets a stale one
-    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    # What the stream has not taken yet: at most the newest manager output, then a marker.
+    pending: deque[Any] = field(default_factory=deque)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
     finished_in_manager: bool = False  # the manager sent its final output: nothing to cancel
     cancelled: bool = False  # cancel_request already sent
+    taken: int = 0  # generated tokens the consumer has taken
+    waiting: bool = False  # the consumer is waiting for output now
+    last_take: float = field(default_factory=time.monotonic)  # when the consumer last took output
+    # Called when the consumer does not drain (see the module docstring); set by the engine.
+    on_runaway: Callable[[_InFlight, str], None] | None = None
+    max_ahead: int = MAX_TOKENS_AHEAD
+    stall_timeout_s: float | None = None
 
     def deliver(self, output: Any) -> None:
         """The manager's result handler; runs on the event loop (``call_soon_threadsafe``)."""
-        self.queue.put_nowait(output)
+        if self.pending and _is_progress(self.pending[-1]):
+            self.pending[-1] = output  # it carries every id the replaced one did
+        else:
+            self.pending.append(output)
+        self.ready.set()
+        if self.waiting or self.on_runaway is None or not _is_progress(output):
+            return
+        ahead = len(output.generated_tokens) - self.taken
+        if ahead > self.max_ahead:
+            self.on_runaway(self, f"{ahead} tokens ahead of its consumer")
+        elif self.stall_timeout_s is not None and time.monotonic() - self.last_take > self.stall_timeout_s:
+            self.on_runaway(self, f"its consumer took nothing for {self.stall_timeout_s:g} s")
+
+    def put_marker(self, marker: _Aborted | _Failed) -> None:
+        self.pending.append(marker)
+        self.ready.set()
+
+
+def _is_progress(item: Any) -> bool:
+    """A manager output that a newer one may replace (not final, not failed, not a marker)."""
+    return not isinstance(item, (_Aborted, _Failed)) and item.error is None and not item.is_finished()
 
 
 class TransformersEngine:
@@ -171,11 +212,15 @@ class TransformersEngine:
         seeded_sampling: bool = False,
         guidance: Guidance | None = None,
         chat_template: Callable[[ChatPrompt], str] | None = None,
+        max_tokens_ahead: int = MAX_TOKENS_AHEAD,
+        stall_timeout_s: float | None = None,
     ) -> None:
         """Wrap a started manager. ``load`` is the normal way in; tests pass their own parts.
         ``seeded_sampling``: the manager runs ``seeded_sampling``'s processor (``seed`` kwarg).
         ``guidance``: the manager runs ``grammar_mask``'s processor (guided requests).
-        ``chat_template``: renders chat prompts (the tokenizer's template); None: no chat formats."""
+        ``chat_template``: renders chat prompts (the tokenizer's template); None: no chat formats.
+        ``max_tokens_ahead``, ``stall_timeout_s``: when a request whose consumer does not drain
+        is ended (the module docstring); None: no stall timeout, the token bound only."""
         self._manager = manager
         self._guidance = guidance
         self._chat_template = chat_template
@@ -188,6 +233,8 @@ class TransformersEngine:
         # How often a waiting stream checks that the manager thread is still alive: a request
         # queued when the thread died would otherwise wait for an output that never comes.
         self._poll_interval_s = poll_interval_s
+        self._max_tokens_ahead = max_tokens_ahead
+        self._stall_timeout_s = stall_timeout_s
         self._in_flight: dict[str, _InFlight] = {}
         self._ids = itertools.count()
         self._closed = False
@@ -212,6 +259,7 @@ class TransformersEngine:
         num_threads: int | None = None,
         stop_timeout_s: float = 10.0,
         guided_decoding: bool = True,
+        stall_timeout_s: float | None = None,
     ) -> TransformersEngine:
         """Load ``model_dir`` (a HF checkpoint, optionally with an apihelper manifest) and start
         the continuous-batching manager. The work runs in a thread; the event loop stays free.
@@ -235,6 +283,8 @@ class TransformersEngine:
           slow down 10-30x when oversubscribed).
         - ``guided_decoding``: install the grammar mask (xgrammar), so requests with a call grammar
           are constrained; a request without one pays one dictionary lookup per step.
+        - ``stall_timeout_s``: a request whose consumer takes nothing for this long while output
+          waits is cancelled (None: only the ``MAX_TOKENS_AHEAD`` bound).
         """
         return await asyncio.to_thread(
             cls._load_sync,
@@ -251,6 +301,7 @@ class TransformersEngine:
             num_threads=num_threads,
             stop_timeout_s=stop_timeout_s,
             guided_decoding=guided_decoding,
+            stall_timeout_s=stall_timeout_s,
         )
 
     @classmethod
@@ -270,6 +321,7 @@ class TransformersEngine:
         num_threads: int | None,
         stop_timeout_s: float,
         guided_decoding: bool,
+        stall_timeout_s: float | None = None,
     ) -> TransformersEngine:
         try:
             import torch
@@ -428,6 +480,7 @@ class TransformersEngine:
             seeded_sampling=seeded,
             guidance=guidance,
             chat_template=_chat_template(tokenizer),
+            stall_timeout_s=stall_timeout_s,
         )
 
     # ------------------------------------------------------------------ Engine protocol
@@ -469,7 +522,13 @@ class TransformersEngine:
         grammar = await self._compiled(request.guided)
         self._check_alive()
 
-        flight = _InFlight(request.request_id, f"{request.request_id}#{next(self._ids)}")
+        flight = _InFlight(
+            request.request_id,
+            f"{request.request_id}#{next(self._ids)}",
+            on_runaway=self._runaway,
+            max_ahead=self._max_tokens_ahead,
+            stall_timeout_s=self._stall_timeout_s,
+        )
         self._in_flight[request.request_id] = flight
         try:
             if grammar is not None and self._guidance is not None:
@@ -552,7 +611,7 @@ class TransformersEngine:
         if flight is None:
             return
         self._release(flight)
-        flight.queue.put_nowait(_Aborted())
+        flight.put_marker(_Aborted())
 
     async def check_health(self) -> None:
         self._check_alive()
@@ -584,7 +643,7 @@ class TransformersEngine:
         self._closed = True
         for flight in list(self._in_flight.values()):
             self._release(flight)
-            flight.queue.put_nowait(_Failed("the generation engine is shutting down"))
+            flight.put_marker(_Failed("the generation engine is shutting down"))
         try:
             await asyncio.wait_for(asyncio.to_thread(self._stop_manager), timeout=self._stop_timeout_s + 5.0)
         except TimeoutError:
@@ -634,27 +693,33 @@ class TransformersEngine:
         return await asyncio.to_thread(self._tokenizer.encode, prompt)
 
     async def _next_output(self, flight: _InFlight) -> Any:
-        """The next item for ``flight``: the newest manager output, or an abort/failure marker.
+        """The next item for ``flight``: the newest manager output, or an abort/failure marker
+        (outputs carry every id so far, so only the newest is kept; markers are never dropped)."""
+        flight.waiting = True
+        try:
+            while not flight.pending:
+                flight.ready.clear()
+                try:
+                    async with asyncio.timeout(self._poll_interval_s):
+                        await flight.ready.wait()
+                except TimeoutError:
+                    self._check_alive()
+            item = flight.pending.popleft()
+        finally:
+            flight.waiting = False
+            flight.last_take = time.monotonic()
+        if not isinstance(item, (_Aborted, _Failed)):
+            flight.taken = len(item.generated_tokens)
+        return item
 
-        Manager outputs carry all ids generated so far, so when several are waiting (a slow
-        consumer) only the newest matters; markers are never skipped.
-        """
-        while flight.queue.empty():
-            try:
-                async with asyncio.timeout(self._poll_interval_s):
-                    return self._newest(flight, await flight.queue.get())
-            except TimeoutError:
-                self._check_alive()
-        return self._newest(flight, flight.queue.get_nowait())
-
-    @staticmethod
-    def _newest(flight: _InFlight, item: Any) -> Any:
-        while True:
-            if isinstance(item, (_Aborted, _Failed)) or item.is_finished() or item.error is not None:
-                return item
-            if flight.queue.empty():
-                return item
-            item = flight.queue.get_nowait()
+    def _runaway(self, flight: _InFlight, why: str) -> None:
+        """End a request whose consumer does not drain: cancelled in the manager now, its
+        stream ends (CANCELLED) after what was generated."""
+        if flight.cancelled or flight.finished_in_manager:
+            return
+        logger.info("transformers engine: request %s ended: %s", flight.request_id, why)
+        self._release(flight)
+        flight.put_marker(_Aborted())
 
     def _check_alive(self) -> None:
         if self._closed:

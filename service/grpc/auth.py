@@ -2,7 +2,8 @@
 
 Clients send ``authorization: Bearer <token>`` metadata. The comparison is constant-time
 (``hmac.compare_digest``). Health checks stay open so load balancers need no secret. A refused
-call ends with UNAUTHENTICATED before any handler runs, and the token never reaches a log.
+call ends with UNAUTHENTICATED before any handler runs (counted in ``apihelper_requests_total``,
+so a brute force shows), and the token never reaches a log.
 """
 
 from __future__ import annotations
@@ -13,15 +14,21 @@ from typing import Any
 
 import grpc
 
+from apihelper.service.grpc.guard import count_refusal, rpc_label
+from apihelper.service.metrics import NullRecorder, Recorder
+
 OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, token: str, open_methods: frozenset[str] = OPEN_METHODS) -> None:
+    def __init__(
+        self, token: str, open_methods: frozenset[str] = OPEN_METHODS, recorder: Recorder | None = None
+    ) -> None:
         if not token:
             raise ValueError("an empty token would let everyone in")
         self._expected = f"Bearer {token}".encode()
         self._open = open_methods
+        self._recorder = recorder or NullRecorder()
 
     async def intercept_service(
         self,
@@ -33,7 +40,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if self._authorized(handler_call_details.invocation_metadata):
             return handler
-        return _refusing(handler)
+        return _refusing(handler, rpc_label(handler_call_details.method), self._recorder)
 
     def _authorized(self, metadata: Any) -> bool:
         for key, value in metadata or ():
@@ -43,10 +50,13 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         return False
 
 
-def _refusing(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+def _refusing(
+    handler: grpc.RpcMethodHandler[Any, Any], rpc: str, recorder: Recorder
+) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same shape as ``handler`` that ends the call with UNAUTHENTICATED."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        count_refusal(recorder, rpc, grpc.StatusCode.UNAUTHENTICATED)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
 
     kinds = {

@@ -22,6 +22,8 @@ from grpc_reflection.v1alpha import reflection
 from apihelper.errors import ConfigurationError
 from apihelper.service.core import Core
 from apihelper.service.grpc.auth import BearerTokenInterceptor
+from apihelper.service.grpc.guard import CallGuard
+from apihelper.service.grpc.health import BoundedHealthServicer
 from apihelper.service.grpc.servicer import ApiHelperServicer
 from apihelper.service.settings import Settings, read_auth_token
 from apihelper.v1 import apihelper_pb2 as pb
@@ -50,11 +52,17 @@ class GrpcFrontend:
 
 async def start_grpc(settings: Settings, core: Core) -> GrpcFrontend:
     token = read_auth_token(settings)
-    server = grpc.aio.server(
-        interceptors=[BearerTokenInterceptor(token)] if token else [],
-        options=_channel_options(settings),
+    # The guard inside the token check: an unauthenticated call is refused whatever its bytes.
+    interceptors: list[grpc.aio.ServerInterceptor] = [CallGuard(core.recorder)]
+    if token:
+        interceptors.insert(0, BearerTokenInterceptor(token, recorder=core.recorder))
+    server = grpc.aio.server(interceptors=interceptors, options=_channel_options(settings))
+    health_servicer = BoundedHealthServicer(
+        core.recorder,
+        max_watches=settings.max_health_watches,
+        watch_timeout_seconds=settings.health_watch_timeout_seconds,
+        stall_timeout_seconds=settings.stream_stall_timeout_seconds,
     )
-    health_servicer = health.aio.HealthServicer()
 
     async def follow(serving: bool, final: bool) -> None:
         if final:
@@ -82,7 +90,7 @@ async def start_grpc(settings: Settings, core: Core) -> GrpcFrontend:
 
 
 def _channel_options(settings: Settings) -> list[tuple[str, int]]:
-    return [
+    options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         # Pings find dead peers behind NATs and load balancers; a client may ping us as often
@@ -91,7 +99,18 @@ def _channel_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        # Streams one connection may have open (more are refused with RST_STREAM): one peer
+        # cannot take every Generate slot however many streams it opens.
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
     ]
+    if settings.max_connection_age_seconds:
+        # Clients reconnect on GOAWAY by themselves; streams in flight get the longest deadline
+        # a call may have. What is still open after that (a stalled call's HTTP/2 stream) is closed.
+        options += [
+            ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(settings.max_deadline_seconds * 1000)),
+        ]
+    return options
 
 
 def _server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

@@ -4,13 +4,24 @@ Validation and conversion live in ``convert``; status mapping in ``status`` (err
 not ``ApiHelperError`` are bugs: logged there and sent as INTERNAL without details). A client
 that goes away or whose deadline passes cancels the handler task; the ``CancelledError`` is
 re-raised here, after being counted, so it reaches the engine stream, which aborts the request.
+
+Streams cannot outlive their welcome: a client deadline is cut to the server's maximum (calls
+without one get the default), and each message is written under the stall timeout. A client that
+takes no message for that long (a zero flow-control window, a peer that stopped reading) ends the
+stream: the handler leaves, which closes the pipeline and aborts the engine request, and frees
+its Generate slot. No status can reach such a client (its window is shut), so none is sent; the
+HTTP/2 stream itself lingers in the transport until the connection closes (a peer that stops
+reading stops answering keepalive pings; at the latest ``max_connection_age_seconds`` plus
+``max_deadline_seconds``), at most ``max_streams_per_connection`` of them per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +34,40 @@ from apihelper.service.grpc import convert, status
 from apihelper.v1 import apihelper_pb2 as pb
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
 
+log = logging.getLogger(__name__)
+
+
+class StreamStalled(Exception):
+    """A write waited longer than the stall timeout: the client is not reading."""
+
+
+# Tasks whose write was interrupted (a deadline, a cancellation) before the message was taken:
+# their call has a send in progress that never completes, so no status can follow it.
+_BLOCKED_WRITES: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
+async def write_within(context: grpc.aio.ServicerContext[Any, Any], message: Any, seconds: float) -> None:
+    """``context.write(message)``, or :class:`StreamStalled` once it has waited ``seconds``."""
+    try:
+        async with asyncio.timeout(seconds):
+            await context.write(message)
+    except TimeoutError:
+        raise StreamStalled from None
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None:
+            _BLOCKED_WRITES.add(task)
+        raise
+
+
+def write_blocked() -> bool:
+    """Whether this task's last write was interrupted before it completed (and forget it)."""
+    task = asyncio.current_task()
+    if task is None or task not in _BLOCKED_WRITES:
+        return False
+    _BLOCKED_WRITES.discard(task)
+    return True
+
 
 class ApiHelperServicer(pb_grpc.ApiHelperServicer):
     """The RPCs over the core every front end shares: its pipeline, limits, stream limit,
@@ -34,6 +79,8 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
         self._recorder = core.recorder
         self._streams = core.streams
         self._default_deadline = core.default_deadline_seconds
+        self._max_deadline = core.max_deadline_seconds
+        self._stall_timeout = core.stall_timeout_seconds
         self._on_unavailable = core.health.recheck_soon
 
     @contextlib.asynccontextmanager
@@ -42,16 +89,35 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         self._recorder.rpc_started(name)
-        # A call without a deadline gets the server's, so nothing can hold a stream forever.
+        # A call without a deadline gets the server's default, one with a longer deadline than
+        # the server allows gets the maximum: nothing can hold a stream forever.
         remaining = context.time_remaining()
-        own_deadline = self._default_deadline if remaining is None else None
+        if remaining is None:
+            own_deadline: float | None = self._default_deadline
+            reason = f"no deadline was set and the server's {self._default_deadline:g} s passed"
+        elif remaining > self._max_deadline:
+            own_deadline = self._max_deadline
+            reason = f"the server's maximum deadline of {self._max_deadline:g} s passed"
+        else:
+            own_deadline = None
+            reason = ""
         try:
             async with asyncio.timeout(own_deadline):
                 yield
         except TimeoutError:
-            exc = DeadlineExceededError(f"no deadline was set and the server's {self._default_deadline:g} s passed")
+            exc = DeadlineExceededError(reason)
             code = status_code(exc)
+            if write_blocked():  # the deadline passed while a write waited for the client
+                log.info("%s: %s while the client took nothing; the stream ends", name, reason)
+                raise asyncio.CancelledError from None  # no status can follow that write
             await status.abort(context, exc)
+        except StreamStalled:
+            # The client takes nothing: no status can reach it. Leaving as cancelled lets grpc
+            # drop the call without trying (and logging the failure of) a status write.
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+            self._recorder.stream_stalled(name)
+            log.info("%s: the client took no message for %g s; the stream ends", name, self._stall_timeout)
+            raise asyncio.CancelledError from None
         except asyncio.CancelledError:
             # The client went away or its deadline passed: let cancellation reach the engine.
             remaining = context.time_remaining()
@@ -66,15 +132,15 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
         finally:
             self._recorder.rpc_finished(name, code.name, time.perf_counter() - started)
 
-    async def Generate(
+    async def Generate(  # type: ignore[override]  # writes with context.write, under the stall timeout
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[pb.GenerateRequest, pb.GenerateResponse]
-    ) -> AsyncIterator[pb.GenerateResponse]:
+    ) -> None:
         async with self._rpc("Generate", context):
             with self._streams.admit():  # over the limit: RESOURCE_EXHAUSTED at once
                 params = convert.generate_params(request, self._limits)
                 async with contextlib.aclosing(self._pipeline.generate(params)) as events:
                     async for event in events:
-                        yield convert.generate_response(event)
+                        await write_within(context, convert.generate_response(event), self._stall_timeout)
 
     async def Retrieve(
         self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext[pb.RetrieveRequest, pb.RetrieveResponse]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -220,9 +221,9 @@ class HttpApi:
 
     def _deadline(self, request: Request) -> float:
         """When this call must end (event-loop time)."""
-        allowed = self._core.default_deadline_seconds
+        allowed = self._core.max_deadline_seconds
         header = request.headers.get(TIMEOUT_HEADER)
-        seconds = allowed
+        seconds = self._core.default_deadline_seconds
         if header is not None:
             try:
                 seconds = float(header)
@@ -339,8 +340,14 @@ class HttpApi:
                 result.outcome = CANCELLED
             finish()
 
+        def stalled() -> None:
+            # The client read nothing for the stall timeout: counted as gRPC counts its stalls.
+            result.outcome = http_outcome(DeadlineExceededError("the client read nothing"))
+            self._recorder.stream_stalled(route)
+            log.info("%s: the client read nothing for %g s; the stream ends", route, self._options.send_timeout_seconds)
+
         frames = self._frames(first, events, render, deadline, done, result, request)
-        return _EventStream(frames, close, self._options.send_timeout_seconds)
+        return _EventStream(frames, close, self._options.send_timeout_seconds, stalled)
 
     async def _frames(
         self,
@@ -406,14 +413,23 @@ class _EventStream(EventSourceResponse):
     disconnect, or never started because the client left first."""
 
     def __init__(
-        self, frames: AsyncIterator[ServerSentEvent], close: Callable[[], Awaitable[None]], send_timeout: float
+        self,
+        frames: AsyncIterator[ServerSentEvent],
+        close: Callable[[], Awaitable[None]],
+        send_timeout: float,
+        stalled: Callable[[], None],
     ) -> None:
         super().__init__(frames, ping=PING_SECONDS, send_timeout=send_timeout)
         self._close = close
+        self._stalled = stalled
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except* SendTimeoutError:
+            # A send blocked for the stall timeout (the client reads nothing): the stream ends
+            # here, with one log line rather than the server's traceback of a failed app.
+            self._stalled()
         finally:
             await self._close()
 

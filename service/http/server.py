@@ -79,7 +79,7 @@ async def start_http(settings: Settings, core: Core, *, sock: socket.socket | No
     options = HttpOptions(
         auth_token=read_auth_token(settings),
         max_body_bytes=settings.max_message_bytes,
-        send_timeout_seconds=settings.keepalive_time_seconds,
+        send_timeout_seconds=settings.stream_stall_timeout_seconds,  # the same stall timeout as gRPC
     )
     config = uvicorn.Config(
         build_app(core, options),

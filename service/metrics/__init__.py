@@ -19,6 +19,10 @@ class Recorder(Protocol):
         """``code`` is the final gRPC status name (OK, CANCELLED, DEADLINE_EXCEEDED, ...)."""
         ...
 
+    def stream_stalled(self, rpc: str) -> None:
+        """A stream ended because its client took no message for the stall timeout."""
+        ...
+
     def retrieval(self, mode: str, embed_seconds: float, search_seconds: float, docs: int) -> None: ...
 
     def queue_time(self, seconds: float) -> None: ...
@@ -51,6 +55,9 @@ class NullRecorder:
         pass
 
     def rpc_finished(self, rpc: str, code: str, seconds: float) -> None:
+        pass
+
+    def stream_stalled(self, rpc: str) -> None:
         pass
 
     def retrieval(self, mode: str, embed_seconds: float, search_seconds: float, docs: int) -> None:

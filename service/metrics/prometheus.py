@@ -40,6 +40,7 @@ TOKEN_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 DOC_BUCKETS = (0, 1, 2, 3, 5, 10, 20, 50)
 RETRIEVAL_MODES = tuple(m.value for m in RetrievalMode if m is not RetrievalMode.NONE)
 FINISH_REASONS = tuple(r.value for r in FinishReason)
+STREAMING_RPCS = ("Generate", "Watch")  # the streams a stall can end
 
 
 class PrometheusRecorder:
@@ -60,6 +61,12 @@ class PrometheusRecorder:
             "apihelper_requests", "RPCs finished, by method and final gRPC status code.", ["rpc", "code"], registry=r
         )
         self.in_flight = Gauge("apihelper_requests_in_flight", "RPCs being served now, by method.", ["rpc"], registry=r)
+        self.stalled = Counter(
+            "apihelper_stalled_streams",
+            "Streams ended because the client took no message for the stall timeout, by method.",
+            ["rpc"],
+            registry=r,
+        )
         self.request_duration = Histogram(
             "apihelper_request_duration_seconds",
             "RPC duration from arrival to the last message, by method (end-to-end latency).",
@@ -138,6 +145,8 @@ class PrometheusRecorder:
             self.search.labels(mode)
         for reason in FINISH_REASONS:
             self.finished.labels(reason)
+        for rpc in STREAMING_RPCS:
+            self.stalled.labels(rpc)
         Info("apihelper_build", "The running service: version, engine, model and formats.", registry=r).info(
             {
                 "version": version,
@@ -167,6 +176,9 @@ class PrometheusRecorder:
         if counter is None:
             counter = self._code_children[(rpc, code)] = self.requests.labels(rpc, code)
         counter.inc()
+
+    def stream_stalled(self, rpc: str) -> None:
+        self.stalled.labels(rpc).inc()
 
     def _rpc(self, rpc: str) -> tuple[Gauge, Histogram]:
         children = self._rpc_children.get(rpc)

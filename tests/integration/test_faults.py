@@ -132,7 +132,10 @@ async def test_retriever_down_fails_fast_and_recovers(
 async def test_cancellation_storm_leaves_nothing_behind() -> None:
     engine = FakeEngine(token_delay_s=0.002)
     rng = random.Random(7)
-    async with live_server(engine, max_concurrent_streams=1000) as server, stub_for(server) as stub:
+    async with (
+        live_server(engine, max_concurrent_streams=1000, max_streams_per_connection=1000) as server,
+        stub_for(server) as stub,
+    ):
 
         async def cancelled_stream() -> None:
             call = stub.Generate(_generate("Create a new session", max_tokens=200), timeout=30)

@@ -334,7 +334,10 @@ async def test_a_client_leaving_a_whole_answer_aborts_the_engine_request() -> No
 
 async def test_deadlines_end_streams_and_answers_and_abort_the_engine() -> None:
     engine = FakeEngine(LONG_REPLY, token_delay_s=0.02)
-    async with live_server(engine, http=True, default_deadline_seconds=30) as running, http_client(running) as client:
+    async with (
+        live_server(engine, http=True, default_deadline_seconds=30, max_deadline_seconds=30) as running,
+        http_client(running) as client,
+    ):
         headers = {"X-Request-Timeout": "0.3"}
         events = []
         async with client.stream("POST", "/v1/generate", json={"instruction": "x"}, headers=headers) as response:
@@ -349,7 +352,7 @@ async def test_deadlines_end_streams_and_answers_and_abort_the_engine() -> None:
         assert whole.status_code == 504 and whole.json()["error"]["type"] == "DEADLINE_EXCEEDED"
         await wait_until(lambda: engine.num_in_flight == 0, 5, "the engine request being aborted")
 
-        for bad in ("0", "-1", "soon", "31"):  # at most the server's default deadline
+        for bad in ("0", "-1", "soon", "31"):  # at most the server's max_deadline_seconds
             refused = await client.post("/v1/retrieve", json={"instruction": "x"}, headers={"X-Request-Timeout": bad})
             assert refused.status_code == 400 and refused.json()["error"]["param"] == "x-request-timeout"
 

@@ -36,6 +36,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "apihelper.json"
 EXPECTED = {
     "apihelper_requests": "counter",
     "apihelper_requests_in_flight": "gauge",
+    "apihelper_stalled_streams": "counter",
     "apihelper_request_duration_seconds": "histogram",
     "apihelper_time_to_first_token_seconds": "histogram",
     "apihelper_inter_token_latency_seconds": "histogram",

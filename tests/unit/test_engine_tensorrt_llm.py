@@ -1062,3 +1062,36 @@ async def test_without_guided_decoding_a_guided_request_is_refused(tmp_path: Pat
         assert info.value.field == "constrain_calls"
     finally:
         await engine.shutdown()
+
+
+async def test_a_consumer_that_takes_nothing_is_aborted_past_the_stall_timeout(tmp_path: Path) -> None:
+    llm = FakeLLM(script=[Step("a"), Step("b"), Step("c")])  # the executor keeps the request going
+    engine, _ = await load(write_engine_dir(tmp_path / "engine"), llm, stall_timeout_s=0.1)
+    try:
+        stream = engine.stream(request(request_id="slow"))
+        first = await anext(stream)
+        assert first.text_delta == "a" and llm.requests[0].abort_calls == 0
+        await asyncio.sleep(0.3)  # the consumer takes nothing
+        assert llm.requests[0].abort_calls == 1
+        async with asyncio.timeout(5):
+            rest = [out async for out in stream]
+        assert [o.text_delta for o in rest] == ["b", "c", ""]  # what was queued, then the end
+        assert rest[-1].finish_reason is FinishReason.CANCELLED
+        assert engine.num_in_flight == 0
+    finally:
+        await engine.shutdown()
+
+
+async def test_a_consumer_that_reads_on_is_never_aborted_for_stalling(tmp_path: Path) -> None:
+    llm = FakeLLM(script=[Step("a"), Step("b"), Step("c", finish="stop")])
+    engine, _ = await load(write_engine_dir(tmp_path / "engine"), llm, stall_timeout_s=0.1)
+    try:
+        outs = []
+        async with asyncio.timeout(5):
+            async for out in engine.stream(request(request_id="steady")):
+                outs.append(out)
+                await asyncio.sleep(0.05)  # slower than the executor, faster than the timeout
+        assert llm.requests[0].abort_calls == 0
+        assert [o.text_delta for o in outs] == ["a", "b", "c"] and outs[-1].finish_reason is FinishReason.STOP
+    finally:
+        await engine.shutdown()

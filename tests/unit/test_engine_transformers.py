@@ -60,6 +60,8 @@ class ScriptedManager:
     go_silent_after: int | None = None  # the thread "dies": no more outputs, is_running False
     accept: bool = True
     running: bool = True
+    token_delay_s: float = 0.0  # between tokens (0: one token per loop turn)
+    delivered: int = 0  # outputs handed to handlers, all requests
     handlers: dict[str, Callable[[Any], None]] = field(default_factory=dict)
     added: list[tuple[str, list[int], int, dict[str, Any]]] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
@@ -100,7 +102,7 @@ class ScriptedManager:
         generated: list[int] = []
         script = self.script[:max_new_tokens]
         for token in script:
-            await asyncio.sleep(0)
+            await asyncio.sleep(self.token_delay_s)
             if request_id in self.cancelled:
                 return
             if self.go_silent_after is not None and len(generated) >= self.go_silent_after:
@@ -118,6 +120,7 @@ class ScriptedManager:
     def _deliver(self, output: Output) -> None:
         handler = self.handlers.get(output.request_id)
         if handler is not None:
+            self.delivered += 1
             handler(output)
             if output.is_finished():
                 del self.handlers[output.request_id]
@@ -142,7 +145,7 @@ class ScriptedManager:
 INFO = EngineInfo(kind="transformers", model="scripted", prompt_format=PromptFormat.GORILLA_V0, max_model_len=64)
 
 
-def make_engine(manager: ScriptedManager) -> TransformersEngine:
+def make_engine(manager: ScriptedManager, **options: Any) -> TransformersEngine:
     return TransformersEngine(
         manager=manager,
         tokenizer=ByteTokenizer(),
@@ -150,6 +153,7 @@ def make_engine(manager: ScriptedManager) -> TransformersEngine:
         eos_token_ids=[EOS],
         vocab_size=258,
         poll_interval_s=0.05,
+        **options,
     )
 
 
@@ -295,3 +299,62 @@ async def test_a_seed_is_passed_on_where_the_manager_samples_seeded() -> None:
 async def test_count_tokens_counts_as_the_stream_does() -> None:
     engine = make_engine(ScriptedManager([]))
     assert engine.count_tokens("hi") == 3
+
+
+# -- backpressure: a consumer that does not drain ---------------------------------------------------
+
+
+async def test_the_manager_never_runs_far_ahead_of_a_consumer_that_stopped_taking() -> None:
+    script = tokens("x" * 60)
+    manager = ScriptedManager(script)
+    engine = make_engine(manager, max_tokens_ahead=8)
+    stream = engine.stream(req(max_tokens=60))
+    first = await anext(stream)  # then the consumer stops taking
+    for _ in range(200):
+        if manager.cancelled:
+            break
+        await asyncio.sleep(0)
+    assert manager.cancelled == [manager.added[0][0]]  # cancelled in the manager, not run to the end
+    assert manager.delivered <= first.completion_tokens + 8 + 1
+    flight = next(iter(engine._in_flight.values()), None)
+    assert flight is None  # released: no bookkeeping, no handler left behind
+    assert manager.handlers == {}
+    rest = [o async for o in stream]
+    assert rest[-1].finish_reason is FinishReason.CANCELLED
+    text = first.text_delta + "".join(o.text_delta for o in rest)
+    assert text == "x" * len(text) and len(text) <= first.completion_tokens + 8 + 1
+    assert engine.num_in_flight == 0
+
+
+async def test_a_stalled_consumer_is_ended_past_the_stall_timeout() -> None:
+    manager = ScriptedManager(tokens("y" * 60), token_delay_s=0.01)
+    engine = make_engine(manager, max_tokens_ahead=1000, stall_timeout_s=0.1)
+    stream = engine.stream(req(max_tokens=60))
+    await anext(stream)
+    await asyncio.sleep(0.3)  # takes nothing for longer than the stall timeout
+    assert manager.cancelled == [manager.added[0][0]]
+    assert manager.delivered < 55  # the script's 60 tokens take 0.6 s: it was cut short
+    outputs = [o async for o in stream]
+    assert outputs[-1].finish_reason is FinishReason.CANCELLED
+    assert engine.num_in_flight == 0 and manager.handlers == {}
+
+
+async def test_a_slow_consumer_holds_one_output_not_one_per_token() -> None:
+    manager = ScriptedManager(tokens("z" * 40))
+    engine = make_engine(manager, max_tokens_ahead=1000)
+    stream = engine.stream(req(max_tokens=40))
+    await anext(stream)
+    for _ in range(100):
+        await asyncio.sleep(0)
+    flight = engine._in_flight["r"]
+    assert manager.delivered >= 30 and len(flight.pending) == 1  # the newest output only
+    outputs = [o async for o in stream]
+    assert outputs[-1].finish_reason is FinishReason.LENGTH
+    assert "".join(o.text_delta for o in outputs) == "z" * 39  # with the first delta: all 40
+
+
+async def test_a_consumer_that_drains_is_never_cut() -> None:
+    engine = make_engine(ScriptedManager(tokens("w" * 50)), max_tokens_ahead=4, stall_timeout_s=0.5)
+    outputs = await collect(engine, req(max_tokens=50))
+    assert "".join(o.text_delta for o in outputs) == "w" * 50
+    assert outputs[-1].finish_reason is FinishReason.LENGTH

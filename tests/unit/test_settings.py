@@ -37,6 +37,12 @@ def test_bool_flags_and_env() -> None:
         ([], {"APIHELPER_PORT": "not-a-number"}),
         (["--device", "tpu"], {}),
         (["--default-top-k", "0"], {}),
+        (["--max-deadline-seconds", "100"], {}),  # below default_deadline_seconds (300)
+        (["--stream-stall-timeout-seconds", "0"], {}),
+        (["--max-streams-per-connection", "0"], {}),
+        ([], {"APIHELPER_MAX_HEALTH_WATCHES": "0"}),
+        (["--health-watch-timeout-seconds", "-1"], {}),
+        (["--max-connection-age-seconds", "-5"], {}),
     ],
 )
 def test_bad_settings_are_configuration_errors(argv: list[str], env: dict[str, str]) -> None:
