@@ -146,5 +146,5 @@ async def test_error_details_quoting_huge_values_keep_their_status() -> None:
         request = pb.RetrieveRequest(instruction="q", retrieval=pb.RetrievalOptions(corpora=["😀" * 3000]))
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await pb_grpc.ApiHelperStub(channel).Retrieve(request, timeout=5)
-        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
         assert "retrieval.corpora" in (info.value.details() or "")
