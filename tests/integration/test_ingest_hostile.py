@@ -3,8 +3,10 @@
 subprocess, and the test checks that
 
 - it exits 3 (partial), naming each hostile file and the limit it hit;
-- its peak RSS stays under a cap (a normal ingest of small corpora peaks near 700 MiB; before
-  the limits, these inputs took 2.2 to more than 8 GiB) and it ends within a load-scaled time;
+- its peak RSS stays under a cap: what an ingest of the good corpora alone peaks at on this
+  machine, measured in the same session (near 750 MiB, most of it torch and MiniLM), plus 512
+  MiB (before the limits, these inputs took 2.2 to more than 8 GiB); and it ends within a
+  load-scaled time;
 - every good corpus, and every good file beside a hostile one, is searchable afterwards, and
   nothing outside a directory corpus came in through a symlink.
 """
@@ -31,8 +33,8 @@ from apihelper.retriever.types import RetrievalMode
 from tests.support import FakeEmbedder, budget
 
 BUILD = Path(sys.executable).parent / "apihelper-build"
-RSS_CAP_BYTES = 1536 * 1024 * 1024
 MIB = 1024 * 1024
+RSS_ALLOWANCE_BYTES = 512 * MIB  # what the hostile inputs may add to a good ingest's peak
 
 
 # ---------------------------------------------------------------------------------- generators
@@ -204,6 +206,19 @@ def run_ingest(args: list[str], timeout_s: float) -> Run:
 
 
 @pytest.fixture(scope="module")
+def baseline_rss(tmp_path_factory: pytest.TempPathFactory) -> int:
+    """The peak RSS of an ingest of the good corpora alone, the same way (the cap's base)."""
+    root = tmp_path_factory.mktemp("baseline")
+    (root / "zoo.yaml").write_text(GOOD_SPEC)
+    (root / "tools.json").write_text(json.dumps(GOOD_TOOLS))
+    args = [str(BUILD), "ingest", "--quiet", "--milvus-uri", str(root / "milvus.db")]
+    args += ["--corpus", f"zoo={root / 'zoo.yaml'}", "--corpus", f"tools={root / 'tools.json'}"]
+    run = run_ingest(args, timeout_s=budget(240))
+    assert run.returncode == 0, run.stdout + run.stderr[-4000:]
+    return run.peak_rss_bytes
+
+
+@pytest.fixture(scope="module")
 def hostile_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, Path, dict[str, Path]]:
     root = tmp_path_factory.mktemp("hostile")
     files: dict[str, Path] = {
@@ -256,12 +271,17 @@ def hostile_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, Path, di
     return run, db, files
 
 
-def test_exits_3_within_the_memory_and_time_caps(hostile_run: tuple[Run, Path, dict[str, Path]]) -> None:
+def test_exits_3_within_the_memory_and_time_caps(
+    hostile_run: tuple[Run, Path, dict[str, Path]], baseline_rss: int
+) -> None:
     run, _, _ = hostile_run
     assert run.returncode == 3, run.stdout + run.stderr[-4000:]
     assert "Traceback" not in run.stderr, run.stderr[-4000:]
-    assert run.peak_rss_bytes < RSS_CAP_BYTES, f"peak RSS {run.peak_rss_bytes / MIB:.0f} MiB"
-    print(f"hostile ingest: peak RSS {run.peak_rss_bytes / MIB:.0f} MiB, {run.seconds:.1f} s")
+    peak, base = run.peak_rss_bytes / MIB, baseline_rss / MIB
+    assert run.peak_rss_bytes < baseline_rss + RSS_ALLOWANCE_BYTES, (
+        f"peak RSS {peak:.0f} MiB, good corpora {base:.0f} MiB"
+    )
+    print(f"hostile ingest: peak RSS {peak:.0f} MiB (good corpora alone {base:.0f} MiB), {run.seconds:.1f} s")
 
 
 def _lines_naming(stderr: str, name: str) -> list[str]:
