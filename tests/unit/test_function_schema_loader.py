@@ -188,3 +188,32 @@ def test_bfcl_builder_refuses_a_ground_truth_it_cannot_find() -> None:
     with pytest.raises(ValueError, match="not among its functions"):
         build(lines, {"a": {"ground_truth": [{"nope": {}}]}})
     assert user_text([[{"role": "user", "content": " a "}], [{"role": "assistant", "content": "b"}]]) == "a"
+
+
+def test_function_schemas_become_allowed_calls_in_both_prompt_families(tmp_path: Path) -> None:
+    """The call grammar's view of a tool definition: its name with its properties as keyword
+    arguments (BFCL's type names read as JSON Schema's), for gorilla_v0 and the JSON formats."""
+    from apihelper.service.answers.allowed_calls import allowed_calls
+    from apihelper.service.answers.grammar import CallKind, ParamWhere, ValueType
+    from apihelper.service.prompts import PromptFormat
+
+    tool = {
+        "name": "get_weather",
+        "description": "Current weather of a city.",
+        "parameters": {
+            "type": "dict",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}, "unit": {"type": "float"}},
+            "required": ["city"],
+        },
+    }
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps([tool]), encoding="utf-8")
+    _, loaded = load_corpus(path, CorpusFormat.FUNCTIONS)
+    for fmt, kind in ((PromptFormat.GORILLA_V0, CallKind.PYTHON), (PromptFormat.CHAT_TOOLS, CallKind.FUNCTION)):
+        (call,) = allowed_calls(fmt, loaded.docs)
+        assert (call.name, call.kind) == ("get_weather", kind)
+        params = {p.name: p for p in call.params}
+        assert set(params) == {"city", "days", "unit"}
+        assert params["city"].required and not params["days"].required
+        assert all(p.where is ParamWhere.KEYWORD for p in call.params)
+        assert params["unit"].types == (ValueType.NUMBER,)  # BFCL's "float"
