@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from apihelper.build.evaluation.questions import user_text
 from apihelper.retriever.loaders.function_schema import assign_keys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,16 +43,6 @@ class BuiltSet:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def user_text(turns: Any) -> str:
-    """The user turns' contents of a BFCL ``question`` (a list of turn lists), newline-joined."""
-    texts: list[str] = []
-    for turn in turns if isinstance(turns, list) else []:
-        for message in turn if isinstance(turn, list) else [turn]:
-            if isinstance(message, Mapping) and message.get("role") == "user":
-                texts.append(str(message.get("content", "")).strip())
-    return "\n".join(t for t in texts if t)
 
 
 def pooled_definitions(lines: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -778,6 +778,25 @@ def _unknown_name_reason(what: str, name: str, known: Sequence[str]) -> str:
     return f"unknown {what} '{name}'{hint}"
 
 
+def _named_args(
+    call: ParsedCall, order: Sequence[str], given: set[str], reasons: list[str], notes: list[str]
+) -> Iterator[tuple[Argument, str]]:
+    """The call's arguments with the parameter name each one binds to, positional ones taking
+    ``order``. ``*args``/``**kwargs`` mark every parameter given (with a note) and a positional
+    argument past the end is a reason; neither is yielded."""
+    for arg in call.args:
+        if arg.where in (ArgWhere.STAR, ArgWhere.STAR_STAR):
+            notes.append("*args/**kwargs in the call: arguments not fully checked")
+            given.update(order)
+        elif arg.where is ArgWhere.POSITIONAL:
+            if arg.position >= len(order):
+                reasons.append(f"too many positional arguments for {call.name}")
+            else:
+                yield arg, order[arg.position]
+        else:
+            yield arg, arg.name
+
+
 def _check_rest_function_call(call: ParsedCall, doc: ApiDoc, op: RestOperation, retrieved: ApiCatalog) -> CallCheck:
     """An openfunctions call of a REST operation's function (``session_create_from_params(...)``):
     keyword arguments are the function schema's properties, whatever their location."""
@@ -787,18 +806,7 @@ def _check_rest_function_call(call: ParsedCall, doc: ApiDoc, op: RestOperation, 
     by_arg.update({p.name: p for p in op.params if p.name not in by_arg})
     order = [p.arg_name for p in op.params]
     given: set[str] = set()
-    for arg in call.args:
-        if arg.where in (ArgWhere.STAR, ArgWhere.STAR_STAR):
-            notes.append("*args/**kwargs in the call: arguments not fully checked")
-            given.update(order)
-            continue
-        if arg.where is ArgWhere.POSITIONAL:
-            if arg.position >= len(order):
-                reasons.append(f"too many positional arguments for {call.name}")
-                continue
-            name = order[arg.position]
-        else:
-            name = arg.name
+    for arg, name in _named_args(call, order, given, reasons, notes):
         param = by_arg.get(name)
         if param is None:
             if not op.body_opaque:
@@ -827,18 +835,7 @@ def _check_schema_call(call: ParsedCall, doc: ApiDoc, retrieved: ApiCatalog) -> 
     reasons: list[str] = []
     notes: list[str] = [f"{call.name} is {doc.key}"] if doc.key != call.name else []
     given: set[str] = set()
-    for arg in call.args:
-        if arg.where in (ArgWhere.STAR, ArgWhere.STAR_STAR):
-            notes.append("*args/**kwargs in the call: arguments not fully checked")
-            given.update(order)
-            continue
-        if arg.where is ArgWhere.POSITIONAL:
-            if arg.position >= len(order):
-                reasons.append(f"too many positional arguments for {call.name}")
-                continue
-            name = order[arg.position]
-        else:
-            name = arg.name
+    for arg, name in _named_args(call, order, given, reasons, notes):
         if name not in props:
             reasons.append(_unknown_name_reason("parameter", name, order))
             continue

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from apihelper.bench.retrieval.bfcl_corpus import build, user_text
+from apihelper.bench.retrieval.bfcl_corpus import build
+from apihelper.build.evaluation.questions import user_text
 from apihelper.errors import CorpusLoadError
 from apihelper.retriever.doc_kinds import json_schema
 from apihelper.retriever.loaders import detect_format, load_corpus
