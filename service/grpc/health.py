@@ -64,9 +64,10 @@ class BoundedHealthServicer(health.aio.HealthServicer):
                 code = grpc.StatusCode.RESOURCE_EXHAUSTED
                 await context.abort(code, f"{self.watching} health watches open, the limit is {self._max_watches}")
             self.watching += 1
+            ends = asyncio.get_running_loop().time() + self._watch_timeout
             try:
-                async with asyncio.timeout(self._watch_timeout):
-                    await self._follow(request.service, context)
+                async with asyncio.timeout_at(ends):
+                    await self._follow(request.service, context, ends)
             except TimeoutError:
                 # The watch's time is up: end with OK, the client watches again; or, when a write
                 # still waits for the client, drop the call (no status can follow that write).
@@ -86,8 +87,8 @@ class BoundedHealthServicer(health.aio.HealthServicer):
         finally:
             self._recorder.rpc_finished("Watch", code.name, time.perf_counter() - started)
 
-    async def _follow(self, service: str, context: Any) -> None:
-        """Write ``service``'s status now and after every change, until cancelled."""
+    async def _follow(self, service: str, context: Any, ends: float) -> None:
+        """Write ``service``'s status now and after every change, until cancelled (at ``ends``)."""
         condition = self._state._server_watchers[service]
         self._state._watcher_count_by_service[service] += 1
         try:
@@ -95,7 +96,8 @@ class BoundedHealthServicer(health.aio.HealthServicer):
             while True:
                 status = self._state._server_status.get(service, _UNKNOWN)
                 if status != last:
-                    await write_within(context, health_pb2.HealthCheckResponse(status=status), self._stall_timeout)
+                    response = health_pb2.HealthCheckResponse(status=status)
+                    await write_within(context, response, self._stall_timeout, deadline=ends)
                     last = status
                 async with condition:
                     # Re-read under the lock: a change between the write and here is not missed.

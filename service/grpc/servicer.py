@@ -13,6 +13,9 @@ its Generate slot. No status can reach such a client (its window is shut), so no
 HTTP/2 stream itself lingers in the transport until the connection closes (a peer that stops
 reading stops answering keepalive pings; at the latest ``max_connection_age_seconds`` plus
 ``max_deadline_seconds``), at most ``max_streams_per_connection`` of them per connection.
+When the server's own deadline lands during a write, the write is first given a moment to be
+taken: a client that reads gets DEADLINE_EXCEEDED; only one whose write flow control still holds
+is dropped without a status.
 """
 
 from __future__ import annotations
@@ -41,27 +44,63 @@ class StreamStalled(Exception):
     """A write waited longer than the stall timeout: the client is not reading."""
 
 
-# Tasks whose write was interrupted (a deadline, a cancellation) before the message was taken:
+# How long a write that the caller's own deadline interrupts may still take to be handed to the
+# transport. A client that reads has a window open and its message goes at once; only a write
+# that flow control holds is still waiting after this.
+WRITE_SETTLE_SECONDS = 1.0
+
+# Tasks whose write the deadline interrupted and flow control still held after the settle time:
 # their call has a send in progress that never completes, so no status can follow it.
 _BLOCKED_WRITES: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
 
 
-async def write_within(context: grpc.aio.ServicerContext[Any, Any], message: Any, seconds: float) -> None:
-    """``context.write(message)``, or :class:`StreamStalled` once it has waited ``seconds``."""
+async def write_within(
+    context: grpc.aio.ServicerContext[Any, Any], message: Any, seconds: float, *, deadline: float | None = None
+) -> None:
+    """``context.write(message)``, or :class:`StreamStalled` once it has waited ``seconds``.
+
+    ``deadline`` is the loop time at which the caller's own timeout cancels it (``None``: none).
+    When that lands during the write, the cancellation is re-raised only once the write has
+    settled: it is given up to :data:`WRITE_SETTLE_SECONDS` (within ``seconds``) to be taken. A
+    write still waiting then is held by flow control, and :func:`write_blocked` tells the
+    caller, which must not send a status after it. Without the wait, every deadline that lands
+    while an ordinary message is on its way would look like a client that does not read, and
+    that client would get no status at all.
+    """
+    loop = asyncio.get_running_loop()
+    if deadline is None or deadline - loop.time() > seconds:
+        # The write is taken, or stalls, before the deadline can land on it: no task needed
+        # (the common case; a cancellation here is the client going away, which wants no status).
+        try:
+            async with asyncio.timeout(seconds):
+                await context.write(message)
+        except TimeoutError:
+            raise StreamStalled from None
+        return
+    give_up = loop.time() + seconds
+    write = asyncio.ensure_future(context.write(message))
     try:
-        async with asyncio.timeout(seconds):
-            await context.write(message)
+        async with asyncio.timeout_at(give_up):
+            await asyncio.shield(write)
     except TimeoutError:
+        write.cancel()
         raise StreamStalled from None
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None:
-            _BLOCKED_WRITES.add(task)
+        try:
+            await asyncio.wait({write}, timeout=max(0.0, min(WRITE_SETTLE_SECONDS, give_up - loop.time())))
+        finally:  # a second cancellation ends the wait too
+            if not write.done():
+                write.cancel()
+                task = asyncio.current_task()
+                if task is not None:
+                    _BLOCKED_WRITES.add(task)
+            elif not write.cancelled():
+                write.exception()  # retrieved: a write to a client that went away fails, the cancellation says why
         raise
 
 
 def write_blocked() -> bool:
-    """Whether this task's last write was interrupted before it completed (and forget it)."""
+    """Whether this task's last write was interrupted and flow control still held it (and forget it)."""
     task = asyncio.current_task()
     if task is None or task not in _BLOCKED_WRITES:
         return False
@@ -84,8 +123,9 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
         self._on_unavailable = core.health.recheck_soon
 
     @contextlib.asynccontextmanager
-    async def _rpc(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
-        """Record the RPC's outcome and turn errors into a status (mid-stream ones too)."""
+    async def _rpc(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[float | None]:
+        """Record the RPC's outcome and turn errors into a status (mid-stream ones too). Yields
+        the loop time of the server's own deadline for the call (``None``: the client's holds)."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         self._recorder.rpc_started(name)
@@ -101,9 +141,10 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
         else:
             own_deadline = None
             reason = ""
+        deadline = None if own_deadline is None else asyncio.get_running_loop().time() + own_deadline
         try:
-            async with asyncio.timeout(own_deadline):
-                yield
+            async with asyncio.timeout_at(deadline):
+                yield deadline
         except TimeoutError:
             exc = DeadlineExceededError(reason)
             code = status_code(exc)
@@ -135,12 +176,13 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
     async def Generate(  # type: ignore[override]  # writes with context.write, under the stall timeout
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[pb.GenerateRequest, pb.GenerateResponse]
     ) -> None:
-        async with self._rpc("Generate", context):
+        async with self._rpc("Generate", context) as deadline:
             with self._streams.admit():  # over the limit: RESOURCE_EXHAUSTED at once
                 params = convert.generate_params(request, self._limits)
                 async with contextlib.aclosing(self._pipeline.generate(params)) as events:
                     async for event in events:
-                        await write_within(context, convert.generate_response(event), self._stall_timeout)
+                        response = convert.generate_response(event)
+                        await write_within(context, response, self._stall_timeout, deadline=deadline)
 
     async def Retrieve(
         self, request: pb.RetrieveRequest, context: grpc.aio.ServicerContext[pb.RetrieveRequest, pb.RetrieveResponse]
