@@ -68,16 +68,16 @@ async def write_within(
     that client would get no status at all.
     """
     loop = asyncio.get_running_loop()
-    if deadline is None or deadline - loop.time() > seconds:
+    give_up = loop.time() + seconds
+    if deadline is None or deadline > give_up:
         # The write is taken, or stalls, before the deadline can land on it: no task needed
         # (the common case; a cancellation here is the client going away, which wants no status).
         try:
-            async with asyncio.timeout(seconds):
+            async with asyncio.timeout_at(give_up):  # fires before the deadline's timer
                 await context.write(message)
         except TimeoutError:
             raise StreamStalled from None
         return
-    give_up = loop.time() + seconds
     write = asyncio.ensure_future(context.write(message))
     try:
         async with asyncio.timeout_at(give_up):
