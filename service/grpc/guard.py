@@ -53,6 +53,26 @@ class _Undecodable:
 UNDECODABLE = _Undecodable()
 
 
+class CallCount:
+    """One call in ``apihelper_requests_total``: started when made, finished once.
+
+    ``context.abort`` sends the status before it raises, so a handler that aborts finishes its
+    count first: a client that has its status finds the call counted (a ``finally`` would count
+    it only after the status went out)."""
+
+    def __init__(self, recorder: Recorder, rpc: str) -> None:
+        self._recorder = recorder
+        self._rpc = rpc
+        self._started = time.perf_counter()
+        self._finished = False
+        recorder.rpc_started(rpc)
+
+    def finish(self, code: grpc.StatusCode) -> None:
+        if not self._finished:
+            self._finished = True
+            self._recorder.rpc_finished(self._rpc, code.name, time.perf_counter() - self._started)
+
+
 def count_refusal(recorder: Recorder, rpc: str, code: grpc.StatusCode) -> None:
     """Count a call that ends at once, before any servicer ran."""
     recorder.rpc_started(rpc)
@@ -90,9 +110,8 @@ def _counted_stream(
         return handler  # client streaming with one reply: none is served
 
     async def stream_stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        started = time.perf_counter()
+        count = CallCount(recorder, rpc)
         code = grpc.StatusCode.OK
-        recorder.rpc_started(rpc)
         try:
             result = behaviour(requests, context)
             if inspect.isasyncgen(result):
@@ -106,6 +125,7 @@ def _counted_stream(
         except DecodeError:  # a streamed request that is not the method's message
             code = grpc.StatusCode.INVALID_ARGUMENT
             log.info("%s: a request did not decode (%s)", rpc, context.peer())
+            count.finish(code)
             await context.abort(code, "a request is not a valid message of this method")
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
@@ -114,7 +134,7 @@ def _counted_stream(
             code = grpc.StatusCode.UNKNOWN  # a bug in the handler: grpc logs it and says UNKNOWN
             raise
         finally:
-            recorder.rpc_finished(rpc, code.name, time.perf_counter() - started)
+            count.finish(code)
 
     return grpc.stream_stream_rpc_method_handler(
         stream_stream,

@@ -15,12 +15,12 @@ open to unauthenticated clients (load balancers), so here:
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2
 
+from apihelper.service.grpc.guard import CallCount
 from apihelper.service.grpc.servicer import StreamStalled, write_blocked, write_within
 from apihelper.service.metrics import Recorder
 
@@ -45,23 +45,23 @@ class BoundedHealthServicer(health.aio.HealthServicer):
         return self
 
     async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:
-        started = time.perf_counter()
+        count = CallCount(self._recorder, "Check")
         code = grpc.StatusCode.OK
-        self._recorder.rpc_started("Check")
         try:
             if request.service not in self._state._server_status:
                 code = grpc.StatusCode.NOT_FOUND
+                count.finish(code)  # the reference servicer aborts
             return await super().Check(request, context)
         finally:
-            self._recorder.rpc_finished("Check", code.name, time.perf_counter() - started)
+            count.finish(code)
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
-        started = time.perf_counter()
+        count = CallCount(self._recorder, "Watch")
         code = grpc.StatusCode.OK
-        self._recorder.rpc_started("Watch")
         try:
             if self.watching >= self._max_watches:
                 code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                count.finish(code)
                 await context.abort(code, f"{self.watching} health watches open, the limit is {self._max_watches}")
             self.watching += 1
             ends = asyncio.get_running_loop().time() + self._watch_timeout
@@ -85,7 +85,7 @@ class BoundedHealthServicer(health.aio.HealthServicer):
                 code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            self._recorder.rpc_finished("Watch", code.name, time.perf_counter() - started)
+            count.finish(code)
 
     async def _follow(self, service: str, context: Any, ends: float) -> None:
         """Write ``service``'s status now and after every change, until cancelled (at ``ends``)."""

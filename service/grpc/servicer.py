@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import weakref
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,6 +33,7 @@ from apihelper.errors import DeadlineExceededError
 from apihelper.grpc_status import status_code
 from apihelper.service.core import Core
 from apihelper.service.grpc import convert, status
+from apihelper.service.grpc.guard import CallCount
 from apihelper.v1 import apihelper_pb2 as pb
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
 
@@ -126,9 +126,8 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
     async def _rpc(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[float | None]:
         """Record the RPC's outcome and turn errors into a status (mid-stream ones too). Yields
         the loop time of the server's own deadline for the call (``None``: the client's holds)."""
-        started = time.perf_counter()
+        count = CallCount(self._recorder, name)
         code = grpc.StatusCode.OK
-        self._recorder.rpc_started(name)
         # A call without a deadline gets the server's default, one with a longer deadline than
         # the server allows gets the maximum: nothing can hold a stream forever.
         remaining = context.time_remaining()
@@ -151,6 +150,7 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
             if write_blocked():  # the deadline passed while a write waited for the client
                 log.info("%s: %s while the client took nothing; the stream ends", name, reason)
                 raise asyncio.CancelledError from None  # no status can follow that write
+            count.finish(code)
             await status.abort(context, exc)
         except StreamStalled:
             # The client takes nothing: no status can reach it. Leaving as cancelled lets grpc
@@ -169,9 +169,10 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
             code = status_code(exc)
             if code is grpc.StatusCode.UNAVAILABLE:
                 self._on_unavailable()
+            count.finish(code)
             await status.abort(context, exc)
         finally:
-            self._recorder.rpc_finished(name, code.name, time.perf_counter() - started)
+            count.finish(code)
 
     async def Generate(  # type: ignore[override]  # writes with context.write, under the stall timeout
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[pb.GenerateRequest, pb.GenerateResponse]
