@@ -29,11 +29,17 @@ from apihelper.retriever.types import ApiDoc, CorpusInfo, RetrievalMode, Retriev
 
 log = logging.getLogger(__name__)
 
+# How long the corpus list is reused: a corpus ingested by another process is searched by a
+# request that names no corpus within this long (one that names it is searched at once).
+DEFAULT_CORPORA_TTL_SECONDS = 5.0
+
 
 class MilvusRetriever:
     """Retriever over the apihelper collections of one Milvus, with one embedding model."""
 
-    def __init__(self, store: MilvusStore, embedder: TextEmbedder, *, corpora_ttl_s: float = 5.0) -> None:
+    def __init__(
+        self, store: MilvusStore, embedder: TextEmbedder, *, corpora_ttl_s: float = DEFAULT_CORPORA_TTL_SECONDS
+    ) -> None:
         self._store = store
         self._embedder = embedder
         self._ttl = corpora_ttl_s
@@ -201,7 +207,7 @@ async def open_retriever(
     token: str | None = None,
     embedder: TextEmbedder | None = None,
     *,
-    corpora_ttl_s: float = 5.0,
+    corpora_ttl_s: float = DEFAULT_CORPORA_TTL_SECONDS,
     timeout_s: float = 10.0,
     warm_up: bool = True,
     query_adapter: str | Path = "bundled",
