@@ -326,3 +326,38 @@ def test_images_run_unprivileged_with_a_healthcheck(dockerfile: str) -> None:
     assert users[-1].split(":")[0] == str(base["spec"]["template"]["spec"]["securityContext"]["runAsUser"])
     (healthcheck,) = [i for i in instructions if i.startswith("HEALTHCHECK ")]
     assert f"127.0.0.1:{Settings().port}" in healthcheck and "health" in healthcheck
+
+
+# ---------------------------------------------------------------------------------- Backend.AI
+
+
+def test_backend_ai_model_service_serves_the_settings_it_ships() -> None:
+    """deploy/backend.ai: the model definition has the fields Backend.AI requires, starts
+    apihelper-serve on the settings file next to it (read by the server's own loader), routes to
+    the HTTP port those settings open and health-checks readiness there."""
+    import tomllib
+
+    folder = ROOT / "deploy" / "backend.ai"
+    (model,) = yaml.safe_load((folder / "model-definition.yaml").read_text())["models"]
+    assert model["name"] and model["model_path"].startswith("/")
+    service = model["service"]
+    command = service["start_command"]
+    assert command[0] == "apihelper-serve"
+    config = command[command.index("--config") + 1]
+    # The settings file is in the model folder, which Backend.AI mounts at model_path.
+    assert config.startswith(model["model_path"].rstrip("/") + "/")
+    local = folder / config[len(model["model_path"].rstrip("/")) + 1 :]
+    settings = load_settings([*command[1 : command.index("--config")], "--config", str(local)], {})
+    assert settings.host == "0.0.0.0" and service["port"] == settings.http_port
+    assert settings.model.startswith(model["model_path"].rstrip("/") + "/")
+    check = service["health_check"]
+    assert check["path"] == "/readyz" and check["expected_status_code"] == 200
+    assert check["initial_delay"] >= 60 and check["max_wait_time"] > 0
+    assert {a["action"] for a in service.get("pre_start_actions", [])} <= {
+        "write_file", "write_tempfile", "run_command", "mkdir", "log"
+    }  # fmt: skip
+
+    definition = tomllib.loads((folder / "service-definition.toml").read_text())
+    environment = definition["custom"]["environment"]
+    assert environment["image"] and environment["architecture"] in ("x86_64", "aarch64")
+    assert definition["custom"]["resource_slots"]["cpu"] >= 1

@@ -262,6 +262,7 @@ async def _scenario(replicas: list[Replica], lite: LiteServer, corpus_file: Path
 
         # 2. SIGTERM to B with a stream of its own in flight: it finishes whole; B exits 0.
         await _completed(scenario, SIGTERM_AFTER)
+        sent = time.monotonic()
         channel_b, long_b = await _long_stream_in_flight(f"127.0.0.1:{b.port}")
         async with channel_b:
             b.process.send_signal(signal.SIGTERM)
@@ -269,6 +270,8 @@ async def _scenario(replicas: list[Replica], lite: LiteServer, corpus_file: Path
             rest = await _read_rest(long_b)
             assert rest and rest[-1].HasField("completion"), "B's stream in flight did not finish whole"
             assert rest[-1].completion.model == b.name
+            # It went on generating after the signal: drained, not already done.
+            assert rest[-1].completion.timings.total_ms > (scenario.sigterm_at - sent) * 1000
         assert await asyncio.to_thread(b.process.wait, budget(120)) == 0, b.log.read_text()
 
         # 3. SIGKILL to C with a stream of its own in flight: that stream fails with UNAVAILABLE.
