@@ -13,9 +13,11 @@ server exports.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +31,8 @@ from tests.conftest import Serving
 from tests.support import ROOT
 
 K8S = ROOT / "deploy" / "k8s"
-OVERLAYS = ("cpu", "gpu")
+# The overlays, and the cpu overlay with the optional queue-depth HPA component.
+OVERLAYS = ("cpu", "gpu", "cpu+queue-depth-hpa")
 KUBERNETES_VERSION = "1.32.0"
 NO_SCHEMA = {"ScaledObject", "ServiceMonitor"}  # CRDs: checked by the tests below instead
 # What the server may need after preStop and the streams' grace: the engine's shutdown.
@@ -50,15 +53,26 @@ def _kubectl() -> str:
 _RENDERED: dict[str, list[Doc]] = {}
 
 
-def render(overlay: str) -> list[Doc]:
-    """``kubectl kustomize deploy/k8s/overlays/<overlay>``, parsed (once per session)."""
-    if overlay not in _RENDERED:
-        done = subprocess.run(
-            [_kubectl(), "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, timeout=300
-        )
+def render(variant: str) -> list[Doc]:
+    """``kubectl kustomize`` of an overlay (``cpu``), or of an overlay with components
+    (``cpu+queue-depth-hpa``: what a user's kustomization listing them renders), parsed, once."""
+    if variant not in _RENDERED:
+        overlay, *components = variant.split("+")
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            relative = Path(os.path.relpath(K8S, root))
+            kustomization = {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [str(relative / "overlays" / overlay)],
+                "components": [str(relative / "components" / c) for c in components],
+            }
+            (root / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+            target = root if components else K8S / "overlays" / overlay
+            done = subprocess.run([_kubectl(), "kustomize", str(target)], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
-        _RENDERED[overlay] = [d for d in yaml.safe_load_all(done.stdout) if d]
-    return copy.deepcopy(_RENDERED[overlay])
+        _RENDERED[variant] = [d for d in yaml.safe_load_all(done.stdout) if d]
+    return copy.deepcopy(_RENDERED[variant])
 
 
 def one(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
@@ -131,7 +145,7 @@ def test_overlay_renders_and_validates_against_the_kubernetes_schemas(overlay: s
     kinds = {d["kind"] for d in docs}
     assert {"Deployment", "Service", "PodDisruptionBudget", "ServiceMonitor", "NetworkPolicy", "Job"} <= kinds
     assert {"ConfigMap", "Secret"} <= kinds
-    assert ("HorizontalPodAutoscaler" if overlay == "cpu" else "ScaledObject") in kinds
+    assert ("HorizontalPodAutoscaler" if overlay.startswith("cpu") else "ScaledObject") in kinds
 
 
 def test_the_schema_check_is_strict() -> None:
@@ -298,14 +312,15 @@ def autoscaler_metrics(overlay: str) -> set[str]:
     return names
 
 
-def test_the_gpu_overlay_scales_on_the_engine_queue() -> None:
+def test_autoscalers_scale_on_the_engine_queue() -> None:
     assert autoscaler_metrics("gpu") == {"apihelper_engine_waiting_requests"}
     assert autoscaler_metrics("cpu") == set()  # CPU use: the kubelet's, nothing of ours
+    assert autoscaler_metrics("cpu+queue-depth-hpa") == {"apihelper_engine_waiting_requests"}
 
 
 @pytest.mark.transformers5
 def test_every_metric_an_autoscaler_names_is_exported_by_a_live_server(serving: Serving) -> None:
-    named = autoscaler_metrics("cpu") | autoscaler_metrics("gpu")
+    named = set().union(*(autoscaler_metrics(variant) for variant in OVERLAYS))
     with urllib.request.urlopen(f"http://127.0.0.1:{serving.metrics_port}/metrics", timeout=30) as response:
         text = response.read().decode()
     exported = set(re.findall(r"^# TYPE (\S+) ", text, flags=re.MULTILINE))
