@@ -62,7 +62,7 @@ class IngestLimits:
 
     @staticmethod
     def describe() -> list[tuple[str, int, str]]:
-        """``(flag, default, what it bounds)`` for every limit: the CLI help and README table."""
+        """``(flag, default, what it bounds)`` for every limit: the CLI help and the table in docs/corpora.md."""
         return [(IngestLimits.flag(f.name), f.default, f.metadata["help"]) for f in fields(IngestLimits)]  # type: ignore[misc]
 
 

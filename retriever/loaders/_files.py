@@ -10,6 +10,8 @@ parsed within :class:`~apihelper.retriever.limits.IngestLimits`, and one wording
   (``"\\ud800"`` in JSON) so later UTF-8 encoding cannot fail.
 - :func:`problem_message` turns any exception met while loading a file into the one-line
   message of its ``LoadProblem``.
+
+A package's archive members are read the same way, by :mod:`apihelper.retriever.loaders._archives`.
 """
 
 from __future__ import annotations

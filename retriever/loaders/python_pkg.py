@@ -45,20 +45,17 @@ import dataclasses
 import fnmatch
 import io
 import json
-import os
 import re
 import sys
-import tarfile
 import tokenize
-import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from functools import partial
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from apihelper.retriever.doc_kinds import DocKind, FunctionSchema, PythonMetadata
 from apihelper.retriever.limits import DEFAULT_LIMITS, IngestLimits, LimitExceeded
-from apihelper.retriever.loaders._files import FileRefused, contained, problem_message, read_bytes
+from apihelper.retriever.loaders._archives import TAR_SUFFIXES, package_files, package_names
+from apihelper.retriever.loaders._files import contained, problem_message
 from apihelper.retriever.loaders._text import expanded_words, first_paragraphs, identifier_words, join_nonempty, trim
 from apihelper.retriever.types import ApiDoc, LoadProblem, LoadResult
 
@@ -111,135 +108,6 @@ _ARRAY_TYPES = {
 _OBJECT_TYPES = {"dict", "Dict", "Mapping", "MutableMapping", "TypedDict", "OrderedDict", "defaultdict"}
 _NONE_NAMES = {"None", "NoneType", "Undefined", "UndefinedType"}
 _UNWRAP_TYPES = {"Optional", "Annotated", "Final", "Required", "NotRequired", "ClassVar"}
-
-
-_TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz")
-
-# --------------------------------------------------------------------------------------------
-# Source enumeration: names first (cheap, counted), then each wanted file through a bounded reader
-
-
-def _sort_key(relpath: str) -> tuple[str, ...]:
-    return tuple(relpath.split("/"))
-
-
-def _package_names(path: Path, limits: IngestLimits, problems: list[LoadProblem]) -> list[str]:
-    """The ``.py`` paths inside a package ('/'-separated, in load order), entries counted
-    against ``limits.max_members``; raises LimitExceeded, OSError or an archive error."""
-    name = path.name.lower()
-    names: list[str] = []
-    if path.is_dir():
-        seen = 0
-
-        def walk_error(exc: OSError) -> None:
-            problems.append(LoadProblem(str(exc.filename or path), problem_message(exc)))
-
-        for folder, dirs, files in os.walk(path, onerror=walk_error):
-            seen += len(dirs) + len(files)
-            if seen > limits.max_members:
-                raise LimitExceeded(limits, "max_members", f"more than {limits.max_members} directory entries")
-            # Hidden and test/build folders hold no public modules; symlinked folders are not
-            # followed (inside the root their files are reached anyway; outside, never read).
-            dirs[:] = sorted(
-                d
-                for d in dirs
-                if not d.startswith(".") and d not in _SKIP_DIRS and not os.path.islink(os.path.join(folder, d))
-            )
-            rel_folder = Path(folder).relative_to(path)
-            for file in files:
-                if file.endswith(".py") and not file.startswith("."):
-                    names.append((rel_folder / file).as_posix())
-        return sorted(names, key=_sort_key)
-    if name.endswith((".whl", ".zip")):
-        declared = _zip_declared_entries(path)
-        if declared is not None and declared > limits.max_members:
-            raise LimitExceeded(limits, "max_members", f"an archive of {declared} members")
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-            if len(infos) > limits.max_members:
-                raise LimitExceeded(limits, "max_members", f"an archive of {len(infos)} members")
-            return [i.filename for i in infos if not i.is_dir() and i.filename.endswith(".py")]
-    if name.endswith(_TAR_SUFFIXES):
-        declared_bytes = 0
-        with tarfile.open(path) as tar:
-            for count, member in enumerate(tar, start=1):
-                if count > limits.max_members:
-                    raise LimitExceeded(limits, "max_members", f"more than {limits.max_members} archive members")
-                # A tar is read in one stream: every member's bytes are decompressed to skip it.
-                declared_bytes += max(member.size, 0)
-                if declared_bytes > limits.max_total_bytes:
-                    raise LimitExceeded(
-                        limits, "max_total_bytes", f"members of more than {limits.max_total_bytes} bytes"
-                    )
-                if member.isfile() and member.name.endswith(".py"):
-                    names.append(member.name)
-                _forget_members(tar)  # keep no headers: only names are needed here
-        return names
-    raise FileRefused("not a wheel, sdist, zip or directory")
-
-
-def _forget_members(archive: tarfile.TarFile) -> None:
-    """Drop the member headers a TarFile keeps while iterating (iteration goes on from the
-    stream's offset), so a tar of many members does not pile them up."""
-    archive.members = []  # type: ignore[attr-defined]  # set in TarFile.__init__, not in the stubs
-
-
-def _zip_declared_entries(path: Path) -> int | None:
-    """The member count a zip's end record declares, read before zipfile loads the whole
-    central directory (a small file can declare millions of entries)."""
-    end_record = getattr(zipfile, "_EndRecData", None)
-    if end_record is None:
-        return None
-    with path.open("rb") as handle:
-        record = end_record(handle)
-    if not record:
-        return None
-    return int(record[4])
-
-
-def _package_files(path: Path, names: Sequence[str], limits: IngestLimits) -> Iterator[tuple[str, Callable[[], bytes]]]:
-    """``(relpath, read)`` for each of ``names`` in archive order; ``read()`` returns the file's
-    bytes (at most ``limits.max_member_bytes``) or raises (LimitExceeded, FileRefused, OSError,
-    an archive error), and must be called before the next item is taken."""
-    wanted = set(names)
-    lower = path.name.lower()
-    if path.is_dir():
-        for relpath in names:
-            file = path / relpath
-            yield relpath, partial(read_bytes, file, limits, limit="max_member_bytes", root=path)
-    elif lower.endswith((".whl", ".zip")):
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                if info.filename in wanted and not info.is_dir():
-                    yield info.filename, partial(_read_zip_member, archive, info, limits)
-    else:
-        with tarfile.open(path) as archive:
-            for member in archive:
-                _forget_members(archive)
-                if member.isfile() and member.name in wanted:
-                    yield member.name, partial(_read_tar_member, archive, member, limits)
-
-
-def _read_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limits: IngestLimits) -> bytes:
-    cap = limits.max_member_bytes
-    if info.file_size > cap:
-        raise LimitExceeded(limits, "max_member_bytes", f"a member of {info.file_size} bytes")
-    with archive.open(info) as handle:
-        data = handle.read(cap + 1)  # never more than the cap, whatever the header claims
-    if len(data) > cap:
-        raise LimitExceeded(limits, "max_member_bytes", f"a member of more than {cap} bytes")
-    return data
-
-
-def _read_tar_member(archive: tarfile.TarFile, member: tarfile.TarInfo, limits: IngestLimits) -> bytes:
-    cap = limits.max_member_bytes
-    if member.size > cap:
-        raise LimitExceeded(limits, "max_member_bytes", f"a member of {member.size} bytes")
-    handle = archive.extractfile(member)
-    if handle is None:
-        return b""
-    with handle:
-        return handle.read(cap + 1)[: cap + 1]
 
 
 def _module_parts(relpath: str, strip_root: str | None, dir_package: str | None) -> list[str] | None:
@@ -879,7 +747,7 @@ def load_python_package(
     """
     problems: list[LoadProblem] = []
     try:
-        names = _package_names(path, limits, problems)
+        names = package_names(path, limits, problems, _SKIP_DIRS)
     except Exception as exc:  # too many members, not an archive, unreadable
         problems.append(LoadProblem(str(path), f"cannot read package: {problem_message(exc)}"))
         return LoadResult([], problems)
@@ -893,7 +761,7 @@ def load_python_package(
     strip_root: str | None = None
     if path.is_file() and len(first_parts) == 1 and all("/" in n for n in names):
         root = next(iter(first_parts))
-        if not root.isidentifier() or path.name.lower().endswith(_TAR_SUFFIXES):
+        if not root.isidentifier() or path.name.lower().endswith(TAR_SUFFIXES):
             strip_root = root
     # A directory that is itself a package (has __init__.py) names the top-level module.
     dir_package = path.name if path.is_dir() and (path / "__init__.py").is_file() else None
@@ -910,7 +778,7 @@ def load_python_package(
     docs: dict[str, ApiDoc] = {}
     total = 0
     try:
-        for relpath, read in _package_files(path, list(modules), limits):
+        for relpath, read in package_files(path, list(modules), limits):
             label = f"{path}!{relpath}" if path.is_file() else str(path / relpath)
             if len(docs) >= limits.max_docs:
                 problems.append(

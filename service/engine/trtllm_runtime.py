@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_KIND = "tensorrt-llm-engine"
 SUPPORTED_LINE = "1.2."
 INSTALL_HINT = (
-    "run the service in NVIDIA's TensorRT-LLM 1.2.x release container (see README 'Serving Gorilla on a GPU')"
+    "run the service in NVIDIA's TensorRT-LLM 1.2.x release container (see docs/serving.md, 'Serving Gorilla on a GPU')"
 )
 
 

@@ -4,7 +4,7 @@ real gRPC service. With ``constrain_calls`` on (the default for its chat_tools f
 may call an API the corpus does not have: the verdict never says ``unknown_api``.
 
 The questions are the train split of the Backend.AI REST dev questions (a check of the
-mechanism, not a quality figure; the figures are eval-answers' on the test splits, in README).
+mechanism, not a quality figure; the figures are eval-answers' on the test splits, in docs/evaluation.md).
 """
 
 from __future__ import annotations
