@@ -196,9 +196,18 @@ def _worker_main(conn: Any, config: WorkerConfig) -> None:
     except BaseException as exc:  # reported to the loading process, which raises it
         conn.send(("fatal", f"{type(exc).__name__}: {exc}"))
         return
+    try:
+        _warm_up(og, pipeline)
+    except Exception as exc:
+        conn.send(("fatal", f"warm-up generation failed: {type(exc).__name__}: {exc}"))
+        return
     conn.send(("ready", {"openvino_genai": str(og.__version__)}))
 
     handles: dict[int, Any] = {}
+    # Added requests not yet in a step (id -> nothing), and when each first was (monotonic
+    # clock: comparable across processes), sent with the request's first update.
+    arrived: dict[int, None] = {}
+    started: dict[int, float] = {}
     parent = os.getppid()
     finish = {og.GenerationFinishReason.STOP: "stop", og.GenerationFinishReason.LENGTH: "length"}
     running_states = (og.GenerationStatus.RUNNING,)
@@ -225,6 +234,8 @@ def _worker_main(conn: Any, config: WorkerConfig) -> None:
                 return
             if kind == "cancel":
                 handle = handles.pop(message[1], None)
+                arrived.pop(message[1], None)
+                started.pop(message[1], None)
                 if handle is not None:
                     handle.cancel()
                 conn.send(("load", load()))
@@ -238,16 +249,23 @@ def _worker_main(conn: Any, config: WorkerConfig) -> None:
                 tensor = ov.Tensor(np.asarray([ids], dtype=np.int64))
                 try:
                     handles[rid] = pipeline.add_request(rid, tensor, generation)
+                    arrived[rid] = None
                 except Exception as exc:  # refused by the pipeline's own checks
-                    conn.send(("step", [(rid, [], "error", f"{type(exc).__name__}: {exc}")], load()))
+                    conn.send(("step", [(rid, [], "error", f"{type(exc).__name__}: {exc}", None)], load()))
         if not handles:
             continue
+        # The scheduler takes requests in arrival order while there are free sequence slots.
+        now = time.monotonic()
+        free = config.max_num_seqs - (len(handles) - len(arrived))
+        for rid in list(arrived)[: max(0, free)]:
+            del arrived[rid]
+            started[rid] = now
         try:
             pipeline.step()
         except Exception as exc:
             conn.send(("fatal", f"step failed: {type(exc).__name__}: {exc}"))
             return
-        updates: list[tuple[int, list[int], str | None, str | None]] = []
+        updates: list[tuple[int, list[int], str | None, str | None, float | None]] = []
         for rid, handle in list(handles.items()):
             new_ids: list[int] = []
             reason: str | None = None
@@ -260,8 +278,9 @@ def _worker_main(conn: Any, config: WorkerConfig) -> None:
                 reason = "length" if status == og.GenerationStatus.FINISHED else "cancelled"
             if reason is not None:
                 del handles[rid]
+                arrived.pop(rid, None)
             if new_ids or reason is not None:
-                updates.append((rid, new_ids, reason, None))
+                updates.append((rid, new_ids, reason, None, started.pop(rid, None)))
         conn.send(("step", updates, load()))
 
 
@@ -315,7 +334,8 @@ class _InFlight:
     taken: int = 0  # generated tokens the consumer has taken
     waiting: bool = False
     last_take: float = field(default_factory=time.monotonic)
-    submitted_at: float = 0.0
+    submitted_at: float = 0.0  # time.monotonic(), as the worker's clock
+    started_at: float | None = None  # when the worker first stepped it
     first_output_at: float | None = None
 
 
@@ -510,7 +530,7 @@ class OpenVINOEngine:
         self._in_flight[request.request_id] = flight
         self._by_worker_id[flight.worker_id] = flight
         try:
-            flight.submitted_at = time.perf_counter()
+            flight.submitted_at = time.monotonic()
             self._send(("add", flight.worker_id, prompt_ids, worker_sampling, grammar))
             first = True
             sent = 0
@@ -663,8 +683,8 @@ class OpenVINOEngine:
             flight.last_take = time.monotonic()
 
     def _queue_seconds(self, flight: _InFlight) -> float:
-        """Submission to the first output (the worker reports no scheduling time)."""
-        end = flight.first_output_at if flight.first_output_at is not None else time.perf_counter()
+        """Submission to the worker's first step with the request (else to its first output)."""
+        end = flight.started_at or flight.first_output_at or time.monotonic()
         return max(0.0, end - flight.submitted_at)
 
     def _read_worker(self) -> None:
@@ -694,11 +714,13 @@ class OpenVINOEngine:
         if kind != "step":
             return
         _, updates, self._load = message
-        now = time.perf_counter()
-        for rid, new_ids, reason, error in updates:
+        now = time.monotonic()
+        for rid, new_ids, reason, error, started_at in updates:
             flight = self._by_worker_id.get(rid)
             if flight is None:
                 continue
+            if started_at is not None:
+                flight.started_at = started_at
             flight.generated.extend(new_ids)
             if flight.first_output_at is None:
                 flight.first_output_at = now
@@ -779,6 +801,18 @@ class OpenVINOEngine:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _warm_up(og: Any, pipeline: Any) -> None:
+    """One short generation before the engine reports ready: the first inference allocates and
+    compiles what later ones reuse, and a user's first request should not pay for it."""
+    ids = pipeline.get_tokenizer().encode("Hello").input_ids
+    generation = og.GenerationConfig()
+    generation.max_new_tokens = 2
+    handle = pipeline.add_request(0, ids, generation)
+    while pipeline.has_non_finished_requests():
+        pipeline.step()
+    handle.read_all()
 
 
 def _has_news(flight: _InFlight) -> bool:
