@@ -24,17 +24,16 @@ from apihelper.service.engine.choice import EngineKind, choose_engine
 from apihelper.service.engine.protocol import Engine
 from apihelper.service.grpc.server import event_loop_factory
 from apihelper.service.metrics import NullRecorder, Recorder
-from apihelper.service.prompts import PromptFormat
 from apihelper.service.settings import Settings, load_settings
 
 log = logging.getLogger("apihelper")
 
 
 async def build_engine(settings: Settings) -> Engine:
-    prompt_format = PromptFormat(settings.prompt_format) if settings.prompt_format else None
+    prompt_format = settings.prompt_format
     model = Path(settings.model)
-    kind = choose_engine(EngineKind(settings.engine), model, settings.device)
-    log.info("engine: %s (--engine %s) for %s", kind.value, settings.engine, model)
+    kind = choose_engine(settings.engine, model, settings.device)
+    log.info("engine: %s (--engine %s) for %s", kind.value, settings.engine.value, model)
     if kind is EngineKind.TENSORRT_LLM:
         from apihelper.service.engine.tensorrt_llm_engine import TensorRTLLMEngine
 
@@ -153,7 +152,12 @@ def build_recorder(settings: Settings, engine: Engine, embedding_model: str) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = load_settings(sys.argv[1:] if argv is None else argv, os.environ)
+    try:
+        settings = load_settings(sys.argv[1:] if argv is None else argv, os.environ)
+    except ApiHelperError as exc:
+        # Before anything is opened: one line, no traceback, argparse's exit status for bad usage.
+        print(f"apihelper-serve: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         factory = event_loop_factory(settings.event_loop)
