@@ -533,7 +533,6 @@ class OpenVINOEngine:
             flight.submitted_at = time.monotonic()
             self._send(("add", flight.worker_id, prompt_ids, worker_sampling, grammar))
             first = True
-            sent = 0
             while True:
                 await self._wait(flight)
                 if flight.failure is not None:
@@ -546,7 +545,6 @@ class OpenVINOEngine:
                     delta, _ = text.update(generated, final=False)
                     yield EngineOutput(
                         text_delta=delta,
-                        token_ids_delta=tuple(generated[sent:]),
                         finish_reason=FinishReason.CANCELLED,
                         prompt_tokens=len(prompt_ids),
                         completion_tokens=len(generated),
@@ -568,14 +566,12 @@ class OpenVINOEngine:
                     continue
                 yield EngineOutput(
                     text_delta=delta,
-                    token_ids_delta=tuple(text_ids[sent:]),
                     finish_reason=reason,
                     prompt_tokens=len(prompt_ids),
                     completion_tokens=len(generated),
                     queue_seconds=self._queue_seconds(flight) if first else None,
                 )
                 first = False
-                sent = len(text_ids)
                 if reason is not None:
                     return
         finally:
