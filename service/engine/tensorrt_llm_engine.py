@@ -330,11 +330,6 @@ class TensorRTLLMEngine:
     def num_in_flight(self) -> int:
         return len(self._in_flight)
 
-    @property
-    def gpu_memory_bytes(self) -> int | None:
-        """GPU memory in use by the executor at its latest iteration (``gpuMemUsage``)."""
-        return self._latest.gpu_memory_bytes if self._latest is not None else None
-
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` encodes to as a prompt, special tokens included (as the executor
         tokenizes prompts: ``SamplingParams.add_special_tokens`` defaults to True)."""
@@ -404,7 +399,6 @@ class TensorRTLLMEngine:
             iterator = result.__aiter__()
 
             completion_tokens = 0
-            pending_ids: list[int] = []  # ids whose text is held back, sent with the next text
             first = True
             while True:
                 try:
@@ -422,7 +416,6 @@ class TensorRTLLMEngine:
                 if out is _ABORT_TIMED_OUT:
                     yield EngineOutput(
                         text_delta="",
-                        token_ids_delta=tuple(pending_ids),
                         finish_reason=FinishReason.CANCELLED,
                         prompt_tokens=prompt_tokens,
                         completion_tokens=completion_tokens,
@@ -435,7 +428,6 @@ class TensorRTLLMEngine:
                 flight.finished = finished
                 ids = [int(i) for i in completion.token_ids_diff]
                 completion_tokens += len(ids)
-                pending_ids.extend(ids)
                 reason: FinishReason | None = None
                 engine_stopped_on_string = False
                 if finished:
@@ -465,7 +457,6 @@ class TensorRTLLMEngine:
                 try:
                     yield EngineOutput(
                         text_delta=delta,
-                        token_ids_delta=tuple(pending_ids),
                         finish_reason=reason,
                         prompt_tokens=len(prompt_ids) if prompt_ids is not None else prompt_tokens,
                         completion_tokens=completion_tokens,
@@ -474,7 +465,6 @@ class TensorRTLLMEngine:
                 finally:
                     if watchdog is not None:
                         watchdog.cancel()
-                pending_ids = []
                 if reason is not None:
                     return
         finally:

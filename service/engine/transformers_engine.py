@@ -548,7 +548,6 @@ class TransformersEngine:
             if accepted is None:  # the manager refuses new requests once stopping or dead
                 raise EngineUnavailableError("the generation engine is not accepting requests")
 
-            sent_ids = 0  # generated ids already reported in token_ids_delta
             completion_tokens = 0
             first = True
             while True:
@@ -593,13 +592,11 @@ class TransformersEngine:
                     first = False
                 yield EngineOutput(
                     text_delta=delta,
-                    token_ids_delta=tuple(text_ids[sent_ids:]),
                     finish_reason=reason,
                     prompt_tokens=len(prompt_ids),
                     completion_tokens=completion_tokens,
                     queue_seconds=queue_seconds,
                 )
-                sent_ids = len(text_ids)
                 if reason is not None:
                     return
         finally:
