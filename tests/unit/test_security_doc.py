@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,4 +29,5 @@ def test_every_http_limit_is_documented_with_its_default() -> None:
 )
 def test_http_limits_must_be_positive(field: str) -> None:
     with pytest.raises(ConfigurationError, match=field):
-        Settings(**{field: 0})
+        overrides: dict[str, Any] = {field: 0}
+        Settings(**overrides)
