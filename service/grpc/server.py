@@ -53,12 +53,12 @@ class GrpcFrontend:
 async def start_grpc(settings: Settings, core: Core) -> GrpcFrontend:
     token = read_auth_token(settings)
     # The guard inside the token check: an unauthenticated call is refused whatever its bytes.
-    interceptors: list[grpc.aio.ServerInterceptor] = [CallGuard(core.recorder)]
+    interceptors: list[grpc.aio.ServerInterceptor] = [CallGuard(core.calls)]
     if token:
-        interceptors.insert(0, BearerTokenInterceptor(token, recorder=core.recorder))
+        interceptors.insert(0, BearerTokenInterceptor(token, core.calls))
     server = grpc.aio.server(interceptors=interceptors, options=_channel_options(settings))
     health_servicer = BoundedHealthServicer(
-        core.recorder,
+        core.calls,
         max_watches=settings.max_health_watches,
         watch_timeout_seconds=settings.health_watch_timeout_seconds,
         stall_timeout_seconds=settings.stream_stall_timeout_seconds,
