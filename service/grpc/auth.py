@@ -14,21 +14,19 @@ from typing import Any
 
 import grpc
 
-from apihelper.service.grpc.guard import count_refusal, rpc_label
-from apihelper.service.metrics import NullRecorder, Recorder
+from apihelper.service.calls import CallPolicy
+from apihelper.service.grpc.guard import rpc_label
 
 OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(
-        self, token: str, open_methods: frozenset[str] = OPEN_METHODS, recorder: Recorder | None = None
-    ) -> None:
+    def __init__(self, token: str, calls: CallPolicy, open_methods: frozenset[str] = OPEN_METHODS) -> None:
         if not token:
             raise ValueError("an empty token would let everyone in")
         self._expected = f"Bearer {token}".encode()
         self._open = open_methods
-        self._recorder = recorder or NullRecorder()
+        self._calls = calls
 
     async def intercept_service(
         self,
@@ -40,7 +38,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
             return handler
         if self._authorized(handler_call_details.invocation_metadata):
             return handler
-        return _refusing(handler, rpc_label(handler_call_details.method), self._recorder)
+        return _refusing(handler, rpc_label(handler_call_details.method), self._calls)
 
     def _authorized(self, metadata: Any) -> bool:
         for key, value in metadata or ():
@@ -50,13 +48,11 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         return False
 
 
-def _refusing(
-    handler: grpc.RpcMethodHandler[Any, Any], rpc: str, recorder: Recorder
-) -> grpc.RpcMethodHandler[Any, Any]:
+def _refusing(handler: grpc.RpcMethodHandler[Any, Any], rpc: str, calls: CallPolicy) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same shape as ``handler`` that ends the call with UNAUTHENTICATED."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        count_refusal(recorder, rpc, grpc.StatusCode.UNAUTHENTICATED)
+        calls.refused(rpc, grpc.StatusCode.UNAUTHENTICATED.name)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
 
     kinds = {

@@ -24,14 +24,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
 
-from apihelper.service.metrics import Recorder
+from apihelper.service.calls import CallPolicy
 
 log = logging.getLogger(__name__)
 
@@ -53,35 +52,9 @@ class _Undecodable:
 UNDECODABLE = _Undecodable()
 
 
-class CallCount:
-    """One call in ``apihelper_requests_total``: started when made, finished once.
-
-    ``context.abort`` sends the status before it raises, so a handler that aborts finishes its
-    count first: a client that has its status finds the call counted (a ``finally`` would count
-    it only after the status went out)."""
-
-    def __init__(self, recorder: Recorder, rpc: str) -> None:
-        self._recorder = recorder
-        self._rpc = rpc
-        self._started = time.perf_counter()
-        self._finished = False
-        recorder.rpc_started(rpc)
-
-    def finish(self, code: grpc.StatusCode) -> None:
-        if not self._finished:
-            self._finished = True
-            self._recorder.rpc_finished(self._rpc, code.name, time.perf_counter() - self._started)
-
-
-def count_refusal(recorder: Recorder, rpc: str, code: grpc.StatusCode) -> None:
-    """Count a call that ends at once, before any servicer ran."""
-    recorder.rpc_started(rpc)
-    recorder.rpc_finished(rpc, code.name, 0.0)
-
-
 class CallGuard(grpc.aio.ServerInterceptor):
-    def __init__(self, recorder: Recorder) -> None:
-        self._recorder = recorder
+    def __init__(self, calls: CallPolicy) -> None:
+        self._calls = calls
 
     async def intercept_service(
         self,
@@ -90,18 +63,18 @@ class CallGuard(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
-            count_refusal(self._recorder, UNKNOWN_RPC, grpc.StatusCode.UNIMPLEMENTED)
+            self._calls.refused(UNKNOWN_RPC, grpc.StatusCode.UNIMPLEMENTED.name)
             return None
         rpc = rpc_label(handler_call_details.method)
         if handler.request_streaming:
-            return _counted_stream(handler, rpc, self._recorder)
+            return _counted_stream(handler, rpc, self._calls)
         if handler.request_deserializer is None:
             return handler
-        return _guarded(handler, rpc, self._recorder)
+        return _guarded(handler, rpc, self._calls)
 
 
 def _counted_stream(
-    handler: grpc.RpcMethodHandler[Any, Any], rpc: str, recorder: Recorder
+    handler: grpc.RpcMethodHandler[Any, Any], rpc: str, calls: CallPolicy
 ) -> grpc.RpcMethodHandler[Any, Any]:
     """A bidirectional handler (server reflection) counted like every RPC. Its requests are read
     by grpc as the handler asks for them; one that does not decode fails the call."""
@@ -110,7 +83,7 @@ def _counted_stream(
         return handler  # client streaming with one reply: none is served
 
     async def stream_stream(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        count = CallCount(recorder, rpc)
+        count = calls.start(rpc)
         code = grpc.StatusCode.OK
         try:
             result = behaviour(requests, context)
@@ -125,7 +98,7 @@ def _counted_stream(
         except DecodeError:  # a streamed request that is not the method's message
             code = grpc.StatusCode.INVALID_ARGUMENT
             log.info("%s: a request did not decode (%s)", rpc, context.peer())
-            count.finish(code)
+            count.finish(code.name)
             await context.abort(code, "a request is not a valid message of this method")
         except grpc.aio.AbortError:
             code = context.code() or grpc.StatusCode.UNKNOWN
@@ -134,7 +107,7 @@ def _counted_stream(
             code = grpc.StatusCode.UNKNOWN  # a bug in the handler: grpc logs it and says UNKNOWN
             raise
         finally:
-            count.finish(code)
+            count.finish(code.name)
 
     return grpc.stream_stream_rpc_method_handler(
         stream_stream,
@@ -143,7 +116,7 @@ def _counted_stream(
     )
 
 
-def _guarded(handler: grpc.RpcMethodHandler[Any, Any], rpc: str, recorder: Recorder) -> grpc.RpcMethodHandler[Any, Any]:
+def _guarded(handler: grpc.RpcMethodHandler[Any, Any], rpc: str, calls: CallPolicy) -> grpc.RpcMethodHandler[Any, Any]:
     parse = handler.request_deserializer
     assert parse is not None
     expected = getattr(getattr(parse, "__self__", None), "__name__", "message")
@@ -156,7 +129,7 @@ def _guarded(handler: grpc.RpcMethodHandler[Any, Any], rpc: str, recorder: Recor
 
     async def refuse(context: grpc.aio.ServicerContext[Any, Any]) -> None:
         log.info("%s: the request did not decode as %s (%s)", rpc, expected, context.peer())
-        count_refusal(recorder, rpc, grpc.StatusCode.INVALID_ARGUMENT)
+        calls.refused(rpc, grpc.StatusCode.INVALID_ARGUMENT.name)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {expected} message")
 
     if handler.response_streaming:

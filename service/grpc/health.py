@@ -20,19 +20,18 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2
 
-from apihelper.service.grpc.guard import CallCount
+from apihelper.service.calls import CallPolicy
 from apihelper.service.grpc.servicer import StreamStalled, write_blocked, write_within
-from apihelper.service.metrics import Recorder
 
 _UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
 
 class BoundedHealthServicer(health.aio.HealthServicer):
     def __init__(
-        self, recorder: Recorder, *, max_watches: int, watch_timeout_seconds: float, stall_timeout_seconds: float
+        self, calls: CallPolicy, *, max_watches: int, watch_timeout_seconds: float, stall_timeout_seconds: float
     ) -> None:
         super().__init__()
-        self._recorder = recorder
+        self._calls = calls
         self._max_watches = max_watches
         self._watch_timeout = watch_timeout_seconds
         self._stall_timeout = stall_timeout_seconds
@@ -45,23 +44,23 @@ class BoundedHealthServicer(health.aio.HealthServicer):
         return self
 
     async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:
-        count = CallCount(self._recorder, "Check")
+        count = self._calls.start("Check")
         code = grpc.StatusCode.OK
         try:
             if request.service not in self._state._server_status:
                 code = grpc.StatusCode.NOT_FOUND
-                count.finish(code)  # the reference servicer aborts
+                count.finish(code.name)  # the reference servicer aborts
             return await super().Check(request, context)
         finally:
-            count.finish(code)
+            count.finish(code.name)
 
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
-        count = CallCount(self._recorder, "Watch")
+        count = self._calls.start("Watch")
         code = grpc.StatusCode.OK
         try:
             if self.watching >= self._max_watches:
                 code = grpc.StatusCode.RESOURCE_EXHAUSTED
-                count.finish(code)
+                count.finish(code.name)
                 await context.abort(code, f"{self.watching} health watches open, the limit is {self._max_watches}")
             self.watching += 1
             ends = asyncio.get_running_loop().time() + self._watch_timeout
@@ -78,14 +77,14 @@ class BoundedHealthServicer(health.aio.HealthServicer):
                 self.watching -= 1
         except StreamStalled:
             code = grpc.StatusCode.DEADLINE_EXCEEDED
-            self._recorder.stream_stalled("Watch")
+            count.stalled()
             raise asyncio.CancelledError from None  # no status can reach it: drop the call
         except asyncio.CancelledError:
             if code is grpc.StatusCode.OK:  # not the dropped call above: the client went away
                 code = grpc.StatusCode.CANCELLED
             raise
         finally:
-            count.finish(code)
+            count.finish(code.name)
 
     async def _follow(self, service: str, context: Any, ends: float) -> None:
         """Write ``service``'s status now and after every change, until cancelled (at ``ends``)."""

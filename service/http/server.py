@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import resource
 import socket
 import ssl
 from collections.abc import Iterator
@@ -22,7 +23,8 @@ import uvicorn
 
 from apihelper.errors import ConfigurationError
 from apihelper.service.core import Core
-from apihelper.service.http.app import HttpOptions, build_app
+from apihelper.service.http.app import HttpOptions, allowed_hosts, build_app
+from apihelper.service.http.connections import ConnectionLimits, bounded_protocol
 from apihelper.service.settings import Settings, read_auth_token
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,18 @@ class HttpFrontend:
         await asyncio.shield(self.task)
 
 
+def _connection_cap(asked: int) -> int:
+    """``asked``, or half the process's file-descriptor limit where that is lower: the other half
+    stays for gRPC, the metrics endpoint, Milvus and the model's files."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or asked <= soft // 2:
+        return asked
+    log.warning(
+        "http_max_connections %d lowered to %d: half the open-file limit (ulimit -n %d)", asked, soft // 2, soft
+    )
+    return max(1, soft // 2)
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -80,9 +94,24 @@ async def start_http(settings: Settings, core: Core, *, sock: socket.socket | No
         auth_token=read_auth_token(settings),
         max_body_bytes=settings.max_message_bytes,
         send_timeout_seconds=settings.stream_stall_timeout_seconds,  # the same stall timeout as gRPC
+        max_small_body_bytes=min(settings.http_max_small_body_bytes, settings.max_message_bytes),
+        body_timeout_seconds=settings.http_body_timeout_seconds,
+        allowed_hosts=allowed_hosts(settings.http_allowed_hosts, settings.host),
+    )
+    limits = ConnectionLimits(
+        max_header_bytes=settings.http_max_header_bytes,
+        max_headers=settings.http_max_headers,
+        header_timeout_seconds=settings.http_header_timeout_seconds,
+        keepalive_timeout_seconds=settings.http_keepalive_timeout_seconds,
+        max_connections=_connection_cap(settings.http_max_connections),
     )
     config = uvicorn.Config(
         build_app(core, options),
+        # h11 (not httptools, which bounds neither the header block nor its time), with the limits
+        # of apihelper.service.http.connections; h11's own buffer bound stays as a backstop.
+        http=bounded_protocol(limits),
+        h11_max_incomplete_event_size=2 * settings.http_max_header_bytes,
+        timeout_keep_alive=max(1, math.ceil(settings.http_keepalive_timeout_seconds)),
         lifespan="off",
         log_config=None,  # the service's logging, as configured by the composition root
         access_log=False,

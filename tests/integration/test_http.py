@@ -233,7 +233,7 @@ async def test_an_unknown_corpus_is_404_in_every_mode() -> None:
 
 async def test_not_json_and_too_large_bodies() -> None:
     async with live_server(http=True, max_message_bytes=1024) as running, http_client(running) as client:
-        broken = await client.post("/v1/retrieve", content=b"{not json")
+        broken = await client.post("/v1/retrieve", content=b"{not json", headers={"Content-Type": "application/json"})
         assert broken.status_code == 400 and broken.json()["error"]["param"] == "body"
         big = await client.post("/v1/retrieve", json={"instruction": "x" * 5000})
         assert big.status_code == 413 and big.json()["error"]["param"] == "body"
@@ -352,7 +352,7 @@ async def test_deadlines_end_streams_and_answers_and_abort_the_engine() -> None:
         assert whole.status_code == 504 and whole.json()["error"]["type"] == "DEADLINE_EXCEEDED"
         await wait_until(lambda: engine.num_in_flight == 0, 5, "the engine request being aborted")
 
-        for bad in ("0", "-1", "soon", "31"):  # at most the server's max_deadline_seconds
+        for bad in ("0", "-1", "soon"):  # longer than max_deadline_seconds is cut (test_call_policy)
             refused = await client.post("/v1/retrieve", json={"instruction": "x"}, headers={"X-Request-Timeout": bad})
             assert refused.status_code == 400 and refused.json()["error"]["param"] == "x-request-timeout"
 
