@@ -112,11 +112,15 @@ SECURITY_HEADERS = (
     (b"referrer-policy", b"no-referrer"),
 )
 HOST_REFUSED_RPC = "HTTP host"  # the rpc label of a request refused for its Host header
+# Answered for any Host: an orchestrator's probes name the pod's address (Kubernetes' kubelet, a
+# load balancer's health check), and what they return is no secret a rebound page could read.
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 class HostGuard:
     """Requests only for the allowed host names (DNS rebinding: a web page whose name an attacker
-    points at 127.0.0.1 would otherwise read this API with the browser's own access), and the
+    points at 127.0.0.1 would otherwise read this API with the browser's own access; the
+    :data:`PROBE_PATHS` excepted), and the
     :data:`SECURITY_HEADERS` on every response. ``allowed``: lower-case names without ports;
     ``None``: any."""
 
@@ -129,7 +133,7 @@ class HostGuard:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        if self._allowed is not None:
+        if self._allowed is not None and scope["path"] not in PROBE_PATHS:
             host = _host_name(Headers(scope=scope).get("host", ""))
             if host not in self._allowed:
                 self._calls.refused(HOST_REFUSED_RPC, "INVALID_ARGUMENT")

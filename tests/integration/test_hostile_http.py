@@ -236,14 +236,17 @@ async def test_a_slow_body_meets_the_request_deadline_and_the_body_timeout() -> 
 
 
 async def test_only_the_allowed_hosts_and_only_json_bodies_and_the_page_is_not_framed() -> None:
-    """Row 9: DNS rebinding (another Host) 400; a body that is not application/json 415; CSP and
-    frame headers on the page and the API."""
+    """Row 9: DNS rebinding (another Host) 400, the health probes excepted; a body that is not
+    application/json 415; CSP and frame headers on the page and the API."""
     async with live_server(http=True) as server, http_client(server) as client:
         for host in ("evil.example", "evil.example:80", "127.0.0.1.evil.example"):
             refused = await client.get("/v1/corpora", headers={"Host": host})
             assert refused.status_code == 400 and refused.json()["error"]["param"] == "host", host
         for host in ("localhost", f"127.0.0.1:{server.http_port}", "[::1]:1"):
             assert (await client.get("/v1/corpora", headers={"Host": host})).status_code == 200, host
+        for probe in ("/healthz", "/readyz"):  # an orchestrator's probe names the pod's address
+            answered = await client.get(probe, headers={"Host": "10.1.2.3:8000"})
+            assert answered.status_code == 200, probe
         for media in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", None):
             headers = {"Content-Type": media} if media else {}
             body = b'{"instruction": "x"}'

@@ -215,7 +215,7 @@ def test_settings_ports_probes_and_grace_agree(overlay: str, tmp_path: Path) -> 
         (engines,) = [m for m in container["volumeMounts"] if settings.model.startswith(m["mountPath"] + "/")]
         assert engines["readOnly"] and "persistentVolumeClaim" in volumes[engines["name"]]
     else:
-        assert settings.engine == "transformers" and settings.device == "cpu"
+        assert settings.engine == "openvino" and settings.device == "cpu"
         assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
 
 
