@@ -56,6 +56,7 @@ from apihelper.errors import (
     InvalidRequestError,
     MissingDependencyError,
 )
+from apihelper.service.engine import cb_internals
 from apihelper.service.engine.manifest import read_manifest
 from apihelper.service.engine.protocol import (
     EngineInfo,
@@ -76,8 +77,6 @@ ENGINE_KIND = "transformers"
 RUNNABLE_KINDS = ("dev-model", "hf-checkpoint")
 HONOURED_SAMPLING = ("max_tokens", "stop", "temperature", "top_p", "top_k")
 IGNORED_SAMPLING = ("repetition_penalty",)
-# GenerationOutput.status of a failed request (transformers' RequestStatus.FAILED).
-_STATUS_FAILED = 4
 # Prompts up to this many characters are tokenized on the event loop (well under a millisecond);
 # longer ones go to a worker thread so they never stall other streams.
 _INLINE_TOKENIZE_CHARS = 16_384
@@ -436,6 +435,14 @@ class TransformersEngine:
                 f"num_blocks ({num_blocks} x {block_size} tokens = {kv_bytes / 2**20:.0f} MiB) "
                 "and max_batch_tokens against the memory available"
             )
+        missing = cb_internals.missing_internals(manager)
+        if missing:
+            logger.warning(
+                "transformers engine: this transformers (%s) lacks %s; stats, health or handler "
+                "cleanup degrade (service.engine.cb_internals)",
+                tf.__version__,
+                ", ".join(missing),
+            )
 
         name = manifest.name if manifest else model_dir.name
         info = EngineInfo(
@@ -563,7 +570,7 @@ class TransformersEngine:
                     return
                 if isinstance(output, _Failed):
                     raise EngineUnavailableError(output.message)
-                if output.error is not None or int(output.status) == _STATUS_FAILED:
+                if cb_internals.is_failed(output):
                     flight.finished_in_manager = True
                     raise EngineUnavailableError(f"generation failed in the engine: {output.error}")
 
@@ -614,24 +621,10 @@ class TransformersEngine:
         self._check_alive()
 
     def stats(self) -> EngineStats:
-        processor: Any = getattr(self._manager, "batch_processor", None)
-        scheduler: Any = getattr(processor, "scheduler", None)
-        if scheduler is None:
+        load = cb_internals.scheduler_load(self._manager)
+        if load is None:
             return EngineStats(running=0, waiting=len(self._in_flight))
-        input_queue = getattr(self._manager, "input_queue", None)
-        queued = input_queue.qsize() if input_queue is not None else 0
-        kv_usage: float | None = None
-        try:
-            # Read from the manager's thread while it runs: a torn read is possible but harmless
-            # for a gauge, and a failure here must never break a metrics scrape.
-            kv_usage = max(0.0, min(1.0, 1.0 - float(processor.cache.compute_free_capacity())))
-        except Exception:  # best effort, see above
-            kv_usage = None
-        return EngineStats(
-            running=len(scheduler.active_requests),
-            waiting=len(scheduler.waiting_requests) + queued,
-            kv_cache_usage=kv_usage,
-        )
+        return EngineStats(running=load.running, waiting=load.waiting, kv_cache_usage=load.kv_cache_usage)
 
     async def shutdown(self) -> None:
         """Fail the running streams with ``EngineUnavailableError`` and stop the manager."""
@@ -723,8 +716,7 @@ class TransformersEngine:
             raise EngineUnavailableError("the generation engine is shut down")
         if not self._manager.is_running():
             raise EngineUnavailableError("the generation engine's worker thread is not running")
-        status = getattr(self._manager, "background_thread_status", None)
-        if getattr(status, "fatal_error", None) is not None:
+        if cb_internals.fatal_error(self._manager) is not None:
             raise EngineUnavailableError("the generation engine's worker thread failed")
 
     async def _compiled(self, guided: GuidedDecoding | None) -> Any:
@@ -746,12 +738,7 @@ class TransformersEngine:
             flight.cancelled = True
             self._manager.cancel_request(flight.manager_id)
         # A cancelled request never gets a final output, so the manager never drops its handler.
-        router = getattr(self._manager, "output_router", None)
-        handlers = getattr(router, "result_handlers", None)
-        lock = getattr(router, "_lock", None)
-        if isinstance(handlers, dict) and lock is not None:
-            with lock:
-                handlers.pop(flight.manager_id, None)
+        cb_internals.drop_result_handler(self._manager, flight.manager_id)
         if self._in_flight.get(flight.request_id) is flight:
             del self._in_flight[flight.request_id]
 
@@ -875,13 +862,12 @@ def _wait_until_ready(manager: Any, timeout_s: float) -> str | None:
     """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        status = getattr(manager, "background_thread_status", None)
-        fatal = getattr(status, "fatal_error", None)
+        fatal = cb_internals.fatal_error(manager)
         if fatal is not None:
             return f"{type(fatal).__name__}: {fatal}"
         if not manager.is_running():
             return "the generation thread exited"
-        if getattr(manager, "batch_processor", None) is not None:
+        if cb_internals.processor_ready(manager):
             return None
         time.sleep(0.01)
     return f"not ready after {timeout_s:.0f}s"
