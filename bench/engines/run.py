@@ -88,16 +88,18 @@ async def _stream(engine: Engine, request: EngineRequest) -> dict[str, float]:
 
 def _prompt_of_size(engine: Engine, docs: list[ApiDoc], target: int, question: str, shift: int) -> str:
     """A chat_tools prompt of about ``target`` tokens: the sample corpus's docs, rotated by
-    ``shift``, added until the next would pass the target."""
+    ``shift``, added while that brings the prompt closer to the target."""
     order = docs[shift % len(docs) :] + docs[: shift % len(docs)]
     chosen: list[RetrievedDoc] = []
     text = engine.render_chat(chat_tools_prompt(question, []))
+    size = engine.count_tokens(text)
     for doc in order * 8:
         candidate = engine.render_chat(chat_tools_prompt(question, [*chosen, RetrievedDoc(doc, "rest", 1.0)]))
-        if engine.count_tokens(candidate) > target:
+        candidate_size = engine.count_tokens(candidate)
+        if abs(candidate_size - target) >= abs(size - target):
             break
         chosen.append(RetrievedDoc(doc, "rest", 1.0))
-        text = candidate
+        text, size = candidate, candidate_size
     return text
 
 
