@@ -38,6 +38,7 @@ from apihelper.retriever.loaders import load_corpus
 from apihelper.retriever.samples import sample_corpus_path
 from apihelper.retriever.types import ApiDoc, RetrievedDoc
 from apihelper.service.answers.constraint import CallConstraints
+from apihelper.service.engine.config import OpenVINOConfig, TransformersConfig
 from apihelper.service.engine.protocol import Engine, EngineRequest, GuidedDecoding, SamplingParams
 from apihelper.service.prompts import ChatMessage, ChatPrompt, PromptFormat, chat_tools_prompt
 
@@ -190,7 +191,7 @@ async def _open(kind: str, args: argparse.Namespace) -> Engine:
         from apihelper.service.engine.openvino_engine import OpenVINOEngine
 
         gguf = args.gguf or bundled_gguf()
-        return await OpenVINOEngine.load(gguf, prompt_format=PromptFormat.CHAT_TOOLS, max_concurrent=16)
+        return await OpenVINOEngine.load(gguf, OpenVINOConfig(prompt_format=PromptFormat.CHAT_TOOLS, max_concurrent=16))
     from apihelper.service.engine.transformers_engine import TransformersEngine
 
     if not args.hf_model.is_dir():
@@ -198,7 +199,7 @@ async def _open(kind: str, args: argparse.Namespace) -> Engine:
 
         print(f"importing the GGUF into {args.hf_model} for the transformers engine (once) ...", flush=True)
         await asyncio.to_thread(import_gguf, args.gguf or bundled_gguf(), args.hf_model)
-    return await TransformersEngine.load(args.hf_model, device="cpu", max_concurrent=16)
+    return await TransformersEngine.load(args.hf_model, TransformersConfig(device="cpu", max_concurrent=16))
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

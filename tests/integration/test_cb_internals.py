@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 
 from apihelper.service.engine import cb_internals
+from apihelper.service.engine.config import TransformersConfig
 from apihelper.service.engine.protocol import EngineRequest, SamplingParams
 
 pytest.importorskip("torch")
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.transformers5
 
 @pytest_asyncio.fixture(scope="module")
 async def engine(dev_model_dir: Path) -> AsyncIterator[TransformersEngine]:
-    eng = await TransformersEngine.load(dev_model_dir, device="cpu", max_concurrent=2)
+    eng = await TransformersEngine.load(dev_model_dir, TransformersConfig(device="cpu", max_concurrent=2))
     yield eng
     await eng.shutdown()
 
