@@ -313,7 +313,10 @@ def worker_entry(fd: int, config_json: str) -> None:
     """The stepping process's entry point (``_spawn_worker``)."""
     # Ctrl-C reaches the whole process group; the engine's process drains and then stops this one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker_main(Connection(fd), WorkerConfig(**json.loads(config_json)))
+    # The engine's process gone mid-send (killed, or exited without stopping this one): nothing
+    # is left to serve, so exit quietly.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError, EOFError):
+        _worker_main(Connection(fd), WorkerConfig(**json.loads(config_json)))
 
 
 # ---------------------------------------------------------------------- stream bookkeeping
