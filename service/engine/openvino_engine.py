@@ -74,6 +74,7 @@ from apihelper.errors import (
     InvalidRequestError,
     MissingDependencyError,
 )
+from apihelper.service.engine.config import OpenVINOConfig
 from apihelper.service.engine.manifest import read_manifest
 from apihelper.service.engine.protocol import (
     EngineInfo,
@@ -312,7 +313,10 @@ def worker_entry(fd: int, config_json: str) -> None:
     """The stepping process's entry point (``_spawn_worker``)."""
     # Ctrl-C reaches the whole process group; the engine's process drains and then stops this one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker_main(Connection(fd), WorkerConfig(**json.loads(config_json)))
+    # The engine's process gone mid-send (killed, or exited without stopping this one): nothing
+    # is left to serve, so exit quietly.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError, EOFError):
+        _worker_main(Connection(fd), WorkerConfig(**json.loads(config_json)))
 
 
 # ---------------------------------------------------------------------- stream bookkeeping
@@ -380,23 +384,13 @@ class OpenVINOEngine:
 
     @classmethod
     async def load(
-        cls,
-        model: Path,
-        *,
-        prompt_format: PromptFormat | None = None,
-        max_model_len: int | None = None,
-        max_concurrent: int = 8,
-        max_batch_tokens: int = 512,
-        kv_cache_gb: int = 0,
-        enable_prefix_caching: bool = True,
-        num_threads: int | None = None,
-        guided_decoding: bool = True,
-        stall_timeout_s: float | None = None,
-        start_timeout_s: float = 300.0,
+        cls, model: Path, config: OpenVINOConfig | None = None, *, start_timeout_s: float = 300.0
     ) -> OpenVINOEngine:
         """Start the stepping process on ``model`` (see ``resolve_model``) and load the tokenizer
-        here. The event loop stays free while both load.
+        here. The event loop stays free while both load. ``config``
+        (``service.engine.config.OpenVINOConfig``):
 
+        - ``prompt_format``, ``max_model_len``: where the model has no manifest / to override it.
         - ``max_concurrent``: requests generated for at once (``max_num_seqs``; more wait).
         - ``max_batch_tokens``: tokens per step (longer prompts prefill in chunks).
         - ``kv_cache_gb``: KV-cache size; 0: the runtime sizes it.
@@ -405,29 +399,24 @@ class OpenVINOEngine:
         - ``num_threads``: the worker's inference threads (None: one per core).
         - ``guided_decoding``: accept requests with a call grammar (needs xgrammar here to check
           grammars before they reach the pipeline).
+        - ``stall_timeout_s``: a request whose consumer takes nothing this long is cancelled.
         """
+        config = config or OpenVINOConfig()
         try:
             import openvino_genai as og
         except ImportError as exc:
             raise MissingDependencyError("openvino_genai", "the OpenVINO engine", "pip install openvino-genai") from exc
-        if max_concurrent < 1 or max_batch_tokens < 1 or kv_cache_gb < 0:
-            raise ConfigurationError(
-                "openvino engine: max_concurrent and max_batch_tokens must be >= 1, kv_cache_gb >= 0"
-            )
-        if num_threads is not None and num_threads < 1:
-            raise ConfigurationError("openvino engine: num_threads must be >= 1")
-        source = resolve_model(model, prompt_format, max_model_len)
-        if guided_decoding:
-            guided_decoding = _xgrammar_available()
-        config = WorkerConfig(
+        source = resolve_model(model, config.prompt_format, config.max_model_len)
+        guided_decoding = config.guided_decoding and _xgrammar_available()
+        worker = WorkerConfig(
             model_path=str(source.path),
-            max_num_seqs=max_concurrent,
-            max_num_batched_tokens=max(max_batch_tokens, 1),
-            kv_cache_gb=kv_cache_gb,
-            enable_prefix_caching=enable_prefix_caching,
-            num_threads=num_threads or 0,
+            max_num_seqs=config.max_concurrent,
+            max_num_batched_tokens=max(config.max_batch_tokens, 1),
+            kv_cache_gb=config.kv_cache_gb,
+            enable_prefix_caching=config.enable_prefix_caching,
+            num_threads=config.num_threads or 0,
         )
-        process, conn = _spawn_worker(config)
+        process, conn = _spawn_worker(worker)
         try:
             tokenizer_task = asyncio.to_thread(og.Tokenizer, str(source.path))
             ready_task = asyncio.to_thread(_wait_ready, conn, process, start_timeout_s)
@@ -453,11 +442,11 @@ class OpenVINOEngine:
                 "model_path": str(source.path),
                 "device": "cpu",
                 "openvino_genai": ready.get("openvino_genai", ""),
-                "max_concurrent": str(max_concurrent),
-                "max_batch_tokens": str(max_batch_tokens),
-                "kv_cache_gb": str(kv_cache_gb or "auto"),
-                "prefix_caching": str(enable_prefix_caching).lower(),
-                "num_threads": str(num_threads or "auto"),
+                "max_concurrent": str(config.max_concurrent),
+                "max_batch_tokens": str(config.max_batch_tokens),
+                "kv_cache_gb": str(config.kv_cache_gb or "auto"),
+                "prefix_caching": str(config.enable_prefix_caching).lower(),
+                "num_threads": str(config.num_threads or "auto"),
                 "sampling_per_request": ",".join(HONOURED_SAMPLING),
                 "seed": SEED_NOTE,
                 "worker_pid": str(process.pid),
@@ -468,8 +457,8 @@ class OpenVINOEngine:
             source.name,
             source.path,
             source.max_model_len,
-            max_concurrent,
-            enable_prefix_caching,
+            config.max_concurrent,
+            config.enable_prefix_caching,
         )
         return cls(
             process=process,
@@ -477,7 +466,7 @@ class OpenVINOEngine:
             tokenizer=tokenizer,
             info=info,
             eos_token_ids=sorted(eos),
-            stall_timeout_s=stall_timeout_s,
+            stall_timeout_s=config.stall_timeout_s,
         )
 
     # ------------------------------------------------------------------ Engine protocol

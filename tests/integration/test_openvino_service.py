@@ -7,6 +7,7 @@ operations the corpus has. Skipped, saying why, without openvino-genai or the wh
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from apihelper.errors import ConfigurationError
 from apihelper.retriever.types import CorpusFormat
 from apihelper.service.frontends import RunningServer
 from apihelper.v1 import apihelper_pb2 as pb
-from tests.support import live_server, sse_events, stub_for
+from tests.support import BIN, live_server, shared_corpus, sse_events, stub_for
 
 pytest.importorskip("openvino_genai", reason="openvino-genai is not installed (pip install openvino-genai)")
 
@@ -128,3 +129,25 @@ async def test_the_openai_client_gets_tool_calls(served: RunningServer) -> None:
             finish = choice.finish_reason or finish
     assert chunks > 3
     assert finish == "tool_calls" and names, finish
+
+
+async def test_eval_answers_target_scores_answers_from_this_engine(served: RunningServer, tmp_path: Path) -> None:
+    """The evaluator's --target client against the OpenVINO-served service (plumbing: the
+    corpus is the demo's, the questions Backend.AI's REST dev questions)."""
+    dev = shared_corpus("backend.ai", "dev_questions.jsonl")
+    ids = [q["id"] for q in map(json.loads, dev.read_text(encoding="utf-8").splitlines()) if q["corpus"] == "rest"][:2]
+    manifest = tmp_path / "split.json"
+    manifest.write_text(json.dumps({"splits": {"train": [], "validation": [], "test": ids}}))
+    out, summary_path = tmp_path / "rows.jsonl", tmp_path / "summary.json"
+    process = await asyncio.create_subprocess_exec(
+        str(BIN / "apihelper-build"), "eval-answers", "--target", f"127.0.0.1:{served.port}",
+        "--questions", str(dev), "--split-manifest", str(manifest), "--split", "test", "--max-tokens", "64",
+        "--out", str(out), "--summary-json", str(summary_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=900)
+    assert process.returncode == 0, stderr.decode()
+    summary = json.loads(summary_path.read_text())
+    assert summary["n"] == 2 and summary["failed_calls"] == 0, stdout.decode()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert all(r["error"] is None and r["completion_tokens"] > 0 and r["ttft_ms"] > 0 for r in rows)

@@ -16,6 +16,7 @@ it, and records every call so the tests can fail:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import json
 import sys
@@ -32,6 +33,7 @@ from apihelper.errors import (
     InvalidRequestError,
     MissingDependencyError,
 )
+from apihelper.service.engine.config import TensorRTLLMConfig
 from apihelper.service.engine.manifest import MANIFEST_NAME, ModelManifest, read_manifest
 from apihelper.service.engine.protocol import (
     Engine,
@@ -389,9 +391,12 @@ def write_engine_dir(path: Path, **changes: Any) -> Path:
 
 
 async def load(engine_dir: Path, llm: FakeLLM, **kwargs: Any) -> tuple[TensorRTLLMEngine, Factory]:
+    """``kwargs``: TensorRTLLMConfig fields and ``load``'s test seams."""
     factory = Factory(llm)
     kwargs.setdefault("compute_capability", lambda: CAPABILITY)
-    engine = await TensorRTLLMEngine.load(engine_dir, llm_factory=factory, api=fake_api(), **kwargs)
+    options = {f.name for f in dataclasses.fields(TensorRTLLMConfig)}
+    config = TensorRTLLMConfig(**{k: kwargs.pop(k) for k in list(kwargs) if k in options})
+    engine = await TensorRTLLMEngine.load(engine_dir, config, llm_factory=factory, api=fake_api(), **kwargs)
     return engine, factory
 
 
