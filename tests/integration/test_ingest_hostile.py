@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zipfile
@@ -177,32 +179,40 @@ class Run:
     seconds: float
 
 
+# Runs the command and writes its peak RSS to the file named first. Linux keeps a process's RSS
+# high-water mark across exec, so a child forked straight from this (large, long-lived) test
+# process would report at least this process's size: the measured command is forked from this
+# small launcher instead.
+_LAUNCHER = """
+import os, subprocess, sys
+process = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(process.pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss * 1024))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_ingest(args: list[str], timeout_s: float) -> Run:
-    """Run ``args`` and wait for it with wait4, so its own peak RSS (and its children's) is known."""
+    """Run ``args`` and wait for it, with its own peak RSS (and its children's) measured."""
     started = time.monotonic()
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out: dict[str, str] = {}
-
-    def drain(name: str, stream: object) -> None:
-        out[name] = stream.read()  # type: ignore[attr-defined]
-
-    readers = [
-        threading.Thread(target=drain, args=(n, s)) for n, s in (("out", process.stdout), ("err", process.stderr))
-    ]
-    for reader in readers:
-        reader.start()
-    killer = threading.Timer(timeout_s, process.kill)
-    killer.start()
-    try:
-        _, status, usage = os.wait4(process.pid, 0)
-    finally:
-        killer.cancel()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    for reader in readers:
-        reader.join()
-    return Run(
-        process.returncode, out.get("out", ""), out.get("err", ""), usage.ru_maxrss * 1024, time.monotonic() - started
-    )
+    with tempfile.TemporaryDirectory() as scratch:
+        rss_file = Path(scratch) / "peak-rss"
+        process = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, str(rss_file), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        killer = threading.Timer(timeout_s, os.killpg, args=(process.pid, signal.SIGKILL))
+        killer.start()
+        try:
+            out, err = process.communicate()
+        finally:
+            killer.cancel()
+        peak = int(rss_file.read_text()) if rss_file.exists() else 0
+    return Run(process.returncode, out, err, peak, time.monotonic() - started)
 
 
 @pytest.fixture(scope="module")
