@@ -48,7 +48,13 @@ SHARED = ROOT.parent / "shared" / "corpora"
 BACKEND_AI = SHARED / "backend.ai"
 APIBENCH = SHARED / "apibench"
 WHEEL = BACKEND_AI / "backend.ai_client-24.3.0-py3-none-any.whl"
-BFCL_SETS = {"bfcl_live_multiple": "BFCL_v4_live_multiple", "bfcl_multiple": "BFCL_v4_multiple"}
+BFCL_SETS = {
+    "bfcl_live_multiple": "BFCL_v4_live_multiple",
+    "bfcl_multiple": "BFCL_v4_multiple",
+    "bfcl_parallel_multiple": "BFCL_v4_parallel_multiple",
+    "bfcl_simple_java": "BFCL_v4_simple_java",
+    "bfcl_simple_javascript": "BFCL_v4_simple_javascript",
+}
 
 
 @dataclass(frozen=True)
