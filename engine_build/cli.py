@@ -128,7 +128,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                     progress=not args.quiet,
                     include=args.include or None,
                     limits=limits,
-                    views=not args.no_views,
+                    views=args.views,
                     linked=linked_docs(partners.get(name), specs, args.include or None, limits),
                 )
             except CorpusLoadError as exc:
@@ -204,9 +204,10 @@ def _parser() -> argparse.ArgumentParser:
         "each doc gets links to the other side's docs it calls or is called by, and their words (repeatable)",
     )
     p.add_argument(
-        "--no-views",
+        "--views",
         action="store_true",
-        help="one vector per doc (default: one more per view of it; see docs/retrieval.md)",
+        help="one more vector per way a doc is described (each APIBench record of a call, a REST summary, "
+        "a function's parameters; docs/retrieval.md); default: one vector per doc",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="print the traceback of an internal error")

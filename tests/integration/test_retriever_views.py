@@ -63,7 +63,7 @@ def dense_hits(store: MilvusStore, embedder: FakeEmbedder, query: str) -> list[t
 def test_views_are_searched_collapsed_by_key_and_counted_once(store: MilvusStore, tmp_path: Path) -> None:
     embedder = FakeEmbedder(dim=64)
     source = write_jsonl(tmp_path / "zoo_api.jsonl", RECORDS)
-    report = ingest_corpus(store, embedder, "zoo", source, CorpusFormat.APIBENCH, progress=False)
+    report = ingest_corpus(store, embedder, "zoo", source, CorpusFormat.APIBENCH, progress=False, views=True)
     assert (report.added, report.updated, report.deleted) == (2, 0, 0)
     info = store.corpus_info("zoo")
     assert info is not None and info.doc_count == 2
@@ -74,19 +74,25 @@ def test_views_are_searched_collapsed_by_key_and_counted_once(store: MilvusStore
     assert [key for key, _ in hits] == ["hub.load('zoo', 'dogs')", "hub.load('zoo', 'ears')"]  # each key once
     assert hits[0][1] > 0.999  # the second record's own vector answered, not the merged text's
 
-    unchanged = ingest_corpus(store, embedder, "zoo", source, CorpusFormat.APIBENCH, progress=False)
+    unchanged = ingest_corpus(store, embedder, "zoo", source, CorpusFormat.APIBENCH, progress=False, views=True)
     assert (unchanged.added, unchanged.updated, unchanged.unchanged) == (0, 0, 2)
 
     # Without views a doc is one vector again: the merged text no longer matches the view exactly.
-    flat = ingest_corpus(store, embedder, "zoo", source, CorpusFormat.APIBENCH, progress=False, views=False)
+    flat = ingest_corpus(store, embedder, "zoo", source, CorpusFormat.APIBENCH, progress=False)  # the default
     assert flat.updated == 2
     hits = dense_hits(store, embedder, SECOND_VIEW)
     assert hits[0][0] == "hub.load('zoo', 'dogs')" and hits[0][1] < 0.99
 
     # Views back on, then a doc removed: its views' rows go with it.
-    ingest_corpus(store, embedder, "zoo", source, CorpusFormat.APIBENCH, progress=False)
+    ingest_corpus(store, embedder, "zoo", source, CorpusFormat.APIBENCH, progress=False, views=True)
     removed = ingest_corpus(
-        store, embedder, "zoo", write_jsonl(tmp_path / "ears.jsonl", RECORDS[2:]), CorpusFormat.APIBENCH, progress=False
+        store,
+        embedder,
+        "zoo",
+        write_jsonl(tmp_path / "ears.jsonl", RECORDS[2:]),
+        CorpusFormat.APIBENCH,
+        progress=False,
+        views=True,
     )
     assert removed.deleted == 1
     assert [key for key, _ in dense_hits(store, embedder, SECOND_VIEW)] == ["hub.load('zoo', 'ears')"]
