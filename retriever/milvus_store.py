@@ -20,8 +20,9 @@ One collection per corpus version, served under the alias ``apihelper_<corpus>``
 
 Views (schema 3): a doc's ``ApiDoc.views`` (other ways the same API is described) are stored as
 further rows carrying the doc's key and fields, each with the dense vector of its view text and
-no keywords (BM25 sees each doc once). Dense search groups hits by key (Milvus grouping search:
-a doc's best row, one hit per doc); reading a corpus, counting and hashing see the view-0 rows.
+no keywords (BM25 sees each doc once). Dense search of a collection holding views (property
+``apihelper.views``) groups hits by key (Milvus grouping search: a doc's best row, one hit per
+doc); reading a corpus, counting and hashing see the view-0 rows.
 
 Corpus info (format, source, embedding model and dim, doc count, last ingest time) is kept as
 *collection properties* ("apihelper.*" keys, set at creation and changed with
@@ -113,6 +114,7 @@ _P_DIM = _PROP + "embedding_dim"
 _P_COUNT = _PROP + "doc_count"
 _P_LAST = _PROP + "last_ingest"
 _P_SCHEMA = _PROP + "schema_version"
+_P_VIEWS = _PROP + "views"  # "1" when the collection holds view rows (schema 3)
 
 
 def valid_corpus_name(name: str) -> bool:
@@ -268,6 +270,7 @@ class MilvusStore:
         self._timeout = timeout_s
         self._loaded: set[str] = set()
         self._schema: dict[str, str] = {}  # corpus -> schema version, read when it is loaded
+        self._views: dict[str, bool] = {}  # corpus -> whether it holds view rows, read when it is loaded
         self._lock = threading.Lock()
         self._lite_path: str | None = None
         if is_local_uri(uri):
@@ -482,6 +485,7 @@ class MilvusStore:
                     _P_DIM: str(settings.embedding_dim),
                     _P_COUNT: "0",
                     _P_LAST: "",
+                    _P_VIEWS: "0",
                 },
                 timeout=self._timeout,
             )
@@ -501,6 +505,7 @@ class MilvusStore:
                 self._client.create_alias(staged, served, timeout=self._timeout)
         self._loaded.discard(corpus)
         self._schema.pop(corpus, None)
+        self._views.pop(corpus, None)
         if old is not None and old != served:
             try:  # served already: a failure here only leaves the old version for the next ingest
                 with self._guard("drop collection"):
@@ -573,7 +578,9 @@ class MilvusStore:
                 state = self._client.get_load_state(name, timeout=self._timeout)
                 if "Loaded" not in str(state.get("state", "")):
                     self._client.load_collection(name, timeout=max(self._timeout, 60.0))
-            self._schema[corpus] = self.schema_version(corpus)
+            props = self._properties(corpus)
+            self._schema[corpus] = props.get(_P_SCHEMA) or "1"
+            self._views[corpus] = props.get(_P_VIEWS) == "1"
             self._loaded.add(corpus)
         finally:
             self._lock.release()
@@ -687,6 +694,8 @@ class MilvusStore:
                     }
                 )
         self._insert_rows(staged or collection_name(corpus), rows, upsert=staged is None)
+        if len(rows) > len(docs):
+            self._mark_views(staged or collection_name(corpus))
 
     def _insert_rows(self, collection: str, rows: list[dict[str, Any]], *, upsert: bool) -> None:
         """The one place rows are written (an I/O boundary tests fail on purpose)."""
@@ -701,6 +710,7 @@ class MilvusStore:
         embedded again) from what ``corpus`` serves into its staged version; returns how many
         docs were copied."""
         copied: set[str] = set()
+        views = False
         self.ensure_loaded(corpus)
         with self._guard("read corpus"):
             batch: list[dict[str, Any]] = []
@@ -709,11 +719,14 @@ class MilvusStore:
                     continue
                 batch.append({f: row[f] for f in COPIED_FIELDS})
                 copied.add(str(row["key"]))
+                views = views or int(row.get("view") or 0) > 0
                 if len(batch) >= batch_size:
                     self._insert_rows(staged, batch, upsert=False)
                     batch = []
             if batch:
                 self._insert_rows(staged, batch, upsert=False)
+        if views:
+            self._mark_views(staged)
         return len(copied)
 
     def delete_keys(self, corpus: str, keys: Sequence[str]) -> None:
@@ -813,11 +826,17 @@ class MilvusStore:
             return search()
 
     def _has_views(self, corpus: str) -> bool:
-        """Whether the collection of ``corpus`` has the ``view`` field (schema 3 on)."""
-        version = self._schema.get(corpus)
-        if version is None:
-            version = self.schema_version(corpus)
-        return version not in ("1", "2")
+        """Whether the collection of ``corpus`` holds view rows (read when it was loaded; a
+        grouping search costs ~2 ms more, so collections without views are searched plainly)."""
+        if corpus not in self._views:
+            props = self._properties(corpus)
+            self._views[corpus] = (props.get(_P_SCHEMA) or "1") not in ("1", "2") and props.get(_P_VIEWS) == "1"
+        return self._views[corpus]
+
+    def _mark_views(self, collection: str) -> None:
+        """Record that ``collection`` holds view rows (its dense searches group by key)."""
+        with self._guard("alter collection properties"):
+            self._client.alter_collection_properties(collection, properties={_P_VIEWS: "1"}, timeout=self._timeout)
 
     def _dense(self, corpus: str, vector: Sequence[float], limit: int) -> list[RetrievedDoc]:
         params = {"metric_type": "COSINE", "params": {"ef": max(64, limit * 2)}}
