@@ -27,7 +27,7 @@ from apihelper.build.eval_cli import add_eval_parser, add_milvus_arguments
 from apihelper.build.train_embedder import add_train_parser
 from apihelper.errors import ApiHelperError, ConfigurationError, CorpusLoadError, InvalidRequestError
 from apihelper.retriever.limits import IngestLimits
-from apihelper.retriever.types import CorpusFormat
+from apihelper.retriever.types import ApiDoc, CorpusFormat
 from apihelper.service.prompts import PromptFormat
 
 
@@ -72,6 +72,39 @@ def ingest_limits(args: argparse.Namespace) -> IngestLimits:
     return IngestLimits(**{f.name: getattr(args, f.name) for f in fields(IngestLimits)})
 
 
+def link_partners(pairs: list[str], names: list[str]) -> dict[str, str]:
+    """``--link A,B`` values as {A: B, B: A}; raises ConfigurationError for a name not ingested here."""
+    partners: dict[str, str] = {}
+    for pair in pairs:
+        parts = [p.strip() for p in pair.split(",")]
+        if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+            raise ConfigurationError(f"--link {pair!r}: expected two corpus names, A,B")
+        for part in parts:
+            if part not in names:
+                raise ConfigurationError(f"--link {pair!r}: {part!r} is not a --corpus of this command")
+        partners[parts[0]], partners[parts[1]] = parts[1], parts[0]
+    return partners
+
+
+def linked_docs(
+    partner: str | None,
+    specs: list[tuple[str, Path, CorpusFormat | None]],
+    include: list[str] | None,
+    limits: IngestLimits,
+) -> tuple[str, list[ApiDoc]] | None:
+    """The loaded docs of ``partner`` (a corpus of this command), for linking; None without one."""
+    if partner is None:
+        return None
+    from apihelper.retriever.loaders import load_corpus
+
+    path, fmt = next((p, f) for n, p, f in specs if n == partner)
+    try:
+        _, result = load_corpus(path, fmt, include=include, limits=limits)
+    except CorpusLoadError:
+        return None  # its own ingest reports it; this corpus is ingested unlinked
+    return partner, result.docs
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     from apihelper.retriever.embedding import Embedder
     from apihelper.retriever.ingest import format_report, ingest_corpus
@@ -79,6 +112,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     specs = [parse_corpus_spec(s) for s in args.corpus]
     limits = ingest_limits(args)
+    partners = link_partners(args.link or [], [name for name, _, _ in specs])
     embedder = Embedder()
     store = MilvusStore(args.milvus_uri, args.milvus_token)
     partial = failed = broken = 0
@@ -100,6 +134,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                     progress=not args.quiet,
                     include=args.include or None,
                     limits=limits,
+                    views=args.views,
+                    linked=linked_docs(partners.get(name), specs, args.include or None, limits),
                 )
             except CorpusLoadError as exc:
                 # One unreadable corpus must not stop the others; the exit status tells.
@@ -165,6 +201,19 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         metavar="MODULE_PREFIX",
         help="python corpora: only modules under this dotted prefix (repeatable), e.g. ai.backend.client.func",
+    )
+    p.add_argument(
+        "--link",
+        action="append",
+        metavar="A,B",
+        help="two corpora of this command that explain each other (an OpenAPI spec and the SDK that calls it): "
+        "each doc gets links to the other side's docs it calls or is called by, and their words (repeatable)",
+    )
+    p.add_argument(
+        "--views",
+        action="store_true",
+        help="one more vector per way a doc is described (each APIBench record of a call, a REST summary, "
+        "a function's parameters; docs/retrieval.md); default: one vector per doc",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="print the traceback of an internal error")

@@ -82,6 +82,7 @@ class PythonMetadata(TypedDict, total=False):
     bases: list[str]  # classes only
     methods: list[str]  # classes only
     audience: str  # "cli" (a command, or code of a command-line package) or "api"
+    http_calls: list[dict[str, str]]  # REST requests it makes: [{"method", "path"}] (retriever.links)
     truncated: bool
 
 

@@ -17,6 +17,7 @@ variants of one callable last).
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,8 +28,39 @@ from apihelper.retriever.types import RetrievedDoc
 
 T = TypeVar("T")
 
-# Weight of BM25 in the fused score (bench/retrieval/README.md: chosen on all dev sets together).
+# Weight of BM25 in the standardised-score fusion (bench/retrieval/README.md: chosen on all dev
+# sets together, before leave-one-distribution-out validation; see DEFAULT_FUSION for the default).
 KEYWORD_WEIGHT = 0.25
+RRF_K = 60.0  # the constant of reciprocal-rank fusion (Cormack et al.'s 60)
+
+
+class FusionMethod(str, enum.Enum):
+    ZSCORE = "zscore"  # standardised scores, weighted
+    RRF = "rrf"  # reciprocal ranks, weighted
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How hybrid search fuses its two candidate lists, and how many candidates each side fetches.
+
+    ``keyword_weight`` is BM25's share (0..1; 0.5 with RRF is plain, unweighted RRF).
+    """
+
+    method: FusionMethod = FusionMethod.ZSCORE
+    keyword_weight: float = KEYWORD_WEIGHT
+    rrf_k: float = RRF_K
+    candidates: int = 50
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.keyword_weight <= 1.0:
+            raise ValueError(f"keyword_weight must be within 0..1, not {self.keyword_weight}")
+        if self.rrf_k < 0 or self.candidates < 1:
+            raise ValueError("rrf_k must be >= 0 and candidates >= 1")
+
+
+# The default, chosen by leave-one-distribution-out validation over the eight dev sets
+# (bench/retrieval/lodo.py; docs/retrieval.md has the table).
+DEFAULT_FUSION = Fusion()
 
 
 @dataclass(frozen=True)
@@ -57,12 +89,19 @@ def fuse(
     keyword_weight: float = KEYWORD_WEIGHT,
     top_k: int,
     prior: Callable[[T], float] | None = None,
+    method: FusionMethod = FusionMethod.ZSCORE,
+    rrf_k: float = RRF_K,
 ) -> list[Scored[T]]:
     """The best ``top_k`` of both lists by fused score (see the module docstring), best first.
 
     Items are taken from the dense list when a key is in both. An empty list contributes
     nothing (the other list's standardised scores are used alone). ``prior(item)`` is added to
     each fused score (with one list alone, to its standardised score).
+
+    ``method`` RRF: each list gives ``1 / (rrf_k + rank)`` (rank 1 first; nothing where a key is
+    missing), weighted ``1 - keyword_weight`` and ``keyword_weight`` (0.5: plain RRF up to a
+    factor); the sums are then standardised over the candidates, so that the prior and the
+    cross-corpus merge see the same units as with z-scores.
     """
     if not keyword or keyword_weight <= 0 or not dense or keyword_weight >= 1:
         alone = dense if (not keyword or keyword_weight <= 0) else keyword
@@ -72,6 +111,8 @@ def fuse(
         scored = [Scored(s.key, zs + prior(s.item), s.item) for s, zs in zip(alone, z, strict=True)]
         scored.sort(key=lambda s: s.score, reverse=True)
         return scored[:top_k]
+    if method is FusionMethod.RRF:
+        return _rrf(dense, keyword, keyword_weight=keyword_weight, rrf_k=rrf_k, top_k=top_k, prior=prior)
     z_dense = dict(zip((s.key for s in dense), _standardised([s.score for s in dense]), strict=False))
     z_keyword = dict(zip((s.key for s in keyword), _standardised([s.score for s in keyword]), strict=False))
     floor_dense = min(z_dense.values())
@@ -92,8 +133,39 @@ def fuse(
     return fused[:top_k]
 
 
+def _rrf(
+    dense: Sequence[Scored[T]],
+    keyword: Sequence[Scored[T]],
+    *,
+    keyword_weight: float,
+    rrf_k: float,
+    top_k: int,
+    prior: Callable[[T], float] | None,
+) -> list[Scored[T]]:
+    sums: dict[str, float] = {}
+    items: dict[str, T] = {}
+    for weight, scored in ((keyword_weight, keyword), (1.0 - keyword_weight, dense)):
+        ordered = sorted(scored, key=lambda s: s.score, reverse=True)
+        for rank, s in enumerate(ordered, start=1):
+            sums[s.key] = sums.get(s.key, 0.0) + weight / (rrf_k + rank)
+            items[s.key] = s.item  # the dense item wins (written last)
+    keys = list(sums)
+    z = _standardised([sums[key] for key in keys])
+    fused = [
+        Scored(key, zs + (prior(items[key]) if prior is not None else 0.0), items[key])
+        for key, zs in zip(keys, z, strict=True)
+    ]
+    fused.sort(key=lambda s: s.score, reverse=True)
+    return fused[:top_k]
+
+
 def fuse_hits(
-    dense: Sequence[RetrievedDoc], keyword: Sequence[RetrievedDoc], top_k: int, *, query: str = ""
+    dense: Sequence[RetrievedDoc],
+    keyword: Sequence[RetrievedDoc],
+    top_k: int,
+    *,
+    query: str = "",
+    fusion: Fusion = DEFAULT_FUSION,
 ) -> list[RetrievedDoc]:
     """The hybrid result from dense and keyword candidates of retrieved docs, ordered by the rules
     of ``retriever.ranking``: the audience prior (``query`` tells whether it asks for the command
@@ -111,9 +183,11 @@ def fuse_hits(
     fused = fuse(
         [Scored(key(hit), hit.score, hit) for hit in dense],
         [Scored(key(hit), hit.score, hit) for hit in keyword],
-        keyword_weight=KEYWORD_WEIGHT,
+        keyword_weight=fusion.keyword_weight,
         top_k=len(dense) + len(keyword),  # all of them: diversify reorders before the cut
         prior=lambda hit: doc_prior(hit.doc, cli_query=cli_query),
+        method=fusion.method,
+        rrf_k=fusion.rrf_k,
     )
     ordered = diversify(fused, lambda s: f"{s.item.corpus}\x00{variant_group(s.item.doc)}")[:top_k]
     # A variant moved behind others scores no more than what now precedes it: scores stay
@@ -125,4 +199,4 @@ def fuse_hits(
     return hits
 
 
-__all__ = ["KEYWORD_WEIGHT", "Scored", "fuse", "fuse_hits"]
+__all__ = ["DEFAULT_FUSION", "KEYWORD_WEIGHT", "RRF_K", "Fusion", "FusionMethod", "Scored", "fuse", "fuse_hits"]

@@ -20,6 +20,12 @@ version (``milvus_store.SCHEMA_VERSION``), the new version is built from scratch
 counts as added): vectors from two models cannot be searched together, and an old schema lacks
 the normalised keyword field.
 
+Views (``ApiDoc.views``: each APIBench record of a call, a REST operation's summary and its
+path with parameters, ...) get a dense vector and a row of their own (``MilvusStore``: one vector
+per way an API is described) when ``views`` is True. Off by default: leave-one-distribution-out
+validation did not choose them (docs/retrieval.md). They are part of a doc's content hash, so
+turning them on or off rewrites the docs that have them.
+
 A file that yields no docs at all raises CorpusLoadError and leaves the collection alone
 (otherwise a typo in a path would delete a whole corpus). Per-line or per-file problems are
 reported in ``IngestReport.problems`` and the rest is ingested.
@@ -28,6 +34,7 @@ reported in ``IngestReport.problems`` and the rest is ingested.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -36,9 +43,11 @@ from pathlib import Path
 from apihelper.errors import CorpusLoadError, RetrieverUnavailableError
 from apihelper.retriever.embedding import TextEmbedder
 from apihelper.retriever.limits import DEFAULT_LIMITS, IngestLimits
+from apihelper.retriever.links import link_corpora
 from apihelper.retriever.loaders import load_corpus
 from apihelper.retriever.milvus_store import (
     MAX_KEY_BYTES,
+    MAX_VIEWS,
     SCHEMA_VERSION,
     CorpusSettings,
     MilvusStore,
@@ -76,12 +85,18 @@ def ingest_corpus(
     include: Sequence[str] | None = None,
     batch_size: int = EMBED_BATCH,
     limits: IngestLimits = DEFAULT_LIMITS,
+    views: bool = False,
+    linked: tuple[str, Sequence[ApiDoc]] | None = None,
 ) -> IngestReport:
     """Make corpus ``name`` hold exactly the docs of ``path``; see the module docstring.
 
     ``progress``: show a tqdm bar for embedding on stderr (the caller reports the summary).
     ``include``: module patterns for Python packages (see ``load_corpus``).
     ``limits``: what one file and one corpus may cost to load (``retriever/limits.py``).
+    ``views``: store the docs' views as rows of their own (see the module docstring).
+    ``linked``: (corpus name, its loaded docs) of a corpus that explains this one (an OpenAPI
+    spec and the SDK that calls it, either way round): linked docs carry ``metadata["links"]``
+    and the other side's words (``retriever.links``).
     Raises ConfigurationError (bad name), CorpusLoadError (nothing loadable),
     RetrieverUnavailableError (Milvus failed).
     """
@@ -89,8 +104,26 @@ def ingest_corpus(
     path = Path(path)
     used_fmt, result = load_corpus(path, fmt, include=include, limits=limits)
     problems = list(result.problems)
+    loaded = result.docs
+    if linked is not None:
+        loaded, links = link_corpora(loaded, linked[1], linked[0])
+        log.info(
+            "%s: %d functions linked to %d operations of %s (%d calls, %d unresolved, %d ambiguous, %d unmatched)",
+            name,
+            links.functions_linked,
+            links.operations_linked,
+            linked[0],
+            links.calls,
+            links.unresolved,
+            links.ambiguous,
+            links.unmatched,
+        )
     docs: dict[str, ApiDoc] = {}
-    for doc in result.docs:
+    for doc in loaded:
+        if not views and doc.views:
+            doc = dataclasses.replace(doc, views=())
+        elif len(doc.views) > MAX_VIEWS:
+            doc = dataclasses.replace(doc, views=doc.views[:MAX_VIEWS])
         if len(doc.key.encode("utf-8")) > MAX_KEY_BYTES:
             problems.append(LoadProblem(str(path), f"key longer than {MAX_KEY_BYTES} bytes skipped: {doc.key[:80]}…"))
         elif doc.key in docs:
@@ -182,6 +215,17 @@ def document_vectors(embedder: TextEmbedder, docs: Sequence[ApiDoc]) -> list[lis
     return vectors
 
 
+def view_vectors(embedder: TextEmbedder, docs: Sequence[ApiDoc]) -> list[list[list[float]]]:
+    """The dense vectors of each doc's views (plain embeddings of the view texts), per doc."""
+    flat = embedder.embed_documents([view for d in docs for view in d.views]) if any(d.views for d in docs) else []
+    out: list[list[list[float]]] = []
+    start = 0
+    for doc in docs:
+        out.append(flat[start : start + len(doc.views)])
+        start += len(doc.views)
+    return out
+
+
 def display_source(path: Path) -> str:
     """What ListCorpora shows as a corpus' source: the path as given, relative; an absolute path
     only by its last part (a server's directories are nobody's business)."""
@@ -238,5 +282,5 @@ def _embed_and_upsert(
         for start in range(0, len(docs), batch_size):
             batch = docs[start : start + batch_size]
             vectors = document_vectors(embedder, batch)
-            store.upsert_docs(name, batch, vectors, staged=staged)
+            store.upsert_docs(name, batch, vectors, staged=staged, view_vectors=view_vectors(embedder, batch))
             bar.update(len(batch))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from apihelper.errors import ConfigurationError, UnknownCorpusError
 from apihelper.retriever.embedding import TextEmbedder
-from apihelper.retriever.fusion import fuse_hits
+from apihelper.retriever.fusion import DEFAULT_FUSION, Fusion, fuse_hits
 from apihelper.retriever.milvus_store import MilvusStore
 from apihelper.retriever.types import ApiDoc, CorpusInfo, RetrievalMode, RetrievalResult, RetrievedDoc
 
@@ -38,10 +38,16 @@ class MilvusRetriever:
     """Retriever over the apihelper collections of one Milvus, with one embedding model."""
 
     def __init__(
-        self, store: MilvusStore, embedder: TextEmbedder, *, corpora_ttl_s: float = DEFAULT_CORPORA_TTL_SECONDS
+        self,
+        store: MilvusStore,
+        embedder: TextEmbedder,
+        *,
+        corpora_ttl_s: float = DEFAULT_CORPORA_TTL_SECONDS,
+        fusion: Fusion = DEFAULT_FUSION,
     ) -> None:
         self._store = store
         self._embedder = embedder
+        self._fusion = fusion
         self._ttl = corpora_ttl_s
         self._infos: dict[str, CorpusInfo] = {}  # corpus -> as last listed
         self._infos_at = float("-inf")
@@ -161,11 +167,16 @@ class MilvusRetriever:
             keyword: list[RetrievedDoc] = []
             for name in names:
                 d, k = self._store.hybrid_candidates(
-                    name, query_text=query, query_vector=vector, top_k=top_k, dense=alike[name]
+                    name,
+                    query_text=query,
+                    query_vector=vector,
+                    top_k=top_k,
+                    dense=alike[name],
+                    candidates=self._fusion.candidates,
                 )
                 dense += d
                 keyword += k
-            return fuse_hits(dense, keyword, top_k, query=query)
+            return fuse_hits(dense, keyword, top_k, query=query, fusion=self._fusion)
 
         # One thread for all corpora: two Milvus round trips per corpus take ~5 ms; handing each
         # corpus to its own thread gained nothing on 2 cores (the GIL serialises the decoding).

@@ -3,8 +3,10 @@
 One collection per corpus version, served under the alias ``apihelper_<corpus>`` (corpus names
 ``re.fullmatch`` ``[a-z][a-z0-9_]{0,62}``). Schema:
 
-    pk            VARCHAR(64), primary: sha1 hex of the doc key (keys can be long)
+    pk            VARCHAR(64), primary: sha1 hex of the doc key (keys can be long); a view row's
+                  is ``<sha1>:<n>``
     key           VARCHAR(4096): the doc key ("METHOD /path", "pkg.mod.Class.method", ...)
+    view          INT16: 0 for the doc's own row, n >= 1 for the row of its n-th view
     title         VARCHAR(1024)
     text          VARCHAR(65535): what the model reads (cut at a UTF-8 boundary if needed)
     index_text    VARCHAR(65535): what the dense vector was made from (ApiDoc.index_text)
@@ -15,6 +17,12 @@ One collection per corpus version, served under the alias ``apihelper_<corpus>``
     dense         FLOAT_VECTOR(dim): embedding of index_text (HNSW, COSINE)
     metadata      JSON
     content_hash  VARCHAR(64): ApiDoc.content_hash, compared by ingest to skip unchanged docs
+
+Views (schema 3): a doc's ``ApiDoc.views`` (other ways the same API is described) are stored as
+further rows carrying the doc's key and fields, each with the dense vector of its view text and
+no keywords (BM25 sees each doc once). Dense search of a collection holding views (property
+``apihelper.views``) groups hits by key (Milvus grouping search: a doc's best row, one hit per
+doc); reading a corpus, counting and hashing see the view-0 rows.
 
 Corpus info (format, source, embedding model and dim, doc count, last ingest time) is kept as
 *collection properties* ("apihelper.*" keys, set at creation and changed with
@@ -36,8 +44,8 @@ operation and Milvus' reason, never the token or URI credentials).
 
 Search: keyword queries go through the same ``keyword_terms`` as the stored keywords. Hybrid
 search runs a dense and a BM25 search for candidates and fuses them here
-(``retriever.fusion``: standardised scores, BM25 weight ``KEYWORD_WEIGHT``), not with a Milvus
-ranker; bench/retrieval/README.md has the numbers behind that choice.
+(``retriever.fusion``, ``DEFAULT_FUSION`` unless the caller passes another), not with a Milvus
+ranker; docs/retrieval.md has the numbers behind that choice.
 
 Reading a whole corpus (``corpus_docs``, for the service's validation catalog, which needs the
 APIs a search did not return) pages through it with a query iterator and rebuilds each ApiDoc
@@ -68,6 +76,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from apihelper.errors import ConfigurationError, MissingDependencyError, RetrieverUnavailableError
+from apihelper.retriever.fusion import DEFAULT_FUSION
 from apihelper.retriever.textnorm import keyword_terms
 from apihelper.retriever.types import ApiDoc, CorpusFormat, CorpusInfo, RetrievalMode, RetrievedDoc
 
@@ -77,17 +86,18 @@ log = logging.getLogger(__name__)
 COLLECTION_PREFIX = "apihelper_"  # the served name of a corpus: an alias (or a legacy collection)
 STAGED_PREFIX = "apihelperv_"  # the collections holding corpus versions: apihelperv_<corpus>_v<n>
 CORPUS_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")  # fullmatch: "$" would let "name\n" pass
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
+MAX_VIEWS = 16  # views stored per doc (further ones are left out)
 
 MAX_KEY_BYTES = 4096
 MAX_TITLE_BYTES = 1024
 MAX_TEXT_BYTES = 65535
 MAX_METADATA_BYTES = 60000  # Milvus rejects JSON values over 64 KiB by default
 # Candidates each side of a hybrid search fetches before fusion (at least top_k).
-HYBRID_CANDIDATES = 50
+HYBRID_CANDIDATES = DEFAULT_FUSION.candidates
 OUTPUT_FIELDS = ["key", "title", "text", "index_text", "metadata"]  # every ApiDoc field
 # Every stored field but the BM25 function's output (Milvus computes it from keywords).
-COPIED_FIELDS = ["pk", "key", "title", "text", "index_text", "keywords", "dense", "metadata", "content_hash"]
+COPIED_FIELDS = ["pk", "key", "view", "title", "text", "index_text", "keywords", "dense", "metadata", "content_hash"]
 # Rows per page when a whole corpus is read (corpus_docs): about 1000 x a few KB per round trip.
 READ_BATCH = 1000
 # How long a search waits for a collection that another thread is loading before it answers
@@ -104,6 +114,7 @@ _P_DIM = _PROP + "embedding_dim"
 _P_COUNT = _PROP + "doc_count"
 _P_LAST = _PROP + "last_ingest"
 _P_SCHEMA = _PROP + "schema_version"
+_P_VIEWS = _PROP + "views"  # "1" when the collection holds view rows (schema 3)
 
 
 def valid_corpus_name(name: str) -> bool:
@@ -145,6 +156,11 @@ def staged_corpus(name: str) -> tuple[str, int] | None:
 
 def doc_pk(key: str) -> str:
     return hashlib.sha1(key.encode("utf-8")).hexdigest()
+
+
+def view_pk(key: str, view: int) -> str:
+    """The primary key of the row of a doc's ``view``-th view (1-based)."""
+    return f"{doc_pk(key)}:{view}"
 
 
 def fit_bytes(text: str, max_bytes: int) -> str:
@@ -254,6 +270,7 @@ class MilvusStore:
         self._timeout = timeout_s
         self._loaded: set[str] = set()
         self._schema: dict[str, str] = {}  # corpus -> schema version, read when it is loaded
+        self._views: dict[str, bool] = {}  # corpus -> whether it holds view rows, read when it is loaded
         self._lock = threading.Lock()
         self._lite_path: str | None = None
         if is_local_uri(uri):
@@ -426,6 +443,7 @@ class MilvusStore:
             schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("pk", DataType.VARCHAR, is_primary=True, max_length=64)
             schema.add_field("key", DataType.VARCHAR, max_length=MAX_KEY_BYTES)
+            schema.add_field("view", DataType.INT16)
             schema.add_field("title", DataType.VARCHAR, max_length=MAX_TITLE_BYTES)
             schema.add_field("text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES)
             schema.add_field("index_text", DataType.VARCHAR, max_length=MAX_TEXT_BYTES)
@@ -467,6 +485,7 @@ class MilvusStore:
                     _P_DIM: str(settings.embedding_dim),
                     _P_COUNT: "0",
                     _P_LAST: "",
+                    _P_VIEWS: "0",
                 },
                 timeout=self._timeout,
             )
@@ -486,6 +505,7 @@ class MilvusStore:
                 self._client.create_alias(staged, served, timeout=self._timeout)
         self._loaded.discard(corpus)
         self._schema.pop(corpus, None)
+        self._views.pop(corpus, None)
         if old is not None and old != served:
             try:  # served already: a failure here only leaves the old version for the next ingest
                 with self._guard("drop collection"):
@@ -558,7 +578,9 @@ class MilvusStore:
                 state = self._client.get_load_state(name, timeout=self._timeout)
                 if "Loaded" not in str(state.get("state", "")):
                     self._client.load_collection(name, timeout=max(self._timeout, 60.0))
-            self._schema[corpus] = self.schema_version(corpus)
+            props = self._properties(corpus)
+            self._schema[corpus] = props.get(_P_SCHEMA) or "1"
+            self._views[corpus] = props.get(_P_VIEWS) == "1"
             self._loaded.add(corpus)
         finally:
             self._lock.release()
@@ -582,19 +604,20 @@ class MilvusStore:
         """Every stored doc's key -> content_hash (strongly consistent read)."""
         self.ensure_loaded(corpus)
         with self._guard("query"):
-            rows = self._rows(corpus, ["key", "content_hash"], batch_size=READ_BATCH)
+            rows = self._rows(corpus, ["key", "content_hash"], batch_size=READ_BATCH, docs_only=True)
             return {str(row["key"]): str(row["content_hash"]) for row in rows}
 
     def _rows(
-        self, corpus: str, fields: list[str], *, batch_size: int, limit: int | None = None
+        self, corpus: str, fields: list[str], *, batch_size: int, limit: int | None = None, docs_only: bool = False
     ) -> Iterator[dict[str, Any]]:
-        """Every row of ``corpus`` (``fields`` only), paged with a strongly consistent query
-        iterator: a plain query is capped at 16384 rows by Milvus. Call inside ``_guard``."""
+        """Every row of ``corpus`` (``fields`` only; with ``docs_only`` the docs' own rows, not
+        their views'), paged with a strongly consistent query iterator: a plain query is capped
+        at 16384 rows by Milvus. Call inside ``_guard``."""
         iterator = self._client.query_iterator(
             collection_name(corpus),
             batch_size=batch_size,
             limit=-1 if limit is None else limit,
-            filter="",
+            filter="view == 0" if docs_only and self._has_views(corpus) else "",
             output_fields=fields,
             timeout=self._timeout,
             consistency_level="Strong",
@@ -622,23 +645,34 @@ class MilvusStore:
 
         def read() -> list[ApiDoc]:
             with self._guard("read corpus"):
-                return [_doc_of(row) for row in self._rows(corpus, OUTPUT_FIELDS, batch_size=batch_size, limit=limit)]
+                rows = self._rows(corpus, OUTPUT_FIELDS, batch_size=batch_size, limit=limit, docs_only=True)
+                return [_doc_of(row) for row in rows]
 
         return self._loaded_retry(corpus, read)
 
     def upsert_docs(
-        self, corpus: str, docs: Sequence[ApiDoc], vectors: Sequence[Sequence[float]], *, staged: str | None = None
+        self,
+        corpus: str,
+        docs: Sequence[ApiDoc],
+        vectors: Sequence[Sequence[float]],
+        *,
+        staged: str | None = None,
+        view_vectors: Sequence[Sequence[Sequence[float]]] | None = None,
     ) -> None:
         """Insert or replace ``docs`` (matched by key) with their dense vectors, in ``corpus`` or
-        in its staged version ``staged``."""
-        if len(docs) != len(vectors):
+        in its staged version ``staged``; ``view_vectors[i]`` holds the vectors of ``docs[i]``'s
+        views (at most ``MAX_VIEWS`` are stored), one row each. Replacing a doc in place (no
+        ``staged``) replaces its views' rows that it still has; ingest writes versions instead."""
+        if len(docs) != len(vectors) or (view_vectors is not None and len(view_vectors) != len(docs)):
             raise ValueError("docs and vectors differ in length")
         if not docs:
             return
-        rows = [
-            {
+        rows: list[dict[str, Any]] = []
+        for i, (doc, vector) in enumerate(zip(docs, vectors, strict=True)):
+            row = {
                 "pk": doc_pk(doc.key),
                 "key": doc.key,
+                "view": 0,
                 "title": fit_bytes(doc.title, MAX_TITLE_BYTES),
                 "text": fit_bytes(doc.text, MAX_TEXT_BYTES),
                 "index_text": fit_bytes(doc.index_text, MAX_TEXT_BYTES),
@@ -647,9 +681,21 @@ class MilvusStore:
                 "metadata": fit_metadata(doc.metadata),
                 "content_hash": doc.content_hash,
             }
-            for doc, vector in zip(docs, vectors, strict=False)
-        ]
+            rows.append(row)
+            for n, view_vector in enumerate((view_vectors[i] if view_vectors is not None else [])[:MAX_VIEWS], 1):
+                # A view's row: the doc's fields (a hit shows the doc), its own vector, no keywords.
+                rows.append(
+                    {
+                        **row,
+                        "pk": view_pk(doc.key, n),
+                        "view": n,
+                        "keywords": "",
+                        "dense": [float(v) for v in view_vector],
+                    }
+                )
         self._insert_rows(staged or collection_name(corpus), rows, upsert=staged is None)
+        if len(rows) > len(docs):
+            self._mark_views(staged or collection_name(corpus))
 
     def _insert_rows(self, collection: str, rows: list[dict[str, Any]], *, upsert: bool) -> None:
         """The one place rows are written (an I/O boundary tests fail on purpose)."""
@@ -660,9 +706,11 @@ class MilvusStore:
                 self._client.insert(collection, rows, timeout=max(self._timeout, 60.0))
 
     def copy_docs(self, corpus: str, staged: str, keys: set[str], *, batch_size: int = READ_BATCH) -> int:
-        """Copy the stored rows of ``keys`` (vectors included: nothing is embedded again) from
-        what ``corpus`` serves into its staged version; returns how many were copied."""
-        copied = 0
+        """Copy the stored rows of ``keys`` (their views' rows too; vectors included: nothing is
+        embedded again) from what ``corpus`` serves into its staged version; returns how many
+        docs were copied."""
+        copied: set[str] = set()
+        views = False
         self.ensure_loaded(corpus)
         with self._guard("read corpus"):
             batch: list[dict[str, Any]] = []
@@ -670,19 +718,23 @@ class MilvusStore:
                 if str(row.get("key")) not in keys:
                     continue
                 batch.append({f: row[f] for f in COPIED_FIELDS})
+                copied.add(str(row["key"]))
+                views = views or int(row.get("view") or 0) > 0
                 if len(batch) >= batch_size:
                     self._insert_rows(staged, batch, upsert=False)
-                    copied, batch = copied + len(batch), []
+                    batch = []
             if batch:
                 self._insert_rows(staged, batch, upsert=False)
-                copied += len(batch)
-        return copied
+        if views:
+            self._mark_views(staged)
+        return len(copied)
 
     def delete_keys(self, corpus: str, keys: Sequence[str]) -> None:
         if not keys:
             return
+        ids = [pk for k in keys for pk in (doc_pk(k), *(view_pk(k, n) for n in range(1, MAX_VIEWS + 1)))]
         with self._guard("delete"):
-            self._client.delete(collection_name(corpus), ids=[doc_pk(k) for k in keys], timeout=self._timeout)
+            self._client.delete(collection_name(corpus), ids=ids, timeout=self._timeout)
 
     def flush(self, corpus: str, *, staged: str | None = None) -> None:
         """Seal written data (a server otherwise does it in the background)."""
@@ -716,13 +768,21 @@ class MilvusStore:
         return self._loaded_retry(corpus, lambda: self._keyword(corpus, query_text, top_k))
 
     def hybrid_candidates(
-        self, corpus: str, *, query_text: str, query_vector: Sequence[float], top_k: int, dense: bool = True
+        self,
+        corpus: str,
+        *,
+        query_text: str,
+        query_vector: Sequence[float],
+        top_k: int,
+        dense: bool = True,
+        candidates: int = HYBRID_CANDIDATES,
     ) -> tuple[list[RetrievedDoc], list[RetrievedDoc]]:
-        """The dense and BM25 candidate lists of one corpus, for fusion by the caller; with
-        ``dense`` False (the corpus's vectors are another model's) the BM25 list only."""
+        """The dense and BM25 candidate lists of one corpus (``candidates`` each, at least
+        ``top_k``), for fusion by the caller; with ``dense`` False (the corpus's vectors are
+        another model's) the BM25 list only."""
         if top_k <= 0:
             return [], []
-        limit = hybrid_candidates(top_k)
+        limit = hybrid_candidates(top_k, candidates)
         return self._loaded_retry(
             corpus,
             lambda: (
@@ -745,8 +805,23 @@ class MilvusStore:
             self.ensure_loaded(corpus, wait_s=LOAD_WAIT_SECONDS)
             return search()
 
+    def _has_views(self, corpus: str) -> bool:
+        """Whether the collection of ``corpus`` holds view rows (read when it was loaded; a
+        grouping search costs ~2 ms more, so collections without views are searched plainly)."""
+        if corpus not in self._views:
+            props = self._properties(corpus)
+            self._views[corpus] = (props.get(_P_SCHEMA) or "1") not in ("1", "2") and props.get(_P_VIEWS) == "1"
+        return self._views[corpus]
+
+    def _mark_views(self, collection: str) -> None:
+        """Record that ``collection`` holds view rows (its dense searches group by key)."""
+        with self._guard("alter collection properties"):
+            self._client.alter_collection_properties(collection, properties={_P_VIEWS: "1"}, timeout=self._timeout)
+
     def _dense(self, corpus: str, vector: Sequence[float], limit: int) -> list[RetrievedDoc]:
         params = {"metric_type": "COSINE", "params": {"ef": max(64, limit * 2)}}
+        # Views: one hit per doc, its best row (Milvus grouping search; Lite has it too).
+        grouping = {"group_by_field": "key"} if self._has_views(corpus) else {}
         with self._guard("dense search"):
             result = self._client.search(
                 collection_name(corpus),
@@ -756,6 +831,7 @@ class MilvusStore:
                 search_params=params,
                 output_fields=OUTPUT_FIELDS,
                 timeout=self._timeout,
+                **grouping,
             )
         return self._hits(corpus, result, negate=False)
 
@@ -819,9 +895,9 @@ def _doc_of(entity: Mapping[str, Any]) -> ApiDoc:
     )
 
 
-def hybrid_candidates(top_k: int) -> int:
+def hybrid_candidates(top_k: int, candidates: int = HYBRID_CANDIDATES) -> int:
     """How many candidates each side of a hybrid search fetches for ``top_k`` results."""
-    return min(max(top_k, HYBRID_CANDIDATES), 16384)
+    return min(max(top_k, candidates), 16384)
 
 
 def _reason(exc: BaseException) -> str:

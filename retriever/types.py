@@ -36,7 +36,10 @@ class ApiDoc:
     """One API document: a REST operation, a Python callable, or an API record.
 
     ``text`` is what the model sees in the prompt; ``index_text`` is what is embedded and
-    BM25-indexed (it may add or drop fields to make search work better).
+    BM25-indexed (it may add or drop fields to make search work better). ``views`` are further
+    ways the same API is described (one APIBench record of a call, a REST operation's summary and
+    description, a function's parameters): each gets a dense vector of its own, carrying the
+    doc's key, so a phrasing is not averaged away in one long text (``retriever.views``).
     """
 
     key: str
@@ -44,12 +47,16 @@ class ApiDoc:
     text: str
     index_text: str
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    views: tuple[str, ...] = ()
 
     @property
     def content_hash(self) -> str:
         """A stable digest of everything stored for this doc; ingest compares it to skip writes."""
+        fields: list[Any] = [self.key, self.title, self.text, self.index_text, self.metadata]
+        if self.views:  # docs without views keep the digests they had before views existed
+            fields.append(list(self.views))
         payload = json.dumps(
-            [self.key, self.title, self.text, self.index_text, self.metadata],
+            fields,
             sort_keys=True,
             ensure_ascii=False,
             default=str,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -28,11 +28,20 @@ def plain_tokens(text: str) -> list[str]:
 
 
 class PlainBM25:
-    """Okapi BM25 over ``plain_tokens`` of the docs' text."""
+    """Okapi BM25 over ``plain_tokens`` of the docs' text (or over ``texts``, split by ``tokens``)."""
 
-    def __init__(self, docs: Sequence[ApiDoc], *, k1: float = 1.2, b: float = 0.75) -> None:
+    def __init__(
+        self,
+        docs: Sequence[ApiDoc],
+        *,
+        k1: float = 1.2,
+        b: float = 0.75,
+        texts: Sequence[str] | None = None,
+        tokens: Callable[[str], list[str]] = plain_tokens,
+    ) -> None:
         self._keys = [d.key for d in docs]
-        self._tf = [Counter(plain_tokens(d.text)) for d in docs]
+        self._tokens = tokens
+        self._tf = [Counter(tokens(t)) for t in (texts if texts is not None else [d.text for d in docs])]
         lengths = [sum(tf.values()) for tf in self._tf]
         self._norm = [k1 * (1 - b + b * n / (sum(lengths) / len(lengths) or 1.0)) for n in lengths]
         self._k1 = k1
@@ -40,15 +49,19 @@ class PlainBM25:
         n = len(docs)
         self._idf = {t: math.log(1 + (n - c + 0.5) / (c + 0.5)) for t, c in df.items()}
 
-    def rank(self, query: str, k: int) -> list[str]:
-        terms = [t for t in plain_tokens(query) if t in self._idf]
+    def scores(self, query: str) -> list[tuple[int, float]]:
+        """(doc index, BM25 score) of every doc that matches a query term, best first."""
+        terms = [t for t in self._tokens(query) if t in self._idf]
         scored = []
         for i, tf in enumerate(self._tf):
             score = sum(self._idf[t] * tf[t] * (self._k1 + 1) / (tf[t] + self._norm[i]) for t in terms if t in tf)
             if score > 0:
-                scored.append((-score, i))
-        scored.sort()
-        return [self._keys[i] for _, i in scored[:k]]
+                scored.append((i, score))
+        scored.sort(key=lambda pair: (-pair[1], pair[0]))
+        return scored
+
+    def rank(self, query: str, k: int) -> list[str]:
+        return [self._keys[i] for i, _ in self.scores(query)[:k]]
 
 
 class PlainDense:

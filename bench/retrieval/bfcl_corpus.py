@@ -32,7 +32,13 @@ from apihelper.retriever.loaders.function_schema import assign_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SETS = ("BFCL_v4_live_multiple", "BFCL_v4_multiple")
+SETS = (
+    "BFCL_v4_live_multiple",
+    "BFCL_v4_multiple",
+    "BFCL_v4_parallel_multiple",
+    "BFCL_v4_simple_java",
+    "BFCL_v4_simple_javascript",
+)
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--bfcl", type=Path, default=ROOT.parent / "shared" / "corpora" / "bfcl")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--set", action="append", choices=SETS, help="default: both")
+    parser.add_argument("--set", action="append", choices=SETS, help="default: all of them")
     args = parser.parse_args(argv)
     for name in args.set or SETS:
         corpus, questions = write_set(args.bfcl, name, args.out)

@@ -14,7 +14,8 @@ Sets and rules:
 - ``torchhub``: test = APIBench's own eval questions (apibench/torchhub_eval.json, ids
   ``eval-N``, N the 1-based line number as in Gorilla's response files); train / validation =
   apibench/torchhub_train.json lines (``train-N``), 0.8 / 0.2;
-- ``bfcl_live_multiple`` / ``bfcl_multiple``: bfcl/BFCL_v4_*.json by ``id``, 0.6 / 0.2 / 0.2.
+- ``bfcl_live_multiple`` / ``bfcl_multiple`` / ``bfcl_parallel_multiple`` / ``bfcl_simple_java`` /
+  ``bfcl_simple_javascript``: bfcl/BFCL_v4_*.json by ``id``, 0.6 / 0.2 / 0.2.
 
 Run once; the manifests are committed and every benchmark reads them. Re-running with the same
 seed and sources reproduces them byte for byte.
@@ -35,6 +36,15 @@ SPLITS = ("train", "validation", "test")
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CORPORA = ROOT.parent / "shared" / "corpora"
 DEFAULT_OUT = Path(__file__).resolve().parent / "splits"
+# (BFCL file stem, manifest name); the last three were added later: cutting them did not touch
+# the first two manifests (each set has its own seeded generator).
+BFCL_FILES = (
+    ("BFCL_v4_live_multiple", "bfcl_live_multiple"),
+    ("BFCL_v4_multiple", "bfcl_multiple"),
+    ("BFCL_v4_parallel_multiple", "bfcl_parallel_multiple"),
+    ("BFCL_v4_simple_java", "bfcl_simple_java"),
+    ("BFCL_v4_simple_javascript", "bfcl_simple_javascript"),
+)
 
 
 @dataclass(frozen=True)
@@ -152,7 +162,7 @@ def torchhub_manifest(corpora: Path, seed: int) -> dict[str, object]:
 def bfcl_manifests(corpora: Path, seed: int) -> list[dict[str, object]]:
     ratios: dict[str, object] = {"train": 0.6, "validation": 0.2, "test": 0.2}
     out = []
-    for stem, name in (("BFCL_v4_live_multiple", "bfcl_live_multiple"), ("BFCL_v4_multiple", "bfcl_multiple")):
+    for stem, name in BFCL_FILES:
         source = Source(corpora / "bfcl" / f"{stem}.json", "all")
         ids = [str(r["id"]) for r in jsonl_records(source.path)]
         rng = random.Random(f"{seed}:{name}")

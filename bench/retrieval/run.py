@@ -48,7 +48,13 @@ SHARED = ROOT.parent / "shared" / "corpora"
 BACKEND_AI = SHARED / "backend.ai"
 APIBENCH = SHARED / "apibench"
 WHEEL = BACKEND_AI / "backend.ai_client-24.3.0-py3-none-any.whl"
-BFCL_SETS = {"bfcl_live_multiple": "BFCL_v4_live_multiple", "bfcl_multiple": "BFCL_v4_multiple"}
+BFCL_SETS = {
+    "bfcl_live_multiple": "BFCL_v4_live_multiple",
+    "bfcl_multiple": "BFCL_v4_multiple",
+    "bfcl_parallel_multiple": "BFCL_v4_parallel_multiple",
+    "bfcl_simple_java": "BFCL_v4_simple_java",
+    "bfcl_simple_javascript": "BFCL_v4_simple_javascript",
+}
 
 
 @dataclass(frozen=True)
@@ -104,11 +110,32 @@ def corpus_path(spec: CorpusSpec, build_dir: Path) -> Path:
     return build_dir / spec.path if spec.built else spec.path
 
 
-def ingest_all(uri: str, corpora: list[CorpusSpec], build_dir: Path) -> dict[str, dict[str, Any]]:
-    """Ingest every corpus (incremental); returns per-corpus docs, seconds and seconds per 1,000 docs."""
+def ingest_all(
+    uri: str,
+    corpora: list[CorpusSpec],
+    build_dir: Path,
+    *,
+    views: bool = False,
+    links: tuple[str, str] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Ingest every corpus (incremental); returns per-corpus docs, seconds and seconds per 1,000 docs.
+
+    ``views``: one more vector per view of a doc (``ingest_corpus``); ``links``: two corpora that
+    explain each other (``apihelper-build ingest --link``)."""
     from apihelper.retriever.embedding import Embedder
     from apihelper.retriever.ingest import format_report, ingest_corpus
+    from apihelper.retriever.loaders import load_corpus
     from apihelper.retriever.milvus_store import MilvusStore
+
+    specs = {spec.name: spec for spec in CORPORA}
+    partner = dict([links, links[::-1]]) if links else {}
+
+    def partner_docs(name: str) -> tuple[str, list[Any]] | None:
+        if name not in partner:
+            return None
+        other = specs[partner[name]]
+        _, loaded = load_corpus(corpus_path(other, build_dir), other.fmt, include=list(other.include) or None)
+        return other.name, loaded.docs
 
     embedder = Embedder()
     store = MilvusStore(uri)
@@ -124,6 +151,8 @@ def ingest_all(uri: str, corpora: list[CorpusSpec], build_dir: Path) -> dict[str
                 spec.fmt,
                 progress=False,
                 include=list(spec.include) or None,
+                views=views,
+                linked=partner_docs(spec.name),
             )
             seconds = time.perf_counter() - started
             docs = report.added + report.updated + report.unchanged
@@ -273,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", default=",".join(s.name for s in SETS))
     parser.add_argument("--no-baselines", action="store_true", help="skip plain dense and plain BM25")
     parser.add_argument("--data-dir", type=Path, help="keep the Milvus Lite database here (default: a temp dir)")
+    parser.add_argument("--views", action="store_true", help="ingest a vector per view of a doc too (ingest --views)")
+    parser.add_argument("--link", metavar="A,B", help="two corpora that explain each other, e.g. rest,functional")
     parser.add_argument(
         "--query-adapter",
         default="bundled",
@@ -300,7 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         build_bfcl(build_dir)
         uri = str(base / "milvus.db")
         print(f"ingesting {len(corpora)} corpora into {uri}", file=sys.stderr)
-        ingest = ingest_all(uri, corpora, build_dir)
+        links = tuple(args.link.split(",")) if args.link else None
+        if links is not None and (len(links) != 2 or not {c.name for c in CORPORA} >= set(links)):
+            parser.error(f"--link {args.link!r}: expected two corpus names A,B")
+        ingest = ingest_all(uri, corpora, build_dir, views=args.views, links=links)
         print("evaluating", file=sys.stderr)
         rows = asyncio.run(run_sets(uri, sets, splits, modes, build_dir, not args.no_baselines, args.query_adapter))
     table = markdown(rows, ingest, time.perf_counter() - started)

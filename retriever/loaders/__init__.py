@@ -138,6 +138,7 @@ def clean_doc(doc: ApiDoc) -> ApiDoc:
         text=clean_text(doc.text),
         index_text=clean_text(doc.index_text),
         metadata=metadata if isinstance(metadata, dict) else {},
+        views=tuple(v for v in (clean_text(view) for view in doc.views) if v.strip()),
     )
 
 

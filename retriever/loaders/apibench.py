@@ -14,7 +14,9 @@ often the same call described for different tasks). One doc is kept per key:
 
 ``text`` is the record as Gorilla saw it: a compact JSON rendering of the fields above (not
 ``performance``). ``index_text`` puts api_name, functionality, domain and description first, then
-the call and the first lines of example code. Bad lines are LoadProblems ("file:line").
+the call and the first lines of example code. ``views``: each distinct record's own name,
+functionality, domain and description (one vector per way the call is described). Bad lines are
+LoadProblems ("file:line").
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ TEXT_FIELDS = (
     "description",
 )
 MAX_VARIANTS_INDEXED = 8
+MAX_VIEWS = 16  # records of one call that get a vector of their own
 MAX_INDEX = 2000
 MAX_TEXT = 4000
 
@@ -93,6 +96,17 @@ def _index_text(group: _Group) -> str:
     return trim(join_nonempty(parts), MAX_INDEX)
 
 
+def record_view(record: dict[str, Any]) -> str:
+    """One record's own description (name, functionality, domain, description): a view of its call."""
+    return trim(
+        join_nonempty(
+            collapse_whitespace(_as_text(record.get(name, "")))
+            for name in ("api_name", "functionality", "domain", "description")
+        ),
+        MAX_INDEX,
+    )
+
+
 def _doc(key: str, group: _Group) -> ApiDoc:
     first = group.first
     metadata = ApiBenchMetadata(
@@ -113,6 +127,7 @@ def _doc(key: str, group: _Group) -> ApiDoc:
         text=trim(record_text(first), MAX_TEXT),
         index_text=_index_text(group),
         metadata=metadata,
+        views=tuple(unique(record_view(r) for r in [first, *group.variants][:MAX_VIEWS])),
     )
 
 

@@ -30,7 +30,8 @@ the way BFCL's own OpenAI handler does.
 
 ``text`` (what the model reads) is the definition as compact JSON; ``index_text`` (what is
 embedded and BM25-indexed) is built by :func:`index_text` from the name's words, the description
-and the parameters' names.
+and the parameters' names; ``views`` (:func:`views`) are the name with the description and the
+name with the parameters, each embedded on its own.
 """
 
 from __future__ import annotations
@@ -207,6 +208,25 @@ def index_text(definition: FunctionDef) -> str:
     )
 
 
+def views(definition: FunctionDef) -> tuple[str, ...]:
+    """The definition's views (``ApiDoc.views``): its name with its description, and its name with
+    its parameters (names, descriptions, values), each embedded on its own."""
+    name = expanded_words(identifier_words(definition.name))
+    names = parameter_names(definition.parameters)[:INDEX_PARAM_NAMES]
+    lines, values = _parameter_lines(definition.parameters)
+    described = (
+        first_paragraphs(definition.description, MAX_DESCRIPTION_INDEX) if definition.description.strip() else ""
+    )
+    params = join_nonempty(
+        [
+            ("parameters: " + identifier_words(*names)) if names else None,
+            *lines,
+            ("values: " + ", ".join(values)) if values else None,
+        ]
+    )
+    return tuple(join_nonempty([name, part]) for part in (described, params) if part)
+
+
 def _first_sentence(text: str) -> str:
     paragraph = first_paragraphs(text, 400) if text.strip() else ""
     end = next(
@@ -295,6 +315,7 @@ def _doc(key: str, entry: _Entry) -> ApiDoc:
         text=trim(json.dumps(function, ensure_ascii=False), MAX_TEXT),
         index_text=index_text(definition),
         metadata=metadata,
+        views=views(definition),
     )
 
 
@@ -306,4 +327,5 @@ __all__ = [
     "load_function_schemas",
     "looks_like_definitions",
     "parse_definition",
+    "views",
 ]

@@ -561,4 +561,22 @@ def _operation_doc(
     if servers:
         metadata["servers"] = servers
     title = summary or operation_id or key
-    return ApiDoc(key=key, title=title, text=text, index_text=index_text, metadata=metadata)
+    # Views (one vector each): what it does in words; where it is and what it takes; its tags.
+    views = (
+        join_nonempty(
+            [
+                expanded_words(phrase),
+                summary,
+                first_paragraphs(plain_description, INDEX_DESCRIPTION) if plain_description.strip() else None,
+            ]
+        ),
+        join_nonempty(
+            [
+                f"{method} {' '.join(verbs)} {' '.join(split_identifier(api_path))}",
+                expanded_words(identifier_words(operation_id)) if operation_id else None,
+                ("parameters: " + identifier_words(*param_names)) if param_names else None,
+            ]
+        ),
+        join_nonempty([("tags: " + identifier_words(*tags)) if tags else None, expanded_words(phrase)]),
+    )
+    return ApiDoc(key=key, title=title, text=text, index_text=index_text, metadata=metadata, views=tuple(unique(views)))

@@ -54,6 +54,7 @@ from typing import Any
 
 from apihelper.retriever.doc_kinds import DocKind, FunctionSchema, PythonMetadata
 from apihelper.retriever.limits import DEFAULT_LIMITS, IngestLimits, LimitExceeded
+from apihelper.retriever.links import call_metadata, http_calls
 from apihelper.retriever.loaders._archives import TAR_SUFFIXES, package_files, package_names
 from apihelper.retriever.loaders._files import contained, problem_message
 from apihelper.retriever.loaders._text import expanded_words, first_paragraphs, identifier_words, join_nonempty, trim
@@ -590,8 +591,23 @@ def _function_doc(
         required=required,
         function=function,
     )
+    calls = http_calls(node)
+    if calls:
+        metadata["http_calls"] = call_metadata(calls)
     title = f"{qualname}: {trim(summary, 120)}" if summary else qualname
-    return ApiDoc(key=key, title=title, text=trim(text, MAX_TEXT), index_text=index_text, metadata=metadata)
+    # Views (one vector each): the name with its signature, and the name with its docstring.
+    name_words = expanded_words(identifier_words(module.rsplit(".", 1)[-1], *owner, node.name))
+    views = [join_nonempty([name_words, signature])]
+    if docstring:
+        views.append(join_nonempty([name_words, first_paragraphs(docstring, MAX_DOCSTRING_INDEX)]))
+    return ApiDoc(
+        key=key,
+        title=title,
+        text=trim(text, MAX_TEXT),
+        index_text=index_text,
+        metadata=metadata,
+        views=tuple(views),
+    )
 
 
 def _class_docs(module: str, node: ast.ClassDef, owner: list[str]) -> list[ApiDoc]:

@@ -119,3 +119,38 @@ def test_a_limit_flag_must_be_a_positive_integer(capsys: pytest.CaptureFixture[s
         cli.main(["ingest", "--milvus-uri", "x.db", "--corpus", "a=a.json", "--max-depth", "0"])
     assert exit_info.value.code == 2
     assert "--max-depth" in capsys.readouterr().err
+
+
+def test_link_pairs_name_two_corpora_of_the_command() -> None:
+    from apihelper.errors import ConfigurationError
+
+    assert cli.link_partners(["a,b"], ["a", "b"]) == {"a": "b", "b": "a"}
+    assert cli.link_partners([], ["a"]) == {}
+    for bad in ("a", "a,a", "a,c", "a,b,c", ",b"):
+        with pytest.raises(ConfigurationError):
+            cli.link_partners([bad], ["a", "b"])
+
+
+def test_link_and_views_flags_reach_ingest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from apihelper.retriever import loaders
+    from apihelper.retriever.types import ApiDoc, LoadResult
+
+    seen: dict[str, Any] = {}
+
+    def fake_ingest(store: Any, embedder: Any, name: str, path: Path, fmt: Any, **kwargs: Any) -> IngestReport:
+        seen[name] = (kwargs["views"], kwargs["linked"])
+        return _report(name)
+
+    doc = ApiDoc("k", "t", "x", "x")
+    monkeypatch.setattr(loaders, "load_corpus", lambda path, fmt, **kw: (fmt, LoadResult([doc])))
+    monkeypatch.setattr(embedding, "Embedder", lambda: object())
+    monkeypatch.setattr(milvus_store, "MilvusStore", _Store)
+    monkeypatch.setattr(ingest, "ingest_corpus", fake_ingest)
+    argv = ["ingest", "--quiet", "--milvus-uri", "x.db", "--corpus", "a=a.json", "--corpus", "b=b.json"]
+    with pytest.raises(SystemExit):
+        cli.main([*argv, "--link", "a,b", "--views"])
+    assert seen == {"a": (True, ("b", [doc])), "b": (True, ("a", [doc]))}
+    seen.clear()
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert seen == {"a": (False, None), "b": (False, None)}

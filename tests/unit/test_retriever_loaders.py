@@ -371,3 +371,59 @@ def test_detect_format(tmp_path: Path) -> None:
         detect_format(plain)
     with pytest.raises(CorpusLoadError):
         detect_format(tmp_path / "nothing.json")
+
+
+def test_every_loader_gives_each_way_of_describing_an_api_a_view(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "openapi": "3.0.0",
+                "info": {"title": "t", "version": "1"},
+                "paths": {
+                    "/pets/{pet_id}": {
+                        "get": {
+                            "summary": "Fetch one pet",
+                            "description": "Returns the animal's record.",
+                            "tags": ["animals"],
+                            "parameters": [{"name": "pet_id", "in": "path", "required": True}],
+                        }
+                    }
+                },
+            }
+        ),
+        encoding="utf-8",
+    )
+    (doc,) = load_openapi(spec).docs
+    summary, where, tags = doc.views
+    assert "Fetch one pet" in summary and "animal's record" in summary and "parameters" not in summary
+    assert "pets" in where and "parameters: pet id" in where and "Fetch" not in where
+    assert tags.startswith("tags: animals")
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "zoo.py").write_text(
+        'def feed(animal: str, grams: int = 5) -> None:\n    """Give an animal its food."""\n'
+    )
+    (fn,) = [d for d in load_python_package(package).docs if d.key.endswith("zoo.feed")]
+    assert [("def feed(" in v, "Give an animal" in v) for v in fn.views] == [(True, False), (False, True)]
+
+    tools = tmp_path / "tools.json"
+    tools.write_text(
+        json.dumps(
+            [
+                {
+                    "name": "get_weather",
+                    "description": "Current weather of a city.",
+                    "parameters": {"type": "dict", "properties": {"unit": {"type": "string", "enum": ["celsius"]}}},
+                }
+            ]
+        ),
+        encoding="utf-8",
+    )
+    _, loaded = load_corpus(tools, CorpusFormat.FUNCTIONS)
+    (described, parameters) = loaded.docs[0].views
+    assert "Current weather" in described and "celsius" not in described
+    assert "celsius" in parameters and "Current weather" not in parameters
+    assert described.startswith("get show weather") and parameters.startswith("get show weather")  # the name

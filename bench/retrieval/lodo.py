@@ -1,0 +1,573 @@
+"""Leave-one-distribution-out (LODO) choice of the hybrid retrieval settings, offline.
+
+    .venv/bin/python bench/retrieval/lodo.py [--cache DIR] [--out table.md] [--json-out rows.json]
+
+Eight dev distributions (Backend.AI REST, Backend.AI functional, TorchHub, BFCL live_multiple,
+multiple, parallel_multiple, simple_java, simple_javascript). For each in turn, every setting
+candidate (query adapter on/off, one vector per doc or one per view, fusion method and weight,
+candidates per side) is scored on the *other seven* sets' train + validation splits (mean top-1
+over sets, each set weighing the same; mean MRR@10 breaks ties), and the winner is scored on the
+held-out set's test split. The default is the setting that wins over all eight; its test-split
+figures are reported beside plain dense, plain BM25 and plain RRF (k 60) of the two.
+
+Everything is computed in memory from the same docs the loaders give ingest (``index_text`` for
+the dense and BM25 sides, ``views`` for the multi-vector side, ``text`` for the plain baselines)
+and fused by ``retriever.fusion.fuse``, the function the retriever uses. The dense side is exact
+cosine over MiniLM vectors (what Milvus' HNSW returns on these sizes); the BM25 side is Okapi BM25
+(k1 1.2, b 0.75, Milvus' parameters) over ``keyword_terms(index_text)``. Vectors are cached on
+disk by text digest (``--cache``), so a second run embeds nothing. ``run.py`` confirms the chosen
+default through Milvus.
+
+The query adapter (``retriever/models/query_adapter.npz``) was trained on the train splits of
+TorchHub and BFCL live_multiple / multiple: with it on, those three held-out rows are not blind
+to their distribution (their test splits are still unseen). The table says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from apihelper.bench.retrieval import run
+from apihelper.bench.retrieval.baselines import PlainBM25
+from apihelper.retriever.evaluate import EvalQuestion
+from apihelper.retriever.fusion import Fusion, FusionMethod, Scored, fuse
+from apihelper.retriever.ingest import SUMMARY_WEIGHT, doc_head
+from apihelper.retriever.textnorm import keyword_terms
+from apihelper.retriever.types import ApiDoc
+
+DEV_SETS = (
+    "rest",
+    "functional",
+    "torchhub",
+    "bfcl_live_multiple",
+    "bfcl_multiple",
+    "bfcl_parallel_multiple",
+    "bfcl_simple_java",
+    "bfcl_simple_javascript",
+)
+MAX_CANDIDATES = 100
+CANDIDATES = (20, 50, 100)
+ZSCORE_WEIGHTS = (0.15, 0.25, 0.4, 0.55, 0.7)
+RRF_KS = (2.0, 10.0, 30.0, 60.0)
+RRF_WEIGHTS = (0.3, 0.5, 0.7)
+PLAIN_RRF = Fusion(FusionMethod.RRF, 0.5, 60.0, MAX_CANDIDATES)
+
+Ranked = list[tuple[str, float]]  # (key, score), best first
+
+
+@dataclass(frozen=True)
+class Setting:
+    adapter: bool
+    views: bool
+    fusion: Fusion
+
+    @property
+    def label(self) -> str:
+        f = self.fusion
+        if f.keyword_weight == 0.0:
+            how = "dense only"
+        elif f.keyword_weight == 1.0:
+            how = "BM25 only"
+        elif f.method is FusionMethod.RRF:
+            how = f"RRF k {f.rrf_k:g} w {f.keyword_weight:g}"
+        else:
+            how = f"z w {f.keyword_weight:g}"
+        return (
+            f"{how}, {f.candidates} cand, adapter {'on' if self.adapter else 'off'}, "
+            f"views {'on' if self.views else 'off'}"
+        )
+
+
+def settings_grid() -> list[Setting]:
+    fusions: list[Fusion] = [Fusion(FusionMethod.ZSCORE, 0.0, candidates=MAX_CANDIDATES)]
+    fusions += [Fusion(FusionMethod.ZSCORE, 1.0, candidates=MAX_CANDIDATES)]
+    for candidates in CANDIDATES:
+        fusions += [Fusion(FusionMethod.ZSCORE, w, candidates=candidates) for w in ZSCORE_WEIGHTS]
+        fusions += [Fusion(FusionMethod.RRF, w, k, candidates) for k in RRF_KS for w in RRF_WEIGHTS]
+    return [Setting(a, v, f) for a in (True, False) for v in (False, True) for f in fusions]
+
+
+class VectorCache:
+    """MiniLM vectors by sha256 of their text, kept in one ``.npz`` file."""
+
+    def __init__(self, path: Path, embed: Callable[[Sequence[str]], list[list[float]]]) -> None:
+        self._path = path
+        self._embed = embed
+        self._vectors: dict[str, np.ndarray] = {}
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as archive:
+                for digest, vector in zip(archive["keys"], archive["vectors"], strict=True):
+                    self._vectors[str(digest)] = vector
+        self._dirty = False
+
+    @staticmethod
+    def digest(text: str) -> str:
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def matrix(self, texts: Sequence[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if self.digest(t) not in self._vectors))
+        if missing:
+            print(f"    embedding {len(missing)} texts", file=sys.stderr)
+            for text, vector in zip(missing, self._embed(missing), strict=True):
+                self._vectors[self.digest(text)] = np.asarray(vector, dtype=np.float32)
+            self._dirty = True
+        return np.stack([self._vectors[self.digest(t)] for t in texts]) if texts else np.zeros((0, 384), np.float32)
+
+    def save(self) -> None:
+        if not self._dirty:
+            return
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        keys = list(self._vectors)
+        with self._path.open("wb") as handle:
+            np.savez(handle, keys=np.array(keys), vectors=np.stack([self._vectors[k] for k in keys]))
+        self._dirty = False
+
+
+@dataclass
+class Prepared:
+    """One dev set's questions and, per split, every question's candidate lists."""
+
+    name: str
+    questions: dict[str, list[EvalQuestion]]
+    dense: dict[tuple[bool, bool], dict[str, list[Ranked]]] = field(default_factory=dict)  # (adapter, views)
+    bm25: dict[str, list[Ranked]] = field(default_factory=dict)
+    plain_dense: dict[str, list[Ranked]] = field(default_factory=dict)
+    plain_bm25: dict[str, list[Ranked]] = field(default_factory=dict)
+
+
+def doc_matrix(docs: Sequence[ApiDoc], cache: VectorCache) -> np.ndarray:
+    """The docs' dense vectors as ingest makes them (``ingest.document_vectors``: the index
+    text's embedding mixed with the head's, where a doc has a summary), from the cache."""
+    main = cache.matrix([d.index_text for d in docs])
+    heads = [(i, head) for i, head in enumerate(doc_head(d) for d in docs) if head]
+    if heads and SUMMARY_WEIGHT > 0:
+        head_vectors = cache.matrix([head for _, head in heads])
+        for (i, _), vector in zip(heads, head_vectors, strict=True):
+            mixed = main[i] + SUMMARY_WEIGHT * vector
+            main[i] = mixed / (np.linalg.norm(mixed) or 1.0)
+    return main
+
+
+def _top(keys: Sequence[str], scores: np.ndarray, limit: int) -> list[Ranked]:
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :limit]
+    return [[(keys[i], float(row[i])) for i in idx] for row, idx in zip(scores, order, strict=True)]
+
+
+def _view_max(scores: np.ndarray, owners: np.ndarray, n_docs: int) -> np.ndarray:
+    """Per doc, the best of its own row's and its views' scores (queries x docs)."""
+    best = scores[:, :n_docs].copy()
+    if scores.shape[1] > n_docs:
+        np.maximum.at(best.T, owners, scores[:, n_docs:].T)
+    return best
+
+
+def prepare(
+    name: str, docs: Sequence[ApiDoc], questions: dict[str, list[EvalQuestion]], cache: VectorCache, adapter: Any
+) -> Prepared:
+    keys = [d.key for d in docs]
+    view_texts = [v for d in docs for v in d.views]
+    owners = np.array([i for i, d in enumerate(docs) for _ in d.views], dtype=np.int64)
+    main = doc_matrix(docs, cache)
+    views = cache.matrix(view_texts)
+    plain = cache.matrix([d.text for d in docs])
+    bm25 = PlainBM25(docs, texts=[keyword_terms(d.index_text) for d in docs], tokens=str.split)
+    plain_bm25 = PlainBM25(docs)
+    out = Prepared(name, questions)
+    for split, qs in questions.items():
+        texts = [q.question for q in qs]
+        q = cache.matrix(texts)
+        adapted = q @ adapter.weight.T
+        adapted /= np.maximum(np.linalg.norm(adapted, axis=1, keepdims=True), 1e-12)
+        for use_adapter, qv in ((False, q), (True, adapted)):
+            whole = qv @ np.concatenate([main, views]).T if len(view_texts) else qv @ main.T
+            out.dense.setdefault((use_adapter, False), {})[split] = _top(keys, whole[:, : len(docs)], MAX_CANDIDATES)
+            out.dense.setdefault((use_adapter, True), {})[split] = _top(
+                keys, _view_max(whole, owners, len(docs)), MAX_CANDIDATES
+            )
+        out.plain_dense[split] = _top(keys, q @ plain.T, MAX_CANDIDATES)
+        out.bm25[split] = [[(keys[i], s) for i, s in bm25.scores(keyword_terms(t))[:MAX_CANDIDATES]] for t in texts]
+        out.plain_bm25[split] = [[(keys[i], s) for i, s in plain_bm25.scores(t)[:MAX_CANDIDATES]] for t in texts]
+    return out
+
+
+def fused_ranking(dense: Ranked, keyword: Ranked, fusion: Fusion) -> list[str]:
+    """The top 10 keys of ``fusion`` over the two lists (each cut to ``fusion.candidates``)."""
+    d = [Scored(k, s, k) for k, s in dense[: fusion.candidates]]
+    kw = [Scored(k, s, k) for k, s in keyword[: fusion.candidates]]
+    return [
+        s.key
+        for s in fuse(d, kw, keyword_weight=fusion.keyword_weight, top_k=10, method=fusion.method, rrf_k=fusion.rrf_k)
+    ]
+
+
+@dataclass(frozen=True)
+class Score:
+    n: int
+    top1: float
+    top5: float
+    mrr: float
+
+
+def score(questions: Sequence[EvalQuestion], rankings: Sequence[Sequence[str]]) -> Score:
+    top1 = top5 = rr = 0.0
+    for question, ranked in zip(questions, rankings, strict=True):
+        gold = set(question.answers)
+        rank = next((i for i, key in enumerate(ranked[:10]) if key in gold), None)
+        if rank is not None:
+            top1 += rank == 0
+            top5 += rank < 5
+            rr += 1 / (rank + 1)
+    n = len(questions) or 1
+    return Score(len(questions), top1 / n, top5 / n, rr / n)
+
+
+# Settings are chosen on validation splits only: the bundled query adapter was trained on the
+# train splits of five of the sets, so their train questions would favour it unfairly.
+GROUPS = {"dev": ("validation",), "test": ("test",)}
+
+
+def evaluate_setting(p: Prepared, setting: Setting, group: str) -> Score:
+    """``setting`` on one set's split group, through ``retriever.fusion.fuse`` (one query at a time)."""
+    qs: list[EvalQuestion] = []
+    rankings: list[list[str]] = []
+    for split in GROUPS[group]:
+        qs += p.questions[split]
+        dense = p.dense[(setting.adapter, setting.views)][split]
+        rankings += [fused_ranking(d, k, setting.fusion) for d, k in zip(dense, p.bm25[split], strict=True)]
+    return score(qs, rankings)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """The candidate lists of many queries as padded arrays (queries x union of both lists), for
+    evaluating hundreds of settings at once. Columns follow ``fuse``'s item order (the keyword
+    list's keys, then the dense list's others), so ties break the same way. Ranks are 1-based,
+    ``inf`` where a key is not in that list."""
+
+    dense_score: np.ndarray
+    dense_rank: np.ndarray
+    keyword_score: np.ndarray
+    keyword_rank: np.ndarray
+    gold: np.ndarray  # bool
+
+    @classmethod
+    def of(cls, questions: Sequence[EvalQuestion], dense: Sequence[Ranked], keyword: Sequence[Ranked]) -> Candidates:
+        width = max(
+            (len({k for k, _ in d} | {k for k, _ in kw}) for d, kw in zip(dense, keyword, strict=True)), default=1
+        )
+        shape = (len(questions), max(width, 1))
+        arrays = [np.zeros(shape), np.full(shape, np.inf), np.zeros(shape), np.full(shape, np.inf)]
+        gold = np.zeros(shape, dtype=bool)
+        for row, (question, d, kw) in enumerate(zip(questions, dense, keyword, strict=True)):
+            column: dict[str, int] = {}
+            for key, _ in [*kw, *d]:
+                column.setdefault(key, len(column))
+            for (score_of, rank_of), ranked in (((0, 1), d), ((2, 3), kw)):
+                for rank, (key, value) in enumerate(ranked, start=1):
+                    arrays[score_of][row, column[key]] = value
+                    arrays[rank_of][row, column[key]] = rank
+            answers = set(question.answers)
+            for key, col in column.items():
+                gold[row, col] = key in answers
+        dense_score, dense_rank, keyword_score, keyword_rank = arrays
+        return cls(dense_score, dense_rank, keyword_score, keyword_rank, gold)
+
+
+def _standardised_rows(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per row, z-scores over the masked entries; unmasked ones get the row's lowest z (0 if none)."""
+    n = mask.sum(axis=1, keepdims=True)
+    safe = np.maximum(n, 1)
+    mean = np.where(mask, scores, 0.0).sum(axis=1, keepdims=True) / safe
+    var = np.where(mask, (scores - mean) ** 2, 0.0).sum(axis=1, keepdims=True) / safe
+    std = np.sqrt(var)
+    z = np.where(std < 1e-9, 0.0, (scores - mean) / np.where(std < 1e-9, 1.0, std))
+    floor = np.where(mask, z, np.inf).min(axis=1, keepdims=True)
+    floor = np.where(np.isfinite(floor), floor, 0.0)
+    return np.where(mask, z, floor)
+
+
+def fast_score(c: Candidates, fusion: Fusion) -> Score:
+    """What ``evaluate_setting`` gives, computed for all queries at once with numpy (the same
+    arithmetic as ``fuse``; ``main`` checks the chosen default against ``fuse`` itself)."""
+    in_dense = c.dense_rank <= fusion.candidates
+    in_keyword = c.keyword_rank <= fusion.candidates
+    w = fusion.keyword_weight
+    if fusion.method is FusionMethod.RRF and 0.0 < w < 1.0:
+        fused = np.where(in_dense, (1 - w) / (fusion.rrf_k + c.dense_rank), 0.0) + np.where(
+            in_keyword, w / (fusion.rrf_k + c.keyword_rank), 0.0
+        )
+        present = in_dense | in_keyword
+    else:
+        has_keyword = in_keyword.any(axis=1, keepdims=True)
+        has_dense = in_dense.any(axis=1, keepdims=True)
+        dense_alone = ~has_keyword | (w <= 0)
+        keyword_alone = ~dense_alone & (~has_dense | (w >= 1))
+        z_dense = _standardised_rows(c.dense_score, in_dense)
+        z_keyword = _standardised_rows(c.keyword_score, in_keyword)
+        fused = np.where(
+            dense_alone, c.dense_score, np.where(keyword_alone, c.keyword_score, (1 - w) * z_dense + w * z_keyword)
+        )
+        present = np.where(dense_alone, in_dense, np.where(keyword_alone, in_keyword, in_dense | in_keyword))
+    fused = np.where(present, fused, -np.inf)
+    order = np.argsort(-fused, axis=1, kind="stable")[:, :10]
+    hit = np.take_along_axis(c.gold & present, order, axis=1)
+    first = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
+    n = max(len(first), 1)
+    found = first >= 0
+    return Score(
+        len(first),
+        float((first == 0).sum()) / n,
+        float((found & (first < 5)).sum()) / n,
+        float((1.0 / (first[found] + 1)).sum()) / n,
+    )
+
+
+def evaluate_plain(p: Prepared, which: str, group: str) -> Score:
+    qs: list[EvalQuestion] = []
+    rankings: list[list[str]] = []
+    for split in GROUPS[group]:
+        qs += p.questions[split]
+        if which == "plain dense":
+            rankings += [[k for k, _ in r[:10]] for r in p.plain_dense[split]]
+        elif which == "plain BM25":
+            rankings += [[k for k, _ in r[:10]] for r in p.plain_bm25[split]]
+        else:
+            rankings += [
+                fused_ranking(d, k, PLAIN_RRF) for d, k in zip(p.plain_dense[split], p.plain_bm25[split], strict=True)
+            ]
+    return score(qs, rankings)
+
+
+def choose(
+    results: dict[str, dict[str, dict[str, Score]]], sets: Sequence[str], among: Sequence[str] | None = None
+) -> str:
+    """The setting (of ``among``, default all) with the best mean validation top-1 over ``sets``
+    (mean validation MRR@10 breaks ties)."""
+
+    def merit(label: str) -> tuple[float, float]:
+        rows = [results[label][s]["dev"] for s in sets]
+        return (round(sum(r.top1 for r in rows) / len(rows), 6), sum(r.mrr for r in rows) / len(rows))
+
+    return max(among if among is not None else results, key=merit)
+
+
+# The two corpora that explain each other (an OpenAPI spec and the SDK calling it): their
+# linked variants are scored with the chosen default beside the plain ones.
+LINKED = ("rest", "functional")
+
+
+def load_sets(build_dir: Path) -> dict[str, tuple[list[ApiDoc], dict[str, list[EvalQuestion]]]]:
+    """Every dev set's docs and splits, plus ``<set>+links`` for the sets of ``LINKED``."""
+    from apihelper.retriever.links import link_corpora
+    from apihelper.retriever.loaders import load_corpus
+
+    run.build_bfcl(build_dir)
+    specs = {c.name: c for c in run.CORPORA}
+    qsets = {s.name: s for s in run.SETS}
+    out = {}
+    for name in DEV_SETS:
+        spec = specs[name]
+        _, loaded = load_corpus(run.corpus_path(spec, build_dir), spec.fmt, include=list(spec.include) or None)
+        questions = {
+            split: run.questions_of(qsets[name], split, build_dir) for split in ("train", "validation", "test")
+        }
+        out[name] = (loaded.docs, questions)
+    first, second = LINKED
+    out[f"{first}+links"] = (link_corpora(out[first][0], out[second][0], second)[0], out[first][1])
+    out[f"{second}+links"] = (link_corpora(out[second][0], out[first][0], first)[0], out[second][1])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "apihelper-lodo")
+    parser.add_argument("--out", type=Path, help="also write the Markdown tables here")
+    parser.add_argument("--json-out", type=Path, help="write every setting's figures as JSON here")
+    args = parser.parse_args(argv)
+    if not run.SHARED.is_dir():
+        print(f"{run.SHARED} is missing: LODO needs ../shared/corpora", file=sys.stderr)
+        return 2
+
+    from apihelper.retriever.adapter import QueryAdapter, bundled_adapter_path
+    from apihelper.retriever.embedding import Embedder
+
+    started = time.perf_counter()
+    adapter_path = bundled_adapter_path()
+    if adapter_path is None:
+        print("the bundled query adapter is missing", file=sys.stderr)
+        return 2
+    adapter = QueryAdapter.load(adapter_path)
+    embedder = Embedder()
+    cache = VectorCache(args.cache / "vectors.npz", embedder.embed_documents)
+    prepared: dict[str, Prepared] = {}
+    with tempfile.TemporaryDirectory(prefix="apihelper-lodo-") as tmp:
+        for name, (docs, questions) in load_sets(Path(tmp)).items():
+            print(f"  {name}: {len(docs)} docs, {sum(len(d.views) for d in docs)} views", file=sys.stderr)
+            prepared[name] = prepare(name, docs, questions, cache, adapter)
+            cache.save()
+
+    grid = settings_grid()
+    results: dict[str, dict[str, dict[str, Score]]] = {}
+    settings = {s.label: s for s in grid}
+    arrays = {
+        (name, group, signals): Candidates.of(
+            [q for split in GROUPS[group] for q in p.questions[split]],
+            [r for split in GROUPS[group] for r in p.dense[signals][split]],
+            [r for split in GROUPS[group] for r in p.bm25[split]],
+        )
+        for name, p in prepared.items()
+        for group in GROUPS
+        for signals in p.dense
+    }
+    for setting in grid:
+        results[setting.label] = {
+            name: {
+                group: fast_score(arrays[(name, group, (setting.adapter, setting.views))], setting.fusion)
+                for group in GROUPS
+            }
+            for name in prepared
+        }
+    plain = {
+        which: {name: {group: evaluate_plain(p, which, group) for group in GROUPS} for name, p in prepared.items()}
+        for which in ("plain dense", "plain BM25", "plain RRF")
+    }
+    lodo = {held: choose(results, [s for s in DEV_SETS if s != held]) for held in DEV_SETS}
+    default = choose(results, DEV_SETS)
+    # The same choice among settings without the adapter (blind to every set's questions).
+    unadapted = [label for label, s in settings.items() if not s.adapter]
+    lodo_unadapted = {held: choose(results, [s for s in DEV_SETS if s != held], unadapted) for held in DEV_SETS}
+    for name, p in prepared.items():  # the numpy shortcut must agree with fuse itself
+        for group in GROUPS:
+            slow = evaluate_setting(p, settings[default], group)
+            if abs(slow.top1 - results[default][name][group].top1) > 1e-9:
+                raise AssertionError(
+                    f"{name}/{group}: fuse gives {slow.top1}, the shortcut {results[default][name][group].top1}"
+                )
+    text = markdown(results, plain, lodo, default, time.perf_counter() - started)
+    text += links_table(results, plain, default)
+    text += "\nWithout the query adapter (chosen among adapter-off settings the same way):\n\n"
+    text += markdown(results, plain, lodo_unadapted, choose(results, DEV_SETS, unadapted), 0.0).split("\n\n")[0] + "\n"
+    text += views_table(results, default)
+    print(text)
+    if args.out:
+        args.out.write_text(text, encoding="utf-8")
+    if args.json_out:
+        payload = {
+            "lodo": lodo,
+            "default": default,
+            "default_fusion": _fusion_json(settings[default]),
+            "settings": {label: _json(r) for label, r in results.items()},
+            "plain": {which: _json(r) for which, r in plain.items()},
+        }
+        args.json_out.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    return 0
+
+
+def _fusion_json(setting: Setting) -> dict[str, Any]:
+    f = setting.fusion
+    return {
+        "adapter": setting.adapter,
+        "views": setting.views,
+        "method": f.method.value,
+        "keyword_weight": f.keyword_weight,
+        "rrf_k": f.rrf_k,
+        "candidates": f.candidates,
+    }
+
+
+def _json(rows: dict[str, dict[str, Score]]) -> dict[str, Any]:
+    return {
+        name: {
+            g: {"n": s.n, "top1": round(s.top1, 4), "top5": round(s.top5, 4), "mrr": round(s.mrr, 4)}
+            for g, s in r.items()
+        }
+        for name, r in rows.items()
+    }
+
+
+def views_table(results: dict[str, dict[str, dict[str, Score]]], default: str) -> str:
+    """Test top-1 / top-5 of the default with views off and on (and the same without the adapter)."""
+    lines = ["", "| setting | views | " + " | ".join(DEV_SETS) + " |", "|---|---|" + "---:|" * len(DEV_SETS)]
+    base = default.replace(", views on", ", views off")
+    for label in (base, base.replace("adapter on", "adapter off")):
+        for views in ("off", "on"):
+            row = label.replace("views off", f"views {views}")
+            cells = [f"{results[row][s]['test'].top1:.3f} / {results[row][s]['test'].top5:.3f}" for s in DEV_SETS]
+            lines.append(f"| {row.rsplit(', views', 1)[0]} | {views} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def links_table(
+    results: dict[str, dict[str, dict[str, Score]]], plain: dict[str, dict[str, dict[str, Score]]], default: str
+) -> str:
+    """The default setting on the linked corpora against the unlinked ones (dev and test)."""
+    lines = [
+        "",
+        "| set | split | n | default top-1 unlinked | linked | top-5 unlinked | linked | plain RRF top-1 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in LINKED:
+        for group in GROUPS:
+            bare, linked = results[default][name][group], results[default][f"{name}+links"][group]
+            lines.append(
+                f"| {name} | {group} | {bare.n} | {bare.top1:.3f} | {linked.top1:.3f} | {bare.top5:.3f} | "
+                f"{linked.top5:.3f} | {plain['plain RRF'][name][group].top1:.3f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def markdown(
+    results: dict[str, dict[str, dict[str, Score]]],
+    plain: dict[str, dict[str, dict[str, Score]]],
+    lodo: dict[str, str],
+    default: str,
+    wall_s: float,
+) -> str:
+    lines = [
+        "| held-out set (test n) | chosen on the other seven | LODO top-1 | default top-1 | plain RRF | plain dense "
+        "| plain BM25 | LODO - plain RRF | default - plain RRF |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for held in DEV_SETS:
+        chosen = results[lodo[held]][held]["test"]
+        dflt = results[default][held]["test"]
+        rrf = plain["plain RRF"][held]["test"]
+        lines.append(
+            f"| {held} ({chosen.n}) | {lodo[held]} | {chosen.top1:.3f} | {dflt.top1:.3f} | {rrf.top1:.3f} | "
+            f"{plain['plain dense'][held]['test'].top1:.3f} | {plain['plain BM25'][held]['test'].top1:.3f} | "
+            f"{100 * (chosen.top1 - rrf.top1):+.1f} | {100 * (dflt.top1 - rrf.top1):+.1f} |"
+        )
+    lines += ["", f"Default (chosen on all eight dev sets' validation splits): **{default}**.", ""]
+    lines += [
+        "| setting (test top-1) | " + " | ".join(DEV_SETS) + " |",
+        "|---|" + "---:|" * len(DEV_SETS),
+    ]
+    shown = [default, *dict.fromkeys(lodo.values())]
+    for label in dict.fromkeys(shown):
+        lines.append(
+            f"| {label} (test top-1) | " + " | ".join(f"{results[label][s]['test'].top1:.3f}" for s in DEV_SETS) + " |"
+        )
+    for which, rows in plain.items():
+        lines.append(f"| {which} (test top-1) | " + " | ".join(f"{rows[s]['test'].top1:.3f}" for s in DEV_SETS) + " |")
+    lines += [
+        "",
+        f"{len(results)} settings; {os.cpu_count()} CPUs, load average at the end {os.getloadavg()[0]:.1f}; "
+        f"whole run {wall_s:.0f}s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,52 @@
+"""bench/retrieval/lodo.py: the numpy shortcut scores settings exactly as retriever.fusion.fuse
+ranks, and the leave-one-distribution-out choice never looks at the held-out set."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from apihelper.bench.retrieval.lodo import Candidates, Score, choose, fast_score, fused_ranking, score
+from apihelper.retriever.evaluate import EvalQuestion
+from apihelper.retriever.fusion import Fusion, FusionMethod
+
+FUSIONS = [
+    Fusion(FusionMethod.ZSCORE, 0.0, candidates=100),
+    Fusion(FusionMethod.ZSCORE, 1.0, candidates=100),
+    Fusion(FusionMethod.ZSCORE, 0.25, candidates=50),
+    Fusion(FusionMethod.ZSCORE, 0.55, candidates=5),
+    Fusion(FusionMethod.RRF, 0.5, 60.0, 100),
+    Fusion(FusionMethod.RRF, 0.3, 2.0, 7),
+]
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("fusion", FUSIONS, ids=str)
+def test_fast_score_agrees_with_fuse(seed: int, fusion: Fusion) -> None:
+    rng = random.Random(seed)
+    keys = [f"k{i}" for i in range(40)]
+    questions, dense, keyword = [], [], []
+    for n in range(30):
+        d = sorted(((k, rng.uniform(0.1, 0.9)) for k in rng.sample(keys, rng.randint(0, 20))), key=lambda p: -p[1])
+        kw = sorted(((k, rng.uniform(0.5, 30.0)) for k in rng.sample(keys, rng.randint(0, 20))), key=lambda p: -p[1])
+        questions.append(EvalQuestion(id=str(n), question="q", answers=(rng.choice(keys),)))
+        dense.append(d)
+        keyword.append(kw)
+    slow = score(questions, [fused_ranking(d, k, fusion) for d, k in zip(dense, keyword, strict=True)])
+    fast = fast_score(Candidates.of(questions, dense, keyword), fusion)
+    assert fast.n == slow.n
+    assert fast.top1 == pytest.approx(slow.top1)
+    assert fast.top5 == pytest.approx(slow.top5)
+    assert fast.mrr == pytest.approx(slow.mrr)
+
+
+def test_choose_looks_only_at_the_sets_it_is_given() -> None:
+    def s(top1: float) -> dict[str, Score]:
+        return {"dev": Score(10, top1, top1, top1), "test": Score(10, 0.0, 0.0, 0.0)}
+
+    results = {"a": {"x": s(0.9), "y": s(0.1)}, "b": {"x": s(0.5), "y": s(0.6)}}
+    assert choose(results, ["x"]) == "a"
+    assert choose(results, ["y"]) == "b"
+    assert choose(results, ["x", "y"]) == "b"  # mean 0.55 against 0.5
+    assert choose(results, ["x"], among=["b"]) == "b"
