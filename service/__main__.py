@@ -20,6 +20,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from apihelper.errors import ApiHelperError
+from apihelper.service.engine.choice import EngineKind, choose_engine
 from apihelper.service.engine.protocol import Engine
 from apihelper.service.grpc.server import event_loop_factory
 from apihelper.service.metrics import NullRecorder, Recorder
@@ -31,21 +32,37 @@ log = logging.getLogger("apihelper")
 
 async def build_engine(settings: Settings) -> Engine:
     prompt_format = PromptFormat(settings.prompt_format) if settings.prompt_format else None
-    if settings.engine == "tensorrt_llm":
+    model = Path(settings.model)
+    kind = choose_engine(EngineKind(settings.engine), model, settings.device)
+    log.info("engine: %s (--engine %s) for %s", kind.value, settings.engine, model)
+    if kind is EngineKind.TENSORRT_LLM:
         from apihelper.service.engine.tensorrt_llm_engine import TensorRTLLMEngine
 
         return await TensorRTLLMEngine.load(
-            Path(settings.model),
+            model,
             prompt_format=prompt_format,
             kv_cache_free_gpu_memory_fraction=settings.kv_cache_free_gpu_memory_fraction,
             enable_block_reuse=settings.enable_block_reuse,
             guided_decoding=settings.guided_decoding,
             stall_timeout_s=settings.stream_stall_timeout_seconds,
         )
+    if kind is EngineKind.OPENVINO:
+        from apihelper.service.engine.openvino_engine import OpenVINOEngine
+
+        return await OpenVINOEngine.load(
+            model,
+            prompt_format=prompt_format,
+            max_concurrent=settings.max_batch_size,
+            max_batch_tokens=settings.max_batch_tokens,
+            enable_prefix_caching=settings.enable_block_reuse,
+            num_threads=settings.num_threads or None,
+            guided_decoding=settings.guided_decoding,
+            stall_timeout_s=settings.stream_stall_timeout_seconds,
+        )
     from apihelper.service.engine.transformers_engine import TransformersEngine
 
     return await TransformersEngine.load(
-        Path(settings.model),
+        model,
         device=settings.device,
         dtype=settings.dtype,
         prompt_format=prompt_format,

@@ -60,8 +60,10 @@ class Settings:
     # Query adapter over the embedding model (apihelper.retriever.adapter): bundled | none | a file
     query_adapter: str = "bundled"
     # Engine
-    engine: str = "transformers"  # transformers | tensorrt_llm
-    model: str = "data/dev-model"  # Hugging Face directory (or engine directory)
+    # auto: tensorrt_llm for an engine directory, openvino for a GGUF file or an OpenVINO IR on a
+    # CPU (where openvino-genai is installed), transformers otherwise (apihelper.service.engine.choice)
+    engine: str = "auto"  # auto | transformers | openvino | tensorrt_llm
+    model: str = "data/dev-model"  # Hugging Face directory, GGUF file or staged GGUF, engine directory
     device: str = "auto"  # auto | cpu | cuda
     prompt_format: str = ""  # empty: from the model's manifest (gorilla_v0 without one)
     dtype: str = "auto"  # auto: float32 on CPU, bfloat16/float16 on CUDA
@@ -73,8 +75,9 @@ class Settings:
     # Constrained calls (constrain_calls): xgrammar in the transformers engine; TensorRT-LLM's
     # xgrammar backend, loaded with the engine (needs a fast HF tokenizer in the engine directory).
     guided_decoding: bool = True
-    # TensorRT-LLM: share of free GPU memory for the paged KV cache; reuse of shared-prefix blocks
+    # TensorRT-LLM: share of free GPU memory for the paged KV cache
     kv_cache_free_gpu_memory_fraction: float = 0.9
+    # Reuse the KV blocks of shared prompt prefixes (TensorRT-LLM block reuse, OpenVINO prefix caching)
     enable_block_reuse: bool = True
     # Request limits and defaults
     max_concurrent_streams: int = 64  # Generate streams at once; more get RESOURCE_EXHAUSTED
@@ -97,8 +100,10 @@ class Settings:
         for name in ("port", "http_port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigurationError(f"{name} must be 0..65535, got {getattr(self, name)}")
-        if self.engine not in ("transformers", "tensorrt_llm"):
-            raise ConfigurationError(f"engine must be transformers or tensorrt_llm, got {self.engine!r}")
+        if self.engine not in ("auto", "transformers", "openvino", "tensorrt_llm"):
+            raise ConfigurationError(
+                f"engine must be auto, transformers, openvino or tensorrt_llm, got {self.engine!r}"
+            )
         if not 0.0 < self.kv_cache_free_gpu_memory_fraction <= 1.0:
             raise ConfigurationError("kv_cache_free_gpu_memory_fraction must be in (0, 1]")
         if self.event_loop not in ("auto", "uvloop", "asyncio"):
