@@ -206,7 +206,7 @@ class Pipeline:
 
         text = repeats.text  # exactly what the client was sent
         infos = await self._corpora.infos(sources)
-        checked = await self._corpora.check(fmt, text, docs, infos)
+        checked = await self._corpora.check(fmt, text, docs, infos, question=params.retrieval.instruction)
         timings = Timings(
             retrieval_ms=retrieval.retrieval_ms,
             embed_ms=retrieval.embed_ms,

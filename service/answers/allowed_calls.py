@@ -77,8 +77,54 @@ def _properties(doc: ApiDoc) -> Mapping[str, Any]:
     return props if isinstance(props, Mapping) else {}
 
 
-def _spec(name: str, schema: Any, required: bool, where: ParamWhere) -> ParamSpec:
-    return ParamSpec(name, value_types(schema), required, where, enum_values(schema))
+MAX_SPEC_DEPTH = 3  # nested object/array levels described by their own schema
+
+
+def _spec(name: str, schema: Any, required: bool, where: ParamWhere, depth: int = 0) -> ParamSpec:
+    """A parameter's spec from its JSON Schema: type, enum, the strings it offers (examples,
+    default) and, for objects and arrays, their properties (required ones marked) and item."""
+    fields: tuple[ParamSpec, ...] = ()
+    items: ParamSpec | None = None
+    extra: ParamSpec | None = None
+    shape = _one_variant(schema)
+    if isinstance(shape, Mapping) and depth < MAX_SPEC_DEPTH:
+        schema_types = value_types(shape)
+        props = shape.get("properties")
+        if isinstance(props, Mapping) and props:
+            needed = shape.get("required")
+            needed_names = {str(r) for r in needed} if isinstance(needed, list) else set()
+            fields = tuple(
+                _spec(str(k), v, str(k) in needed_names, ParamWhere.KEYWORD, depth + 1) for k, v in props.items()
+            )
+        item = shape.get("items")
+        if isinstance(item, Mapping) and item and ValueType.ARRAY in schema_types:
+            items = _spec("item", item, True, ParamWhere.KEYWORD, depth + 1)
+        more = shape.get("additionalProperties")
+        if isinstance(more, Mapping) and more and not fields and ValueType.OBJECT in schema_types:
+            extra = _spec("value", more, True, ParamWhere.KEYWORD, depth + 1)
+    return ParamSpec(
+        name, value_types(schema), required, where, enum_values(schema), fields, items, offered(schema), extra
+    )
+
+
+def _one_variant(schema: Any) -> Any:
+    """The schema itself, or its one non-null ``anyOf`` variant (``Optional[list[str]]``)."""
+    if isinstance(schema, Mapping) and isinstance(schema.get("anyOf"), list):
+        kept = [v for v in schema["anyOf"] if isinstance(v, Mapping) and v.get("type") != "null"]
+        if len(kept) == 1:
+            return kept[0]
+    return schema
+
+
+def offered(schema: Any) -> tuple[str, ...]:
+    """The strings a schema offers as values: its examples and its default (never its text)."""
+    if not isinstance(schema, Mapping):
+        return ()
+    found: list[Any] = [schema.get("default"), schema.get("example"), schema.get("const")]
+    examples = schema.get("examples")
+    if isinstance(examples, list):
+        found.extend(examples)
+    return tuple(v for v in found if isinstance(v, str) and v)
 
 
 def gorilla_call(doc: ApiDoc) -> AllowedCall | None:

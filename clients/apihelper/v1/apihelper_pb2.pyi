@@ -40,6 +40,7 @@ class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VERDICT_UNKNOWN_API: _ClassVar[Verdict]
     VERDICT_UNPARSEABLE: _ClassVar[Verdict]
     VERDICT_UNCHECKED: _ClassVar[Verdict]
+    VERDICT_UNGROUNDED: _ClassVar[Verdict]
 RETRIEVAL_MODE_UNSPECIFIED: RetrievalMode
 RETRIEVAL_MODE_HYBRID: RetrievalMode
 RETRIEVAL_MODE_DENSE: RetrievalMode
@@ -59,6 +60,7 @@ VERDICT_WRONG_ARGUMENTS: Verdict
 VERDICT_UNKNOWN_API: Verdict
 VERDICT_UNPARSEABLE: Verdict
 VERDICT_UNCHECKED: Verdict
+VERDICT_UNGROUNDED: Verdict
 
 class SamplingParams(_message.Message):
     __slots__ = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")
