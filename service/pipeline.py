@@ -166,7 +166,8 @@ class Pipeline:
         sources = {d.corpus for d in docs if d.corpus}
         self._corpora.warm(sources)
         yield SourcesEvent(docs)
-        guided = await self._call_grammar(fmt, docs, sources) if constrain else None
+        question = params.retrieval.instruction
+        guided = await self._call_grammar(fmt, docs, sources, question) if constrain else None
 
         repeats = RepetitionFilter(enabled=params.suppress_repeated_lines)
         first_token_ms = queue_ms = 0.0
@@ -206,7 +207,7 @@ class Pipeline:
 
         text = repeats.text  # exactly what the client was sent
         infos = await self._corpora.infos(sources)
-        checked = await self._corpora.check(fmt, text, docs, infos, question=params.retrieval.instruction)
+        checked = await self._corpora.check(fmt, text, docs, infos, question=question)
         timings = Timings(
             retrieval_ms=retrieval.retrieval_ms,
             embed_ms=retrieval.embed_ms,
@@ -253,15 +254,16 @@ class Pipeline:
         return result
 
     async def _call_grammar(
-        self, fmt: PromptFormat, docs: Sequence[RetrievedDoc], sources: set[str]
+        self, fmt: PromptFormat, docs: Sequence[RetrievedDoc], sources: set[str], question: str
     ) -> GuidedDecoding | None:
-        """The grammar of the calls the answer may make (None: nothing in the docs to call)."""
+        """The grammar of the calls the answer may make (None: nothing in the docs to call),
+        their arguments grounded in ``question``."""
         if not docs:
             return None
         catalog = None
         if fmt is PromptFormat.GORILLA_V0:  # its answers may name any API of the corpus
             catalog = await self._corpora.catalog(docs, await self._corpora.infos(sources))
-        return await self._constraints.grammar(fmt, docs, catalog)
+        return await self._constraints.grammar(fmt, docs, catalog, question)
 
     def _fit_prompt(
         self,

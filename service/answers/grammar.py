@@ -66,6 +66,7 @@ from apihelper.service.answers.formats import (
     TOOL_CALL_OPEN,
     gorilla_marker,
 )
+from apihelper.service.answers.grounding import echoes_name
 from apihelper.service.prompts import PromptFormat
 
 JsonScalar = str | int | float | bool
@@ -367,7 +368,7 @@ class _Values:
     def _grounded(self, spec: ParamSpec, literal: Callable[[JsonScalar], str]) -> str:
         """The strings ``spec`` may take when values must be grounded: spans of the question,
         what its schema offers, and its placeholder."""
-        grounded = self.o.grounded or ()
+        grounded = [g for g in self.o.grounded or () if not echoes_name(g, spec.name)]
         choices = dict.fromkeys([*grounded, *spec.offered, f"<{spec.name}>"])
         usable = [c for c in choices if c and _writable_string(c, self.o.max_string_chars)]
         return "(" + " | ".join(ebnf_string(literal(c)) for c in usable) + ")"
