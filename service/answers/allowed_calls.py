@@ -95,9 +95,10 @@ def _number(value: Any) -> float | None:
 
 
 def _grounded_enum(schema: Any, types: tuple[ValueType, ...], question: str) -> tuple[JsonScalar, ...]:
-    """For a bounded number under grounding: the values it may take (the question's numbers and
-    the schema's default/example within the bounds, else its minimum); () when not bounded."""
-    if not question or not isinstance(schema, Mapping) or not set(types) <= {ValueType.INTEGER, ValueType.NUMBER}:
+    """For a bounded number: the values it may take (the question's numbers and the schema's
+    default/example within the bounds, else its minimum); () when not bounded. The grammar has no
+    numeric ranges, and a number outside its bounds is wrong_arguments."""
+    if not isinstance(schema, Mapping) or not set(types) <= {ValueType.INTEGER, ValueType.NUMBER}:
         return ()
     minimum, maximum = _number(schema.get("minimum")), _number(schema.get("maximum"))
     if minimum is None and maximum is None:

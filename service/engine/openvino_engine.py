@@ -74,8 +74,9 @@ from apihelper.errors import (
     InvalidRequestError,
     MissingDependencyError,
 )
-from apihelper.service.engine.manifest import read_manifest
+from apihelper.service.engine.manifest import manifest_api_choice, read_manifest
 from apihelper.service.engine.protocol import (
+    ApiChoice,
     EngineInfo,
     EngineOutput,
     EngineRequest,
@@ -114,6 +115,7 @@ class ModelSource:
     prompt_format: PromptFormat
     max_model_len: int
     random_weights: bool = False
+    api_choice: ApiChoice = ApiChoice.MODEL
 
 
 def resolve_model(model: Path, prompt_format: PromptFormat | None, max_model_len: int | None) -> ModelSource:
@@ -158,7 +160,9 @@ def resolve_model(model: Path, prompt_format: PromptFormat | None, max_model_len
     limit = max_model_len or manifest.max_model_len
     if context and limit > context:
         raise ConfigurationError(f"{model}: max_model_len {limit} exceeds the model's context length {context}")
-    return ModelSource(path, manifest.name, manifest.prompt_format, limit, manifest.random_weights)
+    return ModelSource(
+        path, manifest.name, manifest.prompt_format, limit, manifest.random_weights, manifest_api_choice(manifest)
+    )
 
 
 @dataclass(frozen=True)
@@ -429,6 +433,7 @@ class OpenVINOEngine:
             max_model_len=source.max_model_len,
             random_weights=source.random_weights,
             guided_decoding=guided_decoding,
+            api_choice=source.api_choice,
             extra={
                 "model_path": str(source.path),
                 "device": "cpu",
