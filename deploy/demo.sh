@@ -41,7 +41,9 @@ PORT=$(free_port 0)
 HTTP_PORT=${HTTP_PORT:-8000}
 HTTP_PORT=$(free_port "$HTTP_PORT" 2>/dev/null || free_port 0)
 LOG="$DATA/serve.log"
-"$BIN/apihelper-serve" --host 127.0.0.1 --port "$PORT" --http-port "$HTTP_PORT" --milvus-uri "$DATA/milvus.db" \
+METRICS_PORT=$(free_port 0)  # 9464 may be another server's on a shared machine
+"$BIN/apihelper-serve" --host 127.0.0.1 --port "$PORT" --http-port "$HTTP_PORT" --metrics-port "$METRICS_PORT" \
+  --milvus-uri "$DATA/milvus.db" \
   --model "$DATA/smollm2-gguf" >"$LOG" 2>&1 &
 SERVER=$!
 stop_server() {

@@ -323,7 +323,7 @@ def cli_main(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"{gguf_path}: no such GGUF file")
     kind = "gguf" if args.gguf_only else "hf-checkpoint"
     if not args.force and is_current(args.out, gguf_path, kind):
-        print(f"{args.out}: already imported from {gguf_path.name}")
+        print(f"{args.out}: already {'staged' if args.gguf_only else 'imported'} from {gguf_path.name}")
         return 0
     if args.gguf_only:
         manifest = stage_gguf(gguf_path, args.out, max_model_len=args.max_model_len)
