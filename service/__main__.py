@@ -20,60 +20,34 @@ from importlib.metadata import version
 from pathlib import Path
 
 from apihelper.errors import ApiHelperError
-from apihelper.service.engine.choice import EngineKind, choose_engine
+from apihelper.service.engine.choice import choose_engine
+from apihelper.service.engine.config import OpenVINOConfig, TensorRTLLMConfig, from_settings
 from apihelper.service.engine.protocol import Engine
 from apihelper.service.grpc.server import event_loop_factory
 from apihelper.service.metrics import NullRecorder, Recorder
-from apihelper.service.prompts import PromptFormat
 from apihelper.service.settings import Settings, load_settings
 
 log = logging.getLogger("apihelper")
 
 
 async def build_engine(settings: Settings) -> Engine:
-    prompt_format = PromptFormat(settings.prompt_format) if settings.prompt_format else None
+    """The engine ``settings`` name (``--engine auto``: ``service.engine.choice``), loaded with its
+    options built once from the settings (``service.engine.config``)."""
     model = Path(settings.model)
-    kind = choose_engine(EngineKind(settings.engine), model, settings.device)
-    log.info("engine: %s (--engine %s) for %s", kind.value, settings.engine, model)
-    if kind is EngineKind.TENSORRT_LLM:
+    kind = choose_engine(settings.engine, model, settings.device)
+    log.info("engine: %s (--engine %s) for %s", kind.value, settings.engine.value, model)
+    config = from_settings(kind, settings)
+    if isinstance(config, TensorRTLLMConfig):
         from apihelper.service.engine.tensorrt_llm_engine import TensorRTLLMEngine
 
-        return await TensorRTLLMEngine.load(
-            model,
-            prompt_format=prompt_format,
-            kv_cache_free_gpu_memory_fraction=settings.kv_cache_free_gpu_memory_fraction,
-            enable_block_reuse=settings.enable_block_reuse,
-            guided_decoding=settings.guided_decoding,
-            stall_timeout_s=settings.stream_stall_timeout_seconds,
-        )
-    if kind is EngineKind.OPENVINO:
+        return await TensorRTLLMEngine.load(model, config)
+    if isinstance(config, OpenVINOConfig):
         from apihelper.service.engine.openvino_engine import OpenVINOEngine
 
-        return await OpenVINOEngine.load(
-            model,
-            prompt_format=prompt_format,
-            max_concurrent=settings.max_batch_size,
-            max_batch_tokens=settings.max_batch_tokens,
-            enable_prefix_caching=settings.enable_block_reuse,
-            num_threads=settings.num_threads or None,
-            guided_decoding=settings.guided_decoding,
-            stall_timeout_s=settings.stream_stall_timeout_seconds,
-        )
+        return await OpenVINOEngine.load(model, config)
     from apihelper.service.engine.transformers_engine import TransformersEngine
 
-    return await TransformersEngine.load(
-        model,
-        device=settings.device,
-        dtype=settings.dtype,
-        prompt_format=prompt_format,
-        max_concurrent=settings.max_batch_size,
-        num_blocks=settings.kv_cache_blocks or None,
-        block_size=settings.kv_block_size,
-        max_batch_tokens=settings.max_batch_tokens,
-        num_threads=settings.num_threads or None,
-        guided_decoding=settings.guided_decoding,
-        stall_timeout_s=settings.stream_stall_timeout_seconds,
-    )
+    return await TransformersEngine.load(model, config)
 
 
 async def serve(settings: Settings) -> None:
@@ -153,7 +127,12 @@ def build_recorder(settings: Settings, engine: Engine, embedding_model: str) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = load_settings(sys.argv[1:] if argv is None else argv, os.environ)
+    try:
+        settings = load_settings(sys.argv[1:] if argv is None else argv, os.environ)
+    except ApiHelperError as exc:
+        # Before anything is opened: one line, no traceback, argparse's exit status for bad usage.
+        print(f"apihelper-serve: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         factory = event_loop_factory(settings.event_loop)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -17,6 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from apihelper.errors import ConfigurationError
+from apihelper.service.engine.choice import EngineKind
+from apihelper.service.prompts import PromptFormat
 
 ENV_PREFIX = "APIHELPER_"
 
@@ -62,10 +66,10 @@ class Settings:
     # Engine
     # auto: tensorrt_llm for an engine directory, openvino for a GGUF file or an OpenVINO IR on a
     # CPU (where openvino-genai is installed), transformers otherwise (apihelper.service.engine.choice)
-    engine: str = "auto"  # auto | transformers | openvino | tensorrt_llm
+    engine: EngineKind = EngineKind.AUTO  # auto | transformers | openvino | tensorrt_llm
     model: str = "data/dev-model"  # Hugging Face directory, GGUF file or staged GGUF, engine directory
-    device: str = "auto"  # auto | cpu | cuda
-    prompt_format: str = ""  # empty: from the model's manifest (gorilla_v0 without one)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    prompt_format: PromptFormat | None = None  # None: from the model's manifest
     dtype: str = "auto"  # auto: float32 on CPU, bfloat16/float16 on CUDA
     max_batch_size: int = 8  # sequences the engine generates for at once
     max_batch_tokens: int = 512  # tokens per engine step (prefill chunks + decodes)
@@ -100,16 +104,16 @@ class Settings:
         for name in ("port", "http_port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigurationError(f"{name} must be 0..65535, got {getattr(self, name)}")
-        if self.engine not in ("auto", "transformers", "openvino", "tensorrt_llm"):
-            raise ConfigurationError(
-                f"engine must be auto, transformers, openvino or tensorrt_llm, got {self.engine!r}"
-            )
         if not 0.0 < self.kv_cache_free_gpu_memory_fraction <= 1.0:
             raise ConfigurationError("kv_cache_free_gpu_memory_fraction must be in (0, 1]")
         if self.event_loop not in ("auto", "uvloop", "asyncio"):
             raise ConfigurationError(f"event_loop must be auto, uvloop or asyncio, got {self.event_loop!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ConfigurationError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        for name, kind in _CHOICES.items():
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, kind):
+                raise ConfigurationError(f"{name} must be a {kind.__name__}, got {value!r}")
+        if not _DEVICE.fullmatch(self.device):
+            raise ConfigurationError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not 1 <= self.default_top_k <= self.max_top_k:
             raise ConfigurationError("default_top_k must be between 1 and max_top_k")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
@@ -136,6 +140,11 @@ class Settings:
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ConfigurationError(f"api_base_urls: {url!r} is not an http(s) URL with a host")
+
+
+# Settings that hold a choice, and the enum each is read as (one-line errors naming the choices).
+_CHOICES: dict[str, type[enum.Enum]] = {"engine": EngineKind, "prompt_format": PromptFormat}
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def api_base_urls(settings: Settings) -> tuple[str, ...]:
@@ -185,7 +194,10 @@ def _parser() -> argparse.ArgumentParser:
         if f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
-            parser.add_argument(flag, default=None, metavar=f.name.upper(), help=f"default: {f.default!r}")
+            default = f.default.value if isinstance(f.default, enum.Enum) else f.default
+            choices = _CHOICES.get(f.name)
+            shown = f" (one of {', '.join(str(m.value) for m in choices)})" if choices else ""
+            parser.add_argument(flag, default=None, metavar=f.name.upper(), help=f"default: {default!r}{shown}")
     return parser
 
 
@@ -204,6 +216,15 @@ def _from_toml(path: Path) -> dict[str, Any]:
 
 def _coerce(name: str, value: Any) -> Any:
     kind = {f.name: f.type for f in fields(Settings)}[name]
+    choice = _CHOICES.get(name)
+    if choice is not None:
+        if value == "" and "None" in str(kind):
+            return None
+        try:
+            return choice(value)
+        except ValueError:
+            allowed = ", ".join(str(m.value) for m in choice)
+            raise ConfigurationError(f"setting {name}: {value!r} is not one of {allowed}") from None
     if not isinstance(value, str):
         return value
     try:

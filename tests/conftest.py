@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 
+from apihelper.service.engine.config import TransformersConfig
 from tests.support import BACKEND_AI_SPEC, FakeEmbedder, free_port, live_server, start_milvus_lite, stop_process
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ async def serving(dev_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     async with AsyncExitStack() as stack:
         retriever = await open_retriever(uri, "", embedder)
         stack.push_async_callback(retriever.close)
-        engine = await TransformersEngine.load(dev_model_dir, device="cpu")
+        engine = await TransformersEngine.load(dev_model_dir, TransformersConfig(device="cpu"))
         stack.push_async_callback(engine.shutdown)
         recorder = PrometheusRecorder(
             version="test",

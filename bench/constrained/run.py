@@ -34,6 +34,7 @@ from apihelper.retriever.samples import sample_corpus_path
 from apihelper.retriever.types import ApiDoc, RetrievedDoc
 from apihelper.service.answers.check import ApiCatalog
 from apihelper.service.answers.constraint import CallConstraints
+from apihelper.service.engine.config import TransformersConfig
 from apihelper.service.engine.protocol import EngineRequest, GuidedDecoding, SamplingParams
 from apihelper.service.engine.transformers_engine import TransformersEngine
 from apihelper.service.prompts import PromptFormat, gorilla_v0_prompt
@@ -82,8 +83,12 @@ async def run(model: Path, rounds: int, device: str) -> dict[str, Any]:
         PromptFormat.GORILLA_V0, [RetrievedDoc(docs[7], "rest", 1.0)], ApiCatalog(docs).prepare()
     )
     assert isinstance(grammar, GuidedDecoding)
-    plain_engine = await TransformersEngine.load(model, device=device, max_concurrent=9, guided_decoding=False)
-    masked_engine = await TransformersEngine.load(model, device=device, max_concurrent=9, guided_decoding=True)
+    plain_engine = await TransformersEngine.load(
+        model, TransformersConfig(device=device, max_concurrent=9, guided_decoding=False)
+    )
+    masked_engine = await TransformersEngine.load(
+        model, TransformersConfig(device=device, max_concurrent=9, guided_decoding=True)
+    )
     sampled = SamplingParams(max_tokens=MAX_TOKENS, temperature=1.0)
     configs = {
         "A": (plain_engine, None),

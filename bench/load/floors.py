@@ -23,6 +23,7 @@ from apihelper.retriever.types import (
     RetrievalResult,
     RetrievedDoc,
 )
+from apihelper.service.engine.config import TransformersConfig
 from apihelper.service.engine.protocol import (
     Engine,
     EngineInfo,
@@ -339,7 +340,7 @@ async def start_inprocess(
     await asyncio.to_thread(ingest_corpus, store, embedder, "demo", sample_corpus_path(), None, False)
     store.close()
     retriever = await open_retriever(uri, "", embedder)
-    real_engine = await TransformersEngine.load(model_dir, device=device)
+    real_engine = await TransformersEngine.load(model_dir, TransformersConfig(device=device))
     timed = TimedEngine(real_engine)
     running = await start_server(
         settings, timed, retriever, _recorder(recorder, timed, embedder.model_name), http_socket=bind("127.0.0.1", 0)

@@ -128,7 +128,6 @@ class FakeEngine:
         self.requests.append(request)
         try:
             produced = 0  # the answer's first ``produced`` pieces are generated
-            sent = 0  # pieces already reported in token_ids_delta (a piece's id is its index)
             first = True
             while True:
                 await asyncio.sleep(self._token_delay_s)  # a cancellation point, as a real step
@@ -136,7 +135,7 @@ class FakeEngine:
                     stop = control.get_nowait()
                     if stop.reason is None:
                         raise EngineUnavailableError("the fake engine is shutting down")
-                    yield EngineOutput("", (), stop.reason, prompt_tokens, produced)
+                    yield EngineOutput("", stop.reason, prompt_tokens, produced)
                     return
                 if self.fail_after is not None and produced >= self.fail_after:
                     self.healthy = False
@@ -151,14 +150,12 @@ class FakeEngine:
                     continue
                 yield EngineOutput(
                     text_delta=delta,
-                    token_ids_delta=tuple(range(sent, produced)),
                     finish_reason=reason,
                     prompt_tokens=prompt_tokens,
                     completion_tokens=produced,
                     queue_seconds=0.0 if first else None,
                 )
                 first = False
-                sent = produced
                 if reason is not None:
                     return
         finally:

@@ -74,6 +74,8 @@ from apihelper.errors import (
     InvalidRequestError,
     MissingDependencyError,
 )
+from apihelper.service.engine.choice import OPENVINO_KINDS
+from apihelper.service.engine.config import OpenVINOConfig
 from apihelper.service.engine.manifest import manifest_api_choice, read_manifest
 from apihelper.service.engine.protocol import (
     ApiChoice,
@@ -91,8 +93,6 @@ from apihelper.service.prompts import ChatPrompt, PromptFormat
 logger = logging.getLogger(__name__)
 
 ENGINE_KIND = "openvino"
-# Manifest kinds this engine runs: a staged GGUF file, an OpenVINO IR export.
-RUNNABLE_KINDS = ("gguf", "openvino-ir")
 HONOURED_SAMPLING = ("max_tokens", "stop", "temperature", "top_p", "top_k", "repetition_penalty")
 # rng_seed reaches the pipeline's sampler, but a seeded request batched with others samples
 # differently from the same request alone (measured): reproducible alone only.
@@ -139,9 +139,9 @@ def resolve_model(model: Path, prompt_format: PromptFormat | None, max_model_len
         if prompt_format is None:
             raise ConfigurationError(f"{model}: no apihelper manifest; set the prompt format")
         return ModelSource(model, model.name, prompt_format, max_model_len or DEFAULT_MAX_MODEL_LEN)
-    if manifest.kind not in RUNNABLE_KINDS:
+    if manifest.kind not in OPENVINO_KINDS:
         raise ConfigurationError(
-            f"{model}: a {manifest.kind!r} artifact; the OpenVINO engine runs {', '.join(RUNNABLE_KINDS)} "
+            f"{model}: a {manifest.kind!r} artifact; the OpenVINO engine runs {', '.join(OPENVINO_KINDS)} "
             "directories (apihelper-build import-gguf --gguf-only writes one)"
         )
     if prompt_format is not None and prompt_format is not manifest.prompt_format:
@@ -200,9 +200,18 @@ def _worker_main(conn: Any, config: WorkerConfig) -> None:
     except BaseException as exc:  # reported to the loading process, which raises it
         conn.send(("fatal", f"{type(exc).__name__}: {exc}"))
         return
+    try:
+        _warm_up(og, pipeline)
+    except Exception as exc:
+        conn.send(("fatal", f"warm-up generation failed: {type(exc).__name__}: {exc}"))
+        return
     conn.send(("ready", {"openvino_genai": str(og.__version__)}))
 
     handles: dict[int, Any] = {}
+    # Added requests not yet in a step (id -> nothing), and when each first was (monotonic
+    # clock: comparable across processes), sent with the request's first update.
+    arrived: dict[int, None] = {}
+    started: dict[int, float] = {}
     parent = os.getppid()
     finish = {og.GenerationFinishReason.STOP: "stop", og.GenerationFinishReason.LENGTH: "length"}
     running_states = (og.GenerationStatus.RUNNING,)
@@ -229,6 +238,8 @@ def _worker_main(conn: Any, config: WorkerConfig) -> None:
                 return
             if kind == "cancel":
                 handle = handles.pop(message[1], None)
+                arrived.pop(message[1], None)
+                started.pop(message[1], None)
                 if handle is not None:
                     handle.cancel()
                 conn.send(("load", load()))
@@ -242,16 +253,23 @@ def _worker_main(conn: Any, config: WorkerConfig) -> None:
                 tensor = ov.Tensor(np.asarray([ids], dtype=np.int64))
                 try:
                     handles[rid] = pipeline.add_request(rid, tensor, generation)
+                    arrived[rid] = None
                 except Exception as exc:  # refused by the pipeline's own checks
-                    conn.send(("step", [(rid, [], "error", f"{type(exc).__name__}: {exc}")], load()))
+                    conn.send(("step", [(rid, [], "error", f"{type(exc).__name__}: {exc}", None)], load()))
         if not handles:
             continue
+        # The scheduler takes requests in arrival order while there are free sequence slots.
+        now = time.monotonic()
+        free = config.max_num_seqs - (len(handles) - len(arrived))
+        for rid in list(arrived)[: max(0, free)]:
+            del arrived[rid]
+            started[rid] = now
         try:
             pipeline.step()
         except Exception as exc:
             conn.send(("fatal", f"step failed: {type(exc).__name__}: {exc}"))
             return
-        updates: list[tuple[int, list[int], str | None, str | None]] = []
+        updates: list[tuple[int, list[int], str | None, str | None, float | None]] = []
         for rid, handle in list(handles.items()):
             new_ids: list[int] = []
             reason: str | None = None
@@ -264,8 +282,9 @@ def _worker_main(conn: Any, config: WorkerConfig) -> None:
                 reason = "length" if status == og.GenerationStatus.FINISHED else "cancelled"
             if reason is not None:
                 del handles[rid]
+                arrived.pop(rid, None)
             if new_ids or reason is not None:
-                updates.append((rid, new_ids, reason, None))
+                updates.append((rid, new_ids, reason, None, started.pop(rid, None)))
         conn.send(("step", updates, load()))
 
 
@@ -297,7 +316,10 @@ def worker_entry(fd: int, config_json: str) -> None:
     """The stepping process's entry point (``_spawn_worker``)."""
     # Ctrl-C reaches the whole process group; the engine's process drains and then stops this one.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _worker_main(Connection(fd), WorkerConfig(**json.loads(config_json)))
+    # The engine's process gone mid-send (killed, or exited without stopping this one): nothing
+    # is left to serve, so exit quietly.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError, EOFError):
+        _worker_main(Connection(fd), WorkerConfig(**json.loads(config_json)))
 
 
 # ---------------------------------------------------------------------- stream bookkeeping
@@ -319,7 +341,8 @@ class _InFlight:
     taken: int = 0  # generated tokens the consumer has taken
     waiting: bool = False
     last_take: float = field(default_factory=time.monotonic)
-    submitted_at: float = 0.0
+    submitted_at: float = 0.0  # time.monotonic(), as the worker's clock
+    started_at: float | None = None  # when the worker first stepped it
     first_output_at: float | None = None
 
 
@@ -364,23 +387,13 @@ class OpenVINOEngine:
 
     @classmethod
     async def load(
-        cls,
-        model: Path,
-        *,
-        prompt_format: PromptFormat | None = None,
-        max_model_len: int | None = None,
-        max_concurrent: int = 8,
-        max_batch_tokens: int = 512,
-        kv_cache_gb: int = 0,
-        enable_prefix_caching: bool = True,
-        num_threads: int | None = None,
-        guided_decoding: bool = True,
-        stall_timeout_s: float | None = None,
-        start_timeout_s: float = 300.0,
+        cls, model: Path, config: OpenVINOConfig | None = None, *, start_timeout_s: float = 300.0
     ) -> OpenVINOEngine:
         """Start the stepping process on ``model`` (see ``resolve_model``) and load the tokenizer
-        here. The event loop stays free while both load.
+        here. The event loop stays free while both load. ``config``
+        (``service.engine.config.OpenVINOConfig``):
 
+        - ``prompt_format``, ``max_model_len``: where the model has no manifest / to override it.
         - ``max_concurrent``: requests generated for at once (``max_num_seqs``; more wait).
         - ``max_batch_tokens``: tokens per step (longer prompts prefill in chunks).
         - ``kv_cache_gb``: KV-cache size; 0: the runtime sizes it.
@@ -389,29 +402,24 @@ class OpenVINOEngine:
         - ``num_threads``: the worker's inference threads (None: one per core).
         - ``guided_decoding``: accept requests with a call grammar (needs xgrammar here to check
           grammars before they reach the pipeline).
+        - ``stall_timeout_s``: a request whose consumer takes nothing this long is cancelled.
         """
+        config = config or OpenVINOConfig()
         try:
             import openvino_genai as og
         except ImportError as exc:
             raise MissingDependencyError("openvino_genai", "the OpenVINO engine", "pip install openvino-genai") from exc
-        if max_concurrent < 1 or max_batch_tokens < 1 or kv_cache_gb < 0:
-            raise ConfigurationError(
-                "openvino engine: max_concurrent and max_batch_tokens must be >= 1, kv_cache_gb >= 0"
-            )
-        if num_threads is not None and num_threads < 1:
-            raise ConfigurationError("openvino engine: num_threads must be >= 1")
-        source = resolve_model(model, prompt_format, max_model_len)
-        if guided_decoding:
-            guided_decoding = _xgrammar_available()
-        config = WorkerConfig(
+        source = resolve_model(model, config.prompt_format, config.max_model_len)
+        guided_decoding = config.guided_decoding and _xgrammar_available()
+        worker = WorkerConfig(
             model_path=str(source.path),
-            max_num_seqs=max_concurrent,
-            max_num_batched_tokens=max(max_batch_tokens, 1),
-            kv_cache_gb=kv_cache_gb,
-            enable_prefix_caching=enable_prefix_caching,
-            num_threads=num_threads or 0,
+            max_num_seqs=config.max_concurrent,
+            max_num_batched_tokens=max(config.max_batch_tokens, 1),
+            kv_cache_gb=config.kv_cache_gb,
+            enable_prefix_caching=config.enable_prefix_caching,
+            num_threads=config.num_threads or 0,
         )
-        process, conn = _spawn_worker(config)
+        process, conn = _spawn_worker(worker)
         try:
             tokenizer_task = asyncio.to_thread(og.Tokenizer, str(source.path))
             ready_task = asyncio.to_thread(_wait_ready, conn, process, start_timeout_s)
@@ -438,11 +446,11 @@ class OpenVINOEngine:
                 "model_path": str(source.path),
                 "device": "cpu",
                 "openvino_genai": ready.get("openvino_genai", ""),
-                "max_concurrent": str(max_concurrent),
-                "max_batch_tokens": str(max_batch_tokens),
-                "kv_cache_gb": str(kv_cache_gb or "auto"),
-                "prefix_caching": str(enable_prefix_caching).lower(),
-                "num_threads": str(num_threads or "auto"),
+                "max_concurrent": str(config.max_concurrent),
+                "max_batch_tokens": str(config.max_batch_tokens),
+                "kv_cache_gb": str(config.kv_cache_gb or "auto"),
+                "prefix_caching": str(config.enable_prefix_caching).lower(),
+                "num_threads": str(config.num_threads or "auto"),
                 "sampling_per_request": ",".join(HONOURED_SAMPLING),
                 "seed": SEED_NOTE,
                 "worker_pid": str(process.pid),
@@ -453,8 +461,8 @@ class OpenVINOEngine:
             source.name,
             source.path,
             source.max_model_len,
-            max_concurrent,
-            enable_prefix_caching,
+            config.max_concurrent,
+            config.enable_prefix_caching,
         )
         return cls(
             process=process,
@@ -462,7 +470,7 @@ class OpenVINOEngine:
             tokenizer=tokenizer,
             info=info,
             eos_token_ids=sorted(eos),
-            stall_timeout_s=stall_timeout_s,
+            stall_timeout_s=config.stall_timeout_s,
         )
 
     # ------------------------------------------------------------------ Engine protocol
@@ -515,10 +523,9 @@ class OpenVINOEngine:
         self._in_flight[request.request_id] = flight
         self._by_worker_id[flight.worker_id] = flight
         try:
-            flight.submitted_at = time.perf_counter()
+            flight.submitted_at = time.monotonic()
             self._send(("add", flight.worker_id, prompt_ids, worker_sampling, grammar))
             first = True
-            sent = 0
             while True:
                 await self._wait(flight)
                 if flight.failure is not None:
@@ -531,7 +538,6 @@ class OpenVINOEngine:
                     delta, _ = text.update(generated, final=False)
                     yield EngineOutput(
                         text_delta=delta,
-                        token_ids_delta=tuple(generated[sent:]),
                         finish_reason=FinishReason.CANCELLED,
                         prompt_tokens=len(prompt_ids),
                         completion_tokens=len(generated),
@@ -553,14 +559,12 @@ class OpenVINOEngine:
                     continue
                 yield EngineOutput(
                     text_delta=delta,
-                    token_ids_delta=tuple(text_ids[sent:]),
                     finish_reason=reason,
                     prompt_tokens=len(prompt_ids),
                     completion_tokens=len(generated),
                     queue_seconds=self._queue_seconds(flight) if first else None,
                 )
                 first = False
-                sent = len(text_ids)
                 if reason is not None:
                     return
         finally:
@@ -668,8 +672,8 @@ class OpenVINOEngine:
             flight.last_take = time.monotonic()
 
     def _queue_seconds(self, flight: _InFlight) -> float:
-        """Submission to the first output (the worker reports no scheduling time)."""
-        end = flight.first_output_at if flight.first_output_at is not None else time.perf_counter()
+        """Submission to the worker's first step with the request (else to its first output)."""
+        end = flight.started_at or flight.first_output_at or time.monotonic()
         return max(0.0, end - flight.submitted_at)
 
     def _read_worker(self) -> None:
@@ -699,11 +703,13 @@ class OpenVINOEngine:
         if kind != "step":
             return
         _, updates, self._load = message
-        now = time.perf_counter()
-        for rid, new_ids, reason, error in updates:
+        now = time.monotonic()
+        for rid, new_ids, reason, error, started_at in updates:
             flight = self._by_worker_id.get(rid)
             if flight is None:
                 continue
+            if started_at is not None:
+                flight.started_at = started_at
             flight.generated.extend(new_ids)
             if flight.first_output_at is None:
                 flight.first_output_at = now
@@ -784,6 +790,18 @@ class OpenVINOEngine:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _warm_up(og: Any, pipeline: Any) -> None:
+    """One short generation before the engine reports ready: the first inference allocates and
+    compiles what later ones reuse, and a user's first request should not pay for it."""
+    ids = pipeline.get_tokenizer().encode("Hello").input_ids
+    generation = og.GenerationConfig()
+    generation.max_new_tokens = 2
+    handle = pipeline.add_request(0, ids, generation)
+    while pipeline.has_non_finished_requests():
+        pipeline.step()
+    handle.read_all()
 
 
 def _has_news(flight: _InFlight) -> bool:

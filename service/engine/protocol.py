@@ -77,7 +77,6 @@ class EngineOutput:
     """
 
     text_delta: str
-    token_ids_delta: tuple[int, ...] = ()
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -54,6 +54,7 @@ from apihelper.errors import (
     EngineUnavailableError,
     InvalidRequestError,
 )
+from apihelper.service.engine.config import TensorRTLLMConfig
 from apihelper.service.engine.protocol import (
     EngineInfo,
     EngineOutput,
@@ -72,7 +73,7 @@ from apihelper.service.engine.trtllm_runtime import (
     import_trtllm,
     parse_iteration_stats,
 )
-from apihelper.service.prompts import ChatPrompt, PromptFormat
+from apihelper.service.prompts import ChatPrompt
 
 logger = logging.getLogger(__name__)
 
@@ -181,20 +182,17 @@ class TensorRTLLMEngine:
     async def load(
         cls,
         engine_dir: Path,
+        config: TensorRTLLMConfig | None = None,
         *,
-        prompt_format: PromptFormat | None = None,
-        kv_cache_free_gpu_memory_fraction: float = 0.9,
-        enable_block_reuse: bool = True,
-        guided_decoding: bool = True,
         llm_factory: Callable[..., Any] | None = None,
         api: TrtllmApi | None = None,
         runtime_version: Callable[[], str] | None = None,
         compute_capability: Callable[[], str] | None = None,
         return_perf_metrics: bool = True,
         stats_interval_s: float = 1.0,
-        stall_timeout_s: float | None = None,
     ) -> TensorRTLLMEngine:
         """Load the engine in ``engine_dir`` (written by ``apihelper-build trtllm-engine``).
+        ``config`` (``service.engine.config.TensorRTLLMConfig``):
 
         - ``prompt_format``: only a fallback; the engine's manifest always names one and wins.
         - ``kv_cache_free_gpu_memory_fraction``: share of the GPU memory left free after loading
@@ -212,11 +210,8 @@ class TensorRTLLMEngine:
         Raises ``MissingDependencyError`` without tensorrt_llm and ``ConfigurationError`` for an
         engine this runtime must not run. Loading runs in a thread; the event loop stays free.
         """
+        config = config or TensorRTLLMConfig()
         trt = api if api is not None else import_trtllm()
-        if not 0.0 < kv_cache_free_gpu_memory_fraction <= 1.0:
-            raise ConfigurationError(
-                f"kv_cache_free_gpu_memory_fraction must be in (0, 1], got {kv_cache_free_gpu_memory_fraction}"
-            )
         manifest = engine_manifest(engine_dir)
         details = manifest.details
         built_version = str(details.get("tensorrt_llm_version", ""))
@@ -240,12 +235,12 @@ class TensorRTLLMEngine:
                 f"{built_capability or 'unknown'} ({details.get('gpu_name', 'unknown GPU')}), this "
                 f"GPU is {capability}; rebuild the engine on this GPU type"
             )
-        if prompt_format is not None and prompt_format is not manifest.prompt_format:
+        if config.prompt_format is not None and config.prompt_format is not manifest.prompt_format:
             logger.info(
                 "%s: manifest prompt format %s overrides the configured %s",
                 engine_dir,
                 manifest.prompt_format.value,
-                prompt_format.value,
+                config.prompt_format.value,
             )
         raw_build = details.get("build")
         build: dict[str, Any] = raw_build if isinstance(raw_build, dict) else {}
@@ -254,8 +249,8 @@ class TensorRTLLMEngine:
         max_input_len = min(int(build.get("max_input_len") or max_model_len), max_model_len)
 
         kv_cache_config = trt.KvCacheConfig(
-            free_gpu_memory_fraction=kv_cache_free_gpu_memory_fraction,
-            enable_block_reuse=enable_block_reuse,
+            free_gpu_memory_fraction=config.kv_cache_free_gpu_memory_fraction,
+            enable_block_reuse=config.enable_block_reuse,
         )
         factory = llm_factory if llm_factory is not None else trt.LLM
         try:
@@ -263,7 +258,7 @@ class TensorRTLLMEngine:
                 factory,
                 model=str(engine_dir),
                 kv_cache_config=kv_cache_config,
-                **({"guided_decoding_backend": "xgrammar"} if guided_decoding else {}),
+                **({"guided_decoding_backend": "xgrammar"} if config.guided_decoding else {}),
             )
         except Exception as exc:
             raise ConfigurationError(
@@ -282,7 +277,7 @@ class TensorRTLLMEngine:
             prompt_format=manifest.prompt_format,
             max_model_len=max_model_len,
             random_weights=manifest.random_weights,
-            guided_decoding=guided_decoding,
+            guided_decoding=config.guided_decoding,
             extra={
                 "engine_dir": str(engine_dir),
                 "tensorrt_llm": running_version,
@@ -293,8 +288,8 @@ class TensorRTLLMEngine:
                 "max_num_tokens": str(build.get("max_num_tokens", "")),
                 "max_input_len": str(max_input_len),
                 "tp_size": str(build.get("tp_size", "")),
-                "kv_cache_free_gpu_memory_fraction": str(kv_cache_free_gpu_memory_fraction),
-                "enable_block_reuse": str(enable_block_reuse).lower(),
+                "kv_cache_free_gpu_memory_fraction": str(config.kv_cache_free_gpu_memory_fraction),
+                "enable_block_reuse": str(config.enable_block_reuse).lower(),
                 "sampling_per_request": ",".join(HONOURED_SAMPLING),
             },
         )
@@ -305,7 +300,7 @@ class TensorRTLLMEngine:
             max_input_len=max_input_len,
             return_perf_metrics=return_perf_metrics,
             stats_interval_s=stats_interval_s,
-            stall_timeout_s=stall_timeout_s,
+            stall_timeout_s=config.stall_timeout_s,
         )
         engine._start_stats()
         logger.info(
@@ -315,8 +310,8 @@ class TensorRTLLMEngine:
             running_version,
             capability,
             max_model_len,
-            kv_cache_free_gpu_memory_fraction * 100,
-            enable_block_reuse,
+            config.kv_cache_free_gpu_memory_fraction * 100,
+            config.enable_block_reuse,
         )
         return engine
 
@@ -329,11 +324,6 @@ class TensorRTLLMEngine:
     @property
     def num_in_flight(self) -> int:
         return len(self._in_flight)
-
-    @property
-    def gpu_memory_bytes(self) -> int | None:
-        """GPU memory in use by the executor at its latest iteration (``gpuMemUsage``)."""
-        return self._latest.gpu_memory_bytes if self._latest is not None else None
 
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` encodes to as a prompt, special tokens included (as the executor
@@ -404,7 +394,6 @@ class TensorRTLLMEngine:
             iterator = result.__aiter__()
 
             completion_tokens = 0
-            pending_ids: list[int] = []  # ids whose text is held back, sent with the next text
             first = True
             while True:
                 try:
@@ -422,7 +411,6 @@ class TensorRTLLMEngine:
                 if out is _ABORT_TIMED_OUT:
                     yield EngineOutput(
                         text_delta="",
-                        token_ids_delta=tuple(pending_ids),
                         finish_reason=FinishReason.CANCELLED,
                         prompt_tokens=prompt_tokens,
                         completion_tokens=completion_tokens,
@@ -435,7 +423,6 @@ class TensorRTLLMEngine:
                 flight.finished = finished
                 ids = [int(i) for i in completion.token_ids_diff]
                 completion_tokens += len(ids)
-                pending_ids.extend(ids)
                 reason: FinishReason | None = None
                 engine_stopped_on_string = False
                 if finished:
@@ -465,7 +452,6 @@ class TensorRTLLMEngine:
                 try:
                     yield EngineOutput(
                         text_delta=delta,
-                        token_ids_delta=tuple(pending_ids),
                         finish_reason=reason,
                         prompt_tokens=len(prompt_ids) if prompt_ids is not None else prompt_tokens,
                         completion_tokens=completion_tokens,
@@ -474,7 +460,6 @@ class TensorRTLLMEngine:
                 finally:
                     if watchdog is not None:
                         watchdog.cancel()
-                pending_ids = []
                 if reason is not None:
                     return
         finally:

@@ -56,6 +56,8 @@ from apihelper.errors import (
     InvalidRequestError,
     MissingDependencyError,
 )
+from apihelper.service.engine import cb_internals
+from apihelper.service.engine.config import TransformersConfig
 from apihelper.service.engine.manifest import manifest_api_choice, read_manifest
 from apihelper.service.engine.protocol import (
     EngineInfo,
@@ -67,7 +69,7 @@ from apihelper.service.engine.protocol import (
     SamplingParams,
 )
 from apihelper.service.engine.stops import IncrementalText
-from apihelper.service.prompts import ChatPrompt, PromptFormat
+from apihelper.service.prompts import ChatPrompt
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +78,6 @@ ENGINE_KIND = "transformers"
 RUNNABLE_KINDS = ("dev-model", "hf-checkpoint")
 HONOURED_SAMPLING = ("max_tokens", "stop", "temperature", "top_p", "top_k")
 IGNORED_SAMPLING = ("repetition_penalty",)
-# GenerationOutput.status of a failed request (transformers' RequestStatus.FAILED).
-_STATUS_FAILED = 4
 # Prompts up to this many characters are tokenized on the event loop (well under a millisecond);
 # longer ones go to a worker thread so they never stall other streams.
 _INLINE_TOKENIZE_CHARS = 16_384
@@ -243,26 +243,10 @@ class TransformersEngine:
     # ------------------------------------------------------------------ loading
 
     @classmethod
-    async def load(
-        cls,
-        model_dir: Path,
-        *,
-        device: str = "auto",
-        dtype: str = "auto",
-        prompt_format: PromptFormat | None = None,
-        max_model_len: int | None = None,
-        max_concurrent: int = 8,
-        block_size: int = 32,
-        num_blocks: int | None = None,
-        max_batch_tokens: int = 512,
-        seed: int | None = None,
-        num_threads: int | None = None,
-        stop_timeout_s: float = 10.0,
-        guided_decoding: bool = True,
-        stall_timeout_s: float | None = None,
-    ) -> TransformersEngine:
+    async def load(cls, model_dir: Path, config: TransformersConfig | None = None) -> TransformersEngine:
         """Load ``model_dir`` (a HF checkpoint, optionally with an apihelper manifest) and start
         the continuous-batching manager. The work runs in a thread; the event loop stays free.
+        ``config`` (``service.engine.config.TransformersConfig``):
 
         - ``device``: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N".
         - ``dtype``: "auto" (float32 on CPU, bfloat16/float16 on CUDA), or a torch dtype name.
@@ -286,43 +270,10 @@ class TransformersEngine:
         - ``stall_timeout_s``: a request whose consumer takes nothing for this long while output
           waits is cancelled (None: only the ``MAX_TOKENS_AHEAD`` bound).
         """
-        return await asyncio.to_thread(
-            cls._load_sync,
-            model_dir,
-            device=device,
-            dtype=dtype,
-            prompt_format=prompt_format,
-            max_model_len=max_model_len,
-            max_concurrent=max_concurrent,
-            block_size=block_size,
-            num_blocks=num_blocks,
-            max_batch_tokens=max_batch_tokens,
-            seed=seed,
-            num_threads=num_threads,
-            stop_timeout_s=stop_timeout_s,
-            guided_decoding=guided_decoding,
-            stall_timeout_s=stall_timeout_s,
-        )
+        return await asyncio.to_thread(cls._load_sync, model_dir, config or TransformersConfig())
 
     @classmethod
-    def _load_sync(
-        cls,
-        model_dir: Path,
-        *,
-        device: str,
-        dtype: str,
-        prompt_format: PromptFormat | None,
-        max_model_len: int | None,
-        max_concurrent: int,
-        block_size: int,
-        num_blocks: int | None,
-        max_batch_tokens: int,
-        seed: int | None,
-        num_threads: int | None,
-        stop_timeout_s: float,
-        guided_decoding: bool,
-        stall_timeout_s: float | None = None,
-    ) -> TransformersEngine:
+    def _load_sync(cls, model_dir: Path, config: TransformersConfig) -> TransformersEngine:
         try:
             import torch
             import transformers
@@ -341,10 +292,6 @@ class TransformersEngine:
 
         if not model_dir.is_dir():
             raise ConfigurationError(f"{model_dir}: model directory not found")
-        if max_concurrent < 1 or block_size < 4 or max_batch_tokens < 1:
-            raise ConfigurationError(
-                "transformers engine: max_concurrent and max_batch_tokens must be >= 1, block_size >= 4"
-            )
         manifest = read_manifest(model_dir)
         if manifest is not None and manifest.kind not in RUNNABLE_KINDS:
             raise ConfigurationError(
@@ -352,35 +299,33 @@ class TransformersEngine:
                 f"{', '.join(RUNNABLE_KINDS)} directories"
             )
         if manifest is not None:
-            if prompt_format is not None and prompt_format is not manifest.prompt_format:
+            if config.prompt_format is not None and config.prompt_format is not manifest.prompt_format:
                 logger.info(
                     "%s: manifest prompt format %s overrides the configured %s",
                     model_dir,
                     manifest.prompt_format.value,
-                    prompt_format.value,
+                    config.prompt_format.value,
                 )
             fmt = manifest.prompt_format
-        elif prompt_format is not None:
-            fmt = prompt_format
+        elif config.prompt_format is not None:
+            fmt = config.prompt_format
         else:
             raise ConfigurationError(f"{model_dir}: no {read_manifest.__module__} manifest; set the prompt format")
 
-        if num_threads is not None:
-            if num_threads < 1:
-                raise ConfigurationError("transformers engine: num_threads must be >= 1")
-            torch.set_num_threads(num_threads)
-        torch_device = _resolve_device(torch, device)
-        torch_dtype = _resolve_dtype(torch, dtype, torch_device)
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
+        torch_device = _resolve_device(torch, config.device)
+        torch_dtype = _resolve_dtype(torch, config.dtype, torch_device)
         try:
             tokenizer = tf.AutoTokenizer.from_pretrained(str(model_dir))
             model = tf.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch_dtype)
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigurationError(f"{model_dir}: cannot load the model ({exc})") from exc
         model = model.to(torch_device).eval()
-        config = model.config.get_text_config()
+        model_config = model.config.get_text_config()
 
-        position_limit = int(getattr(config, "max_position_embeddings", 0) or 0) or None
-        limit = max_model_len or (manifest.max_model_len if manifest else None) or position_limit
+        position_limit = int(getattr(model_config, "max_position_embeddings", 0) or 0) or None
+        limit = config.max_model_len or (manifest.max_model_len if manifest else None) or position_limit
         if limit is None:
             raise ConfigurationError(f"{model_dir}: set max_model_len (the config has no limit)")
         if position_limit is not None and limit > position_limit:
@@ -389,9 +334,8 @@ class TransformersEngine:
             )
 
         eos_ids = _eos_token_ids(model.generation_config, tokenizer)
-        if num_blocks is None:
-            num_blocks = math.ceil(max_concurrent * limit / block_size)
-        kv_bytes = num_blocks * block_size * _kv_bytes_per_token(config, torch_dtype.itemsize)
+        num_blocks = config.num_blocks or math.ceil(config.max_concurrent * limit / config.block_size)
+        kv_bytes = num_blocks * config.block_size * _kv_bytes_per_token(model_config, torch_dtype.itemsize)
 
         # Per-request temperature / top-k / top-p exist only as processors the generation config
         # creates: do_sample on, temperature != 1, top_k != 0, top_p < 1. Each request then sends
@@ -406,12 +350,12 @@ class TransformersEngine:
             max_new_tokens=limit,
         )
         cb_config = tf.ContinuousBatchingConfig(
-            page_size=block_size,
+            page_size=config.block_size,
             num_blocks=num_blocks,
-            max_batch_tokens=max_batch_tokens,
-            max_requests_per_batch=max_concurrent,
+            max_batch_tokens=config.max_batch_tokens,
+            max_requests_per_batch=config.max_concurrent,
             per_request_processors=True,
-            seed=seed,
+            seed=config.seed,
             # Guided decoding feeds each sampled token to its grammar before the next step is
             # prepared: asynchronous batching (on by default with CUDA graphs) prepares it first.
             use_async_batching=False,
@@ -422,7 +366,9 @@ class TransformersEngine:
             )
             # Before start: the manager sizes its processor-argument tensors when it starts.
             guidance = (
-                _install_grammar_mask(manager, tokenizer, int(config.vocab_size), eos_ids) if guided_decoding else None
+                _install_grammar_mask(manager, tokenizer, int(model_config.vocab_size), eos_ids)
+                if config.guided_decoding
+                else None
             )
             seeded = _install_seeded_sampling(manager)
             _start_manager(torch, manager)
@@ -430,11 +376,19 @@ class TransformersEngine:
             raise ConfigurationError(f"{model_dir}: cannot start continuous batching ({exc})") from exc
         error = _wait_until_ready(manager, timeout_s=120.0)
         if error is not None:
-            manager.stop(block=True, timeout=stop_timeout_s)
+            manager.stop(block=True, timeout=config.stop_timeout_s)
             raise ConfigurationError(
                 f"{model_dir}: continuous batching failed to start ({error}); check "
-                f"num_blocks ({num_blocks} x {block_size} tokens = {kv_bytes / 2**20:.0f} MiB) "
+                f"num_blocks ({num_blocks} x {config.block_size} tokens = {kv_bytes / 2**20:.0f} MiB) "
                 "and max_batch_tokens against the memory available"
+            )
+        missing = cb_internals.missing_internals(manager)
+        if missing:
+            logger.warning(
+                "transformers engine: this transformers (%s) lacks %s; stats, health or handler "
+                "cleanup degrade (service.engine.cb_internals)",
+                tf.__version__,
+                ", ".join(missing),
             )
 
         name = manifest.name if manifest else model_dir.name
@@ -451,11 +405,11 @@ class TransformersEngine:
                 "device": str(torch_device),
                 "dtype": str(torch_dtype).removeprefix("torch."),
                 "transformers": str(tf.__version__),
-                "block_size": str(block_size),
+                "block_size": str(config.block_size),
                 "num_blocks": str(num_blocks),
                 "kv_cache_mib": f"{kv_bytes / 2**20:.1f}",
-                "max_batch_tokens": str(max_batch_tokens),
-                "max_concurrent": str(max_concurrent),
+                "max_batch_tokens": str(config.max_batch_tokens),
+                "max_concurrent": str(config.max_concurrent),
                 "num_threads": str(torch.get_num_threads()),
                 "sampling_per_request": ",".join(HONOURED_SAMPLING + (("seed",) if seeded else ())),
                 "sampling_ignored": ",".join(IGNORED_SAMPLING + (() if seeded else ("seed",))),
@@ -468,7 +422,7 @@ class TransformersEngine:
             info.extra["dtype"],
             limit,
             num_blocks,
-            block_size,
+            config.block_size,
             kv_bytes / 2**20,
         )
         return cls(
@@ -476,12 +430,12 @@ class TransformersEngine:
             tokenizer=HFTokenizer(tokenizer),
             info=info,
             eos_token_ids=eos_ids,
-            vocab_size=int(config.vocab_size),
-            stop_timeout_s=stop_timeout_s,
+            vocab_size=int(model_config.vocab_size),
+            stop_timeout_s=config.stop_timeout_s,
             seeded_sampling=seeded,
             guidance=guidance,
             chat_template=_chat_template(tokenizer),
-            stall_timeout_s=stall_timeout_s,
+            stall_timeout_s=config.stall_timeout_s,
         )
 
     # ------------------------------------------------------------------ Engine protocol
@@ -549,7 +503,6 @@ class TransformersEngine:
             if accepted is None:  # the manager refuses new requests once stopping or dead
                 raise EngineUnavailableError("the generation engine is not accepting requests")
 
-            sent_ids = 0  # generated ids already reported in token_ids_delta
             completion_tokens = 0
             first = True
             while True:
@@ -565,7 +518,7 @@ class TransformersEngine:
                     return
                 if isinstance(output, _Failed):
                     raise EngineUnavailableError(output.message)
-                if output.error is not None or int(output.status) == _STATUS_FAILED:
+                if cb_internals.is_failed(output):
                     flight.finished_in_manager = True
                     raise EngineUnavailableError(f"generation failed in the engine: {output.error}")
 
@@ -594,13 +547,11 @@ class TransformersEngine:
                     first = False
                 yield EngineOutput(
                     text_delta=delta,
-                    token_ids_delta=tuple(text_ids[sent_ids:]),
                     finish_reason=reason,
                     prompt_tokens=len(prompt_ids),
                     completion_tokens=completion_tokens,
                     queue_seconds=queue_seconds,
                 )
-                sent_ids = len(text_ids)
                 if reason is not None:
                     return
         finally:
@@ -618,24 +569,10 @@ class TransformersEngine:
         self._check_alive()
 
     def stats(self) -> EngineStats:
-        processor: Any = getattr(self._manager, "batch_processor", None)
-        scheduler: Any = getattr(processor, "scheduler", None)
-        if scheduler is None:
+        load = cb_internals.scheduler_load(self._manager)
+        if load is None:
             return EngineStats(running=0, waiting=len(self._in_flight))
-        input_queue = getattr(self._manager, "input_queue", None)
-        queued = input_queue.qsize() if input_queue is not None else 0
-        kv_usage: float | None = None
-        try:
-            # Read from the manager's thread while it runs: a torn read is possible but harmless
-            # for a gauge, and a failure here must never break a metrics scrape.
-            kv_usage = max(0.0, min(1.0, 1.0 - float(processor.cache.compute_free_capacity())))
-        except Exception:  # best effort, see above
-            kv_usage = None
-        return EngineStats(
-            running=len(scheduler.active_requests),
-            waiting=len(scheduler.waiting_requests) + queued,
-            kv_cache_usage=kv_usage,
-        )
+        return EngineStats(running=load.running, waiting=load.waiting, kv_cache_usage=load.kv_cache_usage)
 
     async def shutdown(self) -> None:
         """Fail the running streams with ``EngineUnavailableError`` and stop the manager."""
@@ -727,8 +664,7 @@ class TransformersEngine:
             raise EngineUnavailableError("the generation engine is shut down")
         if not self._manager.is_running():
             raise EngineUnavailableError("the generation engine's worker thread is not running")
-        status = getattr(self._manager, "background_thread_status", None)
-        if getattr(status, "fatal_error", None) is not None:
+        if cb_internals.fatal_error(self._manager) is not None:
             raise EngineUnavailableError("the generation engine's worker thread failed")
 
     async def _compiled(self, guided: GuidedDecoding | None) -> Any:
@@ -750,12 +686,7 @@ class TransformersEngine:
             flight.cancelled = True
             self._manager.cancel_request(flight.manager_id)
         # A cancelled request never gets a final output, so the manager never drops its handler.
-        router = getattr(self._manager, "output_router", None)
-        handlers = getattr(router, "result_handlers", None)
-        lock = getattr(router, "_lock", None)
-        if isinstance(handlers, dict) and lock is not None:
-            with lock:
-                handlers.pop(flight.manager_id, None)
+        cb_internals.drop_result_handler(self._manager, flight.manager_id)
         if self._in_flight.get(flight.request_id) is flight:
             del self._in_flight[flight.request_id]
 
@@ -879,13 +810,12 @@ def _wait_until_ready(manager: Any, timeout_s: float) -> str | None:
     """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        status = getattr(manager, "background_thread_status", None)
-        fatal = getattr(status, "fatal_error", None)
+        fatal = cb_internals.fatal_error(manager)
         if fatal is not None:
             return f"{type(fatal).__name__}: {fatal}"
         if not manager.is_running():
             return "the generation thread exited"
-        if getattr(manager, "batch_processor", None) is not None:
+        if cb_internals.processor_ready(manager):
             return None
         time.sleep(0.01)
     return f"not ready after {timeout_s:.0f}s"

@@ -114,7 +114,6 @@ class IterationStats:
     running: int
     waiting: int
     kv_cache_usage: float | None
-    gpu_memory_bytes: int | None
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -133,12 +132,10 @@ def parse_iteration_stats(item: Any) -> IterationStats | None:
         used, total = kv.get("usedNumBlocks"), kv.get("maxNumBlocks")
         if isinstance(used, (int, float)) and isinstance(total, (int, float)) and total > 0:
             usage = max(0.0, min(1.0, float(used) / float(total)))
-    gpu = item.get("gpuMemUsage")
     return IterationStats(
         running=int(item.get("numActiveRequests") or 0),
         waiting=int(item.get("numQueuedRequests") or 0),
         kv_cache_usage=usage,
-        gpu_memory_bytes=int(gpu) if isinstance(gpu, (int, float)) else None,
         raw=item,
     )
 

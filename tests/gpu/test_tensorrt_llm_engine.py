@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from apihelper.service.engine.config import TensorRTLLMConfig
 from apihelper.service.engine.protocol import EngineOutput, EngineRequest, FinishReason, SamplingParams
 
 
@@ -63,7 +64,7 @@ def engine_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def test_build_load_and_stream(engine_dir: Path) -> None:
     from apihelper.service.engine.tensorrt_llm_engine import TensorRTLLMEngine
 
-    engine = await TensorRTLLMEngine.load(engine_dir, kv_cache_free_gpu_memory_fraction=0.2)
+    engine = await TensorRTLLMEngine.load(engine_dir, TensorRTLLMConfig(kv_cache_free_gpu_memory_fraction=0.2))
     try:
         await engine.check_health()
         request = EngineRequest(

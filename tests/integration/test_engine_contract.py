@@ -22,6 +22,7 @@ import pytest
 import pytest_asyncio
 
 from apihelper.errors import ConfigurationError, EngineUnavailableError, InvalidRequestError
+from apihelper.service.engine.config import OpenVINOConfig, TransformersConfig
 from apihelper.service.engine.protocol import (
     Engine,
     EngineOutput,
@@ -63,7 +64,9 @@ def _transformers_contract(tmp_path_factory: pytest.TempPathFactory) -> Callable
     make_dev_model(model_dir)
 
     async def load() -> Engine:
-        return await TransformersEngine.load(model_dir, device="cpu", seed=0, stall_timeout_s=STALL_TIMEOUT_S)
+        return await TransformersEngine.load(
+            model_dir, TransformersConfig(device="cpu", seed=0, stall_timeout_s=STALL_TIMEOUT_S)
+        )
 
     return load
 
@@ -79,7 +82,9 @@ def _openvino_contract() -> Callable[[], Awaitable[Engine]]:
         pytest.skip(f"the SmolLM2 GGUF is not installed ({exc}); make install puts it there")
 
     async def load() -> Engine:
-        return await OpenVINOEngine.load(gguf, prompt_format=PromptFormat.CHAT_TOOLS, stall_timeout_s=STALL_TIMEOUT_S)
+        return await OpenVINOEngine.load(
+            gguf, OpenVINOConfig(prompt_format=PromptFormat.CHAT_TOOLS, stall_timeout_s=STALL_TIMEOUT_S)
+        )
 
     return load
 

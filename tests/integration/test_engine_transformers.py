@@ -12,6 +12,7 @@ import pytest_asyncio
 
 from apihelper.build.dev_model import make_dev_model
 from apihelper.errors import ConfigurationError
+from apihelper.service.engine.config import TransformersConfig
 from apihelper.service.engine.protocol import Engine
 from apihelper.service.prompts import PromptFormat
 
@@ -33,7 +34,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest_asyncio.fixture(scope="module")
 async def engine(model_dir: Path) -> AsyncIterator[TransformersEngine]:
-    eng = await TransformersEngine.load(model_dir, device="cpu", seed=0)
+    eng = await TransformersEngine.load(model_dir, TransformersConfig(device="cpu", seed=0))
     yield eng
     await eng.shutdown()
 
@@ -51,14 +52,14 @@ async def test_is_an_engine_with_info_from_the_manifest(engine: TransformersEngi
 
 async def test_load_refuses_a_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError):
-        await TransformersEngine.load(tmp_path / "nope", device="cpu")
+        await TransformersEngine.load(tmp_path / "nope", TransformersConfig(device="cpu"))
 
 
 async def test_load_fails_fast_when_the_kv_cache_does_not_fit(model_dir: Path) -> None:
     with pytest.raises(ConfigurationError, match="num_blocks"):
-        await TransformersEngine.load(model_dir, device="cpu", num_blocks=10**9)
+        await TransformersEngine.load(model_dir, TransformersConfig(device="cpu", num_blocks=10**9))
 
 
 async def test_load_refuses_a_context_longer_than_the_model(model_dir: Path) -> None:
     with pytest.raises(ConfigurationError, match="max_position_embeddings"):
-        await TransformersEngine.load(model_dir, device="cpu", max_model_len=4096)
+        await TransformersEngine.load(model_dir, TransformersConfig(device="cpu", max_model_len=4096))

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from apihelper.build.cli import main as build_main
+from apihelper.service.engine.config import TransformersConfig
 from apihelper.service.frontends import RunningServer
 from tests.support import BIN, FakeEmbedder, live_server, shared_corpus
 from tests.unit.test_eval_bfcl_ast import reference_arguments
@@ -341,7 +342,7 @@ async def eval_server(dev_model_dir: Path, tmp_path_factory: pytest.TempPathFact
         await asyncio.to_thread(ingest_corpus, store, embedder, name, path, None, progress=False)
     store.close()
     retriever = await open_retriever(uri, "", embedder)
-    engine = await TransformersEngine.load(dev_model_dir, device="cpu")
+    engine = await TransformersEngine.load(dev_model_dir, TransformersConfig(device="cpu"))
     async with live_server(engine, retriever, auth_token="eval-token", default_max_tokens=24) as running:
         yield running
 

@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from apihelper.service.engine.config import TransformersConfig
 from apihelper.service.engine.fake import FakeEngine
 from apihelper.service.frontends import RunningServer
 from apihelper.service.metrics.prometheus import PrometheusRecorder
@@ -378,7 +379,7 @@ async def test_stalled_readers_do_not_hold_the_transformers_engines_batch(
 
     stall_s = 1.5
     engine = await TransformersEngine.load(
-        dev_model_dir, device="cpu", max_concurrent=4, num_threads=1, stall_timeout_s=stall_s
+        dev_model_dir, TransformersConfig(device="cpu", max_concurrent=4, num_threads=1, stall_timeout_s=stall_s)
     )
     async with live_server(engine, stream_stall_timeout_seconds=stall_s, shutdown_grace_seconds=QUICK_STOP) as server:
         # 8 readers with a 400-byte window: twice the batch. Before, the engine generated every

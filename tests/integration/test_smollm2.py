@@ -17,6 +17,7 @@ import pytest
 
 from apihelper.bench.retrieval.splits import read_manifest
 from apihelper.errors import ConfigurationError
+from apihelper.service.engine.config import TransformersConfig
 from apihelper.v1 import apihelper_pb2 as pb
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
 from tests.support import live_server, shared_corpus, stub_for
@@ -61,7 +62,7 @@ async def test_constrained_smollm2_never_calls_an_unknown_api(smollm2_dir: Path,
     finally:
         store.close()
     retriever = await open_retriever(uri, "", embedder)
-    engine = await TransformersEngine.load(smollm2_dir, device="cpu")
+    engine = await TransformersEngine.load(smollm2_dir, TransformersConfig(device="cpu"))
 
     async def ask(stub: pb_grpc.ApiHelperAsyncStub, question: str) -> pb.Completion:
         request = pb.GenerateRequest(

@@ -32,6 +32,7 @@ def _docs() -> dict[str, ApiDoc]:
 async def _ask(question: str, retrieved: list[str]) -> pb.Completion:
     pytest.importorskip("openvino_genai", reason="openvino-genai is not installed (pip install openvino-genai)")
     from apihelper.build.import_gguf import bundled_gguf
+    from apihelper.service.engine.config import OpenVINOConfig
     from apihelper.service.engine.openvino_engine import OpenVINOEngine
 
     try:
@@ -40,7 +41,7 @@ async def _ask(question: str, retrieved: list[str]) -> pb.Completion:
         pytest.skip(f"the SmolLM2 GGUF is not installed ({exc}); make install puts it there")
     docs = _docs()
     retriever = MemoryRetriever(list(docs.values()), retrieved=[docs[k] for k in retrieved])
-    engine = await OpenVINOEngine.load(gguf, prompt_format=PromptFormat.CHAT_TOOLS, num_threads=2)
+    engine = await OpenVINOEngine.load(gguf, OpenVINOConfig(prompt_format=PromptFormat.CHAT_TOOLS, num_threads=2))
     try:
         async with live_server(engine, retriever) as running, stub_for(running) as stub:
             request = pb.GenerateRequest(

@@ -70,3 +70,56 @@ def test_api_base_urls_are_a_comma_separated_list_of_http_urls() -> None:
     for bad in ("api.corp.example", "ftp://x.example", "https://"):
         with pytest.raises(ConfigurationError, match="api_base_urls"):
             load_settings([], {"APIHELPER_API_BASE_URLS": bad})
+
+
+def test_choices_are_read_as_enums_from_every_source(tmp_path: Path) -> None:
+    from apihelper.service.engine.choice import EngineKind
+    from apihelper.service.prompts import PromptFormat
+
+    assert Settings().engine is EngineKind.AUTO and Settings().prompt_format is None
+    s = load_settings(["--engine", "openvino", "--prompt-format", "chat_tools"], {})
+    assert s.engine is EngineKind.OPENVINO and s.prompt_format is PromptFormat.CHAT_TOOLS
+    assert load_settings([], {"APIHELPER_ENGINE": "tensorrt_llm"}).engine is EngineKind.TENSORRT_LLM
+    assert load_settings([], {"APIHELPER_PROMPT_FORMAT": ""}).prompt_format is None
+    config = tmp_path / "c.toml"
+    config.write_text('engine = "transformers"\nprompt_format = "gorilla_v0"\n')
+    s = load_settings(["--config", str(config)], {})
+    assert s.engine is EngineKind.TRANSFORMERS and s.prompt_format is PromptFormat.GORILLA_V0
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--prompt-format", "bogus"], "gorilla_v0, openfunctions_v2, chat_tools"),
+        (["--engine", "vllm"], "auto, transformers, openvino, tensorrt_llm"),
+        (["--device", "cuda:x"], "cuda:N"),
+    ],
+)
+def test_a_bad_choice_is_one_line_naming_the_choices(argv: list[str], named: str) -> None:
+    with pytest.raises(ConfigurationError) as err:
+        load_settings(argv, {})
+    assert named in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:1", "cuda:12"])
+def test_every_device_the_engines_take_is_accepted(device: str) -> None:
+    assert load_settings(["--device", device], {}).device == device
+
+
+def test_serve_exits_2_with_one_line_before_opening_anything(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from apihelper.service import __main__ as entry
+
+    opened: list[str] = []
+
+    async def serve(settings: Settings) -> None:  # the first thing that opens anything
+        opened.append("serve")
+
+    monkeypatch.setattr(entry, "serve", serve)
+    with pytest.raises(SystemExit) as exit_info:
+        entry.main(["--prompt-format", "bogus"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "prompt_format" in err and "bogus" in err
+    assert opened == []
