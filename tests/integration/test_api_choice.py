@@ -79,3 +79,18 @@ def test_the_manifest_carries_the_policy(tmp_path: Path) -> None:
     ModelManifest("gguf", "smollm2", PromptFormat.CHAT_TOOLS, api_choice="retriever").write(tmp_path)
     assert manifest_api_choice(read_manifest(tmp_path)) is ApiChoice.RETRIEVER
     assert manifest_api_choice(None) is ApiChoice.MODEL
+
+
+def test_staged_smollm2_is_served_with_the_retriever_policy(tmp_path: Path) -> None:
+    """import-gguf --gguf-only writes SmolLM2's chosen policy; the OpenVINO engine reads it."""
+    from apihelper.build.import_gguf import bundled_gguf, stage_gguf
+    from apihelper.errors import ConfigurationError
+    from apihelper.service.engine.openvino_engine import resolve_model
+
+    try:
+        gguf = bundled_gguf()
+    except ConfigurationError as exc:
+        pytest.skip(f"the SmolLM2 GGUF is not installed ({exc}); make install puts it there")
+    manifest = stage_gguf(gguf, tmp_path / "smollm2")
+    assert manifest.api_choice == "retriever"
+    assert resolve_model(tmp_path / "smollm2", None, None).api_choice is ApiChoice.RETRIEVER
