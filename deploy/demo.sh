@@ -69,7 +69,9 @@ fi
 
 PORT=$(free_port 0)
 LOG="$DATA/serve.log"
-"$BIN/apihelper-serve" --host 127.0.0.1 --port "$PORT" --http-port "$HTTP_PORT" "${SERVE_ARGS[@]}" >"$LOG" 2>&1 &
+METRICS_PORT=$(free_port 0)  # 9464 may be another server's on a shared machine
+"$BIN/apihelper-serve" --host 127.0.0.1 --port "$PORT" --http-port "$HTTP_PORT" --metrics-port "$METRICS_PORT" \
+  "${SERVE_ARGS[@]}" >"$LOG" 2>&1 &
 SERVER=$!
 stop_server() {
   if kill -0 "$SERVER" 2>/dev/null; then

@@ -135,6 +135,7 @@ def request_options(args: argparse.Namespace) -> RequestOptions:
         seed=args.seed,
         stop=tuple(args.stop or ()),
         constrain_calls={"on": True, "off": False}.get(args.constrain_calls),
+        api_choice=args.api_choice,
     )
 
 
@@ -305,6 +306,12 @@ def add_eval_answers_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=("auto", "on", "off"),
         default="auto",
         help="calls constrained to the docs' APIs (auto: the server's default)",
+    )
+    r.add_argument(
+        "--api-choice",
+        choices=("auto", "model", "retriever"),
+        default="auto",
+        help="how a constrained answer's API is chosen (auto: the model's manifest; docs/answers.md)",
     )
     r.add_argument("--top-k", type=int, help="docs to retrieve (default: the server's)")
     r.add_argument(

@@ -81,6 +81,7 @@ class PythonMetadata(TypedDict, total=False):
     function: FunctionSchema
     bases: list[str]  # classes only
     methods: list[str]  # classes only
+    constructor_from: str  # classes only: the base whose __init__ the class inherits
     audience: str  # "cli" (a command, or code of a command-line package) or "api"
     http_calls: list[dict[str, str]]  # REST requests it makes: [{"method", "path"}] (retriever.links)
     truncated: bool

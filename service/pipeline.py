@@ -25,6 +25,7 @@ from apihelper.service.answers.constraint import CallConstraints
 from apihelper.service.answers.corpus_cache import CorpusCache, corpus_version
 from apihelper.service.answers.repetition import RepetitionFilter
 from apihelper.service.engine.protocol import (
+    ApiChoice,
     Engine,
     EngineInfo,
     EngineRequest,
@@ -55,6 +56,8 @@ class GenerateParams:
     # Only calls to real APIs in the call part of the answer (guided decoding). None: where the
     # engine can constrain and the docs give something to call.
     constrain_calls: bool | None = None
+    # How a constrained answer's API is chosen; None: the engine's (its model's manifest).
+    api_choice: ApiChoice | None = None
     # The prompt's docs as the caller gave them (an OpenAI request's ``tools``), instead of
     # retrieving; None: retrieve. Given docs belong to no corpus (``corpus == ""``): the verdict
     # checks calls against them alone.
@@ -99,6 +102,7 @@ class CompletionEvent:
     sampling: SamplingParams  # as applied, defaults filled in
     calls_constrained: bool  # generated under the call grammar
     corpus_versions: dict[str, str]  # corpus -> last ingest time of the corpora the sources came from
+    api_choice: ApiChoice | None = None  # how the API was chosen (constrained answers only)
 
 
 PipelineEvent = SourcesEvent | DeltaEvent | CompletionEvent
@@ -171,7 +175,9 @@ class Pipeline:
         sources = {d.corpus for d in docs if d.corpus}
         self._corpora.warm(sources)
         yield SourcesEvent(docs)
-        guided = await self._call_grammar(fmt, docs, sources) if constrain else None
+        question = params.retrieval.instruction
+        choice = params.api_choice or info.api_choice
+        guided = await self._call_grammar(fmt, docs, sources, question, choice) if constrain else None
 
         repeats = RepetitionFilter(enabled=params.suppress_repeated_lines)
         first_token_ms = queue_ms = 0.0
@@ -211,7 +217,7 @@ class Pipeline:
 
         text = repeats.text  # exactly what the client was sent
         infos = await self._corpora.infos(sources)
-        checked = await self._corpora.check(fmt, text, docs, infos)
+        checked = await self._corpora.check(fmt, text, docs, infos, question=question)
         timings = Timings(
             retrieval_ms=retrieval.retrieval_ms,
             embed_ms=retrieval.embed_ms,
@@ -237,6 +243,7 @@ class Pipeline:
             suppressed_lines=repeats.suppressed_lines,
             sampling=params.sampling,
             calls_constrained=guided is not None,
+            api_choice=choice if guided is not None else None,
             corpus_versions={c: corpus_version(infos[c]) if c in infos else "" for c in sorted(sources)},
         )
 
@@ -258,15 +265,23 @@ class Pipeline:
         return result
 
     async def _call_grammar(
-        self, fmt: PromptFormat, docs: Sequence[RetrievedDoc], sources: set[str]
+        self, fmt: PromptFormat, docs: Sequence[RetrievedDoc], sources: set[str], question: str, choice: ApiChoice
     ) -> GuidedDecoding | None:
-        """The grammar of the calls the answer may make (None: nothing in the docs to call)."""
+        """The grammar of the calls the answer may make (None: nothing in the docs to call),
+        their arguments grounded in ``question``. ``choice`` retriever: only the top-ranked doc's
+        API (the first doc that can be called), whatever the format."""
         if not docs:
+            return None
+        if choice is ApiChoice.RETRIEVER:
+            for i in range(len(docs)):
+                guided = await self._constraints.grammar(fmt, docs[i : i + 1], None, question)
+                if guided is not None:
+                    return guided
             return None
         catalog = None
         if fmt is PromptFormat.GORILLA_V0:  # its answers may name any API of the corpus
             catalog = await self._corpora.catalog(docs, await self._corpora.infos(sources))
-        return await self._constraints.grammar(fmt, docs, catalog)
+        return await self._constraints.grammar(fmt, docs, catalog, question)
 
 
 def _constrain(asked: bool | None, supported: bool, engine: str) -> bool:

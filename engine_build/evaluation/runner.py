@@ -64,6 +64,10 @@ class RequestOptions:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     constrain_calls: bool | None = None  # None: the server's default (on where its engine can)
+    api_choice: str = "auto"  # "model" | "retriever"; auto: the model's manifest
+
+
+API_CHOICES = {"model": pb.API_CHOICE_MODEL, "retriever": pb.API_CHOICE_RETRIEVER}
 
 
 def generate_request(question: Question, options: RequestOptions) -> pb.GenerateRequest:
@@ -92,6 +96,8 @@ def generate_request(question: Question, options: RequestOptions) -> pb.Generate
     )
     if options.constrain_calls is not None:
         request.constrain_calls = options.constrain_calls
+    if options.api_choice != "auto":
+        request.api_choice = API_CHOICES[options.api_choice]
     return request
 
 

@@ -2,7 +2,7 @@
 for answers produced elsewhere, from the same checker run here against docs loaded from files.
 
 The verdict is the service's (:mod:`apihelper.service.answers.check`): ``valid``,
-``wrong_arguments``, ``unknown_api``, ``unparseable``, ``unchecked``. Answers scored from a file were
+``ungrounded``, ``wrong_arguments``, ``unknown_api``, ``unparseable``, ``unchecked``. Answers scored from a file were
 never retrieved for, so they are checked against the whole corpus only (a call to a real API is
 then valid or wrong_arguments with the note that it was not retrieved, as in the service).
 """

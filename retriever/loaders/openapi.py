@@ -239,6 +239,7 @@ def compact_schema(resolver: _Resolver, node: Any, depth: int = 0, stack: tuple[
         out["enum"] = _jsonable(node["enum"][:MAX_ENUM])
     if "default" in node:
         out["default"] = _jsonable(node["default"])
+    _keep_constraints(node, out)
 
     if depth >= MAX_SCHEMA_DEPTH:
         if "title" in node and out.get("type") == "object" and "description" not in out:
@@ -255,7 +256,42 @@ def compact_schema(resolver: _Resolver, node: Any, depth: int = 0, stack: tuple[
         required = [r for r in node.get("required") or [] if r in out["properties"]]
         if required:
             out["required"] = required
+    extra = node.get("additionalProperties")
+    if isinstance(extra, bool):
+        out["additionalProperties"] = extra
+    elif isinstance(extra, Mapping) and extra:
+        out["additionalProperties"] = compact_schema(resolver, extra, depth + 1, stack)
     return out
+
+
+# Validation keywords kept as written: the answer checker validates values with them, and the
+# model sees them in the tool definitions. Numbers and booleans only, patterns up to a length.
+_NUMBER_CONSTRAINTS = ("minimum", "maximum", "multipleOf", "minLength", "maxLength", "minItems", "maxItems")
+MAX_PATTERN_CHARS = 500
+
+
+def _keep_constraints(node: Mapping[str, Any], out: dict[str, Any]) -> None:
+    for key in _NUMBER_CONSTRAINTS:
+        value = node.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = value
+    for key, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        value = node.get(key)
+        if isinstance(value, bool):  # OpenAPI 3.0: a flag on minimum/maximum
+            if value and bound in out:
+                out[key] = out.pop(bound)
+        elif isinstance(value, (int, float)):
+            out[key] = value
+    if node.get("uniqueItems") is True:
+        out["uniqueItems"] = True
+    pattern = node.get("pattern")
+    if isinstance(pattern, str) and len(pattern) <= MAX_PATTERN_CHARS:
+        out["pattern"] = pattern
+    if "const" in node:
+        out["const"] = _jsonable(node["const"])
+    example = node.get("example")
+    if isinstance(example, (str, int, float, bool)):
+        out["example"] = _jsonable(example)
 
 
 def _is_null_schema(resolver: _Resolver, node: Any, stack: tuple[str, ...]) -> bool:

@@ -263,6 +263,16 @@ def _dotted_tail(node: ast.expr) -> str | None:
     return None
 
 
+def _dotted_name(node: ast.expr) -> str | None:
+    """``a.b.C`` for a name or an attribute chain; None for anything else (a call, a subscript)."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        head = _dotted_name(node.value)
+        return f"{head}.{node.attr}" if head else None
+    return None
+
+
 def _union_members(node: ast.expr) -> list[ast.expr]:
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
         return [*_union_members(node.left), *_union_members(node.right)]
@@ -610,6 +620,214 @@ def _function_doc(
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Constructor:
+    """What a class is called with: its parameter list as written (no self) and its schema."""
+
+    arguments: str
+    properties: Mapping[str, Any]
+    required: tuple[str, ...]
+
+
+_DATACLASS_DECORATORS = frozenset({"dataclass", "define", "frozen", "mutable", "attrs", "s"})
+_NO_INIT_FIELD = frozenset({"ClassVar"})
+_FIELD_CLASS_BASES = frozenset({"NamedTuple", "TypedDict", "BaseModel"})
+
+
+def _constructor(node: ast.ClassDef, init: _FunctionNode | None, docstring: str) -> _Constructor | None:
+    """The class's own constructor: its ``__init__``, or the fields of a dataclass (stdlib,
+    pydantic or attrs decorator) read as ``__init__`` would be generated; None when the class
+    defines neither (the constructor is inherited: see :func:`_inherit_constructors`)."""
+    if init is not None:
+        init_doc = ast.get_docstring(init) or ""
+        properties, required = parameters_schema(init.args, True, param_docs(init_doc or docstring))
+        return _Constructor(format_arguments(init.args, skip_first=True), properties, tuple(required))
+    decorators = [d for d in node.decorator_list if _decorator_tail(d) in _DATACLASS_DECORATORS]
+    base_tails = {(_dotted_tail(b) or "") for b in node.bases}
+    if decorators:
+        args = _dataclass_arguments(node, decorators[0], kw_only=False)
+    elif base_tails & _FIELD_CLASS_BASES:
+        # NamedTuple fields are positional; a TypedDict or pydantic model takes keywords.
+        args = _dataclass_arguments(node, None, kw_only=not base_tails & {"NamedTuple"})
+    else:
+        return None
+    properties, required = parameters_schema(args, True, param_docs(docstring))
+    return _Constructor(format_arguments(args, skip_first=True), properties, tuple(required))
+
+
+def _decorator_tail(node: ast.expr) -> str:
+    target = node.func if isinstance(node, ast.Call) else node
+    return (_dotted_tail(target) or "").rsplit(".", 1)[-1]
+
+
+def _dataclass_arguments(node: ast.ClassDef, decorator: ast.expr | None, *, kw_only: bool) -> ast.arguments:
+    """The generated ``__init__``'s parameters: annotated fields in order (not ``ClassVar``, not
+    ``field(init=False)``), ``field(default=...)`` and ``default_factory`` as defaults;
+    ``kw_only`` (or the decorator's ``kw_only=True``) makes every field keyword-only."""
+    kw_only = kw_only or (
+        isinstance(decorator, ast.Call)
+        and any(
+            k.arg == "kw_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+            for k in decorator.keywords
+        )
+    )
+    fields: list[tuple[ast.arg, ast.expr | None]] = []
+    for stmt in node.body:
+        if not isinstance(stmt, ast.AnnAssign) or not isinstance(stmt.target, ast.Name):
+            continue
+        annotation = stmt.annotation
+        head = annotation.value if isinstance(annotation, ast.Subscript) else annotation
+        if (_dotted_tail(head) or "").rsplit(".", 1)[-1] in _NO_INIT_FIELD:
+            continue
+        default: ast.expr | None = stmt.value
+        if isinstance(default, ast.Call) and (_dotted_tail(default.func) or "").rsplit(".", 1)[-1] in (
+            "field",
+            "Field",
+            "ib",
+        ):
+            keywords = {k.arg: k.value for k in default.keywords if k.arg}
+            init_flag = keywords.get("init")
+            if isinstance(init_flag, ast.Constant) and init_flag.value is False:
+                continue
+            if "default" in keywords:
+                default = keywords["default"]
+            elif "default_factory" in keywords or "factory" in keywords:
+                factory = keywords.get("default_factory", keywords.get("factory"))
+                default = ast.Call(func=factory, args=[], keywords=[]) if factory is not None else None
+            else:
+                default = default.args[0] if default.args else None
+        fields.append((ast.arg(arg=stmt.target.id, annotation=annotation), default))
+    # A field without a default after one with a default: only valid keyword-only.
+    if not kw_only and any(d is None for i, (_, d) in enumerate(fields) if any(e is not None for _, e in fields[:i])):
+        kw_only = True
+    self_arg = ast.arg(arg="self")
+    if kw_only:
+        return ast.arguments(
+            posonlyargs=[],
+            args=[self_arg],
+            kwonlyargs=[a for a, _ in fields],
+            kw_defaults=[d for _, d in fields],
+            defaults=[],
+        )
+    defaults = [d for _, d in fields if d is not None]
+    return ast.arguments(
+        posonlyargs=[], args=[self_arg, *(a for a, _ in fields)], kwonlyargs=[], kw_defaults=[], defaults=defaults
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _ClassInfo:
+    """A top-level class of a module (public or not), for constructor inheritance."""
+
+    constructor: _Constructor | None
+    bases: tuple[str, ...]  # qualified names, as the module's imports resolve them
+
+
+def class_infos(module: str, tree: ast.Module) -> dict[str, _ClassInfo]:
+    """Every top-level class of ``module`` by qualified name: its own constructor (if any) and
+    its bases resolved through the module's imports (``from .registry import Collector``)."""
+    imported: dict[str, str] = {}
+    for stmt in _top_level(tree.body):
+        if isinstance(stmt, ast.ImportFrom):
+            base = stmt.module or ""
+            if stmt.level:
+                parts = module.split(".")
+                anchor = parts[: max(len(parts) - stmt.level, 0)]
+                base = ".".join([*anchor, *([base] if base else [])])
+            for alias in stmt.names:
+                imported[alias.asname or alias.name] = f"{base}.{alias.name}" if base else alias.name
+        elif isinstance(stmt, ast.Import):
+            for alias in stmt.names:
+                # "import a.b as c" binds c to a.b; "import a.b" binds a.
+                imported[alias.asname or alias.name.split(".")[0]] = (
+                    alias.name if alias.asname else alias.name.split(".")[0]
+                )
+    infos: dict[str, _ClassInfo] = {}
+    local = {n.name for n in _top_level(tree.body) if isinstance(n, ast.ClassDef)}
+    for node in _top_level(tree.body):
+        if not isinstance(node, ast.ClassDef):
+            continue
+        init = next(
+            (
+                c
+                for c in _top_level(node.body)
+                if isinstance(c, (ast.FunctionDef, ast.AsyncFunctionDef)) and c.name == "__init__"
+            ),
+            None,
+        )
+        bases: list[str] = []
+        for b in node.bases:
+            dotted = _dotted_name(b)
+            if not dotted:
+                continue
+            head, _, rest = dotted.partition(".")
+            if head in local and not rest:
+                bases.append(f"{module}.{head}")
+            elif head in imported:
+                bases.append(imported[head] + (f".{rest}" if rest else ""))
+            else:
+                bases.append(dotted)
+        infos[f"{module}.{node.name}"] = _ClassInfo(
+            _constructor(node, init, ast.get_docstring(node) or ""), tuple(bases)
+        )
+    return infos
+
+
+MAX_BASE_DEPTH = 16  # bases followed when looking for an inherited constructor
+
+
+def _inherited(name: str, classes: Mapping[str, _ClassInfo], depth: int = 0) -> tuple[str, _Constructor] | None:
+    """The first constructor among ``name``'s bases, depth-first and left to right (the MRO of
+    single inheritance chains, which is what a constructor comes from in practice)."""
+    info = classes.get(name)
+    if info is None or depth > MAX_BASE_DEPTH:
+        return None
+    for base in info.bases:
+        found = classes.get(base)
+        if found is None:
+            # "pkg.mod.Base" re-exported by "pkg" (from .mod import Base): find it by its name.
+            tail = base.rsplit(".", 1)[-1]
+            same = [k for k in classes if k.rsplit(".", 1)[-1] == tail and k.split(".")[0] == base.split(".")[0]]
+            if len(same) != 1:
+                continue
+            base, found = same[0], classes[same[0]]
+        if found.constructor is not None:
+            return base, found.constructor
+        deeper = _inherited(base, classes, depth + 1)
+        if deeper is not None:
+            return deeper
+    return None
+
+
+def _inherit_constructors(docs: dict[str, ApiDoc], classes: Mapping[str, _ClassInfo]) -> None:
+    """Give each class doc without a constructor of its own the one it inherits, as read from
+    its bases' source: ``class Counter(MetricWrapperBase)`` is called like ``MetricWrapperBase``."""
+    for key, info in classes.items():
+        doc = docs.get(key)
+        if doc is None or info.constructor is not None or not info.bases:
+            continue
+        found = _inherited(key, classes)
+        if found is None:
+            continue
+        base, ctor = found
+        name = key.rsplit(".", 1)[-1]
+        old = f"class {name}()"
+        signature = f"class {name}({ctor.arguments})"
+        metadata = PythonMetadata(**doc.metadata)  # type: ignore[typeddict-item]
+        metadata["signature"] = signature
+        metadata["required"] = list(ctor.required)
+        metadata["constructor_from"] = base
+        function = metadata.get("function")
+        if function is not None:
+            metadata["function"] = FunctionSchema(
+                name=function["name"],
+                description=function["description"],
+                parameters={"type": "object", "properties": dict(ctor.properties), "required": list(ctor.required)},
+            )
+        text = doc.text.replace(f"constructor: {old}", f"constructor: {signature} (inherited from {base})", 1)
+        docs[key] = dataclasses.replace(doc, text=trim(text, MAX_TEXT), metadata=metadata)
+
+
 def _class_docs(module: str, node: ast.ClassDef, owner: list[str]) -> list[ApiDoc]:
     path = [*owner, node.name]
     docstring = ast.get_docstring(node) or ""
@@ -634,13 +852,9 @@ def _class_docs(module: str, node: ast.ClassDef, owner: list[str]) -> list[ApiDo
     qualname = ".".join(path)
     key = f"{module}.{qualname}"
     bases = [ast.unparse(b) for b in node.bases]
-    init_args = format_arguments(init.args, skip_first=True) if init is not None else ""
-    init_doc = (ast.get_docstring(init) or "") if init is not None else ""
-    signature = f"class {node.name}({init_args})"
-    if init is not None:
-        properties, required = parameters_schema(init.args, True, param_docs(init_doc or docstring))
-    else:
-        properties, required = {}, []
+    ctor = _constructor(node, init, docstring)
+    signature = f"class {node.name}({ctor.arguments if ctor is not None else ''})"
+    properties, required = (dict(ctor.properties), list(ctor.required)) if ctor is not None else ({}, [])
     decorators = _decorator_names(node)
     text = join_nonempty(
         [
@@ -792,6 +1006,7 @@ def load_python_package(
             modules.setdefault(relpath, module)
 
     docs: dict[str, ApiDoc] = {}
+    classes: dict[str, _ClassInfo] = {}
     total = 0
     try:
         for relpath, read in package_files(path, list(modules), limits):
@@ -815,6 +1030,8 @@ def load_python_package(
                 tree = _parse(data, label, problems)
                 del data
                 found = module_docs(modules[relpath], tree) if tree is not None else []
+                if tree is not None:
+                    classes.update(class_infos(modules[relpath], tree))
             except Exception as exc:  # pathological files must not stop the load
                 problems.append(LoadProblem(label, f"skipped: {problem_message(exc)}"))
                 continue
@@ -825,6 +1042,7 @@ def load_python_package(
                 docs[doc.key] = doc
     except Exception as exc:  # the archive itself broke half-way (a truncated stream, a bad header)
         problems.append(LoadProblem(str(path), f"cannot read package archive: {problem_message(exc)}"))
+    _inherit_constructors(docs, classes)
     return LoadResult(list(docs.values()), problems)
 
 

@@ -1,9 +1,18 @@
 """Check parsed calls against API docs: does the API exist, and do the arguments fit it?
 
-This module owns the verdict on an answer: ``valid``, ``wrong_arguments``, ``unknown_api`` (the
-call matches no API in the docs: Gorilla's "hallucination"), ``unparseable`` (no call could be
-read), or ``unchecked`` (a call was read but there were no docs able to confirm or refute it),
-with human-readable reasons and the key of the doc that matched.
+This module owns the verdict on an answer: ``valid`` (the right shape and every value grounded),
+``ungrounded`` (the right shape, but a value from nowhere), ``wrong_arguments``, ``unknown_api``
+(the call matches no API in the docs: Gorilla's "hallucination"), ``unparseable`` (no call could
+be read; a call cut off by max_tokens says "truncated call"), or ``unchecked`` (a call was read
+but there were no docs able to confirm or refute it), with human-readable reasons and the key of
+the doc that matched.
+
+Values are checked against their whole JSON Schema by the ``jsonschema`` library
+(:func:`schema_problems`: nested required fields, patterns, formats, bounds, enums,
+additionalProperties). Grounding (:func:`ungrounded_values`, when the question is given): every
+string value of a call must appear in the question, be offered by the schema (enum, const,
+default, example) or be a placeholder (``"<session_id>"``); a schema's description never grounds
+a value. Numbers and booleans are grounded by their type.
 
 Docs are looked up in two :class:`ApiCatalog`\\ s: the docs retrieved for this request (searched
 first, so an ambiguous name resolves to what the model was shown) and, optionally, the whole
@@ -87,8 +96,9 @@ _PLACEHOLDER_RE = re.compile(r"^(?:\{[^{}/]+\}|<[^<>/]+>|:[A-Za-z_]\w*)$")
 
 
 class Verdict(str, enum.Enum):
-    VALID = "valid"
+    VALID = "valid"  # the right shape, and every value grounded (or a placeholder)
     UNCHECKED = "unchecked"  # read fine, but no doc could confirm or refute it
+    UNGROUNDED = "ungrounded"  # the right shape, but some value comes from nowhere
     WRONG_ARGUMENTS = "wrong_arguments"
     UNKNOWN_API = "unknown_api"  # Gorilla's hallucination: no API in the docs matches
     UNPARSEABLE = "unparseable"
@@ -98,9 +108,10 @@ class Verdict(str, enum.Enum):
 _SEVERITY = {
     Verdict.VALID: 0,
     Verdict.UNCHECKED: 1,
-    Verdict.WRONG_ARGUMENTS: 2,
-    Verdict.UNKNOWN_API: 3,
-    Verdict.UNPARSEABLE: 4,
+    Verdict.UNGROUNDED: 2,
+    Verdict.WRONG_ARGUMENTS: 3,
+    Verdict.UNKNOWN_API: 4,
+    Verdict.UNPARSEABLE: 5,
 }
 
 
@@ -112,6 +123,7 @@ class CallCheck:
     doc_key: str = ""  # the doc the call matched ("" for unknown_api/unparseable)
     retrieved: bool = False  # doc_key is one of the docs retrieved for this request
     suggestion: str = ""  # unknown_api: the closest real key, when one is close
+    ungrounded: tuple[str, ...] = ()  # 'name=value' of each value from nowhere (see grounding)
 
 
 @dataclass(frozen=True)
@@ -208,6 +220,9 @@ class ApiCatalog:
     def rest_operations(self) -> list[RestOperation]:
         return list(self._rest)
 
+    def rest_operation(self, key: str) -> RestOperation | None:
+        return self._rest_by_key.get(key)
+
     def _parsed_rest(self, doc: ApiDoc) -> RestOperation | None:
         # Identity, not equality: only this catalog's own doc object is known to match the model.
         return self._rest_by_key.get(doc.key) if self._docs.get(doc.key) is doc else None
@@ -250,12 +265,15 @@ def check_answer(
     corpus: ApiCatalog | None = None,
     *,
     base_urls: Sequence[str] = (),
+    question: str = "",
 ) -> CheckedAnswer:
     """Parse ``text`` (an answer in ``fmt``) and check every call. Never raises.
 
     ``base_urls``: where the APIs are served besides their specs' ``servers`` (see Hosts above).
+    ``question``: the instruction the answer is for; when given, every value of a call of the
+    right shape must be grounded in it, in the schema or be a placeholder (see Grounding).
     """
-    return check_parsed(parse_answer(fmt, text), docs, corpus, base_urls=base_urls)
+    return check_parsed(parse_answer(fmt, text), docs, corpus, base_urls=base_urls, question=question)
 
 
 def check_parsed(
@@ -264,6 +282,7 @@ def check_parsed(
     corpus: ApiCatalog | None = None,
     *,
     base_urls: Sequence[str] = (),
+    question: str = "",
 ) -> CheckedAnswer:
     # The corpus copy of a retrieved doc wins: the vector store may have trimmed its metadata.
     retrieved = ApiCatalog(
@@ -272,7 +291,7 @@ def check_parsed(
     checks: list[CallCheck] = []
     for call in answer.calls:
         try:
-            checks.append(check_call(call, retrieved, corpus, base_urls=base_urls))
+            checks.append(check_call(call, retrieved, corpus, base_urls=base_urls, question=question))
         except Exception as exc:  # a checker bug must not fail the request: say so instead
             checks.append(CallCheck(call, Verdict.UNCHECKED, (f"validation error: {type(exc).__name__}",)))
     if not checks:
@@ -296,6 +315,7 @@ def check_call(
     corpus: ApiCatalog | None = None,
     *,
     base_urls: Sequence[str] = (),
+    question: str = "",
 ) -> CallCheck:
     """The verdict on one call, looked up in the retrieved docs first, then the corpus."""
     if call.style is CallStyle.NONE or not call.name:
@@ -314,11 +334,140 @@ def check_call(
             result = dataclasses.replace(
                 result, reasons=(*result.reasons, "only the retrieved docs were checked (no corpus index)")
             )
+    if question and result.doc_key and result.verdict in (Verdict.VALID, Verdict.WRONG_ARGUMENTS):
+        result = _grounded(result, catalogs, question)
     if call.truncated:
         result = dataclasses.replace(
             result, reasons=(*result.reasons, "the answer was cut off; the call was completed to parse it")
         )
     return result
+
+
+# ----------------------------------------------------------------------------------------------
+# Grounding
+
+
+def _grounded(result: CallCheck, catalogs: Sequence[ApiCatalog], question: str) -> CallCheck:
+    """``result`` with the call's ungrounded values listed; a valid call with any becomes
+    ``ungrounded``. APIBench records are not grounded: their values are the record itself."""
+    doc = next((d for c in catalogs if (d := c.get(result.doc_key)) is not None), None)
+    if doc is None or doc_kind(doc) is DocKind.APIBENCH_RECORD:
+        return result
+    op = next((o for c in catalogs if (o := c.rest_operation(result.doc_key)) is not None), None)
+    values = list(_named_values(result.call, op))
+    missing = ungrounded_values(values, schema_values(doc, op), question)
+    if not missing:
+        return result
+    shown = tuple(f"{name}={_short(value)}" for name, value in missing)
+    if result.verdict is not Verdict.VALID:
+        return dataclasses.replace(result, ungrounded=shown)
+    reasons = (
+        f"ungrounded: {', '.join(shown[:MAX_REASONS])}",
+        "each value must come from the question, from the schema (enum, default, example, const), "
+        "or be a placeholder such as '<name>'",
+    )
+    return dataclasses.replace(result, verdict=Verdict.UNGROUNDED, reasons=reasons, ungrounded=shown)
+
+
+def _named_values(call: ParsedCall, op: RestOperation | None) -> Iterator[tuple[str, Any]]:
+    """The call's literal values with a name each: keyword and body arguments by name,
+    positional ones by position, REST path segments by their template parameter."""
+    by_location = {(p.name, p.where): p for p in op.params} if op is not None else {}
+    for arg in call.args:
+        if not arg.literal:
+            continue
+        name = arg.name or (f"argument {arg.position + 1}" if arg.where is ArgWhere.POSITIONAL else arg.where.value)
+        param = by_location.get((arg.name, arg.where.value))
+        if param is not None and arg.where is not ArgWhere.BODY and isinstance(arg.value, str):
+            # A URL's "true" or "10" is the boolean or number its schema says: grounded by type.
+            yield name, _coerce(arg.value, param.schema.get("type"))
+            continue
+        yield name, arg.value
+    if op is not None and call.style is CallStyle.REST:
+        segments = split_path(call.path)
+        for drop in range(min(MAX_BASE_SEGMENTS, len(segments)) + 1):
+            matched = _match_template(op, segments[drop:])
+            if matched is not None:
+                yield from matched[1].items()
+                break
+
+
+# Keywords whose values a schema offers as values to use.
+_VALUE_KEYWORDS = ("enum", "const", "default", "example", "examples")
+MAX_SCHEMA_WALK = 20_000  # nodes of a doc's metadata walked for its offered values
+
+
+def schema_values(doc: ApiDoc, op: RestOperation | None = None) -> frozenset[str]:
+    """Every string a doc's schemas offer as a value (enum, const, default, example(s)), in
+    its metadata and, for a REST operation, its parameters' schemas. Never descriptions."""
+    found: set[str] = set()
+    stack: list[Any] = [doc.metadata, *((p.schema for p in op.params) if op is not None else ())]
+    seen = 0
+    while stack and seen < MAX_SCHEMA_WALK:
+        node = stack.pop()
+        seen += 1
+        if isinstance(node, Mapping):
+            for key, value in node.items():
+                if key in _VALUE_KEYWORDS:
+                    found.update(_strings_in(value))
+                elif isinstance(value, (Mapping, list)):
+                    stack.append(value)
+        elif isinstance(node, list):
+            stack.extend(v for v in node if isinstance(v, (Mapping, list)))
+    return frozenset(found)
+
+
+def _strings_in(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value[:MAX_SCHEMA_WALK]:
+            yield from _strings_in(item)
+    elif isinstance(value, Mapping):
+        for item in list(value.values())[:MAX_SCHEMA_WALK]:
+            yield from _strings_in(item)
+
+
+_VALUE_PLACEHOLDER_RE = re.compile(r"^(?:<[A-Za-z_][\w .:/-]{0,80}>|\{[A-Za-z_][\w .:/-]{0,80}\})$")
+
+
+def is_placeholder(value: str) -> bool:
+    """An explicit placeholder for a value the question does not give: ``<session_id>``, ``{name}``."""
+    return bool(_VALUE_PLACEHOLDER_RE.match(value.strip()))
+
+
+def _normalized(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def ungrounded_values(
+    values: Iterable[tuple[str, Any]], offered: frozenset[str], question: str
+) -> list[tuple[str, Any]]:
+    """The (name, value) string leaves (nested objects and arrays walked) that are neither in
+    ``question`` (case and spacing aside) nor among ``offered`` nor a placeholder nor empty.
+    Numbers and booleans are grounded by their type: the schema says what they may be."""
+    said = _normalized(question)
+    missing: list[tuple[str, Any]] = []
+    for name, value in values:
+        for path, leaf in _string_leaves(name, value):
+            text = leaf.strip()
+            if not text or is_placeholder(text) or leaf in offered or _normalized(text) in said:
+                continue
+            missing.append((path, leaf))
+    return missing
+
+
+def _string_leaves(path: str, value: Any, depth: int = 0) -> Iterator[tuple[str, str]]:
+    if depth > 32:
+        return
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _string_leaves(f"{path}.{key}", item, depth + 1)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _string_leaves(f"{path}[{i}]", item, depth + 1)
 
 
 @functools.lru_cache(maxsize=256)
@@ -870,32 +1019,113 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {
 
 
 def type_problem(value: Any, schema: Mapping[str, Any], *, coerce: bool = False) -> str | None:
-    """Why a literal ``value`` does not fit a JSON ``schema`` (type and enum only), or None.
+    """Why a literal ``value`` does not fit a JSON ``schema``, or None: the first of
+    :func:`schema_problems`."""
+    problems = schema_problems(value, schema, coerce=coerce)
+    return problems[0] if problems else None
 
-    ``None`` always fits (optional parameters' schemas drop the null). ``coerce``: the value came
-    from a URL, where everything is a string; "10" then fits an integer.
+
+MAX_SCHEMA_PROBLEMS = 4  # per value: the first few errors say enough
+
+
+def schema_problems(value: Any, schema: Mapping[str, Any], *, coerce: bool = False) -> list[str]:
+    """Why a literal ``value`` does not fit a JSON ``schema``: every JSON Schema rule (types,
+    nested required fields, patterns, formats, minimum/maximum, lengths, enums, const,
+    additionalProperties, anyOf/oneOf/allOf) checked by the ``jsonschema`` library.
+
+    ``None`` always fits, at any depth (an optional parameter's schema drops the null, and
+    OpenAPI 3.0 says ``nullable`` instead). A placeholder (``"<name>"``) stands for a string the
+    user fills in: its pattern, format and length are not held against it. ``coerce``: the value
+    came from a URL, where everything is a string; "10" then fits an integer. A schema that is
+    not valid JSON Schema (a bad regular expression, an unknown type) is not held against the
+    value either.
     """
     if value is None or not isinstance(schema, Mapping):
-        return None
-    variants = schema.get("anyOf")
-    if isinstance(variants, list) and variants:
-        problems = [type_problem(value, v, coerce=coerce) for v in variants if isinstance(v, Mapping)]
-        if problems and all(problems):
-            return problems[0]
-        return None
-    expected = schema.get("type")
+        return []
     if coerce and isinstance(value, str):
-        value = _coerce(value, expected)
-    if isinstance(expected, str) and expected in _JSON_TYPES:
-        ok = isinstance(value, _JSON_TYPES[expected])
-        if expected in ("integer", "number") and isinstance(value, bool):
-            ok = False
-        if not ok:
-            return f"should be {expected}, got {_json_type(value)} {_short(value)}"
-    enum_values = schema.get("enum")
-    if isinstance(enum_values, list) and enum_values and _hashable(value) and value not in enum_values:
-        return f"should be one of {', '.join(_short(v) for v in enum_values[:8])}, got {_short(value)}"
-    return None
+        value = _coerce(value, schema.get("type"))
+    try:
+        errors = list(_validator(schema).iter_errors(value))
+    except Exception:  # a schema jsonschema cannot use: no verdict on the value from it
+        return []
+    problems: list[str] = []
+    for error in sorted(errors, key=_error_order):
+        problem = _describe(error)
+        if problem and problem not in problems:
+            problems.append(problem)
+        if len(problems) >= MAX_SCHEMA_PROBLEMS:
+            break
+    return problems
+
+
+def _error_order(error: Any) -> tuple[int, int]:
+    # Shallow errors first; among them type errors (they explain the rest).
+    return len(error.absolute_path), 0 if error.validator == "type" else 1
+
+
+_STRING_RULES = frozenset({"pattern", "format", "minLength", "maxLength"})
+
+
+def _describe(error: Any) -> str:
+    """One error in the words the checker uses elsewhere; '' for one that does not count."""
+    instance = error.instance
+    if instance is None:
+        return ""
+    if isinstance(instance, str) and error.validator in _STRING_RULES and is_placeholder(instance):
+        return ""
+    if error.validator in ("anyOf", "oneOf"):
+        # The variant that fits best explains the failure best.
+        inner = [e for e in error.context or () if e.instance is not None]
+        if inner:
+            best = min(inner, key=lambda e: (len(e.relative_schema_path), _error_order(e)))
+            text = _describe(best)
+            if text:
+                return text
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".")
+    where = f"field '{path}' " if path else ""
+    if error.validator == "type":
+        expected = error.validator_value
+        shown = " or ".join(expected) if isinstance(expected, list) else str(expected)
+        return f"{where}should be {shown}, got {_json_type(instance)} {_short(instance)}"
+    if error.validator == "enum":
+        options = error.validator_value if isinstance(error.validator_value, list) else []
+        return f"{where}should be one of {', '.join(_short(v) for v in options[:8])}, got {_short(instance)}"
+    if error.validator == "required":
+        missing = [
+            str(name) for name in error.validator_value if isinstance(instance, Mapping) and name not in instance
+        ]
+        return f"{where}lacks required field{'s' if len(missing) > 1 else ''}: {', '.join(missing)}"
+    if error.validator == "additionalProperties":
+        return f"{where}{_trim_message(error.message)}"
+    if error.validator == "pattern":
+        return f"{where}{_short(instance)} does not match the pattern {_short(error.validator_value)}"
+    return f"{where}{_trim_message(error.message)}"
+
+
+def _trim_message(message: str) -> str:
+    return message if len(message) <= 160 else message[:157] + "..."
+
+
+@functools.cache
+def _validator_class() -> Any:
+    """Draft 2020-12 with Python's sequences as arrays (a literal tuple is a list to a caller);
+    jsonschema is imported here, on first use."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine("array", lambda _checker, instance: isinstance(instance, (list, tuple)))
+    return jsonschema.validators.extend(base, type_checker=checker)  # type: ignore[no-untyped-call]
+
+
+@functools.cache
+def _format_checker() -> Any:
+    import jsonschema
+
+    return jsonschema.FormatChecker()
+
+
+def _validator(schema: Mapping[str, Any]) -> Any:
+    return _validator_class()(schema, format_checker=_format_checker())
 
 
 def _coerce(value: str, expected: Any) -> Any:
@@ -925,10 +1155,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _hashable(value: Any) -> bool:
-    return isinstance(value, (str, int, float, bool))
-
-
 __all__ = [
     "ApiCatalog",
     "CallCheck",
@@ -937,5 +1163,9 @@ __all__ = [
     "check_answer",
     "check_call",
     "check_parsed",
+    "is_placeholder",
+    "schema_problems",
+    "schema_values",
     "type_problem",
+    "ungrounded_values",
 ]

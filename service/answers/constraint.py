@@ -21,13 +21,14 @@ from apihelper.retriever.types import ApiDoc, RetrievedDoc
 from apihelper.service.answers.allowed_calls import allowed_calls
 from apihelper.service.answers.check import ApiCatalog
 from apihelper.service.answers.grammar import GrammarOptions, NoAllowedCallsError, build_call_grammar
+from apihelper.service.answers.grounding import question_spans
 from apihelper.service.engine.protocol import GuidedDecoding
 from apihelper.service.prompts import PromptFormat
 
 # Grammars of retrieved doc sets kept (corpus-wide ones live as long as their catalog).
 MAX_CACHED_GRAMMARS = 64
 
-_Key = tuple[PromptFormat, tuple[tuple[str, str, str], ...]]
+_Key = tuple[PromptFormat, tuple[tuple[str, str, str], ...], str]
 
 
 class CallConstraints:
@@ -42,20 +43,23 @@ class CallConstraints:
         self._by_catalog: weakref.WeakKeyDictionary[ApiCatalog, GuidedDecoding | None] = weakref.WeakKeyDictionary()
 
     async def grammar(
-        self, fmt: PromptFormat, docs: Sequence[RetrievedDoc], catalog: ApiCatalog | None
+        self, fmt: PromptFormat, docs: Sequence[RetrievedDoc], catalog: ApiCatalog | None, question: str = ""
     ) -> GuidedDecoding | None:
         """The grammar for an answer in ``fmt`` to a prompt with ``docs``, or None when none of
-        them can be called (text docs only, say). ``catalog``: every doc of the docs' corpora."""
+        them can be called (text docs only, say). ``catalog``: every doc of the docs' corpora.
+        ``question``: the instruction; when given, the arguments are grounded in it (string
+        values copied from it, optional parameters only where it mentions them: see
+        ``grounding``), except in a corpus-wide gorilla_v0 grammar (one per corpus version)."""
         if fmt is PromptFormat.GORILLA_V0 and catalog is not None:
             # The catalog holds the retrieved docs too: one grammar per corpus version.
             if catalog not in self._by_catalog:
                 self._by_catalog[catalog] = await asyncio.to_thread(_build, fmt, catalog.docs(), self._base_urls)
             return self._by_catalog[catalog]
-        key: _Key = (fmt, tuple((d.corpus, d.doc.key, d.doc.content_hash) for d in docs))
+        key: _Key = (fmt, tuple((d.corpus, d.doc.key, d.doc.content_hash) for d in docs), question)
         if key in self._by_docs:
             self._by_docs.move_to_end(key)
             return self._by_docs[key]
-        grammar = await asyncio.to_thread(_build, fmt, [d.doc for d in docs], self._base_urls)
+        grammar = await asyncio.to_thread(_build, fmt, [d.doc for d in docs], self._base_urls, question)
         self._by_docs[key] = grammar
         while len(self._by_docs) > self._max_entries:
             self._by_docs.popitem(last=False)
@@ -68,10 +72,14 @@ class CallConstraints:
 _OPTIONS = {PromptFormat.CHAT_TOOLS: GrammarOptions(max_prose_chars=0, max_calls=1)}
 
 
-def _build(fmt: PromptFormat, docs: Sequence[ApiDoc], base_urls: tuple[str, ...] = ()) -> GuidedDecoding | None:
+def _build(
+    fmt: PromptFormat, docs: Sequence[ApiDoc], base_urls: tuple[str, ...] = (), question: str = ""
+) -> GuidedDecoding | None:
     options = dataclasses.replace(_OPTIONS.get(fmt) or GrammarOptions(), base_urls=base_urls)
+    if question:
+        options = dataclasses.replace(options, grounded=question_spans(question, options.max_string_chars))
     try:
-        grammar = build_call_grammar(fmt, allowed_calls(fmt, docs), options)
+        grammar = build_call_grammar(fmt, allowed_calls(fmt, docs, question), options)
     except NoAllowedCallsError:
         return None
     return GuidedDecoding(grammar.ebnf, grammar.key)

@@ -307,16 +307,22 @@ class CorpusCache:
         return await self._catalogs.get((CorpusVersion.of(infos[c]) for c in corpora), timeout_s=CATALOG_WAIT_SECONDS)
 
     async def check(
-        self, fmt: PromptFormat, text: str, docs: Sequence[RetrievedDoc], infos: dict[str, CorpusInfo]
+        self,
+        fmt: PromptFormat,
+        text: str,
+        docs: Sequence[RetrievedDoc],
+        infos: dict[str, CorpusInfo],
+        *,
+        question: str = "",
     ) -> CheckedAnswer:
         """The verdict, against the retrieved docs and the catalog of the sources' corpora (the
-        retrieved docs only when that catalog cannot be had; the reasons then say so)."""
+        retrieved docs only when that catalog cannot be had; the reasons then say so), with the
+        values grounded in ``question`` (the instruction)."""
         catalog = await self.catalog(docs, infos)
+        check = functools.partial(check_answer, fmt, text, docs, catalog, base_urls=self._base_urls, question=question)
         if catalog is not None and len(catalog) > INLINE_CHECK_MAX_DOCS:
-            return await asyncio.to_thread(
-                functools.partial(check_answer, fmt, text, docs, catalog, base_urls=self._base_urls)
-            )
-        return check_answer(fmt, text, docs, catalog, base_urls=self._base_urls)
+            return await asyncio.to_thread(check)
+        return check()
 
     async def close(self) -> None:
         """Cancel the warm-ups and catalog builds still running (at server stop)."""

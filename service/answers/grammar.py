@@ -40,6 +40,7 @@ string literals, character classes, grouping, ``|``, ``?``, ``*`` and ``{m,n}`` 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import itertools
@@ -65,6 +66,7 @@ from apihelper.service.answers.formats import (
     TOOL_CALL_OPEN,
     gorilla_marker,
 )
+from apihelper.service.answers.grounding import echoes_name
 from apihelper.service.prompts import PromptFormat
 
 JsonScalar = str | int | float | bool
@@ -113,6 +115,12 @@ class ParamSpec:
     required: bool = False
     where: ParamWhere = ParamWhere.KEYWORD
     enum: tuple[JsonScalar, ...] = ()  # allowed values; empty: any value of ``types``
+    # An object's own properties (written in order, required ones mandatory), and an array's item.
+    fields: tuple[ParamSpec, ...] = ()
+    items: ParamSpec | None = None
+    # Strings the schema itself offers (examples, a default): grounded values in any case.
+    offered: tuple[str, ...] = ()
+    extra: ParamSpec | None = None  # a map's values (an object with additionalProperties only)
 
     def __post_init__(self) -> None:
         if not self.types:
@@ -146,6 +154,9 @@ class GrammarOptions:
     # Where REST calls go when their spec names no server (the api_base_urls setting); with
     # neither, a requests-style call writes '{BASE_URL}/path': never a host of the model's own.
     base_urls: tuple[str, ...] = ()
+    # Grounded strings: when not None, a string value (outside an enum) is one of these spans of
+    # the question, a string its schema offers, or the placeholder "<name>"; never free text.
+    grounded: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if min(self.max_prose_chars, self.max_string_chars, self.max_path_value_chars) < 0:
@@ -354,7 +365,36 @@ class _Values:
         entries = _at_most(self.rules, "v_pyentries", f'{k} ": " {s}', m + 1)
         return self._once("v_pydict", f'"{{" {entries} "}}"')
 
-    def py_value(self, spec: ParamSpec) -> str:
+    def _grounded(self, spec: ParamSpec, literal: Callable[[JsonScalar], str]) -> str:
+        """The strings ``spec`` may take when values must be grounded: spans of the question,
+        what its schema offers, and its placeholder."""
+        grounded = [g for g in self.o.grounded or () if not echoes_name(g, spec.name)]
+        choices = dict.fromkeys([*grounded, *spec.offered, f"<{spec.name}>"])
+        usable = [c for c in choices if c and _writable_string(c, self.o.max_string_chars)]
+        return "(" + " | ".join(ebnf_string(literal(c)) for c in usable) + ")"
+
+    def _py_nested(self, spec: ParamSpec, depth: int) -> dict[ValueType, Callable[[], str]]:
+        out: dict[ValueType, Callable[[], str]] = {}
+        if spec.fields and depth < MAX_NESTING:
+            fields = [
+                _Item(
+                    f"{ebnf_string(python_string_literal(f.name) + ': ')} ({self.py_value(f, depth + 1)})", f.required
+                )
+                for f in _required_first(spec.fields)
+            ]
+            out[ValueType.OBJECT] = lambda: f'"{{" {_ordered(self.rules, fields, _COMMA)} "}}"'
+        if spec.items is not None and depth < MAX_NESTING:
+            item = self.py_value(dataclasses.replace(spec.items, required=True), depth + 1)
+            out[ValueType.ARRAY] = lambda: f'"[" {_at_most(self.rules, "v_pyarr", f"({item})", self.o.max_items)} "]"'
+        if spec.extra is not None and depth < MAX_NESTING:
+            value = self.py_value(dataclasses.replace(spec.extra, required=True), depth + 1)
+            entry = f'{self.py_string()} ": " ({value})'
+            out[ValueType.OBJECT] = lambda: f'"{{" {_at_most(self.rules, "v_pymap", entry, self.o.max_items)} "}}"'
+        if self.o.grounded is not None:
+            out[ValueType.STRING] = lambda: self._grounded(spec, _python_literal)
+        return out
+
+    def py_value(self, spec: ParamSpec, depth: int = 0) -> str:
         literals = [_python_literal(v) for v in _usable_enum(spec)]
         if literals:
             expr = " | ".join(ebnf_string(lit) for lit in literals)
@@ -369,6 +409,7 @@ class _Values:
                 ValueType.ANY: lambda: self._once(
                     "v_pyany", f"{self.py_scalar()} | {self.py_list()} | {self.py_dict()}"
                 ),
+                **self._py_nested(spec, depth),
             }
             expr = " | ".join(by_type[t]() for t in _union(spec))
         return expr if spec.required else f'{expr} | "None"'
@@ -402,7 +443,26 @@ class _Values:
         entries = _at_most(self.rules, "v_jentries", f'{k} ": " {s}', m + 1)
         return self._once("v_jobj", f'"{{" {entries} "}}"')
 
-    def json_value(self, spec: ParamSpec) -> str:
+    def _json_nested(self, spec: ParamSpec, depth: int) -> dict[ValueType, Callable[[], str]]:
+        out: dict[ValueType, Callable[[], str]] = {}
+        if spec.fields and depth < MAX_NESTING:
+            fields = [
+                _Item(f"{ebnf_string(_json_literal(f.name) + ': ')} ({self.json_value(f, depth + 1)})", f.required)
+                for f in _required_first(spec.fields)
+            ]
+            out[ValueType.OBJECT] = lambda: f'"{{" {_ordered(self.rules, fields, _COMMA)} "}}"'
+        if spec.items is not None and depth < MAX_NESTING:
+            item = self.json_value(dataclasses.replace(spec.items, required=True), depth + 1)
+            out[ValueType.ARRAY] = lambda: f'"[" {_at_most(self.rules, "v_jarr", f"({item})", self.o.max_items)} "]"'
+        if spec.extra is not None and depth < MAX_NESTING:
+            value = self.json_value(dataclasses.replace(spec.extra, required=True), depth + 1)
+            entry = f'{self.json_string()} ": " ({value})'
+            out[ValueType.OBJECT] = lambda: f'"{{" {_at_most(self.rules, "v_jmap", entry, self.o.max_items)} "}}"'
+        if self.o.grounded is not None:
+            out[ValueType.STRING] = lambda: self._grounded(spec, _json_literal)
+        return out
+
+    def json_value(self, spec: ParamSpec, depth: int = 0) -> str:
         literals = [_json_literal(v) for v in _usable_enum(spec)]
         if literals:
             expr = " | ".join(ebnf_string(lit) for lit in literals)
@@ -417,6 +477,7 @@ class _Values:
                 ValueType.ANY: lambda: self._once(
                     "v_jany", f"{self.json_scalar()} | {self.json_list()} | {self.json_object()}"
                 ),
+                **self._json_nested(spec, depth),
             }
             expr = " | ".join(by_type[t]() for t in _union(spec))
         return expr if spec.required else f'{expr} | "null"'
@@ -438,6 +499,22 @@ class _Values:
         if ValueType.BOOLEAN in types:
             forms.append(self._once("v_urlbool", '"true" | "false"'))
         return " | ".join(forms) or None
+
+
+MAX_NESTING = 3  # object/array levels written by their own schema; deeper ones loosely typed
+
+
+def _writable_string(text: str, max_chars: int) -> bool:
+    """A grounded string the grammar can offer: bounded, printable, no line break, and no "<"
+    except a whole placeholder ("<name>", which no format's marker is)."""
+    if len(text) > max_chars or any(c in "\r\n\\" or ord(c) < 0x20 or 0xD800 <= ord(c) <= 0xDFFF for c in text):
+        return False
+    if "<" in text or ">" in text:
+        return bool(re.fullmatch(r"<[A-Za-z_][\w.-]*>", text)) and text not in _MARKER_TEXTS
+    return True
+
+
+_MARKER_TEXTS = frozenset(m for markers in MARKERS.values() for m in markers)
 
 
 def _union(spec: ParamSpec) -> tuple[ValueType, ...]:
@@ -683,9 +760,7 @@ def _function_call(call: AllowedCall, values: _Values, rules: _Rules) -> str:
         call.name,
         CallKind.FUNCTION,
         tuple(
-            ParamSpec(s.name, s.types, s.required, ParamWhere.KEYWORD, s.enum)
-            for s in call.params
-            if s.where is not ParamWhere.HEADER
+            dataclasses.replace(s, where=ParamWhere.KEYWORD) for s in call.params if s.where is not ParamWhere.HEADER
         ),
     )
     return _python_call(fmt, keyword_call, values, rules)

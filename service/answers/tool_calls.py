@@ -39,6 +39,7 @@ MAX_BLOCKS = 16  # <tool_call> blocks read per answer
 MAX_DECODE_ATTEMPTS = 8  # start positions tried per block ("[" or "{" after prose)
 MAX_CALLS = 16  # calls kept per answer
 MAX_NAME_CHARS = 256
+TRUNCATED_CALL = "truncated call"  # how a problem starts when the answer ended inside a call
 
 _OPEN, _CLOSE = TOOL_CALL_OPEN, TOOL_CALL_CLOSE
 _FENCE_RE = re.compile(r"```[A-Za-z0-9_+-]*[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
@@ -82,8 +83,9 @@ def _parse(text: str) -> ToolCallParse:
     if blocks:
         calls: list[ToolCall] = []
         problems: list[str] = []
-        for block in blocks:
-            got, problem = _calls_in(block)
+        for i, block in enumerate(blocks):
+            cut = truncated and i == len(blocks) - 1
+            got, problem = _cut_calls_in(block) if cut else _calls_in(block)
             calls.extend(got)
             if problem:
                 problems.append(problem)
@@ -126,6 +128,10 @@ def _calls_in(block: str) -> tuple[list[ToolCall], str]:
     value = _first_value(_unfenced(block)[:MAX_BLOCK_CHARS])
     if value is None:
         return [], "no JSON call found"
+    return _calls_of(value)
+
+
+def _calls_of(value: Any) -> tuple[list[ToolCall], str]:
     items = value if isinstance(value, list) else [value]
     calls: list[ToolCall] = []
     problems: list[str] = []
@@ -138,19 +144,83 @@ def _calls_in(block: str) -> tuple[list[ToolCall], str]:
     return calls, "; ".join(dict.fromkeys(problems))
 
 
-def _first_value(text: str) -> Any:
-    """The first JSON (or Python-literal) list or object in ``text``, trailing prose ignored."""
+def _cut_calls_in(block: str) -> tuple[list[ToolCall], str]:
+    """The calls of a block the answer ended in (cut by max_tokens): the whole value when it
+    still closes, else the complete call objects of a list that never closed. An object inside a
+    cut call (its arguments) is never read as a call of its own."""
+    body = _unfenced(block)[:MAX_BLOCK_CHARS]
+    start = _START_RE.search(body)
+    if start is None:
+        return [], f"{TRUNCATED_CALL}: the answer ended before the call"
     decoder = json.JSONDecoder()
-    for attempt, match in enumerate(_START_RE.finditer(text)):
-        if attempt >= MAX_DECODE_ATTEMPTS:
+    try:
+        value, _ = decoder.raw_decode(body, start.start())
+    except (ValueError, RecursionError):
+        value = _python_literal(body[start.start() :])
+    if isinstance(value, (list, dict)):
+        return _calls_of(value)
+    calls: list[ToolCall] = []
+    problems: list[str] = []
+    if body[start.start()] == "[":
+        pos = start.start() + 1
+        while len(calls) < MAX_CALLS:
+            while pos < len(body) and body[pos] in " \t\r\n,":
+                pos += 1
+            try:
+                item, pos = decoder.raw_decode(body, pos)
+            except (ValueError, RecursionError):
+                break
+            call, problem = _as_call(item)
+            if call is not None:
+                calls.append(call)
+            if problem:
+                problems.append(problem)
+    problems.append(f"{TRUNCATED_CALL}: the answer ended inside a call (max_tokens reached?)")
+    return calls, "; ".join(dict.fromkeys(problems))
+
+
+def _could_start(text: str, index: int) -> bool:
+    """Whether the bracket at ``index`` can open a JSON or Python literal: followed (after
+    spaces) by a quote, a bracket or its own closing bracket. Prose brackets ("[now]",
+    "{session_id}") are skipped without a decode attempt."""
+    j = index + 1
+    while j < len(text) and text[j] in " \t\r\n":
+        j += 1
+    if j >= len(text):
+        return False
+    follow = text[j]
+    if text[index] == "{":
+        return follow in "\"'}"
+    return follow in "{[]\"'" or follow.isdigit() or follow == "-"
+
+
+def _first_value(text: str) -> Any:
+    """The first JSON (or Python-literal) list or object in ``text`` that holds a call (one
+    with a name), else the first one at all; prose before and after ignored."""
+    decoder = json.JSONDecoder()
+    first: Any = None
+    attempts = 0
+    for match in _START_RE.finditer(text):
+        if attempts >= MAX_DECODE_ATTEMPTS:
             break
+        if not _could_start(text, match.start()):
+            continue
+        attempts += 1
         try:
             value, _ = decoder.raw_decode(text, match.start())
         except (ValueError, RecursionError):
             value = _python_literal(text[match.start() :])
         if isinstance(value, (list, dict)):
-            return value
-    return None
+            if _names_a_call(value):
+                return value
+            if first is None:
+                first = value
+    return first
+
+
+def _names_a_call(value: Any) -> bool:
+    items = value if isinstance(value, list) else [value]
+    return any(isinstance(i, dict) and ("name" in i or isinstance(i.get("function"), dict)) for i in items[:MAX_CALLS])
 
 
 def _python_literal(text: str) -> Any:
@@ -211,3 +281,59 @@ def _as_call(item: Any) -> tuple[ToolCall | None, str]:
     if not isinstance(arguments, dict):
         return ToolCall(name.strip(), {}), f"arguments of {name.strip()!r} are not an object"
     return ToolCall(name.strip(), {str(k): v for k, v in arguments.items()}), ""
+
+
+class CallTextFilter:
+    """Streamed answer text without its ``<tool_call>`` blocks: what a chat client shows as the
+    message's content when the calls travel as structured ``tool_calls``. Text outside blocks
+    passes as it arrives, except a tail that may be the start of a marker (held until known);
+    an unclosed block drops the rest of the answer. Linear in the text; one filter per answer."""
+
+    def __init__(self) -> None:
+        self._pending = ""  # text not yet released: a possible marker start, or inside a block
+        self._inside = False
+        self._dropped: list[str] = []
+
+    @property
+    def dropped(self) -> str:
+        """The blocks' text left out so far, markers included."""
+        return "".join(self._dropped)
+
+    def feed(self, delta: str) -> str:
+        self._pending += delta
+        out: list[str] = []
+        while True:
+            marker = _CLOSE if self._inside else _OPEN
+            at = self._pending.find(marker)
+            if at >= 0:
+                (self._dropped if self._inside else out).append(self._pending[:at])
+                self._dropped.append(marker)
+                self._pending = self._pending[at + len(marker) :]
+                self._inside = not self._inside
+                continue
+            cut = len(self._pending) - _partial_marker(self._pending, marker)
+            (self._dropped if self._inside else out).append(self._pending[:cut])
+            self._pending = self._pending[cut:]
+            return "".join(out)
+
+    def flush(self) -> str:
+        """The held-back tail at the end of the answer (never the inside of an unclosed block)."""
+        rest, self._pending = self._pending, ""
+        if self._inside:
+            self._dropped.append(rest)
+            return ""
+        return rest
+
+
+def _partial_marker(text: str, marker: str) -> int:
+    """Length of the longest tail of ``text`` that is a proper prefix of ``marker``."""
+    for n in range(min(len(marker) - 1, len(text)), 0, -1):
+        if marker.startswith(text[-n:]):
+            return n
+    return 0
+
+
+def without_calls(text: str) -> str:
+    """``text`` without its ``<tool_call>`` blocks (see :class:`CallTextFilter`), stripped."""
+    text_filter = CallTextFilter()
+    return (text_filter.feed(text) + text_filter.flush()).strip()

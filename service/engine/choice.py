@@ -21,6 +21,7 @@ from apihelper.errors import ConfigurationError
 from apihelper.service.engine.manifest import read_manifest
 
 TENSORRT_LLM_KIND = "tensorrt-llm-engine"
+# Manifest kinds the OpenVINO engine runs: a staged GGUF file, an OpenVINO IR export.
 OPENVINO_KINDS = ("gguf", "openvino-ir")
 
 

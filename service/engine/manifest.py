@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from apihelper.errors import ConfigurationError
+from apihelper.service.engine.protocol import ApiChoice
 from apihelper.service.prompts import PromptFormat
 
 MANIFEST_NAME = "apihelper_manifest.json"
@@ -30,6 +31,9 @@ class ModelManifest:
     created: str = ""  # ISO 8601, UTC
     details: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    # How constrained answers choose their API ("model" or "retriever"), as chosen for this
+    # model on the validation splits (docs/answers.md); absent in older manifests: "model".
+    api_choice: str = "model"
 
     def write(self, directory: Path) -> Path:
         path = directory / MANIFEST_NAME
@@ -59,6 +63,20 @@ def read_manifest(directory: Path) -> ModelManifest | None:
             max_model_len=int(data.get("max_model_len", 2048)),
             created=str(data.get("created", "")),
             details=dict(data.get("details", {})),
+            api_choice=str(data.get("api_choice", "model")),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigurationError(f"{path}: unreadable manifest ({exc})") from exc
+
+
+def manifest_api_choice(manifest: ModelManifest | None) -> ApiChoice:
+    """The manifest's API-choice policy (``model`` without a manifest)."""
+    if manifest is None:
+        return ApiChoice.MODEL
+    try:
+        return ApiChoice(manifest.api_choice)
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"manifest of {manifest.name}: api_choice {manifest.api_choice!r} is not one of "
+            f"{', '.join(c.value for c in ApiChoice)}"
+        ) from exc

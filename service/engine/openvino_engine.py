@@ -74,9 +74,11 @@ from apihelper.errors import (
     InvalidRequestError,
     MissingDependencyError,
 )
+from apihelper.service.engine.choice import OPENVINO_KINDS
 from apihelper.service.engine.config import OpenVINOConfig
-from apihelper.service.engine.manifest import read_manifest
+from apihelper.service.engine.manifest import manifest_api_choice, read_manifest
 from apihelper.service.engine.protocol import (
+    ApiChoice,
     EngineInfo,
     EngineOutput,
     EngineRequest,
@@ -91,8 +93,6 @@ from apihelper.service.prompts import ChatPrompt, PromptFormat
 logger = logging.getLogger(__name__)
 
 ENGINE_KIND = "openvino"
-# Manifest kinds this engine runs: a staged GGUF file, an OpenVINO IR export.
-RUNNABLE_KINDS = ("gguf", "openvino-ir")
 HONOURED_SAMPLING = ("max_tokens", "stop", "temperature", "top_p", "top_k", "repetition_penalty")
 # rng_seed reaches the pipeline's sampler, but a seeded request batched with others samples
 # differently from the same request alone (measured): reproducible alone only.
@@ -115,6 +115,7 @@ class ModelSource:
     prompt_format: PromptFormat
     max_model_len: int
     random_weights: bool = False
+    api_choice: ApiChoice = ApiChoice.MODEL
 
 
 def resolve_model(model: Path, prompt_format: PromptFormat | None, max_model_len: int | None) -> ModelSource:
@@ -138,9 +139,9 @@ def resolve_model(model: Path, prompt_format: PromptFormat | None, max_model_len
         if prompt_format is None:
             raise ConfigurationError(f"{model}: no apihelper manifest; set the prompt format")
         return ModelSource(model, model.name, prompt_format, max_model_len or DEFAULT_MAX_MODEL_LEN)
-    if manifest.kind not in RUNNABLE_KINDS:
+    if manifest.kind not in OPENVINO_KINDS:
         raise ConfigurationError(
-            f"{model}: a {manifest.kind!r} artifact; the OpenVINO engine runs {', '.join(RUNNABLE_KINDS)} "
+            f"{model}: a {manifest.kind!r} artifact; the OpenVINO engine runs {', '.join(OPENVINO_KINDS)} "
             "directories (apihelper-build import-gguf --gguf-only writes one)"
         )
     if prompt_format is not None and prompt_format is not manifest.prompt_format:
@@ -159,7 +160,9 @@ def resolve_model(model: Path, prompt_format: PromptFormat | None, max_model_len
     limit = max_model_len or manifest.max_model_len
     if context and limit > context:
         raise ConfigurationError(f"{model}: max_model_len {limit} exceeds the model's context length {context}")
-    return ModelSource(path, manifest.name, manifest.prompt_format, limit, manifest.random_weights)
+    return ModelSource(
+        path, manifest.name, manifest.prompt_format, limit, manifest.random_weights, manifest_api_choice(manifest)
+    )
 
 
 @dataclass(frozen=True)
@@ -438,6 +441,7 @@ class OpenVINOEngine:
             max_model_len=source.max_model_len,
             random_weights=source.random_weights,
             guided_decoding=guided_decoding,
+            api_choice=source.api_choice,
             extra={
                 "model_path": str(source.path),
                 "device": "cpu",

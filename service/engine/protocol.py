@@ -83,6 +83,15 @@ class EngineOutput:
     queue_seconds: float | None = None
 
 
+class ApiChoice(str, enum.Enum):
+    """How a constrained answer's API is chosen: by the model among the retrieved docs, or fixed
+    to the retriever's top-ranked doc (the model fills its arguments). A model's manifest names
+    the policy chosen for it on the validation splits; a request may override it."""
+
+    MODEL = "model"
+    RETRIEVER = "retriever"
+
+
 @dataclass(frozen=True)
 class EngineInfo:
     kind: str  # "transformers" | "tensorrt_llm" | a test double's name
@@ -92,6 +101,7 @@ class EngineInfo:
     random_weights: bool = False  # the development model: its text means nothing
     guided_decoding: bool = False  # honours EngineRequest.guided
     extra: dict[str, str] = field(default_factory=dict)
+    api_choice: ApiChoice = ApiChoice.MODEL  # the manifest's policy (model when none says)
 
 
 @dataclass(frozen=True)

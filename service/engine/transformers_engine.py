@@ -58,7 +58,7 @@ from apihelper.errors import (
 )
 from apihelper.service.engine import cb_internals
 from apihelper.service.engine.config import TransformersConfig
-from apihelper.service.engine.manifest import read_manifest
+from apihelper.service.engine.manifest import manifest_api_choice, read_manifest
 from apihelper.service.engine.protocol import (
     EngineInfo,
     EngineOutput,
@@ -399,6 +399,7 @@ class TransformersEngine:
             max_model_len=limit,
             random_weights=manifest.random_weights if manifest else False,
             guided_decoding=guidance is not None,
+            api_choice=manifest_api_choice(manifest),
             extra={
                 "model_dir": str(model_dir),
                 "device": str(torch_device),

@@ -14,7 +14,7 @@ from apihelper.errors import InvalidRequestError
 from apihelper.retriever.types import CorpusInfo, RetrievalMode, RetrievedDoc
 from apihelper.service.answers.check import CallCheck, Verdict
 from apihelper.service.core import RequestLimits
-from apihelper.service.engine.protocol import FinishReason, SamplingParams
+from apihelper.service.engine.protocol import ApiChoice, FinishReason, SamplingParams
 from apihelper.service.pipeline import (
     CompletionEvent,
     DeltaEvent,
@@ -53,6 +53,7 @@ _VERDICTS = {
     Verdict.UNKNOWN_API: pb.VERDICT_UNKNOWN_API,
     Verdict.UNPARSEABLE: pb.VERDICT_UNPARSEABLE,
     Verdict.UNCHECKED: pb.VERDICT_UNCHECKED,
+    Verdict.UNGROUNDED: pb.VERDICT_UNGROUNDED,
 }
 _MAX_STOP_STRINGS = 16
 _MAX_STOP_CHARS = 256
@@ -83,7 +84,21 @@ def generate_params(request: pb.GenerateRequest, limits: RequestLimits) -> Gener
             request.suppress_repeated_lines if request.HasField("suppress_repeated_lines") else True
         ),
         constrain_calls=request.constrain_calls if request.HasField("constrain_calls") else None,
+        api_choice=_api_choice(request.api_choice),
     )
+
+
+_CHOICES_OUT = {ApiChoice.MODEL: pb.API_CHOICE_MODEL, ApiChoice.RETRIEVER: pb.API_CHOICE_RETRIEVER}
+_CHOICES_IN: dict[pb.ApiChoice, ApiChoice | None] = {
+    pb.API_CHOICE_UNSPECIFIED: None,
+    **{v: k for k, v in _CHOICES_OUT.items()},
+}
+
+
+def _api_choice(value: pb.ApiChoice) -> ApiChoice | None:
+    if value not in _CHOICES_IN:
+        raise InvalidRequestError("api_choice", f"unknown value {value}")
+    return _CHOICES_IN[value]
 
 
 def _retrieve_params(instruction: str, options: pb.RetrievalOptions, limits: RequestLimits) -> RetrieveParams:
@@ -205,6 +220,7 @@ def _completion_pb(event: CompletionEvent) -> pb.Completion:
         sampling=sampling_pb(event.sampling),
         corpus_versions=event.corpus_versions,
         calls_constrained=event.calls_constrained,
+        api_choice=_CHOICES_OUT[event.api_choice] if event.api_choice is not None else pb.API_CHOICE_UNSPECIFIED,
     )
 
 

@@ -583,15 +583,17 @@ def _chat_renderer(chat: openai.ChatRequest, created: int) -> Render:
     calls, the finish reason and the usage (``openai.final_chunks``)."""
     docs: list[RetrievedDoc] = []
     rid, model = chat.params.request_id, chat.model
+    content = openai.StreamedContent(chat)
 
     def render(event: PipelineEvent) -> Frames:
         if isinstance(event, SourcesEvent):
             docs.extend(event.docs)
             out = [openai.chunk(rid, model, created, {"role": "assistant", "content": ""})]
         elif isinstance(event, CompletionEvent):
-            out = openai.final_chunks(event, docs, chat, created)
+            out = openai.final_chunks(event, docs, chat, created, content)
         else:
-            out = [openai.chunk(rid, model, created, {"content": event.text})]
+            shown = content.delta(event.text)
+            out = [openai.chunk(rid, model, created, {"content": shown})] if shown else []
         return [ServerSentEvent(convert.dumps(c)) for c in out]
 
     return render

@@ -18,9 +18,12 @@ Request
   this server has no use for (``user``, penalties, ``logprobs``...) are ignored.
 
 Response
-- ``message.content`` is the answer's text (streamed as it is generated); ``tool_calls`` are the
-  calls read from it (:func:`tool_calls`), ``finish_reason`` "tool_calls" when there are any.
-  ``usage`` counts prompt and completion tokens. An ``apihelper`` object adds the verdict.
+- ``message.content`` is the answer's text (streamed as it is generated) without its
+  ``<tool_call>`` blocks when they were read as calls (``null`` when nothing else is left);
+  ``tool_calls`` are the calls read from it (:func:`tool_calls`), ``finish_reason``
+  "tool_calls" when there are any. ``usage`` counts prompt and completion tokens. An
+  ``apihelper`` object (an extension field) adds the verdict (``valid``, ``ungrounded``,
+  ``wrong_arguments``, ``unknown_api``, ``unparseable``, ``unchecked``) and its reasons.
 
 The seam for a chat-with-tools prompt format (``<tool_call>`` JSON): it reads the tools through
 ``function_schema(doc)`` of the docs :func:`tool_docs` makes, and its parser's ParsedCalls come
@@ -42,6 +45,7 @@ from apihelper.retriever.doc_kinds import DocKind, FunctionSchema, FunctionSchem
 from apihelper.retriever.types import ApiDoc, RetrievalMode, RetrievedDoc
 from apihelper.service.answers.check import CallCheck
 from apihelper.service.answers.parse import ArgWhere, ParsedCall
+from apihelper.service.answers.tool_calls import CallTextFilter, without_calls
 from apihelper.service.core import RequestLimits
 from apihelper.service.engine.protocol import FinishReason
 from apihelper.service.grpc import convert
@@ -262,6 +266,9 @@ def chat_completion(
     calls = _calls(event, docs, request)
     message: dict[str, Any] = {"role": "assistant", "content": event.text}
     if calls:
+        # The calls travel as tool_calls; the content keeps only the prose around them (null
+        # when there is none, as OpenAI's own answers with tool calls have it).
+        message["content"] = without_calls(event.text) or None
         message["tool_calls"] = calls
     return {
         "id": completion_id(event.request_id),
@@ -286,14 +293,41 @@ def chunk(
     }
 
 
+class StreamedContent:
+    """The content deltas of a streamed chat completion: the answer's text without its
+    ``<tool_call>`` blocks (they come back as ``tool_calls``). Should no call be read from them,
+    :meth:`unread_calls` gives their text back at the end, so nothing the model wrote is lost."""
+
+    def __init__(self, request: ChatRequest) -> None:
+        self._filter = CallTextFilter() if request.tool_choice != "none" else None
+
+    def delta(self, text: str) -> str:
+        return self._filter.feed(text) if self._filter is not None else text
+
+    def unread_calls(self, calls: list[dict[str, Any]]) -> str:
+        """At the end: the tail held back, and the blocks' text when no call was read."""
+        if self._filter is None:
+            return ""
+        tail = self._filter.flush()
+        return tail if calls else tail + self._filter.dropped
+
+
 def final_chunks(
-    event: CompletionEvent, docs: Sequence[RetrievedDoc], request: ChatRequest, created: int
+    event: CompletionEvent,
+    docs: Sequence[RetrievedDoc],
+    request: ChatRequest,
+    created: int,
+    content: StreamedContent | None = None,
 ) -> list[dict[str, Any]]:
-    """What a stream ends with after the content deltas: the tool calls (one chunk, each with its
-    index), the finish reason with the verdict, and the usage where the request asked for it."""
+    """What a stream ends with after the content deltas: content held back (``content``), the
+    tool calls (one chunk, each with its index), the finish reason with the verdict, and the
+    usage where the request asked for it."""
     calls = _calls(event, docs, request)
     rid, model = event.request_id, request.model
     out = []
+    rest = content.unread_calls(calls) if content is not None else ""
+    if rest:
+        out.append(chunk(rid, model, created, {"content": rest}))
     if calls:
         out.append(chunk(rid, model, created, {"tool_calls": [{"index": i, **c} for i, c in enumerate(calls)]}))
     last = chunk(rid, model, created, {}, _finish(event, calls))

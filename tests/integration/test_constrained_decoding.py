@@ -58,7 +58,11 @@ async def test_constrained_answers_are_valid_calls(channel: grpc.aio.Channel, fm
             completion = await _completion(stub, _request(instruction, FORMATS[fmt], constrain=True, seed=seed))
             assert completion.calls_constrained
             assert completion.api_calls, completion.text
-            if completion.verdict != pb.VERDICT_VALID:
+            # gorilla_v0's grammar is corpus-wide (one per corpus version), so its string values
+            # are not grounded in the question: a random-weights model's are ungrounded, which the
+            # verdict says; every other verdict is a grammar/checker disagreement.
+            allowed = (pb.VERDICT_VALID, pb.VERDICT_UNGROUNDED) if fmt == "gorilla_v0" else (pb.VERDICT_VALID,)
+            if completion.verdict not in allowed:
                 bad.append((completion.text, pb.Verdict.Name(completion.verdict), list(completion.verdict_reasons)))
     assert not bad, bad[:3]
 

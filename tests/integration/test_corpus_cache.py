@@ -36,7 +36,8 @@ from tests.support import FakeEmbedder, live_server, stub_for
 NO_INDEX = "only the retrieved docs were checked (no corpus index)"
 NOT_RETRIEVED = "exists in the corpus but was not among the retrieved docs"
 # Calls of the sample corpus' operations other than POST /sessions, the only doc retrieved below.
-DELETE_SESSION = "<<<domain>>>: Sessions\n<<<api_call>>>: DELETE /sessions/abc123\n"
+# A placeholder for the session: the question names none, and a made-up id would be ungrounded.
+DELETE_SESSION = "<<<domain>>>: Sessions\n<<<api_call>>>: DELETE /sessions/{session_id}\n"
 BAD_STATUS = "<<<domain>>>: Sessions\n<<<api_call>>>: GET /sessions?status=flying\n"
 WIDGETS = "<<<domain>>>: Widgets\n<<<api_call>>>: GET /widgets\n"
 

@@ -12,7 +12,7 @@ from apihelper.retriever.loaders import load_corpus
 from apihelper.retriever.samples import sample_corpus_path
 from apihelper.retriever.types import ApiDoc, RetrievedDoc
 from apihelper.service.answers.allowed_calls import allowed_calls
-from apihelper.service.answers.check import ApiCatalog, Verdict, check_answer
+from apihelper.service.answers.check import ApiCatalog, CheckedAnswer, Verdict, check_answer
 from apihelper.service.answers.grammar import GrammarOptions, NoAllowedCallsError, build_call_grammar
 from apihelper.service.answers.parse import parse_answer
 from apihelper.service.prompts import PromptFormat
@@ -59,6 +59,30 @@ def _corpora() -> dict[str, list[ApiDoc]]:
 CORPORA = _corpora()
 
 
+# What the grammar leaves to the verdict: a string's pattern and format, a number's bounds, a
+# length. The grammar fixes the API, the argument names, the types (nested objects and array items
+# by their own schemas, required fields included) and the enums; these rules it does not encode.
+VALUE_RULES = (
+    "does not match the pattern",
+    "is not a '",
+    "less than the minimum",
+    "greater than the maximum",
+    "less than or equal to the minimum",
+    "greater than or equal to the maximum",
+    "is too long",
+    "is too short",
+    "is not a multiple of",
+    "non-unique elements",
+)
+
+
+def _beyond_the_grammar(checked: CheckedAnswer) -> bool:
+    """Wrong arguments only by rules the grammar does not encode (VALUE_RULES)."""
+    return checked.verdict is Verdict.WRONG_ARGUMENTS and all(
+        any(rule in reason for rule in VALUE_RULES) for reason in checked.reasons
+    )
+
+
 @pytest.mark.parametrize("fmt", [PromptFormat.GORILLA_V0, PromptFormat.OPENFUNCTIONS_V2])
 @pytest.mark.parametrize("corpus_name", sorted(CORPUS_FILES))
 def test_every_allowed_answer_is_a_valid_call(fmt: PromptFormat, corpus_name: str) -> None:
@@ -83,6 +107,8 @@ def test_every_allowed_answer_is_a_valid_call(fmt: PromptFormat, corpus_name: st
             parsed = parse_answer(fmt, answer)
             assert parsed.calls and parsed.calls[0].name, answer
             checked = check_answer(fmt, answer, retrieved, corpus)
+            if _beyond_the_grammar(checked):
+                continue
             verdicts.setdefault(checked.verdict, []).append(f"{answer!r}: {checked.reasons}")
     assert verdicts, "no grammar was built"
     bad = {v: examples[:3] for v, examples in verdicts.items() if v is not Verdict.VALID}
@@ -110,6 +136,6 @@ def test_every_allowed_tool_call_is_valid(corpus_name: str) -> None:
         for _ in range(20):
             answer = walk(compiled, rng)
             checked = check_answer(PromptFormat.CHAT_TOOLS, answer, retrieved, corpus)
-            if checked.verdict is not Verdict.VALID:
+            if checked.verdict is not Verdict.VALID and not _beyond_the_grammar(checked):
                 bad.append(f"{answer!r} -> {checked.verdict.value}: {checked.reasons}")
     assert not bad, bad[:3]

@@ -182,7 +182,7 @@ def test_rest_real_call_with_wrong_path(rest: ApiCatalog) -> None:
 
 
 def test_rest_simple_type_checks(rest: ApiCatalog) -> None:
-    body = "{'name': 's', 'image': 'python:3.9', 'enqueueOnly': False, 'maxWaitSeconds': 0, 'dependencies': [], %s}"
+    body = "{'name': 'mysession', 'image': 'python:3.9', 'enqueueOnly': False, 'maxWaitSeconds': 0, 'dependencies': [], %s}"
     ok = check(G, "<<<api_call>>>: requests.post('https://h/session', json=" + body % "'cluster_size': 2" + ")", rest)
     assert ok.verdict is Verdict.VALID, ok.reasons
     bad = check(

@@ -282,6 +282,26 @@ def test_parsed_calls_become_tool_calls_with_json_arguments() -> None:
     assert openai.tool_calls(_completion("no call here", PromptFormat.OPENFUNCTIONS_V2, docs).checks, docs, "r") == []
 
 
+def test_tool_call_text_is_not_repeated_in_the_content() -> None:
+    """When tool_calls carry the calls, message.content keeps only the prose around them, in
+    the whole completion and in a stream; a block no call was read from is given back."""
+    docs = [RetrievedDoc(d, "rest", 1.0) for d in _sample_docs() if d.key == "POST /sessions"]
+    block = '<tool_call>[{"name": "createSession", "arguments": {"image": "<image>"}}]</tool_call>'
+    event = _completion("Creating it.\n" + block, PromptFormat.CHAT_TOOLS, docs)
+    message = openai.chat_completion(event, docs, _chat(), 1)["choices"][0]["message"]
+    assert message["content"] == "Creating it." and message["tool_calls"][0]["function"]["name"] == "createSession"
+    bare = openai.chat_completion(_completion(block, PromptFormat.CHAT_TOOLS, docs), docs, _chat(), 1)
+    assert bare["choices"][0]["message"]["content"] is None
+
+    for text, calls in ((event.text, True), ("Hm <tool_call>not json</tool_call>", False)):
+        done = _completion(text, PromptFormat.CHAT_TOOLS, docs)
+        content = openai.StreamedContent(_chat(stream=True))
+        shown = "".join(content.delta(text[i : i + 3]) for i in range(0, len(text), 3))
+        last = openai.final_chunks(done, docs, _chat(stream=True), 1, content)
+        shown += "".join(c["choices"][0]["delta"].get("content", "") for c in last if c["choices"])
+        assert shown == ("Creating it.\n" if calls else text)
+
+
 def test_chat_completion_and_its_last_chunks() -> None:
     docs = [RetrievedDoc(d, "rest", 1.0) for d in _sample_docs() if d.key == "POST /sessions"]
     event = _completion("<<function>>createSession(image='x')", PromptFormat.OPENFUNCTIONS_V2, docs)

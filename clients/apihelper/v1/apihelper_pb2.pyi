@@ -40,6 +40,13 @@ class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VERDICT_UNKNOWN_API: _ClassVar[Verdict]
     VERDICT_UNPARSEABLE: _ClassVar[Verdict]
     VERDICT_UNCHECKED: _ClassVar[Verdict]
+    VERDICT_UNGROUNDED: _ClassVar[Verdict]
+
+class ApiChoice(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    API_CHOICE_UNSPECIFIED: _ClassVar[ApiChoice]
+    API_CHOICE_MODEL: _ClassVar[ApiChoice]
+    API_CHOICE_RETRIEVER: _ClassVar[ApiChoice]
 RETRIEVAL_MODE_UNSPECIFIED: RetrievalMode
 RETRIEVAL_MODE_HYBRID: RetrievalMode
 RETRIEVAL_MODE_DENSE: RetrievalMode
@@ -59,6 +66,10 @@ VERDICT_WRONG_ARGUMENTS: Verdict
 VERDICT_UNKNOWN_API: Verdict
 VERDICT_UNPARSEABLE: Verdict
 VERDICT_UNCHECKED: Verdict
+VERDICT_UNGROUNDED: Verdict
+API_CHOICE_UNSPECIFIED: ApiChoice
+API_CHOICE_MODEL: ApiChoice
+API_CHOICE_RETRIEVER: ApiChoice
 
 class SamplingParams(_message.Message):
     __slots__ = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop")
@@ -87,7 +98,7 @@ class RetrievalOptions(_message.Message):
     def __init__(self, corpora: _Optional[_Iterable[str]] = ..., top_k: _Optional[int] = ..., mode: _Optional[_Union[RetrievalMode, str]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("instruction", "retrieval", "sampling", "prompt_format", "request_id", "suppress_repeated_lines", "constrain_calls")
+    __slots__ = ("instruction", "retrieval", "sampling", "prompt_format", "request_id", "suppress_repeated_lines", "constrain_calls", "api_choice")
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +106,7 @@ class GenerateRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SUPPRESS_REPEATED_LINES_FIELD_NUMBER: _ClassVar[int]
     CONSTRAIN_CALLS_FIELD_NUMBER: _ClassVar[int]
+    API_CHOICE_FIELD_NUMBER: _ClassVar[int]
     instruction: str
     retrieval: RetrievalOptions
     sampling: SamplingParams
@@ -102,7 +114,8 @@ class GenerateRequest(_message.Message):
     request_id: str
     suppress_repeated_lines: bool
     constrain_calls: bool
-    def __init__(self, instruction: _Optional[str] = ..., retrieval: _Optional[_Union[RetrievalOptions, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., prompt_format: _Optional[_Union[PromptFormat, str]] = ..., request_id: _Optional[str] = ..., suppress_repeated_lines: _Optional[bool] = ..., constrain_calls: _Optional[bool] = ...) -> None: ...
+    api_choice: ApiChoice
+    def __init__(self, instruction: _Optional[str] = ..., retrieval: _Optional[_Union[RetrievalOptions, _Mapping]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., prompt_format: _Optional[_Union[PromptFormat, str]] = ..., request_id: _Optional[str] = ..., suppress_repeated_lines: _Optional[bool] = ..., constrain_calls: _Optional[bool] = ..., api_choice: _Optional[_Union[ApiChoice, str]] = ...) -> None: ...
 
 class Source(_message.Message):
     __slots__ = ("key", "corpus", "title", "score", "text")
@@ -182,7 +195,7 @@ class ApiCall(_message.Message):
     def __init__(self, raw: _Optional[str] = ..., name: _Optional[str] = ..., arguments: _Optional[_Mapping[str, str]] = ..., matched_key: _Optional[str] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., reasons: _Optional[_Iterable[str]] = ..., retrieved: _Optional[bool] = ..., suggestion: _Optional[str] = ...) -> None: ...
 
 class Completion(_message.Message):
-    __slots__ = ("finish_reason", "usage", "timings", "api_calls", "text", "request_id", "model", "prompt_format", "fields", "verdict", "verdict_reasons", "suppressed_lines", "sampling", "corpus_versions", "calls_constrained")
+    __slots__ = ("finish_reason", "usage", "timings", "api_calls", "text", "request_id", "model", "prompt_format", "fields", "verdict", "verdict_reasons", "suppressed_lines", "sampling", "corpus_versions", "calls_constrained", "api_choice")
     class FieldsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +225,7 @@ class Completion(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     CORPUS_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     CALLS_CONSTRAINED_FIELD_NUMBER: _ClassVar[int]
+    API_CHOICE_FIELD_NUMBER: _ClassVar[int]
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
@@ -227,7 +241,8 @@ class Completion(_message.Message):
     sampling: SamplingParams
     corpus_versions: _containers.ScalarMap[str, str]
     calls_constrained: bool
-    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., api_calls: _Optional[_Iterable[_Union[ApiCall, _Mapping]]] = ..., text: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_format: _Optional[_Union[PromptFormat, str]] = ..., fields: _Optional[_Mapping[str, str]] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., verdict_reasons: _Optional[_Iterable[str]] = ..., suppressed_lines: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., corpus_versions: _Optional[_Mapping[str, str]] = ..., calls_constrained: _Optional[bool] = ...) -> None: ...
+    api_choice: ApiChoice
+    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., api_calls: _Optional[_Iterable[_Union[ApiCall, _Mapping]]] = ..., text: _Optional[str] = ..., request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt_format: _Optional[_Union[PromptFormat, str]] = ..., fields: _Optional[_Mapping[str, str]] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., verdict_reasons: _Optional[_Iterable[str]] = ..., suppressed_lines: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., corpus_versions: _Optional[_Mapping[str, str]] = ..., calls_constrained: _Optional[bool] = ..., api_choice: _Optional[_Union[ApiChoice, str]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("sources", "delta", "completion")

@@ -1,0 +1,151 @@
+"""What a question offers a call's arguments: the spans a string value may copy, the numbers it
+names, and whether it mentions an optional parameter. Pure functions of the question's text.
+
+The call grammar (``grammar.GrammarOptions.grounded``) lets a constrained model write a string
+value only as one of :func:`question_spans` (or a string its schema offers, or the placeholder
+``"<name>"``), so "sess-42" can be copied and "][" cannot be written; the verdict's grounding check
+(``check.ungrounded_values``) accepts exactly what appears in the question. Optional parameters
+are offered only when :func:`mentions` says the question speaks of them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+MAX_SPAN_WORDS = 4  # a span is up to this many consecutive words of the question
+MAX_SPANS = 96  # spans offered per question (longest questions: the first ones)
+MAX_QUESTION_CHARS = 2000  # the part of the question read
+
+# Punctuation stripped from a span's ends ("sess-42," -> "sess-42"); inside a span it stays.
+_EDGE = "\"'`.,;:!?()[]{}<>“”‘’"
+_WORD_RE = re.compile(r"[A-Za-z][A-Za-z0-9]*")
+_NUMBER_RE = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
+_QUOTED_RE = re.compile(r"\"([^\"]{1,200})\"|'([^']{1,200})'|`([^`]{1,200})`|“([^”]{1,200})”")
+_STOPWORDS = frozenset(
+    [
+        "the",
+        "and",
+        "for",
+        "with",
+        "from",
+        "into",
+        "that",
+        "this",
+        "than",
+        "then",
+        "when",
+        "what",
+        "which",
+        "while",
+        "your",
+        "you",
+        "are",
+        "was",
+        "were",
+        "has",
+        "have",
+        "not",
+        "but",
+        "all",
+        "any",
+        "can",
+        "its",
+        "use",
+        "using",
+        "new",
+        "get",
+        "set",
+        "list",
+        "make",
+        "create",
+        "show",
+        "give",
+        "want",
+        "need",
+        "please",
+    ]
+)
+
+
+def question_spans(question: str, max_chars: int = 128) -> tuple[str, ...]:
+    """Quoted strings of the question first, then its words and runs of up to
+    :data:`MAX_SPAN_WORDS` words, ends stripped of punctuation; each at most ``max_chars``."""
+    text = question[:MAX_QUESTION_CHARS]
+    spans: dict[str, None] = {}
+    for match in _QUOTED_RE.finditer(text):
+        quoted = next(g for g in match.groups() if g is not None).strip()
+        if quoted:
+            spans[quoted] = None
+    words = text.split()
+    for size in range(1, MAX_SPAN_WORDS + 1):
+        for start in range(len(words) - size + 1):
+            span = " ".join(words[start : start + size]).strip(_EDGE)
+            if span and len(span) <= max_chars:
+                spans[span] = None
+    return tuple(s for s in spans if len(s) <= max_chars)[:MAX_SPANS]
+
+
+def question_numbers(question: str) -> tuple[float, ...]:
+    """The numbers written in the question, in order."""
+    return tuple(float(m.group()) for m in _NUMBER_RE.finditer(question[:MAX_QUESTION_CHARS]))
+
+
+def _words(text: str) -> set[str]:
+    """Lower-case words of ``text``, identifiers split (``max_lifetime_minutes``, ``gpuType``)."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", text).replace("_", " ").replace("-", " ")
+    return {w.lower() for w in _WORD_RE.findall(spaced)}
+
+
+def _stem(word: str) -> str:
+    return word[:5]
+
+
+def mentions(question: str, name: str, description: str = "") -> bool:
+    """Whether ``question`` speaks of a parameter: a word of its name (3+ letters, not a stop
+    word), or two words of its description (5+ letters), appear in it (compared by their first
+    five letters: "graceful" and "gracefully" match)."""
+    asked = {_stem(w) for w in _words(question) if w not in _STOPWORDS}
+    named = {_stem(w) for w in _words(name) if len(w) >= 3 and w not in _STOPWORDS}
+    if named & asked:
+        return True
+    described = {_stem(w) for w in _words(description) if len(w) >= 5 and w not in _STOPWORDS}
+    return len(described & asked) >= 2
+
+
+def echoes_name(span: str, name: str) -> bool:
+    """Whether ``span`` is no value for the parameter ``name``: it says nothing but the
+    parameter's own name and stop words ("session" for ``session_id``), or it is several words
+    and begins or ends with one of those ("session sess-42": the span "sess-42" is offered)."""
+    own = {_stem(w) for w in _words(name)}
+
+    def filler(word: str) -> bool:
+        lowered = word.strip(_EDGE).lower()
+        return not any(c.isdigit() for c in lowered) and (
+            _stem(lowered) in own or lowered in _STOPWORDS or len(lowered) < 2
+        )
+
+    parts = span.split()
+    if not parts:
+        return False
+    if len(parts) == 1:
+        return all(filler(w) for w in _words(span)) and not any(c.isdigit() for c in span)
+    return filler(parts[0]) or filler(parts[-1])
+
+
+def in_bounds(value: float, minimum: float | None, maximum: float | None) -> bool:
+    return (minimum is None or value >= minimum) and (maximum is None or value <= maximum)
+
+
+def grounded_numbers(
+    question: Iterable[float], offered: Iterable[float], minimum: float | None, maximum: float | None, *, integer: bool
+) -> tuple[float, ...]:
+    """The numbers a bounded parameter may take: the question's and its schema's (default,
+    example) within the bounds, else its inclusive minimum; () when none can be named."""
+    fits = [v for v in (*question, *offered) if in_bounds(v, minimum, maximum) and (not integer or v == int(v))]
+    if not fits and minimum is not None:
+        fits = [float(int(minimum)) if integer and minimum == int(minimum) else minimum]
+    return tuple(dict.fromkeys(fits))
+
+
+__all__ = ["echoes_name", "grounded_numbers", "in_bounds", "mentions", "question_numbers", "question_spans"]

@@ -1,0 +1,100 @@
+"""Arguments grounded in the question, built into the call grammar (issue 21): string values are
+spans of the question, what the schema offers, or a placeholder; optional parameters only where
+the question mentions them; bounded numbers as the question or the schema names them. Random
+walks through the grammar of the demo corpus never write a value from nowhere."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from apihelper.retriever.loaders import load_corpus
+from apihelper.retriever.types import ApiDoc
+from apihelper.service.answers.allowed_calls import allowed_calls
+from apihelper.service.answers.check import ApiCatalog, Verdict, check_answer
+from apihelper.service.answers.grammar import GrammarOptions, build_call_grammar
+from apihelper.service.answers.grounding import mentions, question_numbers, question_spans
+from apihelper.service.prompts import PromptFormat
+from tests.unit.grammar_walk import char_compiler, walk
+
+SAMPLE = Path(__file__).resolve().parents[2] / "retriever" / "samples" / "demo_cloud_openapi.yaml"
+TERMINATE = "Terminate session sess-42 right away, without waiting for a graceful shutdown"
+CREATE = "Create a new session"
+
+
+@pytest.fixture(scope="module")
+def demo_docs() -> list[ApiDoc]:
+    _, result = load_corpus(SAMPLE)
+    return result.docs
+
+
+def test_spans_numbers_and_mentions() -> None:
+    spans = question_spans('Rename session "my run" to sess-42, please.')
+    assert "my run" in spans and "sess-42" in spans and "Rename session" in spans
+    assert all(not s.endswith((",", ".")) for s in spans)
+    assert question_numbers("use 2 GPUs and 16.5 GiB, not v100") == (2.0, 16.5)
+    assert mentions(TERMINATE, "force", "Kill the containers without waiting for a graceful shutdown.")
+    assert not mentions(CREATE, "max_lifetime_minutes", "The session is terminated after this many minutes.")
+    assert mentions("keep it for 90 minutes", "max_lifetime_minutes")
+
+
+def _grammar(docs: list[ApiDoc], keys: set[str], question: str) -> str:
+    chosen = [d for d in docs if d.key in keys]
+    options = GrammarOptions(max_prose_chars=0, max_calls=1, grounded=question_spans(question))
+    built = build_call_grammar(
+        PromptFormat.CHAT_TOOLS, allowed_calls(PromptFormat.CHAT_TOOLS, chosen, question), options
+    )
+    return built.ebnf
+
+
+@pytest.mark.parametrize(
+    ("question", "keys"),
+    [
+        (TERMINATE, {"DELETE /sessions/{session_id}", "GET /sessions/{session_id}"}),
+        (CREATE, {"POST /sessions", "POST /sessions/{session_id}/restart"}),
+    ],
+)
+def test_every_grounded_walk_is_a_valid_call(demo_docs: list[ApiDoc], question: str, keys: set[str]) -> None:
+    ebnf = _grammar(demo_docs, keys, question)
+    compiled = char_compiler().compile_grammar(ebnf)
+    corpus = ApiCatalog(demo_docs)
+    rng = random.Random(question)
+    for _ in range(30):
+        answer = walk(compiled, rng)
+        checked = check_answer(PromptFormat.CHAT_TOOLS, answer, [], corpus, question=question)
+        assert checked.verdict is Verdict.VALID, (answer, checked.reasons)
+
+
+def test_the_terminate_grammar_can_copy_sess_42_and_cannot_write_brackets(demo_docs: list[ApiDoc]) -> None:
+    ebnf = _grammar(demo_docs, {"DELETE /sessions/{session_id}"}, TERMINATE)
+    compiled = char_compiler().compile_grammar(ebnf)
+    import xgrammar as xgr
+
+    good = (
+        '<tool_call>[{"name": "terminateSession", "arguments": {"session_id": "sess-42", "force": true}}]</tool_call>'
+    )
+    bad = '<tool_call>[{"name": "terminateSession", "arguments": {"session_id": "][", "force": false}}]</tool_call>'
+    assert xgr.GrammarMatcher(compiled).accept_string(good)
+    assert not xgr.GrammarMatcher(compiled).accept_string(bad)
+
+
+def test_create_session_offers_no_schema_text_and_required_nested_fields(demo_docs: list[ApiDoc]) -> None:
+    (call,) = allowed_calls(PromptFormat.CHAT_TOOLS, [d for d in demo_docs if d.key == "POST /sessions"], CREATE)
+    assert [p.name for p in call.params] == ["image", "resources"]  # optional ones not mentioned
+    resources = call.params[1]
+    assert [(f.name, f.required, f.enum) for f in resources.fields] == [
+        ("cpu", True, (1,)),
+        ("memory_gb", True, (0.5,)),
+    ]
+    ebnf = _grammar(demo_docs, {"POST /sessions"}, CREATE)
+    assert "Resources reserved" not in ebnf and "pytorch" not in ebnf
+    answer = '<tool_call>[{"name": "createSession", "arguments": {"image": "<image>", "resources": {"cpu": 1, "memory_gb": 0.5}}}]</tool_call>'
+    import xgrammar as xgr
+
+    assert xgr.GrammarMatcher(char_compiler().compile_grammar(ebnf)).accept_string(answer)
+    checked = check_answer(PromptFormat.CHAT_TOOLS, answer, [], ApiCatalog(demo_docs), question=CREATE)
+    assert checked.verdict is Verdict.VALID, checked.reasons
+    assert json.loads(checked.calls[0].raw)["arguments"]["resources"] == {"cpu": 1, "memory_gb": 0.5}
