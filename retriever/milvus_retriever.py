@@ -48,14 +48,6 @@ class MilvusRetriever:
         self._infos_lock = asyncio.Lock()
         self._warned: set[tuple[str, str]] = set()  # (corpus, its embedding model) warned about
 
-    @property
-    def store(self) -> MilvusStore:
-        return self._store
-
-    @property
-    def embedder(self) -> TextEmbedder:
-        return self._embedder
-
     async def corpus_names(self, *, refresh: bool = False) -> list[str]:
         """Names of the ingested corpora (cached for ``corpora_ttl_s``)."""
         return sorted(await self._corpus_infos(refresh=refresh))

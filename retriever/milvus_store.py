@@ -68,7 +68,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from apihelper.errors import ConfigurationError, MissingDependencyError, RetrieverUnavailableError
-from apihelper.retriever.fusion import fuse_hits
 from apihelper.retriever.textnorm import keyword_terms
 from apihelper.retriever.types import ApiDoc, CorpusFormat, CorpusInfo, RetrievalMode, RetrievedDoc
 
@@ -701,32 +700,20 @@ class MilvusStore:
         query_vector: Sequence[float] | None,
         top_k: int,
     ) -> list[RetrievedDoc]:
-        """Best ``top_k`` docs of one corpus, best first; scores are higher-is-better.
-
-        Scores: cosine similarity (dense), BM25 (keyword; absolute value, Lite reports it
-        negated), the fused standardised score (hybrid; see ``retriever.fusion``: about 0 for an
-        average candidate, 2-3 for a clear winner, so roughly comparable across corpora).
+        """Best ``top_k`` docs of one corpus by one method (dense or keyword), best first; scores
+        are higher-is-better: cosine similarity (dense), BM25 (keyword; absolute value, Lite
+        reports it negated). Hybrid retrieval pools :meth:`hybrid_candidates` of every corpus
+        and fuses them (``retriever.fusion``), so it is not a mode here.
         """
         if mode is RetrievalMode.NONE or top_k <= 0:
             return []
-        if mode in (RetrievalMode.DENSE, RetrievalMode.HYBRID) and query_vector is None:
-            raise ValueError(f"{mode.value} search needs a query vector")
         if mode is RetrievalMode.HYBRID:
-            return self.hybrid_search(corpus, query_text=query_text, query_vector=query_vector or [], top_k=top_k)
+            raise ValueError("hybrid search fuses hybrid_candidates of every corpus: see MilvusRetriever")
         if mode is RetrievalMode.DENSE:
-            return self._loaded_retry(corpus, lambda: self._dense(corpus, query_vector or [], top_k))
+            if query_vector is None:
+                raise ValueError("dense search needs a query vector")
+            return self._loaded_retry(corpus, lambda: self._dense(corpus, query_vector, top_k))
         return self._loaded_retry(corpus, lambda: self._keyword(corpus, query_text, top_k))
-
-    def hybrid_search(
-        self, corpus: str, *, query_text: str, query_vector: Sequence[float], top_k: int
-    ) -> list[RetrievedDoc]:
-        """Fused dense + BM25 results of one corpus, best first (what ``search`` does for HYBRID).
-
-        (Fetching candidates as keys only and reading the winners afterwards was measured: the
-        third round trip cost what the smaller candidate lists saved, about 5 ms either way.)
-        """
-        dense, keyword = self.hybrid_candidates(corpus, query_text=query_text, query_vector=query_vector, top_k=top_k)
-        return fuse_hits(dense, keyword, top_k, query=query_text)
 
     def hybrid_candidates(
         self, corpus: str, *, query_text: str, query_vector: Sequence[float], top_k: int, dense: bool = True

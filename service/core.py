@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from apihelper.errors import ApiHelperError, ResourceExhaustedError
 from apihelper.retriever.types import Retriever
+from apihelper.service.calls import CallPolicy
 from apihelper.service.engine.protocol import Engine
 from apihelper.service.metrics import NullRecorder, Recorder
 from apihelper.service.pipeline import Pipeline
@@ -144,11 +145,8 @@ class Core:
     streams: StreamLimit
     health: Health
     recorder: Recorder
-    default_deadline_seconds: float
-    # Client deadlines past this are cut to it; a stream whose client takes no message for
-    # ``stall_timeout_seconds`` ends (Settings: max_deadline_seconds, stream_stall_timeout_seconds).
-    max_deadline_seconds: float = 600.0
-    stall_timeout_seconds: float = 10.0
+    # The per-call rules every front end follows (deadline, outcome, stalls, failures).
+    calls: CallPolicy
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def drain(self) -> None:
@@ -179,9 +177,13 @@ async def start_core(
         streams=StreamLimit(settings.max_concurrent_streams),
         health=health,
         recorder=recorder,
-        default_deadline_seconds=settings.default_deadline_seconds,
-        max_deadline_seconds=settings.max_deadline_seconds,
-        stall_timeout_seconds=settings.stream_stall_timeout_seconds,
+        calls=CallPolicy(
+            recorder,
+            health.recheck_soon,
+            default_deadline_seconds=settings.default_deadline_seconds,
+            max_deadline_seconds=settings.max_deadline_seconds,
+            stall_timeout_seconds=settings.stream_stall_timeout_seconds,
+        ),
     )
     await health.check()
     core._tasks = [

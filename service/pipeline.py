@@ -33,7 +33,8 @@ from apihelper.service.engine.protocol import (
     SamplingParams,
 )
 from apihelper.service.metrics import NullRecorder, Recorder
-from apihelper.service.prompts import Prompt, PromptFormat, build_prompt
+from apihelper.service.prompt_fit import PromptFitter
+from apihelper.service.prompts import PromptFormat
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class Pipeline:
         self._recorder = recorder or NullRecorder()
         self._corpora = CorpusCache(retriever, base_urls=base_urls)
         self._constraints = CallConstraints(base_urls=base_urls)
+        self._fitter = PromptFitter(engine)  # the tokenizer's work, in its own worker thread
 
     @property
     def engine_info(self) -> EngineInfo:
@@ -142,6 +144,7 @@ class Pipeline:
     async def close(self) -> None:
         """Stop the background work of the corpus cache (catalog builds)."""
         await self._corpora.close()
+        self._fitter.close()
 
     async def list_corpora(self) -> list[CorpusInfo]:
         return await self._retriever.list_corpora()
@@ -162,7 +165,9 @@ class Pipeline:
 
         fmt = params.prompt_format or info.prompt_format
         constrain = _constrain(params.constrain_calls, info.guided_decoding, info.kind)
-        docs, prompt = self._fit_prompt(fmt, params.retrieval.instruction, result.docs, params.sampling)
+        docs, prompt = await self._fitter.fit(
+            fmt, params.retrieval.instruction, result.docs, params.sampling.max_tokens
+        )
         sources = {d.corpus for d in docs if d.corpus}
         self._corpora.warm(sources)
         yield SourcesEvent(docs)
@@ -262,38 +267,6 @@ class Pipeline:
         if fmt is PromptFormat.GORILLA_V0:  # its answers may name any API of the corpus
             catalog = await self._corpora.catalog(docs, await self._corpora.infos(sources))
         return await self._constraints.grammar(fmt, docs, catalog)
-
-    def _fit_prompt(
-        self,
-        fmt: PromptFormat,
-        instruction: str,
-        docs: Sequence[RetrievedDoc],
-        sampling: SamplingParams,
-    ) -> tuple[list[RetrievedDoc], str]:
-        """The prompt with as many docs (best first) as fit beside ``max_tokens``.
-
-        Dropping the weakest docs beats failing the request: the best match carries most of
-        the value (Gorilla's paper: the retriever's top document is what the model follows).
-        """
-        budget = self._engine.info.max_model_len - sampling.max_tokens
-        kept = list(docs)
-        while True:
-            prompt = prompt_text(self._engine, build_prompt(fmt, instruction, kept))
-            if self._engine.count_tokens(prompt) <= budget:
-                return kept, prompt
-            if not kept:
-                raise InvalidRequestError(
-                    "sampling.max_tokens",
-                    f"the instruction plus max_tokens={sampling.max_tokens} exceeds the model's "
-                    f"context of {self._engine.info.max_model_len} tokens",
-                )
-            kept.pop()
-
-
-def prompt_text(engine: Engine, prompt: Prompt) -> str:
-    """The text the engine is given: a completion prompt as it is, a conversation written with the
-    model's chat template."""
-    return prompt if isinstance(prompt, str) else engine.render_chat(prompt)
 
 
 def _constrain(asked: bool | None, supported: bool, engine: str) -> bool:

@@ -1,7 +1,7 @@
 """The prompt formats, as pure functions of the instruction and the retrieved docs.
 
-Gorilla's two, exactly as the models were trained on them (see DESIGN.md), and one for chat
-models with tools:
+Gorilla's two, exactly as the models were trained on them (as Gorilla's inference code writes
+them), and one for chat models with tools:
 
 - ``gorilla_v0`` (gorilla-7b-*-v0): a Vicuna-style chat turn; the retrieval-aware variant appends
   "\\n Use this API documentation for reference: " and the retrieved record to the instruction.

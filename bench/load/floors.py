@@ -361,7 +361,7 @@ async def start_inprocess(
 async def _service_prompt(retriever: Any, engine: Engine, cfg: LoadConfig) -> str:
     """The prompt the service builds for the load's requests (instruction and retrieval options)."""
     from apihelper.retriever.types import RetrievalMode
-    from apihelper.service.pipeline import prompt_text
+    from apihelper.service.prompt_fit import prompt_text
     from apihelper.service.prompts import build_prompt
     from apihelper.service.settings import Settings
 

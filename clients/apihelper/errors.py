@@ -18,7 +18,8 @@ back; HTTP: ``apihelper.http_status``); nothing else decides what a client sees.
     ├── UnavailableError           a dependency cannot serve right now; retry later
     │   ├── RetrieverUnavailableError   Milvus is down or unreachable
     │   └── EngineUnavailableError      the generation engine failed or is shutting down
-    ├── ConfigurationError         bad settings or artifacts, found at start-up (never per request)
+    ├── ConfigurationError         bad settings or artifacts: at start-up, or for one request that
+    │                              needs an artifact that does not fit (FAILED_PRECONDITION)
     │   └── MissingDependencyError an optional package (e.g. tensorrt_llm) is not installed
     └── CorpusLoadError            one input file could not be loaded (ingest goes on without it)
 
@@ -108,7 +109,12 @@ class EngineUnavailableError(UnavailableError):
 
 
 class ConfigurationError(ApiHelperError):
-    """Settings or on-disk artifacts (model, engine, manifest) are unusable."""
+    """Settings or on-disk artifacts (model, engine, manifest, a corpus) are unusable.
+
+    Mostly found at start-up, which then fails. A request meets one only when it needs an
+    artifact that does not fit the running service (a dense search of a corpus embedded with
+    another model): gRPC FAILED_PRECONDITION, HTTP 400; retrying does not help, re-ingesting or
+    another retrieval mode does."""
 
 
 class MissingDependencyError(ConfigurationError):

@@ -17,7 +17,7 @@ Every file is read as hostile input, within :class:`~apihelper.retriever.limits.
 ``retriever/limits.py``). Content problems inside a file (a bad line, a broken ``$ref``, an
 unparsable module, a limit hit) come back as LoadProblems in the LoadResult, naming the file and
 the limit; only a file whose format cannot be told (or that cannot be read for detection)
-raises :class:`~service.errors.CorpusLoadError`. Docs come back with their text normalised
+raises :class:`~apihelper.errors.CorpusLoadError`. Docs come back with their text normalised
 (:func:`clean_doc`: NFC, control characters removed, lone surrogates replaced).
 """
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SAMPLE_CORPUS_NAME = "demo_cloud"
-
 
 def sample_corpus_path() -> Path:
-    """Path of the demo OpenAPI spec (ingest it as corpus ``demo_cloud``)."""
+    """Path of the demo OpenAPI spec (``make demo`` ingests it as corpus ``rest``, the corpus the
+    seed's ``/rest_api`` route reads)."""
     return Path(__file__).resolve().parent / "demo_cloud_openapi.yaml"

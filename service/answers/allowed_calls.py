@@ -24,7 +24,7 @@ from typing import Any
 
 from apihelper.retriever.doc_kinds import DocKind, doc_kind, function_schema, json_schema, rest_servers
 from apihelper.retriever.types import ApiDoc
-from apihelper.service.answers.check import apibench_reference, python_signature, rest_operation
+from apihelper.service.answers.api_docs import apibench_reference, python_signature, rest_operation
 from apihelper.service.answers.grammar import (
     AllowedCall,
     CallKind,

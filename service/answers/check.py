@@ -38,7 +38,6 @@ Pure and synchronous: no I/O; the work is bounded by the parser's limits and the
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
 import enum
@@ -48,7 +47,6 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
 
 from apihelper.retriever.doc_kinds import (
     DocKind,
@@ -56,11 +54,21 @@ from apihelper.retriever.doc_kinds import (
     doc_kind,
     function_schema,
     json_schema,
-    python_metadata,
-    rest_metadata,
     rest_servers,
 )
 from apihelper.retriever.types import ApiDoc, RetrievedDoc
+from apihelper.service.answers.api_docs import (
+    ApibenchReference,
+    RestOperation,
+    apibench_reference,
+    candidate_values,
+    python_signature,
+    rest_operation,
+    schema_properties,
+    split_path,
+    string_values,
+    template_params,
+)
 from apihelper.service.answers.parse import (
     Argument,
     ArgWhere,
@@ -68,7 +76,6 @@ from apihelper.service.answers.parse import (
     ParsedAnswer,
     ParsedCall,
     parse_answer,
-    parse_call,
     url_host,
 )
 from apihelper.service.prompts import PromptFormat
@@ -116,238 +123,6 @@ class CheckedAnswer:
     reasons: tuple[str, ...]  # the reasons of the calls that set the verdict
     doc_key: str  # the first call's matched key
     layout: str = ""
-
-
-# ----------------------------------------------------------------------------------------------
-# Doc models derived from metadata
-
-
-class _Default:
-    """A parameter default, kept as source text: the value is never evaluated."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def __repr__(self) -> str:
-        return self.source
-
-
-def _properties(doc: ApiDoc) -> tuple[Mapping[str, Any], list[str]]:
-    params = (function_schema(doc) or {}).get("parameters")
-    if not isinstance(params, Mapping):
-        return {}, []
-    props = params.get("properties")
-    required = params.get("required")
-    return (
-        props if isinstance(props, Mapping) else {},
-        [str(r) for r in required] if isinstance(required, list) else [],
-    )
-
-
-@dataclass(frozen=True)
-class RestParam:
-    name: str  # as the API names it (a body field clashing with a parameter is still "name")
-    where: str  # path | query | header | body
-    required: bool  # required by the spec and without a default
-    schema: Mapping[str, Any]
-    arg_name: str  # its name in the function schema (body fields may be "body_<name>")
-
-
-@dataclass(frozen=True)
-class RestOperation:
-    key: str
-    method: str
-    path: str
-    segments: tuple[str, ...]
-    params: tuple[RestParam, ...]
-    body_opaque: bool  # a body without named fields: anything goes
-
-
-def rest_operation(doc: ApiDoc) -> RestOperation | None:
-    """The operation a REST doc describes, with each parameter's location (None for a doc that
-    is not a REST operation).
-
-    Path, query and header parameters are the metadata's ``parameters``; the function schema's
-    other properties are body fields. A field the spec marks required but that has a default is
-    not treated as required (Backend.AI's generator marks defaulted keys required).
-    """
-    meta = rest_metadata(doc)
-    if meta is None:
-        return None
-    method = str(meta.get("method") or "").upper()
-    path = str(meta.get("path") or "")
-    if not method or not path:
-        return None
-    props, required = _properties(doc)
-    located: dict[str, tuple[str, bool]] = {}
-    for p in meta.get("parameters") or ():
-        if isinstance(p, Mapping) and isinstance(p.get("name"), str):
-            where = str(p.get("in") or "query")
-            located[p["name"]] = (where, bool(p.get("required")) or where == "path")
-    for name in _template_params(path):
-        located.setdefault(name, ("path", True))
-    params: list[RestParam] = []
-    seen: set[str] = set()
-    body_opaque = False
-    for arg_name, schema in props.items():
-        schema = schema if isinstance(schema, Mapping) else {}
-        has_default = "default" in schema
-        if arg_name in located:
-            where, req = located[arg_name]
-            params.append(RestParam(arg_name, where, req and (where == "path" or not has_default), schema, arg_name))
-            seen.add(arg_name)
-            continue
-        name = arg_name[5:] if arg_name.startswith("body_") and arg_name[5:] in located else arg_name
-        if arg_name == "body" and "properties" not in schema:
-            body_opaque = True  # the loader's name for a body that is not an object with fields
-        params.append(RestParam(name, "body", arg_name in required and not has_default, schema, arg_name))
-    for name, (where, req) in located.items():  # parameters the function schema lacks
-        if name not in seen:
-            params.append(RestParam(name, where, req, {}, name))
-    if not function_schema(doc):
-        # No function schema (a store trimmed it away): body fields cannot be known, so none
-        # is called unknown.
-        body_opaque = True
-    return RestOperation(doc.key, method, path, _split_path(path), tuple(params), body_opaque)
-
-
-def _template_params(path: str) -> list[str]:
-    return re.findall(r"\{([^{}/]+)\}", path)
-
-
-def _split_path(path: str) -> tuple[str, ...]:
-    return tuple(unquote(s) for s in path.split("/") if s)
-
-
-@functools.lru_cache(maxsize=4096)
-def _signature_from_text(signature: str, kind: str) -> inspect.Signature | None:
-    text = signature.strip()
-    if text.startswith("async "):
-        text = text[len("async ") :]
-    if text.startswith("class "):
-        text = "def " + text[len("class ") :]
-    if not text.startswith("def "):
-        return None
-    try:
-        tree = ast.parse(text + ":\n    pass", mode="exec")
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        return None
-    node = tree.body[0] if tree.body else None
-    if not isinstance(node, ast.FunctionDef):
-        return None
-    a = node.args
-    P = inspect.Parameter
-    params: list[inspect.Parameter] = []
-    positional = [*a.posonlyargs, *a.args]
-    defaults: list[ast.expr | None] = [None] * (len(positional) - len(a.defaults)) + list(a.defaults)
-    for index, (arg, default) in enumerate(zip(positional, defaults, strict=False)):
-        kind_ = P.POSITIONAL_ONLY if index < len(a.posonlyargs) else P.POSITIONAL_OR_KEYWORD
-        params.append(_param(arg, kind_, default))
-    if a.vararg is not None:
-        params.append(_param(a.vararg, P.VAR_POSITIONAL, None))
-    for arg, kw_default in zip(a.kwonlyargs, a.kw_defaults, strict=False):
-        params.append(_param(arg, P.KEYWORD_ONLY, kw_default))
-    if a.kwarg is not None:
-        params.append(_param(a.kwarg, P.VAR_KEYWORD, None))
-    # Bound methods and classmethods are called without self/cls.
-    if kind in ("method", "classmethod") and params and params[0].kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD):
-        params = params[1:]
-    try:
-        return inspect.Signature(params)
-    except (ValueError, TypeError):
-        return None
-
-
-def _param(arg: ast.arg, kind: Any, default: ast.expr | None) -> inspect.Parameter:
-    annotation: Any = inspect.Parameter.empty
-    if arg.annotation is not None:
-        annotation = ast.unparse(arg.annotation)
-    value: Any = inspect.Parameter.empty if default is None else _Default(ast.unparse(default))
-    return inspect.Parameter(arg.arg, kind, default=value, annotation=annotation)
-
-
-def python_signature(doc: ApiDoc) -> inspect.Signature | None:
-    """The callable's signature as the caller sees it (no self/cls), rebuilt from source text.
-
-    From ``metadata["signature"]`` (``async def f(self, a: int = 1, *, b)`` or
-    ``class C(a, b=2)``) parsed with :mod:`ast`; when that is missing or does not parse, from
-    the function schema (every property positional-or-keyword, required ones without default).
-    """
-    meta = python_metadata(doc)
-    signature = meta.get("signature") if meta is not None else None
-    kind = doc_kind(doc)
-    if isinstance(signature, str) and signature:
-        built = _signature_from_text(signature, kind)
-        if built is not None:
-            return built
-    props, required = _properties(doc)
-    if not props:
-        return None
-    P = inspect.Parameter
-    ordered = [n for n in props if n in required] + [n for n in props if n not in required]
-    try:
-        return inspect.Signature(
-            [
-                P(n, P.POSITIONAL_OR_KEYWORD, default=P.empty if n in required else _Default("..."))
-                for n in ordered
-                if n.isidentifier()
-            ]
-        )
-    except (ValueError, TypeError):
-        return None
-
-
-@dataclass(frozen=True)
-class ApibenchReference:
-    """What Gorilla's evaluator compares for one record: the function name and key values."""
-
-    name: str
-    values: tuple[str, ...]
-
-
-def apibench_reference(api_call: str) -> ApibenchReference | None:
-    """The record's function name and its key argument values.
-
-    Gorilla's eval (ast_eval_hf/tf/th.py) takes the reference call's function text and its
-    argument values (keyword arguments by value; for TorchHub only ``repo_or_dir`` and
-    ``model``) and requires each to occur in the candidate call. Here the key values are the
-    string literals passed to the call (model ids, hub URLs, repos: what identifies the API),
-    which leaves out flags such as ``pretrained=True`` as Gorilla's TorchHub rule does; a
-    record without string literals (``pipeline(sentiment-analysis, model=...)`` is written
-    unquoted in APIBench) falls back to Gorilla's HF rule: the source text of every argument
-    that is not a plain constant.
-    """
-    call = parse_call(api_call)
-    if call.style is not CallStyle.PYTHON or not call.name:
-        return None
-    values = _string_values(call)
-    if not values:
-        values = [_norm(a.source) for a in call.args if a.source and not _is_plain_constant(a)]
-    return ApibenchReference(call.name, tuple(values))
-
-
-def _is_plain_constant(arg: Argument) -> bool:
-    return arg.literal and (arg.value is None or isinstance(arg.value, (bool, int, float)))
-
-
-def _norm(source: str) -> str:
-    return " ".join(source.split()).strip("'\"")
-
-
-def _string_values(call: ParsedCall) -> list[str]:
-    out: list[str] = []
-    for arg in call.args:
-        if not arg.literal:
-            continue
-        values = arg.value if isinstance(arg.value, (list, tuple)) else [arg.value]
-        out.extend(v for v in values if isinstance(v, str) and v)
-    return out
-
-
-def _candidate_values(call: ParsedCall) -> set[str]:
-    """What a reference value may equal in a candidate call: its string literals, and each
-    argument's source text (quotes stripped, whitespace collapsed)."""
-    return {*_string_values(call), *(_norm(a.source) for a in call.args if a.source)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -620,7 +395,7 @@ def _match_template(op: RestOperation, segments: Sequence[str]) -> tuple[int, di
     score = 0
     values: dict[str, str] = {}
     for tmpl, seg in zip(op.segments, segments, strict=False):
-        params = _template_params(tmpl)
+        params = template_params(tmpl)
         if not params:
             if tmpl != seg:
                 return None
@@ -655,7 +430,7 @@ def _segment_pattern(template_segment: str) -> tuple[re.Pattern[str], tuple[str,
 
 
 def _rest_matches(catalog: ApiCatalog, path: str) -> list[_PathMatch]:
-    segments = list(_split_path(path))
+    segments = list(split_path(path))
     found: list[_PathMatch] = []
     for drop in range(MAX_BASE_SEGMENTS + 1):
         if drop > len(segments):
@@ -702,14 +477,14 @@ CLOSEST_MAX_CHARS = 512
 def _closest_rest(call: ParsedCall, ops: Sequence[RestOperation]) -> str:
     """The operation most like the call, comparing paths with the template's parameters filled
     from the call's own segments (so /folder/x/mkdir is close to /folders/{name}/mkdir)."""
-    segments = _split_path(call.path)
+    segments = split_path(call.path)
     # No documented path is this long: a longer one (a hostile answer) is compared by its head,
     # which keeps difflib's work bounded and rules such paths out on length alone.
     wanted = f"{call.method} /{'/'.join(segments)}"[:CLOSEST_MAX_CHARS]
     best, best_ratio = "", 0.0
     for op in ops:
         if len(op.segments) == len(segments):
-            filled = [seg if _template_params(t) else t for t, seg in zip(op.segments, segments, strict=True)]
+            filled = [seg if template_params(t) else t for t, seg in zip(op.segments, segments, strict=True)]
         else:
             filled = list(op.segments)
         matcher = difflib.SequenceMatcher(None, wanted, f"{op.method} /{'/'.join(filled)}")
@@ -941,7 +716,7 @@ def _check_python_binding(
         problems, call_notes = _binding_problems(call, signature, doc.key)
         reasons.extend(problems)
         notes.extend(call_notes)
-        props, _ = _properties(doc)
+        props, _ = schema_properties(doc)
         for arg, param_name in _bound_names(call, signature):
             schema = props.get(param_name)
             if arg.literal and isinstance(schema, Mapping):
@@ -1056,7 +831,7 @@ def _check_apibench(call: ParsedCall, catalogs: Sequence[ApiCatalog], retrieved:
         for cand in candidates:
             if not cand.name or cand.style is not CallStyle.PYTHON:
                 continue
-            values = _candidate_values(cand)
+            values = candidate_values(cand)
             for doc, ref in catalog.apibench_by_name(cand.name):
                 named.append((doc, ref, cand))
                 if all(v in values for v in ref.values):
@@ -1070,13 +845,13 @@ def _check_apibench(call: ParsedCall, catalogs: Sequence[ApiCatalog], retrieved:
     # The function exists but no record has these values: Gorilla counts that as a hallucination.
     def likeness(entry: tuple[ApiDoc, ApibenchReference, ParsedCall]) -> tuple[int, float]:
         _, reference, candidate = entry
-        values = _candidate_values(candidate)
+        values = candidate_values(candidate)
         shared = sum(v in values for v in reference.values)
         text = " ".join(sorted(values))
         return shared, difflib.SequenceMatcher(None, text, " ".join(sorted(reference.values))).ratio()
 
     doc, ref, cand = max(named[:2000], key=likeness)
-    given = ", ".join(repr(v) for v in _string_values(cand)) or "no string arguments"
+    given = ", ".join(repr(v) for v in string_values(cand)) or "no string arguments"
     return _unknown(call, f"no API record has {cand.name} with {given}", doc.key)
 
 
@@ -1156,17 +931,11 @@ def _hashable(value: Any) -> bool:
 
 __all__ = [
     "ApiCatalog",
-    "ApibenchReference",
     "CallCheck",
     "CheckedAnswer",
-    "RestOperation",
-    "RestParam",
     "Verdict",
-    "apibench_reference",
     "check_answer",
     "check_call",
     "check_parsed",
-    "python_signature",
-    "rest_operation",
     "type_problem",
 ]

@@ -49,7 +49,22 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from apihelper.retriever.doc_kinds import HTTP_METHODS
+from apihelper.service.answers.formats import (
+    BASE_URL_PLACEHOLDER,
+    FUNCTION_MARK,
+    GORILLA_CALL_FIELD,
+    GORILLA_PROSE_FIELD,
+    GORILLA_TAIL_FIELDS,
+    MARKERS,
+    REQUESTS_BODY_KEYWORD,
+    REQUESTS_MODULE,
+    REQUESTS_QUERY_KEYWORD,
+    REST_METHODS,
+    REST_TEXT_PATH_END,
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+    gorilla_marker,
+)
 from apihelper.service.prompts import PromptFormat
 
 JsonScalar = str | int | float | bool
@@ -158,16 +173,9 @@ class NoAllowedCallsError(ValueError):
 
 
 MAX_LITERAL_CHARS = 4096  # one doc-derived literal (a name, a path, an api_call)
-_MARKERS = {
-    PromptFormat.GORILLA_V0: ("<<<",),
-    PromptFormat.OPENFUNCTIONS_V2: ("<<function>>",),
-    PromptFormat.CHAT_TOOLS: ("<tool_call>", "</tool_call>"),
-}
 _IDENTIFIER_RE = re.compile(r"^[^\W\d]\w*$")
 _TEMPLATE_PARAM_RE = re.compile(r"\{([^{}/]+)\}")
-# A REST text-form path ends at whitespace, a quote, a backtick, ',', ';' or ')' (postprocess).
-_TEXT_PATH_UNSAFE = re.compile(r"[\s'\"`,;)]")
-_GORILLA_TAIL_MARKERS = ("api_provider", "explanation", "code")
+_TEXT_PATH_UNSAFE = re.compile(f"[{REST_TEXT_PATH_END}]")
 # Separators as EBNF literals.
 _COMMA = '", "'
 _AMP = '"&"'
@@ -463,7 +471,7 @@ def _check_text(fmt: PromptFormat, text: str, what: str) -> None:
         raise _Unwritable(f"empty {what}")
     if len(text) > MAX_LITERAL_CHARS:
         raise _Unwritable(f"{what} longer than {MAX_LITERAL_CHARS} characters")
-    for marker in _MARKERS[fmt]:
+    for marker in MARKERS[fmt]:
         if marker in text:
             raise _Unwritable(f"{what} contains the answer marker {marker!r}")
     if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
@@ -513,7 +521,7 @@ def _python_call(fmt: PromptFormat, call: AllowedCall, values: _Values, rules: _
 def _rest_parts(call: AllowedCall) -> tuple[str, str]:
     method, _, path = call.name.partition(" ")
     method = method.upper()
-    if method not in HTTP_METHODS or not path.startswith("/") or " " in path:
+    if method not in REST_METHODS or not path.startswith("/") or " " in path:
         raise _Unwritable("REST name is not 'METHOD /path'")
     return method, path
 
@@ -618,9 +626,12 @@ def _rest_requests_call(
         host = " | ".join(ebnf_string(_python_body(f)) for f in forms)
         url = f'"\'" ({host}) {path_expr} "\'"'
     else:  # a placeholder stands for the server, as path placeholders do for their values
-        url = f'"\'" {ebnf_string("{BASE_URL}")} {path_expr} "\'"'
+        url = f'"\'" {ebnf_string(BASE_URL_PLACEHOLDER)} {path_expr} "\'"'
     args: list[_Item] = [_Item(url, True)]
-    for kw, specs in (("params", by_where[ParamWhere.QUERY]), ("json", by_where[ParamWhere.BODY])):
+    for kw, specs in (
+        (REQUESTS_QUERY_KEYWORD, by_where[ParamWhere.QUERY]),
+        (REQUESTS_BODY_KEYWORD, by_where[ParamWhere.BODY]),
+    ):
         if not specs:
             continue
         fields = [
@@ -629,7 +640,7 @@ def _rest_requests_call(
         ]
         obj = f'"{{" {_ordered(rules, fields, _COMMA)} "}}"'
         args.append(_Item(f"{ebnf_string(kw + '=')} {obj}", any(s.required for s in specs)))
-    return f'({ebnf_string("requests." + method.lower() + "(")} {_ordered(rules, args, _COMMA)} ")")'
+    return f'({ebnf_string(f"{REQUESTS_MODULE}.{method.lower()}(")} {_ordered(rules, args, _COMMA)} ")")'
 
 
 def _params_by_where(call: AllowedCall) -> dict[ParamWhere, list[ParamSpec]]:
@@ -732,17 +743,18 @@ def build_call_grammar(
     prose = options.max_prose_chars
     calls_more = options.max_calls - 1
     if fmt is PromptFormat.GORILLA_V0:
-        tail_markers = " | ".join(ebnf_string(f"<<<{m}>>>:") for m in _GORILLA_TAIL_MARKERS)
+        tail_markers = " | ".join(ebnf_string(gorilla_marker(m)) for m in GORILLA_TAIL_FIELDS)
         rules.add("sep", '" " | "\\n"')
-        rules.add("domain", f'"<<<domain>>>: " [^<\\n]{{0,{prose}}} sep')
+        rules.add("domain", f"{ebnf_string(gorilla_marker(GORILLA_PROSE_FIELD) + ' ')} [^<\\n]{{0,{prose}}} sep")
         rules.add("tail_text", f'([^<] | "<" [^<] | "<<" [^<] | {tail_markers})*')
-        rules.add("tail", f"sep {ebnf_string('<<<api_provider>>>:')} tail_text")
-        rules.add("root", '" "? domain? "<<<api_call>>>: " api_call tail?')
+        rules.add("tail", f"sep {ebnf_string(gorilla_marker(GORILLA_TAIL_FIELDS[0]))} tail_text")
+        rules.add("root", f'" "? domain? {ebnf_string(gorilla_marker(GORILLA_CALL_FIELD) + " ")} api_call tail?')
     elif fmt is PromptFormat.OPENFUNCTIONS_V2:
-        more = _at_most(rules, "more_calls", '("\\n" | " ")? "<<function>>" api_call', calls_more, sep=_EMPTY)
-        rules.add("root", _seq('" "? "<<function>>" api_call', more))
+        mark = ebnf_string(FUNCTION_MARK)
+        more = _at_most(rules, "more_calls", f'("\\n" | " ")? {mark} api_call', calls_more, sep=_EMPTY)
+        rules.add("root", _seq(f'" "? {mark} api_call', more))
     else:
-        rules.add("block", '"<tool_call>[" api_call "]</tool_call>"')
+        rules.add("block", f"{ebnf_string(TOOL_CALL_OPEN + '[')} api_call {ebnf_string(']' + TOOL_CALL_CLOSE)}")
         more = _at_most(rules, "more_blocks", '"\\n" block', calls_more, sep=_EMPTY)
         rules.add("root", _seq(f"[^<]{{0,{prose}}} block", more))
     ebnf = rules.text()

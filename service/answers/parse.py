@@ -1,7 +1,9 @@
 """Turn a finished answer into structured API calls: pure functions, no I/O, never ``eval``.
 
 This module owns the *syntax* of Gorilla's answers (what the model wrote); whether the calls
-exist and bind is :mod:`service.validation`'s job.
+exist and bind is :mod:`apihelper.service.answers.check`'s job. The markers, section names and
+HTTP methods read here are those of :mod:`apihelper.service.answers.formats`, which the call
+grammar is written from too.
 
 - gorilla_v0 answers are ``<<<field>>>: value`` sections (domain, api_call, api_provider,
   explanation, code), tolerated missing, reordered, repeated or cut off; some TorchHub-trained
@@ -33,7 +35,15 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from apihelper.retriever.doc_kinds import HTTP_METHODS
+from apihelper.service.answers.formats import (
+    FUNCTION_MARK,
+    GORILLA_CALL_FIELD,
+    GORILLA_FIELDS,
+    REQUESTS_BODY_KEYWORD,
+    REQUESTS_QUERY_KEYWORD,
+    REST_METHODS,
+    REST_TEXT_PATH_END,
+)
 from apihelper.service.answers.tool_calls import parse_tool_calls
 from apihelper.service.prompts import PromptFormat
 
@@ -49,22 +59,22 @@ MAX_PARSE_ATTEMPTS = 24  # re-parses of one fragment while trimming trailing pro
 MAX_ARGS = 64  # arguments kept per call
 MAX_RECEIVERS = 8  # calls kept from a chain such as A(x).b(y).c(z)
 
-GORILLA_FIELDS = ("domain", "api_call", "api_provider", "explanation", "code")
-
 # ``<<<api_call>>>:``, also with odd spacing/case or a space for the underscore; the colon is optional.
 _FIELD_RE = re.compile(r"<<<\s*([A-Za-z][A-Za-z_ ]{0,30}?)\s*>>>[ \t]*:?")
 # A marker cut off at the end of a truncated answer ("... <<<expla").
 _PARTIAL_MARKER_RE = re.compile(r"(?:<<<?[A-Za-z_ ]{0,30}>{0,2}|<)\s*$")
-_DICT_KEY_RE = re.compile(r"""(['"])(domain|api_call|api_provider|explanation|code)\1\s*:\s*""")
+_DICT_KEY_RE = re.compile(r"""(['"])(""" + "|".join(GORILLA_FIELDS) + r""")\1\s*:\s*""")
 # Where a value opened by an escaped quote ends: the same escaped quote, then the next key or "}".
 _ESCAPED_VALUE_END = {
     q: re.compile(re.escape("\\" + q) + r"""\s*(?:,\s*\\?['"][A-Za-z_]\w*\\?['"]\s*:|\})""") for q in "'\""
 }
 _ESCAPED_QUOTES_RE = re.compile(r"\\+(['\"])")
-_REST_TEXT_RE = re.compile(r"\b(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS)\s+((?:https?://[^\s'\"`]+)|/[^\s'\"`,;)]*)")
+# Every method in REST_METHODS: a method the grammar can write is one the parser reads back.
+_REST_TEXT_RE = re.compile(
+    r"\b(" + "|".join(REST_METHODS) + r")\s+((?:https?://[^\s'\"`]+)|/[^" + REST_TEXT_PATH_END + r"]*)"
+)
 _CURL_RE = re.compile(r"(?:^|[\s`$])curl\s", re.MULTILINE)
 _FENCE_RE = re.compile(r"```[A-Za-z0-9_+-]*[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
-_FUNCTION_MARK = "<<function>>"
 _LINE_BREAK_RE = re.compile(r"\r\n|\r|\n")
 
 
@@ -171,7 +181,7 @@ def _parse_answer(fmt: PromptFormat, text: str) -> ParsedAnswer:
     if fmt is PromptFormat.CHAT_TOOLS:
         return _tool_call_answer(text)
     fields, layout = gorilla_fields_layout(text)
-    raw = fields.get("api_call", "").strip()
+    raw = fields.get(GORILLA_CALL_FIELD, "").strip()
     if raw:
         return ParsedAnswer(fields, [parse_call(raw)], layout)
     if layout:
@@ -218,11 +228,6 @@ def _tool_call_answer(text: str) -> ParsedAnswer:
     return ParsedAnswer({}, calls, parsed.layout)
 
 
-def gorilla_fields(text: str) -> dict[str, str]:
-    """gorilla_v0 sections by lower-case name (``api_call``, ...); see :func:`gorilla_fields_layout`."""
-    return gorilla_fields_layout(text)[0]
-
-
 def gorilla_fields_layout(text: str) -> tuple[dict[str, str], str]:
     """The ``<<<name>>>: value`` sections, or the dict layout's keys; and which layout it was.
 
@@ -243,11 +248,11 @@ def gorilla_fields_layout(text: str) -> tuple[dict[str, str], str]:
             fields[name] = value
         else:
             fields.setdefault(name, value)
-    if fields.get("api_call") or ("{" not in text):
+    if fields.get(GORILLA_CALL_FIELD) or ("{" not in text):
         return fields, "fields" if fields else ""
     # The dict layout, alone or (seen in TorchHub training data) nested under 'Output'.
     from_dict = _dict_layout_fields(text)
-    if from_dict.get("api_call"):
+    if from_dict.get(GORILLA_CALL_FIELD):
         merged = {**fields, **{k: v for k, v in from_dict.items() if v}}
         return merged, "dict"
     return fields, "fields" if fields else ""
@@ -266,7 +271,7 @@ def _dict_layout_fields(text: str) -> dict[str, str]:
                 output = value.get("Output")
                 inner: dict[Any, Any] = output if isinstance(output, dict) else value
                 got = {str(k).lower(): _as_field_text(v) for k, v in inner.items() if str(k).lower() in GORILLA_FIELDS}
-                if got.get("api_call"):
+                if got.get(GORILLA_CALL_FIELD):
                     return got
     # Not a valid literal (cut off, or an unquoted 'Instruction' before it): read each
     # 'key': <string literal> pair on its own.
@@ -333,7 +338,7 @@ def _escaped_quote_value(text: str, start: int) -> str:
 def parse_function_calls(text: str) -> list[ParsedCall]:
     """``<<function>>name(args)`` calls, in order; a chunk may also hold a list of calls."""
     text = text[:MAX_ANSWER_CHARS]
-    if _FUNCTION_MARK not in text:
+    if FUNCTION_MARK not in text:
         stripped = text.strip()
         if not stripped:
             return [ParsedCall(raw="", problem="empty answer")]
@@ -345,7 +350,7 @@ def parse_function_calls(text: str) -> list[ParsedCall]:
             else ParsedCall(raw=stripped[:MAX_CALL_CHARS], problem="no <<function>> call in the answer")
         ]
     calls: list[ParsedCall] = []
-    for chunk in text.split(_FUNCTION_MARK)[1:]:
+    for chunk in text.split(FUNCTION_MARK)[1:]:
         chunk = chunk.strip()
         if not chunk:
             continue
@@ -704,12 +709,12 @@ def _http_client_call(name: str, args: list[Argument], raw: str, truncated: bool
         if method_arg is None or not isinstance(method_arg.value, str):
             return None
         method = method_arg.value.upper()
-    elif last in HTTP_METHODS:
+    elif last in REST_METHODS:
         method = last
         url_arg = keywords.get("url") or (positional[0] if positional else None)
     else:
         return None
-    if method not in HTTP_METHODS or url_arg is None:
+    if method not in REST_METHODS or url_arg is None:
         return None
     url = url_arg.value if isinstance(url_arg.value, str) else _template_from_source(url_arg.source)
     if url is None or not (url.startswith(("/", "http://", "https://", "{")) or "://" in url):
@@ -719,7 +724,11 @@ def _http_client_call(name: str, args: list[Argument], raw: str, truncated: bool
         return None
     host = url_host(url)
     rest_args: list[Argument] = [Argument(k, v, ArgWhere.QUERY, -1, True, v) for k, v in query]
-    for kw_name, where in (("params", ArgWhere.QUERY), ("json", ArgWhere.BODY), ("data", ArgWhere.BODY)):
+    for kw_name, where in (
+        (REQUESTS_QUERY_KEYWORD, ArgWhere.QUERY),
+        (REQUESTS_BODY_KEYWORD, ArgWhere.BODY),
+        ("data", ArgWhere.BODY),
+    ):
         arg = keywords.get(kw_name)
         if arg is None:
             continue
@@ -888,7 +897,7 @@ def _curl_call(raw: str, body: str) -> ParsedCall | None:
     if not url:
         return None
     method = method or ("POST" if data and not get_query else "GET")
-    if method not in HTTP_METHODS:
+    if method not in REST_METHODS:
         return None
     if url[:1].isalnum() and "://" not in url:
         url = "http://" + url  # curl reads "evil.example/x" as a host and a path
@@ -960,14 +969,12 @@ def _literal_or_json(text: str) -> Any:
 
 
 __all__ = [
-    "GORILLA_FIELDS",
     "ArgWhere",
     "Argument",
     "CallStyle",
     "ParsedAnswer",
     "ParsedCall",
     "dotted_name",
-    "gorilla_fields",
     "gorilla_fields_layout",
     "literal_value",
     "parse_answer",

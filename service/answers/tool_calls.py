@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from apihelper.service.answers.formats import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
+
 
 @dataclass(frozen=True)
 class ToolCall:
@@ -38,7 +40,7 @@ MAX_DECODE_ATTEMPTS = 8  # start positions tried per block ("[" or "{" after pro
 MAX_CALLS = 16  # calls kept per answer
 MAX_NAME_CHARS = 256
 
-_OPEN, _CLOSE = "<tool_call>", "</tool_call>"
+_OPEN, _CLOSE = TOOL_CALL_OPEN, TOOL_CALL_CLOSE
 _FENCE_RE = re.compile(r"```[A-Za-z0-9_+-]*[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL)
 _START_RE = re.compile(r"[\[{]")
 

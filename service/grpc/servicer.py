@@ -31,9 +31,9 @@ import grpc
 
 from apihelper.errors import DeadlineExceededError
 from apihelper.grpc_status import status_code
+from apihelper.service.calls import DEADLINE_EXCEEDED, OK
 from apihelper.service.core import Core
 from apihelper.service.grpc import convert, status
-from apihelper.service.grpc.guard import CallCount
 from apihelper.v1 import apihelper_pb2 as pb
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
 
@@ -109,70 +109,50 @@ def write_blocked() -> bool:
 
 
 class ApiHelperServicer(pb_grpc.ApiHelperServicer):
-    """The RPCs over the core every front end shares: its pipeline, limits, stream limit,
-    default deadline, recorder and health (re-checked at once when a call meets UNAVAILABLE)."""
+    """The RPCs over the core every front end shares: its pipeline, limits, stream limit and
+    per-call rules (``apihelper.service.calls``: deadline, outcome, stalls, failures)."""
 
     def __init__(self, core: Core) -> None:
         self._pipeline = core.pipeline
         self._limits = core.limits
-        self._recorder = core.recorder
         self._streams = core.streams
-        self._default_deadline = core.default_deadline_seconds
-        self._max_deadline = core.max_deadline_seconds
-        self._stall_timeout = core.stall_timeout_seconds
-        self._on_unavailable = core.health.recheck_soon
+        self._calls = core.calls
+        self._stall_timeout = core.calls.stall_timeout_seconds
 
     @contextlib.asynccontextmanager
     async def _rpc(self, name: str, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[float | None]:
         """Record the RPC's outcome and turn errors into a status (mid-stream ones too). Yields
         the loop time of the server's own deadline for the call (``None``: the client's holds)."""
-        count = CallCount(self._recorder, name)
-        code = grpc.StatusCode.OK
-        # A call without a deadline gets the server's default, one with a longer deadline than
-        # the server allows gets the maximum: nothing can hold a stream forever.
-        remaining = context.time_remaining()
-        if remaining is None:
-            own_deadline: float | None = self._default_deadline
-            reason = f"no deadline was set and the server's {self._default_deadline:g} s passed"
-        elif remaining > self._max_deadline:
-            own_deadline = self._max_deadline
-            reason = f"the server's maximum deadline of {self._max_deadline:g} s passed"
-        else:
-            own_deadline = None
-            reason = ""
-        deadline = None if own_deadline is None else asyncio.get_running_loop().time() + own_deadline
+        call = self._calls.start(name)
+        # No deadline: the server's default; one past the maximum: cut to it (the policy's rule).
+        limit = self._calls.deadline(context.time_remaining(), client_ends=True)
+        deadline = limit.at
         try:
             async with asyncio.timeout_at(deadline):
                 yield deadline
         except TimeoutError:
-            exc = DeadlineExceededError(reason)
-            code = status_code(exc)
+            exc = DeadlineExceededError(limit.reason)
             if write_blocked():  # the deadline passed while a write waited for the client
-                log.info("%s: %s while the client took nothing; the stream ends", name, reason)
+                log.info("%s: %s while the client took nothing; the stream ends", name, limit.reason)
+                call.finish(DEADLINE_EXCEEDED)
                 raise asyncio.CancelledError from None  # no status can follow that write
-            count.finish(code)
+            call.failed(exc, status_code(exc).name)
             await status.abort(context, exc)
         except StreamStalled:
             # The client takes nothing: no status can reach it. Leaving as cancelled lets grpc
             # drop the call without trying (and logging the failure of) a status write.
-            code = grpc.StatusCode.DEADLINE_EXCEEDED
-            self._recorder.stream_stalled(name)
-            log.info("%s: the client took no message for %g s; the stream ends", name, self._stall_timeout)
+            call.stalled()
             raise asyncio.CancelledError from None
         except asyncio.CancelledError:
             # The client went away or its deadline passed: let cancellation reach the engine.
             remaining = context.time_remaining()
-            expired = remaining is not None and remaining <= 0
-            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+            call.cancelled(expired=remaining is not None and remaining <= 0)
             raise
         except Exception as exc:  # status.abort maps it; CancelledError passes
-            code = status_code(exc)
-            if code is grpc.StatusCode.UNAVAILABLE:
-                self._on_unavailable()
-            count.finish(code)
+            call.failed(exc, status_code(exc).name)
             await status.abort(context, exc)
         finally:
-            count.finish(code)
+            call.finish(OK)
 
     async def Generate(  # type: ignore[override]  # writes with context.write, under the stall timeout
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[pb.GenerateRequest, pb.GenerateResponse]

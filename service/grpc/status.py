@@ -1,20 +1,17 @@
 """Ending a call with the status its error maps to (the table itself: ``apihelper.grpc_status``).
 
-Servicer methods catch ``ApiHelperError`` and call :func:`abort`; anything else is a bug,
-logged with its traceback and reported as INTERNAL without details.
+Servicer methods call :func:`abort` with what they caught; anything that is not an
+``ApiHelperError`` is a bug, reported as INTERNAL without details (the call policy,
+``apihelper.service.calls``, has logged it with its traceback).
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any, NoReturn
 
 import grpc
 
 from apihelper.grpc_status import status_code
-
-log = logging.getLogger(__name__)
-
 
 # Messages may quote request values (an unknown corpus name, say). gRPC carries them as
 # percent-encoded trailers and a client refuses trailers over 8 KiB, turning the real status into
@@ -31,7 +28,6 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> 
     """End the RPC with the status ``exc`` maps to."""
     code = status_code(exc)
     if code is grpc.StatusCode.INTERNAL:
-        log.exception("internal error", exc_info=exc)
         await context.abort(code, "internal error")
     await context.abort(code, details(exc))
     raise AssertionError("context.abort returned")  # it always raises

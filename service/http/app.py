@@ -1,13 +1,15 @@
 """The HTTP routes: JSON in, pipeline call, JSON or Server-Sent Events out. Nothing else.
 
 Conversion lives in ``convert`` and ``openai`` (pure functions); the status of an error in
-``apihelper.http_status`` (one table). Every call gets what a gRPC call gets from the core: the
-bearer token (health, the spec and the web app stay open), the stream limit (a generation over
-HTTP counts against the limit gRPC streams meet; past it: 429 at once), a deadline (the
-``X-Request-Timeout`` header in seconds, at most the server's default deadline, which is also
-what a request without the header gets), the metrics (``rpc`` label: the route; outcomes named
-as gRPC names them), and cancellation: a client that goes away, or a deadline that passes,
-cancels the handler and so aborts the engine request.
+``apihelper.http_status`` (one table). Every call follows the rules a gRPC call follows, from
+the one call policy (``apihelper.service.calls``): the bearer token (health, the spec and the web
+app stay open; a refusal is counted), the stream limit (a generation over HTTP counts against the
+limit gRPC streams meet; past it: 429 at once), a deadline (the ``X-Request-Timeout`` header in
+seconds; without it the server's default; one past the server's maximum is cut to the maximum,
+as gRPC cuts a client deadline; not a positive number: 400), which covers reading the body too,
+the metrics (``rpc`` label: the route; outcomes named as gRPC names them), and cancellation: a
+client that goes away, or a deadline that passes, cancels the handler and so aborts the engine
+request.
 
 Streams send the first event (the sources) only after retrieval succeeded, so a bad corpus
 name is still a plain 400; an error after that is an ``error`` event (``data`` the error JSON)
@@ -21,7 +23,6 @@ import contextlib
 import hmac
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib.resources import files
@@ -39,8 +40,9 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from apihelper.errors import DeadlineExceededError, InvalidRequestError, RequestTooLargeError, UnauthenticatedError
-from apihelper.http_status import CANCELLED, OK, HttpOutcome, error_body, http_outcome
+from apihelper.http_status import CANCELLED, OK, error_body, http_outcome
 from apihelper.retriever.types import RetrievedDoc
+from apihelper.service.calls import Call, Deadline
 from apihelper.service.core import Core
 from apihelper.service.http import convert, openai
 from apihelper.service.http.openapi import openapi_spec
@@ -80,7 +82,7 @@ class HttpApi:
         self._core = core
         self._pipeline = core.pipeline
         self._limits = core.limits
-        self._recorder = core.recorder
+        self._calls = core.calls
         self._streams = core.streams
         self._options = options
         self._expected = f"Bearer {options.auth_token}".encode() if options.auth_token else b""
@@ -120,28 +122,28 @@ class HttpApi:
         return await self._seed_retrieve(request, "functional", "/functional")
 
     async def _seed_retrieve(self, request: Request, corpus: str, route: str) -> Response:
-        async def work() -> Any:
-            params = convert.seed_retrieve_params(await self._json(request), corpus, route, self._limits)
+        async def work(body: Any) -> Any:
+            params = convert.seed_retrieve_params(body, corpus, route, self._limits)
             return convert.retrieve_json(await self._pipeline.retrieve(params))
 
         return await self._unary(request, f"POST {route}", work)
 
     async def retrieve(self, request: Request) -> Response:
-        async def work() -> Any:
-            params = convert.retrieve_params(await self._json(request), self._limits)
+        async def work(body: Any) -> Any:
+            params = convert.retrieve_params(body, self._limits)
             return convert.retrieve_json(await self._pipeline.retrieve(params))
 
         return await self._unary(request, "POST /v1/retrieve", work)
 
     async def corpora(self, request: Request) -> Response:
-        async def work() -> Any:
+        async def work(body: Any) -> Any:
             return convert.corpora_json(await self._pipeline.list_corpora())
 
-        return await self._unary(request, "GET /v1/corpora", work)
+        return await self._unary(request, "GET /v1/corpora", work, reads_body=False)
 
     async def inference(self, request: Request) -> Response:
-        async def work() -> Any:
-            params = convert.inference_params(await self._json(request), self._limits)
+        async def work(body: Any) -> Any:
+            params = convert.inference_params(body, self._limits)
             docs, completion = await self._generate_whole(params)
             return convert.inference_json(docs, completion)
 
@@ -151,19 +153,16 @@ class HttpApi:
         def render(event: PipelineEvent) -> Frames:
             return [ServerSentEvent(convert.event_data(event), event=convert.event_name(event))]
 
-        async def prepare() -> tuple[GenerateParams, Render]:
-            return convert.generate_params(await self._json(request), self._limits), render
-
-        return await self._stream(request, "POST /v1/generate", prepare, done=None)
+        begun = await self._begin(request, "POST /v1/generate")
+        if isinstance(begun, Response):
+            return begun
+        return await self._stream(begun, lambda: (convert.generate_params(begun.body, self._limits), render), None)
 
     async def chat_completions(self, request: Request) -> Response:
-        route = "POST /v1/chat/completions"
-        try:
-            body = await self._json(request)
-        except InvalidRequestError as exc:
-            return _error(exc)
-        except ClientGone:
-            return Response(status_code=CANCELLED.status)
+        begun = await self._begin(request, "POST /v1/chat/completions")
+        if isinstance(begun, Response):
+            return begun
+        body = begun.body
         if not isinstance(body, dict) or not body.get("stream"):
 
             async def work() -> Any:
@@ -171,13 +170,13 @@ class HttpApi:
                 docs, completion = await self._generate_whole(chat.params)
                 return openai.chat_completion(completion, docs, chat, openai.now())
 
-            return await self._unary(request, route, work)
+            return await self._answer(request, begun, work)
 
-        async def prepare() -> tuple[GenerateParams, Render]:
+        def prepare() -> tuple[GenerateParams, Render]:
             chat = openai.chat_request(body, self._limits, self._model, _request_id())
             return chat.params, _chat_renderer(chat, openai.now())
 
-        return await self._stream(request, route, prepare, done=ServerSentEvent("[DONE]"))
+        return await self._stream(begun, prepare, ServerSentEvent("[DONE]"))
 
     async def models(self, request: Request) -> Response:
         return JSONResponse(openai.models_json(self._model, self._started))
@@ -205,33 +204,49 @@ class HttpApi:
         return self._pipeline.engine_info.model
 
     def _guard(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-        """``handler`` behind the bearer token, when one is set (compared in constant time)."""
+        """``handler`` behind the bearer token, when one is set (compared in constant time). A
+        refusal is counted (``UNAUTHENTICATED``) under the route's label, as gRPC counts its own."""
         if not self._expected:
             return handler
 
         async def guarded(request: Request) -> Response:
             given = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(given, self._expected):
-                response = _error(UnauthenticatedError("missing or invalid bearer token"))
+                exc = UnauthenticatedError("missing or invalid bearer token")
+                self._calls.refused(_route_label(request), http_outcome(exc).code)
+                response = _error(exc)
                 response.headers["www-authenticate"] = "Bearer"
                 return response
             return await handler(request)
 
         return guarded
 
-    def _deadline(self, request: Request) -> float:
-        """When this call must end (event-loop time)."""
-        allowed = self._core.max_deadline_seconds
-        header = request.headers.get(TIMEOUT_HEADER)
-        seconds = self._core.default_deadline_seconds
-        if header is not None:
-            try:
-                seconds = float(header)
-            except ValueError:
-                seconds = -1.0
-            if not 0 < seconds <= allowed:
-                raise InvalidRequestError(TIMEOUT_HEADER, f"must be a number of seconds in (0, {allowed:g}]")
-        return asyncio.get_running_loop().time() + seconds
+    async def _begin(self, request: Request, route: str, *, reads_body: bool = True) -> _Begun | Response:
+        """A call starts: counted, its deadline set (the call policy's rule: ``X-Request-Timeout``
+        past the server's maximum is cut to it), its body read as JSON within that deadline. A
+        failure here is the call's answer (a Response)."""
+        call = self._calls.start(route)
+        try:
+            requested = self._calls.parse_seconds(request.headers.get(TIMEOUT_HEADER), TIMEOUT_HEADER)
+            limit = self._calls.deadline(requested, client_ends=False, named=TIMEOUT_HEADER)
+            body = None
+            if reads_body:
+                async with _within(limit):
+                    body = await self._json(request)
+        except ClientGone:
+            call.cancelled()
+            return Response(status_code=CANCELLED.status)  # nobody reads it
+        except Exception as exc:
+            return self._fail(call, exc)
+        return _Begun(call, limit, body)
+
+    async def _unary(
+        self, request: Request, route: str, work: Callable[[Any], Awaitable[Any]], *, reads_body: bool = True
+    ) -> Response:
+        begun = await self._begin(request, route, reads_body=reads_body)
+        if isinstance(begun, Response):
+            return begun
+        return await self._answer(request, begun, lambda: work(begun.body))
 
     async def _json(self, request: Request) -> Any:
         """The body as JSON, at most ``max_body_bytes``."""
@@ -265,109 +280,68 @@ class HttpApi:
                         return docs, event
         raise AssertionError("the pipeline ended without a completion")
 
-    async def _unary(self, request: Request, route: str, work: Callable[[], Awaitable[Any]]) -> Response:
-        """One JSON answer: recorded, under the deadline, cancelled if the client goes away."""
-        started = time.perf_counter()
-        outcome = OK
-        self._recorder.rpc_started(route)
+    async def _answer(self, request: Request, begun: _Begun, work: Callable[[], Awaitable[Any]]) -> Response:
+        """One JSON answer: counted, under the deadline, cancelled if the client goes away."""
+        call = begun.call
         try:
-            async with asyncio.timeout_at(self._deadline(request)) as timer:
-                return JSONResponse(await _cancel_on_disconnect(request.receive, work()))
-        except TimeoutError:
-            if not timer.expired():
-                raise
-            exc = DeadlineExceededError(f"the request's {self._timeout_text(request)} passed")
-            outcome = http_outcome(exc)
-            return _error(exc)
+            async with _within(begun.limit):
+                result = await _cancel_on_disconnect(request.receive, work())
         except ClientGone:
-            outcome = CANCELLED
+            call.cancelled()
             return Response(status_code=CANCELLED.status)  # nobody reads it
         except Exception as exc:
-            outcome = self._failed(exc)
-            return _error(exc)
-        finally:
-            self._recorder.rpc_finished(route, outcome.code, time.perf_counter() - started)
+            return self._fail(call, exc)
+        call.finish(OK.code)
+        return JSONResponse(result)
 
     async def _stream(
-        self,
-        request: Request,
-        route: str,
-        prepare: Callable[[], Awaitable[tuple[GenerateParams, Render]]],
-        done: ServerSentEvent | None,
+        self, begun: _Begun, prepare: Callable[[], tuple[GenerateParams, Render]], done: ServerSentEvent | None
     ) -> Response:
         """A generation as Server-Sent Events. Validation, admission and retrieval come first, so
-        their errors get a status; the slot, the pipeline and the record are released however
+        their errors get a status; the slot, the pipeline and the count are released however
         the response ends (even one the client left before it started)."""
-        started = time.perf_counter()
-        self._recorder.rpc_started(route)
-        result = _Outcome()
-
-        def finish() -> None:
-            self._recorder.rpc_finished(route, result.outcome.code, time.perf_counter() - started)
-
+        call = begun.call
         try:
-            deadline = self._deadline(request)
-            params, render = await prepare()
+            params, render = prepare()
             self._streams.acquire()
-        except ClientGone:
-            result.outcome = CANCELLED
-            finish()
-            return Response(status_code=CANCELLED.status)  # nobody reads it
         except Exception as exc:
-            result.outcome = self._failed(exc)
-            finish()
-            return _error(exc)
+            return self._fail(call, exc)
         events = self._pipeline.generate(params)
-        timer = asyncio.timeout_at(deadline)
         try:
-            async with timer:
+            async with _within(begun.limit):
                 first = await anext(events)
         except BaseException as exc:
             await events.aclose()
             self._streams.release()
-            if isinstance(exc, TimeoutError) and timer.expired():
-                exc = DeadlineExceededError(f"the request's {self._timeout_text(request)} passed")
-            result.outcome = CANCELLED if isinstance(exc, asyncio.CancelledError) else self._failed(exc)
-            finish()
             if not isinstance(exc, Exception):
+                call.cancelled()
                 raise
-            return _error(exc)
+            return self._fail(call, exc)
 
         async def close() -> None:
             await events.aclose()  # a stream the client left before it started: nothing ran on
             self._streams.release()
-            if not result.completed and result.outcome is OK:
-                result.outcome = CANCELLED
-            finish()
+            call.cancelled()  # unless it was counted already: ended, failed or stalled
 
-        def stalled() -> None:
-            # The client read nothing for the stall timeout: counted as gRPC counts its stalls.
-            result.outcome = http_outcome(DeadlineExceededError("the client read nothing"))
-            self._recorder.stream_stalled(route)
-            log.info("%s: the client read nothing for %g s; the stream ends", route, self._options.send_timeout_seconds)
-
-        frames = self._frames(first, events, render, deadline, done, result, request)
-        return _EventStream(frames, close, self._options.send_timeout_seconds, stalled)
+        frames = self._frames(first, events, render, begun.limit, done, call)
+        return _EventStream(frames, close, self._calls.stall_timeout_seconds, call.stalled)
 
     async def _frames(
         self,
         first: PipelineEvent,
         events: AsyncIterator[PipelineEvent],
         render: Render,
-        deadline: float,
+        limit: Deadline,
         done: ServerSentEvent | None,
-        result: _Outcome,
-        request: Request,
+        call: Call,
     ) -> AsyncIterator[ServerSentEvent]:
         for frame in render(first):
             yield frame
-        timer = asyncio.timeout_at(deadline)
         try:
             while True:
                 # The deadline covers waiting for the pipeline, never a yield: the consumer sends
                 # between two waits, and a timeout must not cancel it there.
-                timer = asyncio.timeout_at(deadline)
-                async with timer:
+                async with _within(limit):
                     try:
                         event = await anext(events)
                     except StopAsyncIteration:
@@ -375,37 +349,48 @@ class HttpApi:
                 for frame in render(event):
                     yield frame
         except asyncio.CancelledError:
-            result.outcome = CANCELLED  # the client went away: the engine request was aborted
+            call.cancelled()  # the client went away: the engine request was aborted
             raise
         except Exception as exc:
-            if isinstance(exc, TimeoutError) and timer.expired():
-                exc = DeadlineExceededError(f"the request's {self._timeout_text(request)} passed")
-            result.outcome = self._failed(exc)
+            self._fail(call, exc)
             yield ServerSentEvent(convert.dumps(error_body(exc)), event="error" if done is None else None)
             return
         if done is not None:
             yield done
-        result.completed = True
+        call.finish(OK.code)
 
-    def _failed(self, exc: BaseException) -> HttpOutcome:
-        outcome = http_outcome(exc)
-        if outcome.code == "UNAVAILABLE":
-            self._core.health.recheck_soon()
-        elif outcome.code == "INTERNAL":
-            log.exception("internal error", exc_info=exc)
-        return outcome
-
-    def _timeout_text(self, request: Request) -> str:
-        header = request.headers.get(TIMEOUT_HEADER)
-        if header is not None:
-            return f"{TIMEOUT_HEADER} of {header} s"
-        return f"deadline (the server's default, {self._core.default_deadline_seconds:g} s)"
+    def _fail(self, call: Call, exc: Exception) -> JSONResponse:
+        """The call failed with ``exc``: the policy's rules (count, health re-check, INTERNAL
+        logged), and the error's answer."""
+        call.failed(exc, http_outcome(exc).code)
+        return _error(exc)
 
 
-@dataclass
-class _Outcome:
-    outcome: HttpOutcome = OK
-    completed: bool = False
+@dataclass(frozen=True)
+class _Begun:
+    call: Call
+    limit: Deadline
+    body: Any
+
+
+@contextlib.asynccontextmanager
+async def _within(limit: Deadline) -> AsyncIterator[None]:
+    """Run the block under the call's deadline; its passing is ``DeadlineExceededError``."""
+    timer = asyncio.timeout_at(limit.at)
+    try:
+        async with timer:
+            yield
+    except TimeoutError:
+        if timer.expired():
+            raise DeadlineExceededError(limit.reason) from None
+        raise
+
+
+def _route_label(request: Request) -> str:
+    """The ``rpc`` label of a guarded route (method and path template: bounded cardinality)."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", "unknown")
+    return f"{request.method} {path}"
 
 
 class _EventStream(EventSourceResponse):

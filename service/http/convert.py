@@ -131,8 +131,15 @@ def inference_params(body: Any, limits: RequestLimits) -> GenerateParams:
 # -- responses ---------------------------------------------------------------------------------
 
 
+# Timings a retrieval alone does not have: left out of its JSON rather than written as 0.
+_GENERATION_TIMINGS = ("queue_ms", "first_token_ms", "total_ms")
+
+
 def retrieve_json(outcome: RetrieveOutcome) -> dict[str, Any]:
-    return message_json(convert.retrieve_response(outcome))
+    out = message_json(convert.retrieve_response(outcome))
+    for name in _GENERATION_TIMINGS:
+        out["timings"].pop(name, None)
+    return out
 
 
 def corpora_json(corpora: list[CorpusInfo]) -> dict[str, Any]:

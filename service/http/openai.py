@@ -50,7 +50,7 @@ from apihelper.service.pipeline import CompletionEvent, GenerateParams
 from apihelper.v1 import apihelper_pb2 as pb
 
 MAX_TOOLS = 128
-_TOOL_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # OpenAI's rule, plus dots (Python names)
+_TOOL_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # OpenAI's rule, plus dots (Python names); fullmatch
 _FINISH = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length", FinishReason.CANCELLED: "stop"}
 
 
@@ -129,7 +129,7 @@ def parse_tools(tools: Any) -> list[FunctionSchema]:
         if not isinstance(function, Mapping):
             raise InvalidRequestError(f"tools[{i}].function", "must be an object")
         name = function.get("name")
-        if not isinstance(name, str) or not _TOOL_NAME_RE.match(name):
+        if not isinstance(name, str) or not _TOOL_NAME_RE.fullmatch(name):
             raise InvalidRequestError(f"tools[{i}].function.name", "must be 1-64 letters, digits, _ . or -")
         parameters = function.get("parameters", {"type": "object", "properties": {}})
         if not isinstance(parameters, Mapping):

@@ -8,6 +8,7 @@ import gc
 import random
 import time
 import tracemalloc
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
@@ -167,15 +168,19 @@ async def test_cancellation_storm_leaves_nothing_behind() -> None:
 
 
 # -- random requests ----------------------------------------------------------------------------
+# Two strategies: ``wild`` requests (any field any value: mostly rejected) and ``valid`` ones
+# (every field inside its documented range: must be served). Each draw carries which it is, so a
+# valid request that is refused fails the test, and the tally proves both branches ran.
 
 text = st.text(st.characters(codec="utf-8"), max_size=300) | st.just("x" * 9000) | st.just("")
 u32 = st.integers(min_value=0, max_value=2**32 - 1)
-requests = st.builds(
+KNOWN_CORPUS = "demo"  # MemoryRetriever's one corpus
+wild = st.builds(
     pb.GenerateRequest,
     instruction=text,
     retrieval=st.builds(
         pb.RetrievalOptions,
-        corpora=st.lists(st.sampled_from(["demo", "", "nope", "ü" * 100]) | text, max_size=3),
+        corpora=st.lists(st.sampled_from([KNOWN_CORPUS, "", "nope", "ü" * 100]) | text, max_size=3),
         top_k=u32,
         mode=st.integers(min_value=0, max_value=2**31 - 1),
     ),
@@ -191,6 +196,52 @@ requests = st.builds(
     prompt_format=st.integers(min_value=0, max_value=2**31 - 1),
     request_id=text,
 )
+short_text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=200)
+
+
+def _some(strategy: st.SearchStrategy[object]) -> st.SearchStrategy[dict[str, object]]:
+    """``{}`` (the field unset: its default) or ``{"value": <a draw>}``."""
+    return st.just({}) | strategy.map(lambda v: {"value": v})
+
+
+def _message(cls: type, **fields: st.SearchStrategy[dict[str, object]]) -> st.SearchStrategy[object]:
+    """``cls`` with each optional field either unset or set to a draw."""
+    return st.fixed_dictionaries(fields).map(lambda drawn: cls(**{name: d["value"] for name, d in drawn.items() if d}))
+
+
+valid = st.builds(
+    pb.GenerateRequest,
+    instruction=short_text.filter(lambda s: s.strip() != ""),
+    retrieval=_message(
+        pb.RetrievalOptions,
+        corpora=_some(st.lists(st.sampled_from([KNOWN_CORPUS, f" {KNOWN_CORPUS} "]), max_size=3)),
+        top_k=_some(st.integers(min_value=1, max_value=50)),
+        mode=_some(st.sampled_from(list(pb.RetrievalMode.values()))),
+    ),
+    sampling=_message(
+        pb.SamplingParams,
+        max_tokens=_some(st.integers(min_value=1, max_value=64)),
+        temperature=_some(st.floats(min_value=0, max_value=2, width=32)),
+        top_p=_some(st.floats(min_value=0, max_value=1, exclude_min=True, width=32)),
+        top_k=_some(st.integers(min_value=0, max_value=1000)),
+        seed=_some(st.integers(min_value=0, max_value=2**64 - 1)),
+        stop=_some(st.lists(st.text(min_size=1, max_size=256), max_size=16)),
+    ),
+    prompt_format=st.sampled_from(list(pb.PromptFormat.values())),
+    request_id=st.just("") | st.text(st.characters(codec="ascii", categories=["L", "N", "P"]), max_size=128),
+)
+requests = st.tuples(st.just(True), valid) | st.tuples(st.just(False), wild)
+
+
+def _names_unknown_corpus(options: pb.RetrievalOptions) -> bool:
+    return any(c.strip() not in ("", KNOWN_CORPUS) for c in options.corpora)
+
+
+def _refusal_allowed(exc: grpc.aio.AioRpcError, options: pb.RetrievalOptions) -> bool:
+    """A bad field is INVALID_ARGUMENT; an unknown corpus NOT_FOUND (and only then)."""
+    if exc.code() == grpc.StatusCode.NOT_FOUND:
+        return _names_unknown_corpus(options)
+    return exc.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.fixture(scope="module")
@@ -205,21 +256,38 @@ async def fuzz_stub(fuzz_server: RunningServer) -> AsyncIterator[pb_grpc.ApiHelp
         yield pb_grpc.ApiHelperStub(channel)
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
-@given(request=requests)
-async def test_random_requests_get_ok_or_invalid_argument(
-    fuzz_stub: pb_grpc.ApiHelperAsyncStub, request: pb.GenerateRequest
+@pytest.fixture(scope="module")
+def fuzz_outcomes() -> Counter[str]:
+    """How the fuzz test's calls ended ("served" / "refused"), read by the test after it."""
+    return Counter()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(drawn=requests)
+async def test_random_requests_are_served_or_refused_by_status(
+    fuzz_stub: pb_grpc.ApiHelperAsyncStub, fuzz_outcomes: Counter[str], drawn: tuple[bool, pb.GenerateRequest]
 ) -> None:
+    is_valid, request = drawn
     try:
-        messages = [m async for m in fuzz_stub.Generate(request, timeout=10)]
+        messages = [m async for m in fuzz_stub.Generate(request, timeout=budget(10))]
         assert messages[0].HasField("sources") and messages[-1].HasField("completion")
+        fuzz_outcomes["served"] += 1
     except grpc.aio.AioRpcError as exc:
-        assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (exc.code(), exc.details())
+        assert not is_valid, ("a valid request was refused", exc.code(), exc.details())
+        assert _refusal_allowed(exc, request.retrieval), (exc.code(), exc.details())
+        fuzz_outcomes["refused"] += 1
     retrieve = pb.RetrieveRequest(instruction=request.instruction, retrieval=request.retrieval)
     try:
-        await fuzz_stub.Retrieve(retrieve, timeout=10)
+        await fuzz_stub.Retrieve(retrieve, timeout=budget(10))
     except grpc.aio.AioRpcError as exc:
-        assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, (exc.code(), exc.details())
+        assert not is_valid, ("a valid retrieval was refused", exc.code(), exc.details())
+        assert _refusal_allowed(exc, request.retrieval), (exc.code(), exc.details())
+
+
+def test_the_fuzz_reached_both_branches(fuzz_outcomes: Counter[str]) -> None:
+    if not fuzz_outcomes:
+        pytest.skip("the fuzz test did not run in this session (it is the test above; run the module)")
+    assert fuzz_outcomes["served"] > 0 and fuzz_outcomes["refused"] > 0, fuzz_outcomes
 
 
 async def test_still_serving_after_the_fuzz(fuzz_stub: pb_grpc.ApiHelperAsyncStub) -> None:

@@ -352,7 +352,7 @@ async def test_deadlines_end_streams_and_answers_and_abort_the_engine() -> None:
         assert whole.status_code == 504 and whole.json()["error"]["type"] == "DEADLINE_EXCEEDED"
         await wait_until(lambda: engine.num_in_flight == 0, 5, "the engine request being aborted")
 
-        for bad in ("0", "-1", "soon", "31"):  # at most the server's max_deadline_seconds
+        for bad in ("0", "-1", "soon"):  # longer than max_deadline_seconds is cut (test_call_policy)
             refused = await client.post("/v1/retrieve", json={"instruction": "x"}, headers={"X-Request-Timeout": bad})
             assert refused.status_code == 400 and refused.json()["error"]["param"] == "x-request-timeout"
 

@@ -15,17 +15,8 @@ import pytest
 
 from apihelper.retriever.loaders import load_corpus
 from apihelper.retriever.types import ApiDoc, RetrievedDoc
-from apihelper.service.answers.check import (
-    ApibenchReference,
-    ApiCatalog,
-    CheckedAnswer,
-    Verdict,
-    apibench_reference,
-    check_answer,
-    python_signature,
-    rest_operation,
-    type_problem,
-)
+from apihelper.service.answers.api_docs import ApibenchReference, apibench_reference, python_signature, rest_operation
+from apihelper.service.answers.check import ApiCatalog, CheckedAnswer, Verdict, check_answer, type_problem
 from apihelper.service.prompts import PromptFormat
 from tests.support import HOSTILE_ANSWERS, budget, shared_corpus
 

@@ -18,7 +18,7 @@ from apihelper.service.answers.parse import (
     ArgWhere,
     CallStyle,
     ParsedCall,
-    gorilla_fields,
+    gorilla_fields_layout,
     parse_answer,
     parse_call,
 )
@@ -501,7 +501,7 @@ def test_fuzz_random_strings_never_raise() -> None:
             answer = parse_answer(fmt, text)
             assert isinstance(answer.calls, list)
         parse_call(text)
-        gorilla_fields(text)
+        gorilla_fields_layout(text)[0]
     for _ in range(300):
         text = "".join(chr(rng.randint(0, 0x2FF)) for _ in range(rng.randint(0, 200)))
         parse_answer(G, text)
@@ -514,7 +514,7 @@ def test_gorilla_fields_and_call() -> None:
         "<<<domain>>>: Cloud <<<api_call>>>: client.sessions.create(image='python', name=\"x\") "
         "<<<api_provider>>>: Demo <<<explanation>>>: makes a session"
     )
-    fields = gorilla_fields(text)
+    fields = gorilla_fields_layout(text)[0]
     assert fields["domain"] == "Cloud"
     assert fields["api_provider"] == "Demo"
     answer = parse_answer(G, text)

@@ -25,7 +25,7 @@ from apihelper.http_status import OUTCOMES, error_body, http_outcome, http_statu
 from apihelper.retriever.doc_kinds import DocKind, doc_kind, function_schema
 from apihelper.retriever.loaders import load_corpus
 from apihelper.retriever.samples import sample_corpus_path
-from apihelper.retriever.types import ApiDoc, RetrievalMode, RetrievedDoc
+from apihelper.retriever.types import ApiDoc, CorpusFormat, CorpusInfo, RetrievalMode, RetrievedDoc
 from apihelper.service.answers.check import check_answer
 from apihelper.service.answers.parse import parse_answer
 from apihelper.service.core import RequestLimits
@@ -33,7 +33,7 @@ from apihelper.service.engine.protocol import FinishReason, SamplingParams
 from apihelper.service.grpc import convert as grpc_convert
 from apihelper.service.http import convert, openai
 from apihelper.service.http.openapi import message_schemas, openapi_spec
-from apihelper.service.pipeline import CompletionEvent, DeltaEvent, SourcesEvent, Timings
+from apihelper.service.pipeline import CompletionEvent, DeltaEvent, RetrieveOutcome, SourcesEvent, Timings
 from apihelper.service.prompts import PromptFormat, build_prompt
 from apihelper.v1 import apihelper_pb2 as pb
 
@@ -329,3 +329,10 @@ def test_the_spec_is_json_and_every_reference_resolves() -> None:
         section, name = ref.split("/")
         assert name in spec["components"][section], ref
     assert all("responses" in op for path in spec["paths"].values() for op in path.values())
+
+
+def test_retrieval_json_has_no_generation_timings_and_counts_are_numbers() -> None:
+    outcome = RetrieveOutcome([], Timings(retrieval_ms=3.0, embed_ms=1.0, search_ms=2.0))
+    assert convert.retrieve_json(outcome)["timings"] == {"retrieval_ms": 3.0, "embed_ms": 1.0, "search_ms": 2.0}
+    info = CorpusInfo("rest", CorpusFormat.OPENAPI, 200_000, "spec.yaml", "m", None)
+    assert convert.corpora_json([info])["corpora"][0]["doc_count"] == 200_000  # a JSON number, not "200000"

@@ -189,7 +189,11 @@ async def health_check(channel: grpc.aio.Channel, args: argparse.Namespace, out:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="apihelper-client", description=__doc__.splitlines()[0])
-    parser.add_argument("--address", default="localhost:50051", help="host:port of apihelper-serve")
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("APIHELPER_ADDRESS", "localhost:50051"),
+        help="host:port of apihelper-serve (default: $APIHELPER_ADDRESS, else localhost:50051)",
+    )
     parser.add_argument("--tls", action="store_true", help="use TLS with the system's root certificates")
     parser.add_argument("--ca-cert", help="PEM root certificate(s) to trust (implies --tls)")
     parser.add_argument("--client-cert", help="PEM client certificate for mutual TLS")
