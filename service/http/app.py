@@ -32,17 +32,18 @@ from typing import Any
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from apihelper.errors import DeadlineExceededError, InvalidRequestError, RequestTooLargeError, UnauthenticatedError
 from apihelper.http_status import CANCELLED, OK, error_body, http_outcome
 from apihelper.retriever.types import RetrievedDoc
-from apihelper.service.calls import Call, Deadline
+from apihelper.service.calls import Call, CallPolicy, Deadline
 from apihelper.service.core import Core
 from apihelper.service.http import convert, openai
 from apihelper.service.http.openapi import openapi_spec
@@ -72,9 +73,35 @@ def static_dir() -> Path:
     return Path(str(files("apihelper.service.http") / "static"))
 
 
-def build_app(core: Core, options: HttpOptions) -> Starlette:
+def build_app(core: Core, options: HttpOptions, mcp: ASGIApp | None = None) -> Starlette:
+    """The routes; ``mcp``: the MCP server's streamable-HTTP endpoint, served at ``/mcp``."""
     api = HttpApi(core, options)
-    return Starlette(routes=api.routes(), exception_handlers={HTTPException: _http_exception})
+    routes = api.routes()
+    if mcp is not None:
+        routes.append(Route("/mcp", _TokenGuard(mcp, api._expected, core.calls), methods=["GET", "POST", "DELETE"]))
+    return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
+
+
+class _TokenGuard:
+    """An ASGI app (MCP's endpoint) behind the bearer token, refusing as :meth:`HttpApi._guard`
+    does: 401 with ``WWW-Authenticate: Bearer``, counted (``UNAUTHENTICATED``) under the route."""
+
+    def __init__(self, app: ASGIApp, expected: bytes, calls: CallPolicy) -> None:
+        self._app = app
+        self._expected = expected
+        self._calls = calls
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._expected:
+            given = Headers(scope=scope).get("authorization", "").encode()
+            if not hmac.compare_digest(given, self._expected):
+                exc = UnauthenticatedError("missing or invalid bearer token")
+                self._calls.refused(f"{scope['method']} /mcp", http_outcome(exc).code)
+                response = _error(exc)
+                response.headers["www-authenticate"] = "Bearer"
+                await response(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
 
 
 class HttpApi:

@@ -17,8 +17,10 @@ import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.metadata import version
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from apihelper.errors import ConfigurationError
 from apihelper.service.core import Core
@@ -50,13 +52,42 @@ class HttpFrontend:
     server: uvicorn.Server
     task: asyncio.Task[None]
     port: int
+    mcp: _McpRun | None = None
 
     async def stop(self, grace_seconds: float) -> None:
-        """Stop accepting, give requests in flight ``grace_seconds``, cancel the rest. Safe to
-        call more than once."""
+        """Stop accepting, give requests in flight ``grace_seconds`` (MCP tool calls among them),
+        cancel the rest, then stop MCP's session manager. Safe to call more than once."""
         self.server.config.timeout_graceful_shutdown = math.ceil(grace_seconds)
         self.server.should_exit = True
         await asyncio.shield(self.task)
+        if self.mcp is not None:
+            await self.mcp.stop()
+
+
+class _McpRun:
+    """The MCP server's session manager, running (in a task of its own: its task group must be
+    entered and left in one task) from before HTTP serves until HTTP has drained."""
+
+    def __init__(self, running: contextlib.AbstractAsyncContextManager[None]) -> None:
+        self._stopping = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._task = asyncio.create_task(self._run(running), name="apihelper-mcp")
+
+    async def _run(self, running: contextlib.AbstractAsyncContextManager[None]) -> None:
+        async with running:
+            self._ready.set()
+            await self._stopping.wait()
+
+    async def started(self) -> None:
+        ready = asyncio.ensure_future(self._ready.wait())
+        await asyncio.wait((ready, self._task), return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if self._task.done():
+            self._task.result()  # its failure, raised here
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await asyncio.shield(self._task)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -81,8 +112,32 @@ async def start_http(settings: Settings, core: Core, *, sock: socket.socket | No
         max_body_bytes=settings.max_message_bytes,
         send_timeout_seconds=settings.stream_stall_timeout_seconds,  # the same stall timeout as gRPC
     )
+    mcp_app, mcp = None, None
+    if settings.mcp:
+        from apihelper.service.mcp.server import ApiHelperMcp
+
+        server_mcp = ApiHelperMcp(core, version=version("apihelper"))
+        mcp_app = server_mcp.http_app(settings.host)
+        mcp = _McpRun(server_mcp.running())
+        await mcp.started()
+    try:
+        return await _serve(settings, core, options, mcp_app, mcp, sock)
+    except BaseException:
+        if mcp is not None:
+            await mcp.stop()
+        raise
+
+
+async def _serve(
+    settings: Settings,
+    core: Core,
+    options: HttpOptions,
+    mcp_app: ASGIApp | None,
+    mcp: _McpRun | None,
+    sock: socket.socket | None,
+) -> HttpFrontend:
     config = uvicorn.Config(
-        build_app(core, options),
+        build_app(core, options, mcp_app),
         lifespan="off",
         log_config=None,  # the service's logging, as configured by the composition root
         access_log=False,
@@ -111,4 +166,4 @@ async def start_http(settings: Settings, core: Core, *, sock: socket.socket | No
     port = int(sock.getsockname()[1])
     scheme = "https" if settings.tls_cert_file else "http"
     log.info("serving HTTP on %s://%s:%d", scheme, settings.host, port)
-    return HttpFrontend(server, task, port)
+    return HttpFrontend(server, task, port, mcp)
