@@ -14,7 +14,9 @@ import shlex
 from apihelper.service.answers.parse import Argument, ArgWhere, CallStyle, ParsedCall
 
 STYLES = ("native", "curl", "requests")
-BASE_URL = "{BASE_URL}"  # where the caller's API is served: the agent fills it in
+# Where the caller's API is served, for the agent to fill in: the placeholder the checker reads as
+# "the API's own server" (apihelper.service.answers.parse), so a rewritten call checks the same.
+BASE_URL = "{BASE_URL}"
 
 
 def render(call: ParsedCall, style: str) -> str | None:
@@ -42,7 +44,7 @@ def _fields(args: tuple[Argument, ...], where: ArgWhere) -> list[Argument] | Arg
 def _curl(
     method: str, url: str, query: list[Argument] | Argument | None, body: list[Argument] | Argument | None
 ) -> str:
-    parts = ["curl", "-X", method]
+    parts = ["curl"] if method == "GET" else ["curl", "-X", method]
     if isinstance(query, list):
         parts.append("-G")
         for arg in query:

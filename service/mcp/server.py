@@ -46,13 +46,14 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import Field, TypeAdapter
+from mcp.shared.exceptions import MCPError
+from mcp.types import REQUEST_TIMEOUT, CallToolResult, TextContent, ToolAnnotations
+from pydantic import Field, TypeAdapter, ValidationError
 
 from apihelper.errors import DeadlineExceededError, InvalidRequestError
 from apihelper.retriever.types import ApiDoc, CorpusInfo, RetrievalMode
 from apihelper.service.answers.check import CallCheck, CheckedAnswer
-from apihelper.service.calls import CANCELLED, OK, Call
+from apihelper.service.calls import OK, Call
 from apihelper.service.core import Core
 from apihelper.service.engine.protocol import SamplingParams
 from apihelper.service.mcp import errors, render
@@ -241,7 +242,7 @@ class ApiHelperMcp:
                     return CallToolResult(
                         content=[TextContent(type="text", text=errors.error_text(exc))], is_error=True
                     )
-                raise ResourceError(errors.error_text(exc)) from None
+                raise MCPError(REQUEST_TIMEOUT, errors.error_text(exc)) from None
         except asyncio.CancelledError:
             call.cancelled()
             raise
@@ -424,16 +425,16 @@ class ApiHelperMcp:
 
 def _finish(call: Call, outcome: _Outcome, failure: BaseException | None) -> None:
     """Count the call: the tool's own outcome when it set one, else OK, or INVALID_ARGUMENT for a
-    call the SDK refused (arguments against the schema, an unknown tool)."""
+    call the SDK refused."""
     if call.finished:
         return
     if outcome.code is not None and outcome.error is not None:
         call.failed(outcome.error, outcome.code)
     elif failure is not None:
-        if isinstance(failure, asyncio.CancelledError):
-            call.finish(CANCELLED)
-        else:
-            call.failed(failure, errors.INVALID_ARGUMENT if isinstance(failure, ToolError) else errors.outcome(failure))
+        # What the SDK refused before any tool ran: arguments against the input schema, an unknown
+        # tool or resource (protocol errors). Anything else is a bug.
+        refused = isinstance(failure, ToolError | MCPError | ValidationError)
+        call.failed(failure, errors.INVALID_ARGUMENT if refused else errors.outcome(failure))
     else:
         call.finish(OK)
 

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from mcp import Client
+from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult
 
 from apihelper.retriever.doc_kinds import DocKind
@@ -136,7 +137,7 @@ async def test_resources_serve_the_same_docs() -> None:
         assert '"name": "demo"' in getattr(listed, "text", "")
         read = (await client.read_resource("apihelper://api/demo/GET%20%2Fsessions%2F%7Bname%7D%2Flogs")).contents[0]
         assert LONG_DOC.text[:50] in getattr(read, "text", "")
-        with pytest.raises(Exception, match="key: no API"):
+        with pytest.raises(MCPError, match="key: no API"):
             await client.read_resource("apihelper://api/demo/GET%20%2Fnope")
 
 
@@ -186,11 +187,16 @@ async def test_calls_are_counted_by_front_end_and_share_the_stream_limit() -> No
         ok(await client.call_tool("list_corpora", {}))
         await client.read_resource("apihelper://corpora")
         await client.list_tools()  # protocol traffic, not a call: not counted
+        assert (await client.call_tool("no_such_tool", {})).is_error
+        with pytest.raises(MCPError):
+            await client.read_resource("apihelper://nothing/here")
     assert recorder.finished == [
         ("MCP write_call", "RESOURCE_EXHAUSTED"),
         ("MCP write_call", "OK"),
         ("MCP list_corpora", "OK"),
         ("MCP resources/read", "OK"),
+        ("MCP tools/call", "INVALID_ARGUMENT"),  # a tool that does not exist: a bounded label
+        ("MCP resources/read", "INVALID_ARGUMENT"),
     ]
 
 
