@@ -63,19 +63,24 @@ class PromptFitter:
         self._worker.shutdown(wait=False, cancel_futures=True)
 
     async def trim(self, texts: Sequence[str], budget: int) -> list[tuple[str, int]]:
-        """Each of ``texts`` in turn cut to what is left of ``budget`` tokens, with its count (the
-        counts add up to at most ``budget``; a text after the budget is spent comes back empty).
-        For doc text handed to a caller by token budget (the MCP ``search_apis``); in the worker."""
+        """``texts`` cut to ``budget`` tokens in all, each with its count (the counts add up to at
+        most ``budget``): each gets an equal share first, so every text shows its head, then what
+        the short ones left goes to the cut ones in order. For doc text handed to a caller by
+        token budget (the MCP ``search_apis``); in the worker."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._worker, self.trim_now, list(texts), budget)
 
     def trim_now(self, texts: list[str], budget: int) -> list[tuple[str, int]]:
         """:meth:`trim`'s work, in the calling thread (the worker's)."""
+        shares = [self._cut(text, budget // max(1, len(texts))) for text in texts]
+        left = budget - sum(tokens for _, tokens in shares)
         out = []
-        for text in texts:
-            kept = self._cut(text, budget)
-            out.append(kept)
-            budget -= kept[1]
+        for text, (kept, tokens) in zip(texts, shares, strict=True):
+            if left > 0 and len(kept) < len(text):
+                longer, more = self._cut(text, tokens + left)
+                if more >= tokens:
+                    kept, left, tokens = longer, left - (more - tokens), more
+            out.append((kept, tokens))
         return out
 
     def _cut(self, text: str, budget: int) -> tuple[str, int]:

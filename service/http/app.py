@@ -11,6 +11,9 @@ the metrics (``rpc`` label: the route; outcomes named as gRPC names them), and c
 client that goes away, or a deadline that passes, cancels the handler and so aborts the engine
 request.
 
+``/mcp`` is the MCP server's streamable-HTTP endpoint (``apihelper.service.mcp``, which applies
+the call policy to each tool call itself), behind the same bearer token.
+
 Streams send the first event (the sources) only after retrieval succeeded, so a bad corpus
 name is still a plain 400; an error after that is an ``error`` event (``data`` the error JSON)
 and ends the stream.

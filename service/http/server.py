@@ -4,7 +4,8 @@
 over the same core. The composition root owns SIGTERM/SIGINT (uvicorn's own signal capture is
 switched off) and drains both front ends together: ``stop`` closes the listening socket, lets
 requests in flight finish within the grace period, then cancels what is left (which aborts
-their engine requests).
+their engine requests). The MCP server's session manager (``/mcp``, on unless ``mcp`` is off)
+runs from before the first request until HTTP has drained.
 """
 
 from __future__ import annotations
