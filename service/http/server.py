@@ -118,7 +118,7 @@ async def start_http(settings: Settings, core: Core, *, sock: socket.socket | No
         from apihelper.service.mcp.server import ApiHelperMcp
 
         server_mcp = ApiHelperMcp(core, version=version("apihelper"))
-        mcp_app = server_mcp.http_app(settings.host)
+        mcp_app = server_mcp.http_app(settings.host, settings.max_message_bytes)
         mcp = _McpRun(server_mcp.running())
         await mcp.started()
     try:

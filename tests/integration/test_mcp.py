@@ -231,6 +231,15 @@ async def test_mcp_over_http_takes_the_bearer_token() -> None:
     assert ("MCP list_corpora", "OK") in recorder.finished
 
 
+async def test_mcp_bodies_meet_the_servers_size_limit() -> None:
+    async with live_server(http=True, max_message_bytes=2000) as running, httpx.AsyncClient(timeout=30) as http:
+        url = f"http://127.0.0.1:{running.http_port}/mcp"
+        small = await http.post(url, json=_tool_call(1, "list_corpora", {}), headers=MCP_HEADERS)
+        big = await http.post(url, json=_tool_call(2, "search_apis", {"query": "x" * 3000}), headers=MCP_HEADERS)
+    assert small.status_code == 200 and not small.json()["result"]["isError"]
+    assert big.status_code == 413
+
+
 async def test_no_mcp_serves_no_endpoint() -> None:
     async with live_server(http=True, mcp=False) as running, httpx.AsyncClient(timeout=30) as http:
         response = await http.post(f"http://127.0.0.1:{running.http_port}/mcp", json={})
