@@ -25,7 +25,7 @@ from apihelper.build.artifacts import corpus_texts
 from apihelper.build.eval_answers_cli import add_eval_answers_parser
 from apihelper.build.eval_cli import add_eval_parser, add_milvus_arguments
 from apihelper.build.train_embedder import add_train_parser
-from apihelper.errors import ApiHelperError, CorpusLoadError, InvalidRequestError
+from apihelper.errors import ApiHelperError, ConfigurationError, CorpusLoadError, InvalidRequestError
 from apihelper.retriever.limits import IngestLimits
 from apihelper.retriever.types import CorpusFormat
 from apihelper.service.prompts import PromptFormat
@@ -75,7 +75,7 @@ def ingest_limits(args: argparse.Namespace) -> IngestLimits:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from apihelper.retriever.embedding import Embedder
     from apihelper.retriever.ingest import format_report, ingest_corpus
-    from apihelper.retriever.milvus_store import MilvusStore
+    from apihelper.retriever.milvus_store import MilvusStore, check_corpus_name
 
     specs = [parse_corpus_spec(s) for s in args.corpus]
     limits = ingest_limits(args)
@@ -84,6 +84,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     partial = failed = broken = 0
     try:
         for name, path, fmt in specs:
+            try:
+                check_corpus_name(name)  # a bad name is that corpus's problem, not the others'
+            except ConfigurationError as exc:
+                print(_safe(f"{name}: not ingested: {exc}"), file=sys.stderr)
+                failed += 1
+                continue
             try:
                 report = ingest_corpus(
                     store,
@@ -101,7 +107,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 failed += 1
                 continue
             except ApiHelperError:
-                raise  # Milvus down, a bad name: the whole command fails (exit 2, one line)
+                raise  # Milvus down: the whole command fails (exit 2, one line)
             except Exception as exc:  # a bug of ours: say so in one line, go on with the next corpus
                 hint = "" if args.verbose else " (--verbose prints the traceback)"
                 print(

@@ -44,8 +44,15 @@ class IngestLimits:
     max_depth: int = _limit(64, "nesting depth of a JSON/YAML value (objects and arrays inside each other)")
     max_ref_expansions: int = _limit(2_000, "$refs followed while building one OpenAPI operation's schemas")
     max_schema_nodes: int = _limit(20_000, "schema nodes visited while building one OpenAPI operation's schemas")
+    max_file_schema_nodes: int = _limit(
+        500_000,
+        "schema nodes visited while building all the operations of one OpenAPI file (the rest skipped)",
+    )
     max_yaml_alias_nodes: int = _limit(
         10_000, "nodes the aliases of one YAML file may copy in all (a billion-laughs file copies 10^9)"
+    )
+    max_yaml_alias_bytes: int = _limit(
+        16 * MIB, "bytes of text the aliases of one YAML file may copy in all (one big value, many aliases)"
     )
     max_docs: int = _limit(200_000, "documents in one corpus; the rest of its input is skipped and reported")
 

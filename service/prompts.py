@@ -45,6 +45,7 @@ from typing import Any, cast
 
 from apihelper.retriever.doc_kinds import FunctionSchema
 from apihelper.retriever.doc_kinds import function_schema as doc_function_schema
+from apihelper.retriever.invisible import INVISIBLE
 from apihelper.retriever.types import RetrievedDoc
 
 
@@ -217,6 +218,7 @@ def _defang_anywhere(m: re.Match[str]) -> str:
 def inert_text(text: str) -> str:
     """Doc text that cannot open a turn, close its fence or carry a format's markers."""
     text = _OTHER_BREAKS_RE.sub("\n", text)  # every break a "\n", so each line is seen
+    text = INVISIBLE.sub("", text)  # nothing hides a marker or a role word (ASSISTANT\u200b:)
     text = _MARKER_RE.sub(_defang_marker, text)
     text = _ROLE_LINE_RE.sub(_defang_role, text)
     text = _ROLE_ANYWHERE_RE.sub(_defang_anywhere, text)

@@ -53,6 +53,17 @@ class Settings:
     # client watches again).
     max_health_watches: int = 256
     health_watch_timeout_seconds: float = 300.0
+    # HTTP front end limits (docs/security.md); they hold without a proxy in front.
+    http_max_header_bytes: int = 16384  # a larger header block: 431
+    http_max_headers: int = 100  # more header fields: 431
+    http_header_timeout_seconds: float = 10.0  # a request's headers must arrive within this: 408
+    http_keepalive_timeout_seconds: float = 5.0  # an idle keep-alive connection is closed after this
+    http_body_timeout_seconds: float = 30.0  # a request's body must arrive within this (and its deadline): 408
+    http_max_connections: int = 512  # open HTTP connections; one more: 503 (kept under half the fd limit)
+    http_max_small_body_bytes: int = 65536  # bodies of the routes that take an instruction, not tools
+    # Host header allow-list (DNS rebinding): comma-separated names; "" the loopback names and the
+    # bound address; "*" any host.
+    http_allowed_hosts: str = ""
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # Prometheus /metrics over HTTP; 0 disables
     # Retrieval: a Milvus Lite directory, or http(s)://host:19530 for a Milvus server
@@ -128,10 +139,20 @@ class Settings:
             raise ConfigurationError("num_threads must be >= 0 (0: one per core)")
         if self.max_instruction_bytes < 1 or self.default_max_tokens < 1:
             raise ConfigurationError("max_instruction_bytes and default_max_tokens must be positive")
+        _check_http_limits(self)
         for url in api_base_urls(self):
             parts = urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise ConfigurationError(f"api_base_urls: {url!r} is not an http(s) URL with a host")
+
+
+def _check_http_limits(settings: Settings) -> None:
+    for name in ("http_max_header_bytes", "http_max_headers", "http_max_connections", "http_max_small_body_bytes"):
+        if getattr(settings, name) < 1:
+            raise ConfigurationError(f"{name} must be positive")
+    for name in ("http_header_timeout_seconds", "http_keepalive_timeout_seconds", "http_body_timeout_seconds"):
+        if not getattr(settings, name) > 0:
+            raise ConfigurationError(f"{name} must be positive")
 
 
 def api_base_urls(settings: Settings) -> tuple[str, ...]:

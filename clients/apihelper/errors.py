@@ -84,6 +84,13 @@ class RequestTooLargeError(InvalidRequestError):
         self.limit = limit
 
 
+class UnsupportedMediaTypeError(InvalidRequestError):
+    """A request body is not in the media type the route takes (HTTP: JSON only as application/json)."""
+
+    def __init__(self, given: str) -> None:
+        super().__init__("content-type", f"must be application/json, got {given[:80]!r}")
+
+
 class UnauthenticatedError(ApiHelperError):
     """The call carries no credentials, or wrong ones."""
 
@@ -94,6 +101,10 @@ class ResourceExhaustedError(ApiHelperError):
 
 class DeadlineExceededError(ApiHelperError):
     """A call that set no deadline ran past the server's default one."""
+
+
+class BodyTimeoutError(DeadlineExceededError):
+    """A request body did not arrive within the server's body timeout (HTTP)."""
 
 
 class UnavailableError(ApiHelperError):

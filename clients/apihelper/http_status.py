@@ -11,7 +11,8 @@ whether they came over gRPC or HTTP), so dashboards need no second set of querie
 Statuses follow Google's published mapping between gRPC codes and HTTP (INVALID_ARGUMENT and
 FAILED_PRECONDITION 400, UNAUTHENTICATED 401, RESOURCE_EXHAUSTED 429, UNAVAILABLE 503,
 DEADLINE_EXCEEDED 504, CANCELLED 499, NOT_FOUND 404: an unknown corpus), with 413 for a body over
-the size limit.
+the size limit, 415 for a body that is not ``application/json`` and 408 for one that did not
+arrive within the body timeout.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from apihelper.errors import (
     ApiHelperError,
+    BodyTimeoutError,
     ConfigurationError,
     DeadlineExceededError,
     InvalidRequestError,
@@ -29,6 +31,7 @@ from apihelper.errors import (
     UnauthenticatedError,
     UnavailableError,
     UnknownCorpusError,
+    UnsupportedMediaTypeError,
 )
 
 
@@ -45,6 +48,8 @@ INTERNAL = HttpOutcome(500, "INTERNAL")
 # Most specific first: the first class an error is an instance of decides its outcome.
 OUTCOMES: tuple[tuple[type[ApiHelperError], HttpOutcome], ...] = (
     (RequestTooLargeError, HttpOutcome(413, "INVALID_ARGUMENT")),
+    (UnsupportedMediaTypeError, HttpOutcome(415, "INVALID_ARGUMENT")),
+    (BodyTimeoutError, HttpOutcome(408, "DEADLINE_EXCEEDED")),
     (UnknownCorpusError, HttpOutcome(404, "NOT_FOUND")),
     (InvalidRequestError, HttpOutcome(400, "INVALID_ARGUMENT")),
     (UnauthenticatedError, HttpOutcome(401, "UNAUTHENTICATED")),

@@ -157,7 +157,9 @@ def parse_yaml(text: str, limits: IngestLimits = DEFAULT_LIMITS) -> Any:
             super().__init__(stream)
             self.apihelper_depth = 0
             self.apihelper_copied = 0
+            self.apihelper_copied_bytes = 0
             self.apihelper_sizes: dict[int, int] = {}
+            self.apihelper_bytes: dict[int, int] = {}  # the text each node holds, its children's too
 
         def compose_node(self, parent: Any, index: Any) -> Any:
             if self.check_event(AliasEvent):
@@ -174,6 +176,15 @@ def parse_yaml(text: str, limits: IngestLimits = DEFAULT_LIMITS) -> Any:
                             "max_yaml_alias_nodes",
                             f"YAML aliases copy more than {limits.max_yaml_alias_nodes} nodes",
                         )
+                    # By size too: a few aliases of one big value are copied whole into every
+                    # document that quotes them.
+                    self.apihelper_copied_bytes += self.apihelper_bytes.get(id(target), 0)
+                    if self.apihelper_copied_bytes > limits.max_yaml_alias_bytes:
+                        raise LimitExceeded(
+                            limits,
+                            "max_yaml_alias_bytes",
+                            f"YAML aliases copy more than {limits.max_yaml_alias_bytes} bytes of text",
+                        )
                 return super().compose_node(parent, index)
             collection = not self.check_event(ScalarEvent)
             self.apihelper_depth += collection
@@ -189,6 +200,8 @@ def parse_yaml(text: str, limits: IngestLimits = DEFAULT_LIMITS) -> Any:
             else:
                 children = []
             self.apihelper_sizes[id(node)] = 1 + sum(self.apihelper_sizes.get(id(c), 1) for c in children)
+            own = len(node.value.encode("utf-8", "surrogatepass")) if isinstance(node, yaml.ScalarNode) else 0
+            self.apihelper_bytes[id(node)] = own + sum(self.apihelper_bytes.get(id(c), 0) for c in children)
             return node
 
     loader = BoundedLoader(text)

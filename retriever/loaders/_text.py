@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from apihelper.retriever.invisible import INVISIBLE
 from apihelper.retriever.limits import DEFAULT_LIMITS, IngestLimits
 from apihelper.retriever.loaders._files import decode_text, parse_json, problem_message, read_bytes
 from apihelper.retriever.types import LoadProblem
@@ -212,18 +213,18 @@ def json_lines(
         yield number, where, record
 
 
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 _LINE_BREAKS = re.compile("\r\n?|[\u2028\u2029\x85]")
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 def clean_text(text: str, *, multiline: bool = True) -> str:
     """``text`` ready to embed, index and show: lone surrogates replaced (U+FFFD), line breaks
-    made ``\\n``, control and bidirectional-override characters removed, NFC-normalised.
+    made ``\\n``, controls and format characters (zero-width, bidirectional: ``INVISIBLE``) removed,
+    NFC-normalised.
     ``multiline=False`` also turns newlines and tabs into spaces (titles, keys)."""
     text = _SURROGATES.sub("\ufffd", text)
     text = _LINE_BREAKS.sub("\n", text)
-    text = _CONTROL.sub("", text)
+    text = INVISIBLE.sub("", text)
     if not multiline:
         text = text.replace("\n", " ").replace("\t", " ")
     return unicodedata.normalize("NFC", text)

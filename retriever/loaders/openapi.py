@@ -84,13 +84,20 @@ class BrokenRefError(Exception):
     pass
 
 
+class FileBudgetExceeded(LimitExceeded):
+    """A budget of the whole file ran out: its remaining operations are skipped."""
+
+
 class _Resolver:
     """Looks up local JSON-pointer refs in one spec and remembers the broken ones it met.
 
     It also keeps the budget of the operation being built (:meth:`start_operation`): each
     ``$ref`` followed and each schema node visited counts, and going past
     ``limits.max_ref_expansions`` or ``limits.max_schema_nodes`` raises LimitExceeded, so refs
-    that fan out (40 wide, 4 deep is 2.5 million nodes) cost a bounded amount of work.
+    that fan out (40 wide, 4 deep is 2.5 million nodes) cost a bounded amount of work. The nodes
+    of all the file's operations count against ``limits.max_file_schema_nodes`` too
+    (:class:`FileBudgetExceeded`): a thousand operations each just under the per-operation caps
+    would otherwise build gigabytes of metadata.
     """
 
     def __init__(self, spec: Mapping[str, Any], limits: IngestLimits = DEFAULT_LIMITS) -> None:
@@ -99,6 +106,7 @@ class _Resolver:
         self.broken: list[str] = []
         self.expansions = 0
         self.nodes = 0
+        self.file_nodes = 0
 
     def start_operation(self) -> None:
         self.broken.clear()
@@ -107,6 +115,13 @@ class _Resolver:
 
     def count_node(self) -> None:
         self.nodes += 1
+        self.file_nodes += 1
+        if self.file_nodes > self._limits.max_file_schema_nodes:
+            raise FileBudgetExceeded(
+                self._limits,
+                "max_file_schema_nodes",
+                f"the file's schemas have more than {self._limits.max_file_schema_nodes} nodes; the rest skipped",
+            )
         if self.nodes > self._limits.max_schema_nodes:
             raise LimitExceeded(
                 self._limits, "max_schema_nodes", f"its schemas have more than {self._limits.max_schema_nodes} nodes"
@@ -346,6 +361,9 @@ def load_openapi(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadResul
         resolver.start_operation()
         try:
             item, _ = resolver.deref(raw_item)
+        except FileBudgetExceeded as exc:
+            problems.append(LoadProblem(f"{source}#{api_path}", f"stopped: {exc}"))
+            return LoadResult(docs, problems)
         except LimitExceeded as exc:
             problems.append(LoadProblem(f"{source}#{api_path}", f"skipped: {exc}"))
             continue
@@ -371,6 +389,9 @@ def load_openapi(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> LoadResul
             try:
                 servers = _server_urls(operation.get("servers")) or item_servers
                 docs.append(_operation_doc(resolver, method, str(api_path), operation, shared_params, servers))
+            except FileBudgetExceeded as exc:
+                problems.append(LoadProblem(f"{source}#{key}", f"stopped: {exc}"))
+                return LoadResult(docs, problems)
             except Exception as exc:  # a malformed operation must not stop the rest of the spec
                 problems.append(LoadProblem(f"{source}#{key}", f"skipped: {problem_message(exc)}"))
             for message in unique(resolver.broken):

@@ -102,6 +102,13 @@ def _channel_options(settings: Settings) -> list[tuple[str, int]]:
         # Streams one connection may have open (more are refused with RST_STREAM): one peer
         # cannot take every Generate slot however many streams it opens.
         ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+        # ... counted as HTTP/2 counts them, so that a client that keeps to the limit queues its
+        # calls (gRPC clients wait on SETTINGS_MAX_CONCURRENT_STREAMS) and never sees one refused.
+        # grpc's "overload protection" (on by default) counts the streams the server has not yet
+        # deallocated instead: a stream the client already saw end still counts for a while, and
+        # the client's next call on that slot is reset (REFUSED_STREAM: UNAVAILABLE). With 100
+        # concurrent calls on one channel, 38-63 failed so.
+        ("grpc.http.overload_protection", 0),
     ]
     if settings.max_connection_age_seconds:
         # Clients reconnect on GOAWAY by themselves; streams in flight get the longest deadline

@@ -99,6 +99,13 @@ async def write_within(
         raise
 
 
+def _peer_gone(exc: Exception) -> bool:
+    """Whether ``exc`` is grpc failing an operation on a call whose client is gone (grpc.aio's
+    ``grpc._cython.cygrpc.ExecuteBatchError``, a class its public API does not name)."""
+    cls = type(exc)
+    return cls.__name__ == "ExecuteBatchError" and cls.__module__.startswith("grpc.")
+
+
 def write_blocked() -> bool:
     """Whether this task's last write was interrupted and flow control still held it (and forget it)."""
     task = asyncio.current_task()
@@ -149,6 +156,12 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
             call.cancelled(expired=remaining is not None and remaining <= 0)
             raise
         except Exception as exc:  # status.abort maps it; CancelledError passes
+            if _peer_gone(exc):
+                # A write to a client whose connection went away (grpc's ExecuteBatchError): the
+                # client's leaving, not a bug. Cancelled, with one log line and no status to send.
+                log.info("%s: the client went away during a write (%s)", name, context.peer())
+                call.cancelled()
+                raise asyncio.CancelledError from None
             call.failed(exc, status_code(exc).name)
             await status.abort(context, exc)
         finally:

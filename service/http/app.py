@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import hmac
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib.resources import files
@@ -41,9 +43,16 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from apihelper.errors import DeadlineExceededError, InvalidRequestError, RequestTooLargeError, UnauthenticatedError
+from apihelper.errors import (
+    BodyTimeoutError,
+    DeadlineExceededError,
+    InvalidRequestError,
+    RequestTooLargeError,
+    UnauthenticatedError,
+    UnsupportedMediaTypeError,
+)
 from apihelper.http_status import CANCELLED, OK, error_body, http_outcome
 from apihelper.retriever.types import RetrievedDoc
 from apihelper.service.calls import Call, CallPolicy, Deadline
@@ -70,19 +79,32 @@ class HttpOptions:
     auth_token: str  # "" : no auth
     max_body_bytes: int
     send_timeout_seconds: float  # a stream whose client reads nothing this long is dropped
+    max_small_body_bytes: int = 65536  # the routes that take an instruction, not tools
+    body_timeout_seconds: float = 30.0  # a body must arrive within this (and the call's deadline)
+    allowed_hosts: frozenset[str] | None = None  # Host header names answered; None: any
+
+
+class _Body(enum.Enum):
+    """What body a route takes: none, a small one (an instruction), or the full size (tools)."""
+
+    NONE = "none"
+    SMALL = "small"
+    LARGE = "large"
 
 
 def static_dir() -> Path:
     return Path(str(files("apihelper.service.http") / "static"))
 
 
-def build_app(core: Core, options: HttpOptions, mcp: ASGIApp | None = None) -> Starlette:
-    """The routes; ``mcp``: the MCP server's streamable-HTTP endpoint, served at ``/mcp``."""
+def build_app(core: Core, options: HttpOptions, mcp: ASGIApp | None = None) -> ASGIApp:
+    """The routes behind the Host check; ``mcp``: the MCP server's streamable-HTTP endpoint,
+    served at ``/mcp`` behind the bearer token."""
     api = HttpApi(core, options)
     routes = api.routes()
     if mcp is not None:
         routes.append(Route("/mcp", _TokenGuard(mcp, api._expected, core.calls), methods=["GET", "POST", "DELETE"]))
-    return Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
+    return HostGuard(app, options.allowed_hosts, core.calls)
 
 
 class _TokenGuard:
@@ -105,6 +127,77 @@ class _TokenGuard:
                 await response(scope, receive, send)
                 return
         await self._app(scope, receive, send)
+
+
+# Sent with every response: the page loads only its own script and style, is framed by no site
+# (clickjacking), and nothing is sniffed into another media type.
+SECURITY_HEADERS = (
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+        b"object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    ),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
+HOST_REFUSED_RPC = "HTTP host"  # the rpc label of a request refused for its Host header
+
+
+class HostGuard:
+    """Requests only for the allowed host names (DNS rebinding: a web page whose name an attacker
+    points at 127.0.0.1 would otherwise read this API with the browser's own access), and the
+    :data:`SECURITY_HEADERS` on every response. ``allowed``: lower-case names without ports;
+    ``None``: any."""
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str] | None, calls: CallPolicy) -> None:
+        self._app = app
+        self._allowed = allowed
+        self._calls = calls
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        if self._allowed is not None:
+            host = _host_name(Headers(scope=scope).get("host", ""))
+            if host not in self._allowed:
+                self._calls.refused(HOST_REFUSED_RPC, "INVALID_ARGUMENT")
+                exc = InvalidRequestError("host", "this server does not answer for that host name")
+                await _error(exc)(scope, receive, _with_headers(send))
+                return
+        await self._app(scope, receive, _with_headers(send))
+
+
+def _with_headers(send: Send) -> Send:
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+        await send(message)
+
+    return sending
+
+
+def _host_name(header: str) -> str:
+    """The name in a Host header, lower-case, without its port (``[::1]:8000`` -> ``[::1]``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header.split("]", 1)[0] + "]"
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def allowed_hosts(setting: str, bound: str) -> frozenset[str] | None:
+    """The Host names to answer for: ``setting``'s comma-separated names; empty: the loopback
+    names and ``bound`` (the address the server listens on, unless a wildcard); ``*``: any."""
+    names = {n.strip().lower() for n in setting.split(",") if n.strip()}
+    if "*" in names:
+        return None
+    if names:
+        return frozenset(_host_name(n) for n in names)
+    loopback = {"localhost", "127.0.0.1", "[::1]"}
+    if bound and bound not in ("0.0.0.0", "::", ""):
+        loopback.add(f"[{bound.lower()}]" if ":" in bound else bound.lower())
+    return frozenset(loopback)
 
 
 class HttpApi:
@@ -169,7 +262,7 @@ class HttpApi:
         async def work(body: Any) -> Any:
             return convert.corpora_json(await self._pipeline.list_corpora())
 
-        return await self._unary(request, "GET /v1/corpora", work, reads_body=False)
+        return await self._unary(request, "GET /v1/corpora", work, body=_Body.NONE)
 
     async def inference(self, request: Request) -> Response:
         async def work(body: Any) -> Any:
@@ -189,7 +282,7 @@ class HttpApi:
         return await self._stream(begun, lambda: (convert.generate_params(begun.body, self._limits), render), None)
 
     async def chat_completions(self, request: Request) -> Response:
-        begun = await self._begin(request, "POST /v1/chat/completions")
+        begun = await self._begin(request, "POST /v1/chat/completions", body=_Body.LARGE)  # tools
         if isinstance(begun, Response):
             return begun
         body = begun.body
@@ -251,52 +344,68 @@ class HttpApi:
 
         return guarded
 
-    async def _begin(self, request: Request, route: str, *, reads_body: bool = True) -> _Begun | Response:
+    async def _begin(self, request: Request, route: str, *, body: _Body = _Body.SMALL) -> _Begun | Response:
         """A call starts: counted, its deadline set (the call policy's rule: ``X-Request-Timeout``
-        past the server's maximum is cut to it), its body read as JSON within that deadline. A
-        failure here is the call's answer (a Response)."""
+        past the server's maximum is cut to it), its body read as JSON within that deadline and
+        the body timeout, at most the route's body limit. A failure here is the call's answer."""
         call = self._calls.start(route)
         try:
             requested = self._calls.parse_seconds(request.headers.get(TIMEOUT_HEADER), TIMEOUT_HEADER)
             limit = self._calls.deadline(requested, client_ends=False, named=TIMEOUT_HEADER)
-            body = None
-            if reads_body:
+            value = None
+            if body is not _Body.NONE:
+                size = self._options.max_body_bytes if body is _Body.LARGE else self._options.max_small_body_bytes
                 async with _within(limit):
-                    body = await self._json(request)
+                    value = await self._json(request, size)
         except ClientGone:
             call.cancelled()
             return Response(status_code=CANCELLED.status)  # nobody reads it
         except Exception as exc:
-            return self._fail(call, exc)
-        return _Begun(call, limit, body)
+            response = self._fail(call, exc)
+            if isinstance(exc, (RequestTooLargeError, BodyTimeoutError, UnsupportedMediaTypeError)):
+                response.headers["connection"] = "close"  # the rest of the body is not read
+            return response
+        return _Begun(call, limit, value)
 
     async def _unary(
-        self, request: Request, route: str, work: Callable[[Any], Awaitable[Any]], *, reads_body: bool = True
+        self, request: Request, route: str, work: Callable[[Any], Awaitable[Any]], *, body: _Body = _Body.SMALL
     ) -> Response:
-        begun = await self._begin(request, route, reads_body=reads_body)
+        begun = await self._begin(request, route, body=body)
         if isinstance(begun, Response):
             return begun
         return await self._answer(request, begun, lambda: work(begun.body))
 
-    async def _json(self, request: Request) -> Any:
-        """The body as JSON, at most ``max_body_bytes``."""
-        limit = self._options.max_body_bytes
+    async def _json(self, request: Request, limit: int) -> Any:
+        """The body as JSON: declared ``application/json``, at most ``limit`` bytes, arrived within
+        the body timeout, nested at most :data:`MAX_JSON_DEPTH` deep, its strings valid Unicode."""
+        media = request.headers.get("content-type", "")
+        if media.split(";", 1)[0].strip().lower() != "application/json":
+            # Not a form or text/plain a web page may send across origins without asking.
+            raise UnsupportedMediaTypeError(media)
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise RequestTooLargeError(limit)
         chunks, size = [], 0
+        seconds = self._options.body_timeout_seconds
         try:
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise RequestTooLargeError(limit)
-                chunks.append(chunk)
+            async with asyncio.timeout(seconds):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise RequestTooLargeError(limit)
+                    chunks.append(chunk)
         except ClientDisconnect:
             raise ClientGone from None
+        except TimeoutError:
+            raise BodyTimeoutError(f"the request body did not arrive within {seconds:g} s") from None
         try:
-            return json.loads(b"".join(chunks))
+            value = json.loads(b"".join(chunks))
+        except RecursionError:
+            raise InvalidRequestError("body", f"nests deeper than {MAX_JSON_DEPTH} levels") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise InvalidRequestError("body", f"is not JSON: {exc}") from None
+        _check_json(value)
+        return value
 
     async def _generate_whole(self, params: GenerateParams) -> tuple[list[RetrievedDoc], CompletionEvent]:
         """Run a generation to its end under the stream limit: (the prompt's docs, the completion)."""
@@ -378,9 +487,6 @@ class HttpApi:
                         break
                 for frame in render(event):
                     yield frame
-        except asyncio.CancelledError:
-            call.cancelled()  # the client went away: the engine request was aborted
-            raise
         except Exception as exc:
             self._fail(call, exc)
             yield ServerSentEvent(convert.dumps(error_body(exc)), event="error" if done is None else None)
@@ -394,6 +500,33 @@ class HttpApi:
         logged), and the error's answer."""
         call.failed(exc, http_outcome(exc).code)
         return _error(exc)
+
+
+# JSON a request may nest: far past any tool schema's, far below the interpreter's recursion limit
+# (which code walking the value would otherwise meet: a traceback and a 500).
+MAX_JSON_DEPTH = 64
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_json(value: Any) -> None:
+    """400 for JSON nested deeper than :data:`MAX_JSON_DEPTH` or holding a lone surrogate
+    (``"\\ud800"`` parses, but no text can be encoded from it). Iterative: no recursion to exhaust."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                raise InvalidRequestError("body", "holds a lone UTF-16 surrogate, which is not text")
+            continue
+        if not isinstance(item, (dict, list)):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise InvalidRequestError("body", f"nests deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(item, dict):
+            stack.extend((k, depth) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        else:
+            stack.extend((v, depth + 1) for v in item)
 
 
 @dataclass(frozen=True)

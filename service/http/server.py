@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import resource
 import socket
 import ssl
 from collections.abc import Iterator
@@ -25,7 +26,8 @@ from starlette.types import ASGIApp
 
 from apihelper.errors import ConfigurationError
 from apihelper.service.core import Core
-from apihelper.service.http.app import HttpOptions, build_app
+from apihelper.service.http.app import HttpOptions, allowed_hosts, build_app
+from apihelper.service.http.connections import ConnectionLimits, bounded_protocol
 from apihelper.service.settings import Settings, read_auth_token
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,18 @@ class _McpRun:
         await asyncio.shield(self._task)
 
 
+def _connection_cap(asked: int) -> int:
+    """``asked``, or half the process's file-descriptor limit where that is lower: the other half
+    stays for gRPC, the metrics endpoint, Milvus and the model's files."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or asked <= soft // 2:
+        return asked
+    log.warning(
+        "http_max_connections %d lowered to %d: half the open-file limit (ulimit -n %d)", asked, soft // 2, soft
+    )
+    return max(1, soft // 2)
+
+
 def bind(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0: a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -112,17 +126,27 @@ async def start_http(settings: Settings, core: Core, *, sock: socket.socket | No
         auth_token=read_auth_token(settings),
         max_body_bytes=settings.max_message_bytes,
         send_timeout_seconds=settings.stream_stall_timeout_seconds,  # the same stall timeout as gRPC
+        max_small_body_bytes=min(settings.http_max_small_body_bytes, settings.max_message_bytes),
+        body_timeout_seconds=settings.http_body_timeout_seconds,
+        allowed_hosts=allowed_hosts(settings.http_allowed_hosts, settings.host),
+    )
+    limits = ConnectionLimits(
+        max_header_bytes=settings.http_max_header_bytes,
+        max_headers=settings.http_max_headers,
+        header_timeout_seconds=settings.http_header_timeout_seconds,
+        keepalive_timeout_seconds=settings.http_keepalive_timeout_seconds,
+        max_connections=_connection_cap(settings.http_max_connections),
     )
     mcp_app, mcp = None, None
     if settings.mcp:
         from apihelper.service.mcp.server import ApiHelperMcp
 
         server_mcp = ApiHelperMcp(core, version=version("apihelper"))
-        mcp_app = server_mcp.http_app(settings.host, settings.max_message_bytes)
+        mcp_app = server_mcp.http_app(settings.max_message_bytes)
         mcp = _McpRun(server_mcp.running())
         await mcp.started()
     try:
-        return await _serve(settings, core, options, mcp_app, mcp, sock)
+        return await _serve(settings, core, options, limits, mcp_app, mcp, sock)
     except BaseException:
         if mcp is not None:
             await mcp.stop()
@@ -133,12 +157,18 @@ async def _serve(
     settings: Settings,
     core: Core,
     options: HttpOptions,
+    limits: ConnectionLimits,
     mcp_app: ASGIApp | None,
     mcp: _McpRun | None,
     sock: socket.socket | None,
 ) -> HttpFrontend:
     config = uvicorn.Config(
         build_app(core, options, mcp_app),
+        # h11 (not httptools, which bounds neither the header block nor its time), with the limits
+        # of apihelper.service.http.connections; h11's own buffer bound stays as a backstop.
+        http=bounded_protocol(limits),
+        h11_max_incomplete_event_size=2 * settings.http_max_header_bytes,
+        timeout_keep_alive=max(1, math.ceil(settings.http_keepalive_timeout_seconds)),
         lifespan="off",
         log_config=None,  # the service's logging, as configured by the composition root
         access_log=False,

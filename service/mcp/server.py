@@ -192,20 +192,17 @@ class ApiHelperMcp:
 
     # -- streamable HTTP -----------------------------------------------------------------------
 
-    def http_app(self, host: str, max_body_bytes: int) -> Callable[..., Awaitable[None]]:
+    def http_app(self, max_body_bytes: int) -> Callable[..., Awaitable[None]]:
         """The ASGI app of the streamable-HTTP endpoint (route it at ``/mcp``); stateless and
-        JSON: every call is one request, which the HTTP server drains like any other. ``host``:
-        the address served, for the SDK's DNS-rebinding check on loopback; ``max_body_bytes``: the
-        request size limit every HTTP body meets (``max_message_bytes``)."""
-        security = None
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+        JSON: every call is one request, which the HTTP server drains like any other.
+        ``max_body_bytes``: the size limit every HTTP body meets (``max_message_bytes``). The
+        SDK's own DNS-rebinding check is off: the HTTP front end checks the Host header of every
+        request, /mcp's too, against one setting (``http_allowed_hosts``)."""
         self.server.streamable_http_app(
             streamable_http_path="/mcp",
             stateless_http=True,
             json_response=True,
-            transport_security=security,
-            host=host,
+            transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
             max_request_body_size=max_body_bytes,
         )
         return StreamableHTTPASGIApp(self.server.session_manager)

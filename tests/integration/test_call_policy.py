@@ -158,3 +158,35 @@ async def test_a_refused_token_is_counted_over_http_as_over_grpc() -> None:
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert recorder.finished.count(("POST /v1/retrieve", "UNAUTHENTICATED")) == 3
         assert ("ListCorpora", "UNAUTHENTICATED") in recorder.finished
+
+
+async def test_a_write_to_a_client_that_went_away_is_cancelled_not_internal(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 25 row 15: grpc's ExecuteBatchError (a write on a call whose connection is gone, as a
+    connection refill attack makes happen) is the client leaving: CANCELLED, one info line, no
+    traceback, no INTERNAL."""
+    import importlib
+
+    from apihelper.service.grpc.servicer import ApiHelperServicer
+
+    cygrpc = importlib.import_module("grpc._cython.cygrpc")
+
+    class GoneContext:  # grpc's servicer context, at the I/O boundary: its peer has left
+        def time_remaining(self) -> float | None:
+            return 30.0
+
+        def peer(self) -> str:
+            return "ipv4:127.0.0.1:1"
+
+        async def write(self, message: object) -> None:
+            raise cygrpc.ExecuteBatchError('Failed "execute_batch": (SendMessageOperation,)')
+
+        async def abort(self, code: object, details: str) -> None:
+            raise AssertionError("no status can be sent to a client that is gone")
+
+    recorder = Recording()
+    async with live_server(recorder=recorder) as server:
+        servicer = ApiHelperServicer(server.core)
+        with pytest.raises(asyncio.CancelledError):
+            await servicer.Generate(pb.GenerateRequest(instruction="Create a new session"), GoneContext())  # type: ignore[arg-type]
+    assert ("Generate", "CANCELLED") in recorder.finished
+    assert not [r for r in caplog.records if r.exc_info or r.levelname in ("ERROR", "CRITICAL")]

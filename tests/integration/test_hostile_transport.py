@@ -420,7 +420,7 @@ async def test_an_sse_client_that_never_reads_holds_a_slot_no_longer_than_the_st
         client.setblocking(False)
         await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", server.http_port))
         body = json.dumps({"instruction": "x", "sampling": {"max_tokens": 3000}}).encode()
-        head = f"POST /v1/generate HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+        head = f"POST /v1/generate HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
         await asyncio.get_running_loop().sock_sendall(client, head.encode() + body)
         await wait_until(lambda: server.core.streams.active == 1, 5, "the stream being admitted")
         started = time.perf_counter()

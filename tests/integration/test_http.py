@@ -233,7 +233,7 @@ async def test_an_unknown_corpus_is_404_in_every_mode() -> None:
 
 async def test_not_json_and_too_large_bodies() -> None:
     async with live_server(http=True, max_message_bytes=1024) as running, http_client(running) as client:
-        broken = await client.post("/v1/retrieve", content=b"{not json")
+        broken = await client.post("/v1/retrieve", content=b"{not json", headers={"Content-Type": "application/json"})
         assert broken.status_code == 400 and broken.json()["error"]["param"] == "body"
         big = await client.post("/v1/retrieve", json={"instruction": "x" * 5000})
         assert big.status_code == 413 and big.json()["error"]["param"] == "body"

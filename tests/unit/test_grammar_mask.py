@@ -170,3 +170,47 @@ def test_compiled_grammars_are_cached_by_key() -> None:
     assert not first.cache_hit and cache.compile(one).cache_hit
     cache.compile(two)
     assert not cache.compile(one).cache_hit  # evicted: max_entries=1
+
+
+def test_concurrent_first_compiles_of_one_grammar_compile_it_once() -> None:
+    """Issue 25 row 8: single-flight. Four threads ask for the same grammar at once: one compile,
+    the others wait for it and get the same compiled grammar."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    info = xgr.TokenizerInfo(VOCAB, xgr.VocabType.RAW, vocab_size=V, stop_token_ids=[STOP_ID])
+    cache = GrammarCompilerCache(info)
+    real = cache._compiler
+    calls: list[str] = []
+    entered = threading.Event()
+    release = threading.Event()
+
+    class SlowCompiler:
+        def compile_grammar(self, ebnf: str) -> Any:
+            calls.append(ebnf)
+            entered.set()
+            release.wait(30)
+            return real.compile_grammar(ebnf)
+
+    cache._compiler = SlowCompiler()  # type: ignore[assignment]
+    built = build_call_grammar(PromptFormat.GORILLA_V0, [AllowedCall("f()", CallKind.APIBENCH)])
+    grammar = GuidedDecoding(built.ebnf, built.key)
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(cache.compile, grammar) for _ in range(4)]
+        assert entered.wait(30)
+        release.set()
+        results = [f.result(timeout=60) for f in futures]
+    assert len(calls) == 1
+    assert len({id(r.grammar) for r in results}) == 1
+    assert sum(not r.cache_hit for r in results) == 1
+
+
+def test_a_grammar_over_the_size_limit_is_refused_before_compiling() -> None:
+    from apihelper.errors import InvalidRequestError
+
+    info = xgr.TokenizerInfo(VOCAB, xgr.VocabType.RAW, vocab_size=V, stop_token_ids=[STOP_ID])
+    cache = GrammarCompilerCache(info, max_grammar_bytes=16)
+    built = build_call_grammar(PromptFormat.GORILLA_V0, [AllowedCall("f()", CallKind.APIBENCH)])
+    with pytest.raises(InvalidRequestError) as info_:
+        cache.compile(GuidedDecoding(built.ebnf, built.key))
+    assert info_.value.field == "constrain_calls" and "limit of 16" in str(info_.value)

@@ -154,8 +154,10 @@ def test_docs_are_capped_and_cleaned(tmp_path: Path) -> None:
     assert clean_text("a\ud800b", multiline=False) == "a\ufffdb"
 
 
-def test_readme_lists_every_limit_with_its_default() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    for flag, default, _ in IngestLimits.describe():
-        shown = f"{default // (1024 * 1024)} MiB" if default % (1024 * 1024) == 0 else f"{default:,}"
-        assert f"| `{flag}` | {shown} |" in readme, flag
+def test_readme_and_the_security_page_list_every_limit_with_its_default() -> None:
+    root = Path(__file__).resolve().parents[2]
+    for page in (root / "README.md", root / "docs" / "security.md"):
+        text = page.read_text()
+        for flag, default, _ in IngestLimits.describe():
+            shown = f"{default // (1024 * 1024)} MiB" if default % (1024 * 1024) == 0 else f"{default:,}"
+            assert f"| `{flag}` | {shown} |" in text, (page.name, flag)
