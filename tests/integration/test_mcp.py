@@ -240,6 +240,15 @@ async def test_mcp_bodies_meet_the_servers_size_limit() -> None:
     assert big.status_code == 413
 
 
+async def test_mcp_answers_only_for_the_allowed_host_names() -> None:
+    async with live_server(http=True) as running, httpx.AsyncClient(timeout=30) as http:
+        url = f"http://127.0.0.1:{running.http_port}/mcp"
+        rebound = await http.post(
+            url, json=_tool_call(1, "list_corpora", {}), headers={**MCP_HEADERS, "Host": "evil.example"}
+        )
+    assert rebound.status_code == 400  # DNS rebinding: the HTTP front end's one Host check
+
+
 async def test_no_mcp_serves_no_endpoint() -> None:
     async with live_server(http=True, mcp=False) as running, httpx.AsyncClient(timeout=30) as http:
         response = await http.post(f"http://127.0.0.1:{running.http_port}/mcp", json={})
