@@ -81,6 +81,7 @@ GENERATES = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempot
 
 # The pipeline's field names, as each tool calls its arguments.
 _FIELDS = {"retrieval.corpora": "corpora", "retrieval.top_k": "top_k", "instruction": "instruction"}
+_CORPUS = {"retrieval.corpora": "corpus"}  # the tools that take one corpus
 
 
 # ---------------------------------------------------------------------------------- output types
@@ -169,7 +170,7 @@ class WrittenCall:
 
 @dataclass
 class _Outcome:
-    """What the tool body decided about its call (set by :func:`_tool`), for the middleware."""
+    """How the tool's own work ended (set by :meth:`ApiHelperMcp._run`), for the middleware."""
 
     code: str | None = None
     error: BaseException | None = None
@@ -257,18 +258,22 @@ class ApiHelperMcp:
         _finish(call, outcome, ToolError("rejected by the SDK") if _is_error(result) else None)
         return result
 
-    async def _run(self, work: Awaitable[T], fields: Mapping[str, str] = _FIELDS) -> T:
-        """A tool's work; an error becomes the tool error (our tree through ``errors``), and the
+    async def _run(
+        self,
+        work: Awaitable[T],
+        fields: Mapping[str, str] = _FIELDS,
+        error: type[ToolError] | type[ResourceError] = ToolError,
+    ) -> T:
+        """A tool's (or a resource's) work; a failure becomes the SDK's ``error`` with the text
+        of :func:`errors.error_text` (our tree, named by the tool's own arguments), and the
         middleware learns its outcome."""
         outcome = _OUTCOME.get()
         try:
             return await work
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             if outcome is not None:
                 outcome.code, outcome.error = errors.outcome(exc), exc
-            raise ToolError(errors.error_text(exc, fields)) from None
+            raise error(errors.error_text(exc, fields)) from None
 
     # -- tools ---------------------------------------------------------------------------------
 
@@ -303,7 +308,7 @@ class ApiHelperMcp:
             corpus: Annotated[str, Field(description="its corpus")],
         ) -> ApiDocument:
             """One API's whole doc: text, schema, parameters, signature."""
-            return await self._run(self._get_api(key, corpus), {"retrieval.corpora": "corpus"})
+            return await self._run(self._get_api(key, corpus), _CORPUS)
 
         @server.tool(annotations=GENERATES, title="Write an API call")
         async def write_call(
@@ -337,29 +342,18 @@ class ApiHelperMcp:
         ) -> Verdict:
             """Check a call you wrote against the docs: does the API exist (on that host), do the
             arguments fit it. The verdict and the reasons."""
-            fields = {"retrieval.corpora": "corpus", "instruction": "question", "retrieval.top_k": "question"}
+            fields = {**_CORPUS, "instruction": "question"}
             return await self._run(self._check(call, corpus, question or ""), fields)
 
         @server.resource("apihelper://corpora", name="corpora", mime_type="application/json")
         async def corpora_resource() -> str:
             """The corpora (as list_corpora gives them)."""
-            return json.dumps(_plain(await self._resource(self._list_corpora())))
+            return json.dumps(_plain(await self._run(self._list_corpora(), error=ResourceError)))
 
         @server.resource("apihelper://api/{corpus}/{key}", name="api", mime_type="application/json")
         async def api_resource(corpus: str, key: str) -> str:
             """One API's doc (as get_api gives it); the key percent-encoded."""
-            return json.dumps(_plain(await self._resource(self._get_api(key, corpus))))
-
-    async def _resource(self, work: Awaitable[T]) -> T:
-        outcome = _OUTCOME.get()
-        try:
-            return await work
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if outcome is not None:
-                outcome.code, outcome.error = errors.outcome(exc), exc
-            raise ResourceError(errors.error_text(exc, {"retrieval.corpora": "corpus"})) from None
+            return json.dumps(_plain(await self._run(self._get_api(key, corpus), _CORPUS, ResourceError)))
 
     # -- the work ------------------------------------------------------------------------------
 

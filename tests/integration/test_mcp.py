@@ -210,6 +210,19 @@ async def test_the_default_deadline_ends_a_tool_call_and_aborts_its_generation()
     assert recorder.finished == [("MCP write_call", "DEADLINE_EXCEEDED")]
 
 
+async def test_a_client_cancelling_a_tool_call_aborts_its_generation() -> None:
+    recorder = Recording()
+    engine = FakeEngine(" ".join(["word"] * 400), token_delay_s=0.05)
+    async with mcp_over(engine, recorder) as (client, core):
+        call = asyncio.ensure_future(client.call_tool("write_call", {"instruction": "Create a new session"}))
+        await wait_until(lambda: engine.num_in_flight == 1, 30, "the generation started")
+        call.cancel()  # the SDK's client sends notifications/cancelled
+        await wait_until(lambda: engine.num_in_flight == 0, 30, "the engine request aborted")
+        await wait_until(lambda: bool(recorder.finished), 30, "the call counted")
+        assert core.streams.active == 0
+    assert recorder.finished == [("MCP write_call", "CANCELLED")]
+
+
 # ---------------------------------------------------------------------------------- over HTTP
 
 
