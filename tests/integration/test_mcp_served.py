@@ -76,6 +76,23 @@ async def test_without_the_token_mcp_is_refused(served: Served) -> None:
     assert refused.status_code == 401
 
 
+async def test_search_apis_keeps_to_max_tokens_by_the_served_models_tokenizer(
+    served: Served, dev_model_dir: Path
+) -> None:
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(dev_model_dir))  # what the engine counts with
+    async with remote(served.url, TOKEN) as client:
+        for budget in (1, 50, 120, 1000):
+            asked = {"query": "Create a new session", "corpora": ["bai_rest"], "top_k": 5, "max_tokens": budget}
+            found = structured(await client.call_tool("search_apis", asked))
+            counts = [len(tokenizer.encode(r["text"])) if r["text"] else 0 for r in found["results"]]
+            assert counts == [r["tokens"] for r in found["results"]]
+            assert sum(counts) == found["tokens"] <= budget
+            if budget >= 1000:  # enough for every result to show its head
+                assert all(r["text"].startswith(r["key"]) for r in found["results"])
+
+
 async def test_streamable_http_client_searches_and_checks_backend_ai(served: Served) -> None:
     async with remote(served.url, TOKEN) as client:
         assert {t.name for t in (await client.list_tools()).tools} == set(TOOLS)
