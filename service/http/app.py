@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
@@ -60,6 +60,9 @@ from apihelper.service.core import Core
 from apihelper.service.http import convert, openai
 from apihelper.service.http.openapi import openapi_spec
 from apihelper.service.pipeline import CompletionEvent, GenerateParams, PipelineEvent, SourcesEvent
+
+if TYPE_CHECKING:  # the MCP SDK is imported only when MCP is on (apihelper.service.http.server)
+    from apihelper.service.mcp.server import HttpEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -96,23 +99,25 @@ def static_dir() -> Path:
     return Path(str(files("apihelper.service.http") / "static"))
 
 
-def build_app(core: Core, options: HttpOptions, mcp: ASGIApp | None = None) -> ASGIApp:
+def build_app(core: Core, options: HttpOptions, mcp: HttpEndpoint | None = None) -> ASGIApp:
     """The routes behind the Host check; ``mcp``: the MCP server's streamable-HTTP endpoint,
     served at ``/mcp`` behind the bearer token."""
     api = HttpApi(core, options)
     routes = api.routes()
     if mcp is not None:
-        routes.append(Route("/mcp", _TokenGuard(mcp, api._expected, core.calls), methods=["GET", "POST", "DELETE"]))
+        guarded = _TokenGuard(mcp, api._expected, core.calls)
+        routes.append(Route("/mcp", guarded, methods=["GET", "POST", "DELETE"]))
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
     return HostGuard(app, options.allowed_hosts, core.calls)
 
 
 class _TokenGuard:
-    """An ASGI app (MCP's endpoint) behind the bearer token, refusing as :meth:`HttpApi._guard`
-    does: 401 with ``WWW-Authenticate: Bearer``, counted (``UNAUTHENTICATED``) under the route."""
+    """MCP's endpoint behind the bearer token, refusing as :meth:`HttpApi._guard` does (401 with
+    ``WWW-Authenticate: Bearer``, counted as ``UNAUTHENTICATED`` under the route), with a body
+    MCP clients read (a JSON-RPC error)."""
 
-    def __init__(self, app: ASGIApp, expected: bytes, calls: CallPolicy) -> None:
-        self._app = app
+    def __init__(self, mcp: HttpEndpoint, expected: bytes, calls: CallPolicy) -> None:
+        self._mcp = mcp
         self._expected = expected
         self._calls = calls
 
@@ -122,11 +127,12 @@ class _TokenGuard:
             if not hmac.compare_digest(given, self._expected):
                 exc = UnauthenticatedError("missing or invalid bearer token")
                 self._calls.refused(f"{scope['method']} /mcp", http_outcome(exc).code)
-                response = _error(exc)
+                body = self._mcp.refusal(exc)
+                response = JSONResponse(body, status_code=http_outcome(exc).status)
                 response.headers["www-authenticate"] = "Bearer"
                 await response(scope, receive, send)
                 return
-        await self._app(scope, receive, send)
+        await self._mcp.app(scope, receive, send)
 
 
 # Sent with every response: the page loads only its own script and style, is framed by no site

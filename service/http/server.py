@@ -20,15 +20,18 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
+from typing import TYPE_CHECKING
 
 import uvicorn
-from starlette.types import ASGIApp
 
 from apihelper.errors import ConfigurationError
 from apihelper.service.core import Core
 from apihelper.service.http.app import HttpOptions, allowed_hosts, build_app
 from apihelper.service.http.connections import ConnectionLimits, bounded_protocol
 from apihelper.service.settings import Settings, read_auth_token
+
+if TYPE_CHECKING:
+    from apihelper.service.mcp.server import HttpEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +161,7 @@ async def _serve(
     core: Core,
     options: HttpOptions,
     limits: ConnectionLimits,
-    mcp_app: ASGIApp | None,
+    mcp_app: HttpEndpoint | None,
     mcp: _McpRun | None,
     sock: socket.socket | None,
 ) -> HttpFrontend:

@@ -5,12 +5,16 @@ outcome's name in the vocabulary the metrics use for every protocol (gRPC's stat
 ``apihelper.grpc_status`` and ``apihelper.http_status``), then the message: an agent reads
 ``INVALID_ARGUMENT: top_k: must be between 1 and 50, got 99`` and knows what to change. A bad
 argument names the tool's own argument (``corpora``, not the pipeline's ``retrieval.corpora``).
-Anything the table does not name is a bug: ``INTERNAL: internal error``, no details.
+Anything the table does not name is a bug: ``INTERNAL: internal error``, no details. A request
+the HTTP front end refuses before MCP sees it (no token) gets the same text as a JSON-RPC error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
+
+from mcp.types import INVALID_REQUEST
 
 from apihelper.errors import (
     ApiHelperError,
@@ -61,3 +65,9 @@ def error_text(exc: BaseException, arguments: Mapping[str, str] = {}) -> str:
     if len(message) > MAX_MESSAGE_CHARS:
         message = message[: MAX_MESSAGE_CHARS - 1] + "…"
     return f"{code}: {message}"
+
+
+def refusal(exc: BaseException) -> dict[str, Any]:
+    """The JSON body of an HTTP refusal of ``/mcp`` before MCP saw the request (a missing token):
+    a JSON-RPC error, which MCP clients show as the call's error, with :func:`error_text`'s text."""
+    return {"jsonrpc": "2.0", "id": None, "error": {"code": INVALID_REQUEST, "message": error_text(exc)}}

@@ -168,6 +168,14 @@ class WrittenCall:
 # ---------------------------------------------------------------------------------- the server
 
 
+@dataclass(frozen=True)
+class HttpEndpoint:
+    """What the HTTP front end mounts at ``/mcp``."""
+
+    app: Callable[[Any, Any, Any], Awaitable[None]]  # ASGI
+    refusal: Callable[[BaseException], dict[str, Any]]  # the body of a request refused before MCP (401)
+
+
 @dataclass
 class _Outcome:
     """How the tool's own work ended (set by :meth:`ApiHelperMcp._run`), for the middleware."""
@@ -193,7 +201,7 @@ class ApiHelperMcp:
 
     # -- streamable HTTP -----------------------------------------------------------------------
 
-    def http_app(self, max_body_bytes: int) -> Callable[..., Awaitable[None]]:
+    def http_app(self, max_body_bytes: int) -> HttpEndpoint:
         """The ASGI app of the streamable-HTTP endpoint (route it at ``/mcp``); stateless and
         JSON: every call is one request, which the HTTP server drains like any other.
         ``max_body_bytes``: the size limit every HTTP body meets (``max_message_bytes``). The
@@ -206,7 +214,7 @@ class ApiHelperMcp:
             transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
             max_request_body_size=max_body_bytes,
         )
-        return StreamableHTTPASGIApp(self.server.session_manager)
+        return HttpEndpoint(StreamableHTTPASGIApp(self.server.session_manager), errors.refusal)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

@@ -31,6 +31,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
 
 from apihelper.errors import ConfigurationError
 
@@ -137,12 +138,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     try:
         url, token = endpoint(args.target), _token(args)
-        anyio.run(serve_stdio, url, token)
     except ConfigurationError as exc:
         print(f"apihelper-mcp: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
+    failed: list[BaseException] = []
+    try:
+        anyio.run(serve_stdio, url, token)
+    except* (httpx2.HTTPError, MCPError) as group:  # the service is not there, or refuses us
+        failed.extend(_leaves(group))
+    except* KeyboardInterrupt:
         pass
+    if failed:
+        print(f"apihelper-mcp: {url}: {failed[0]}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions in ``group``, nested groups flattened."""
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 if __name__ == "__main__":

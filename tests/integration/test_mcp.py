@@ -236,11 +236,16 @@ async def test_mcp_over_http_takes_the_bearer_token() -> None:
             wrong = await http.post(url, json=listing, headers={"Authorization": "Bearer nope"})
         assert refused.status_code == wrong.status_code == 401
         assert refused.headers["www-authenticate"] == "Bearer"
-        assert refused.json()["error"]["type"] == "UNAUTHENTICATED"
+        # A JSON-RPC error, which MCP clients show: the SDK's client raises it with this message.
+        assert refused.json()["error"]["message"] == "UNAUTHENTICATED: missing or invalid bearer token"
+        with pytest.raises(Exception) as refused_sdk:
+            async with remote(url, "nope") as client:
+                await client.list_tools()
+        assert "UNAUTHENTICATED: missing or invalid bearer token" in _messages(refused_sdk.value)
         async with remote(url, "s3cret") as client:
             assert {t.name for t in (await client.list_tools()).tools} == set(TOOLS)
             ok(await client.call_tool("list_corpora", {}))
-    assert recorder.finished.count(("POST /mcp", "UNAUTHENTICATED")) == 2
+    assert recorder.finished.count(("POST /mcp", "UNAUTHENTICATED")) >= 3
     assert ("MCP list_corpora", "OK") in recorder.finished
 
 
@@ -325,3 +330,10 @@ def _tool_call(request_id: int, tool: str, arguments: dict[str, Any]) -> dict[st
         "method": "tools/call",
         "params": {"name": tool, "arguments": arguments},
     }
+
+
+def _messages(exc: BaseException) -> str:
+    """Every message in ``exc``, exception groups opened."""
+    if isinstance(exc, BaseExceptionGroup):
+        return " ".join(_messages(e) for e in exc.exceptions)
+    return str(exc)

@@ -133,6 +133,22 @@ async def test_apihelper_mcp_forwards_stdio_to_the_service(served: Served) -> No
         assert refused.is_error and "NOT_FOUND: corpora" in str(refused.content)
 
 
+def test_apihelper_mcp_says_in_one_line_why_it_cannot_serve(served: Served) -> None:
+    target = served.url.removeprefix("http://").removesuffix("/mcp")
+    for token, expected in ((TOKEN + "x", "UNAUTHENTICATED: missing or invalid bearer token"), ("", "UNAUTHENTICATED")):
+        done = subprocess.run(
+            [str(BIN / "apihelper-mcp"), "--target", target],
+            env={**os.environ, TOKEN_ENV: token},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 1
+        assert done.stderr.startswith(f"apihelper-mcp: {served.url}: ") and expected in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
 async def test_sigterm_drains_an_mcp_call_in_flight(served: Served) -> None:
     """Last in the module: it stops the server. A write_call (the dev model generating on CPU) in
     flight when SIGTERM comes is answered whole, and the process exits 0. The call is a plain
