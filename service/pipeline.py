@@ -19,10 +19,11 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
 from apihelper.errors import InvalidRequestError
-from apihelper.retriever.types import CorpusInfo, RetrievalMode, RetrievalResult, RetrievedDoc, Retriever
-from apihelper.service.answers.check import CallCheck, Verdict
+from apihelper.retriever.types import ApiDoc, CorpusInfo, RetrievalMode, RetrievalResult, RetrievedDoc, Retriever
+from apihelper.service.answers.check import CallCheck, CheckedAnswer, Verdict
 from apihelper.service.answers.constraint import CallConstraints
 from apihelper.service.answers.corpus_cache import CorpusCache, corpus_version
+from apihelper.service.answers.parse import ParsedAnswer, parse_call
 from apihelper.service.answers.repetition import RepetitionFilter
 from apihelper.service.engine.protocol import (
     ApiChoice,
@@ -36,6 +37,8 @@ from apihelper.service.engine.protocol import (
 from apihelper.service.metrics import NullRecorder, Recorder
 from apihelper.service.prompt_fit import PromptFitter
 from apihelper.service.prompts import PromptFormat
+
+MAX_KEY_CHARS = 120  # of an API key quoted in an error message
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,16 @@ class GenerateParams:
     # retrieving; None: retrieve. Given docs belong to no corpus (``corpus == ""``): the verdict
     # checks calls against them alone.
     docs: tuple[RetrievedDoc, ...] | None = None
+
+
+@dataclass(frozen=True)
+class CheckParams:
+    """A call the caller wrote itself, to be checked against one corpus."""
+
+    call: str
+    corpus: str
+    question: str  # what the call is meant to do ("": not given); its docs are retrieved first
+    top_k: int  # docs retrieved for the question
 
 
 @dataclass(frozen=True)
@@ -157,6 +170,32 @@ class Pipeline:
         clock = _Clock()
         result = await self._retrieve(params)
         return RetrieveOutcome(result.docs, _retrieval_timings(result, clock.ms()))
+
+    async def get_api(self, corpus: str, key: str) -> ApiDoc:
+        """One API's doc, as ingested: from the corpus catalog, or read when there is none yet."""
+        catalog = await self._corpora.corpus_catalog(corpus)
+        doc = catalog.get(key) if catalog is not None else None
+        if doc is None and catalog is None:  # too big for a catalog, or still building
+            doc = next((d for d in await self._retriever.corpus_docs(corpus) if d.key == key), None)
+        if doc is None:
+            shown = key if len(key) <= MAX_KEY_CHARS else key[:MAX_KEY_CHARS] + "..."
+            raise InvalidRequestError("key", f"no API {shown!r} in the corpus {corpus!r}")
+        return doc
+
+    async def check_call(self, params: CheckParams) -> CheckedAnswer:
+        """The verdict on a caller's own call, against the whole corpus; the docs retrieved for
+        ``question`` are searched first, as the docs shown to the model are for a generated call."""
+        catalog = await self._corpora.corpus_catalog(params.corpus)
+        docs: list[RetrievedDoc] = []
+        if params.question:
+            retrieval = RetrieveParams(params.question, (params.corpus,), params.top_k, RetrievalMode.HYBRID)
+            docs = (await self._retrieve(retrieval)).docs
+        return await self._corpora.check_parsed(ParsedAnswer({}, [parse_call(params.call)]), docs, catalog)
+
+    async def trim_texts(self, texts: Sequence[str], max_tokens: int) -> list[tuple[str, int]]:
+        """``texts`` cut, in turn, to ``max_tokens`` in all by the engine's tokenizer: (text,
+        tokens) each. Off the event loop."""
+        return await self._fitter.trim(texts, max_tokens)
 
     async def generate(self, params: GenerateParams) -> AsyncGenerator[PipelineEvent, None]:
         clock = _Clock()

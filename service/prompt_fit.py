@@ -62,6 +62,49 @@ class PromptFitter:
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
 
+    async def trim(self, texts: Sequence[str], budget: int) -> list[tuple[str, int]]:
+        """``texts`` cut to ``budget`` tokens in all, each with its count (the counts add up to at
+        most ``budget``): each gets an equal share first, so every text shows its head, then what
+        the short ones left goes to the cut ones in order. For doc text handed to a caller by
+        token budget (the MCP ``search_apis``); in the worker."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, self.trim_now, list(texts), budget)
+
+    def trim_now(self, texts: list[str], budget: int) -> list[tuple[str, int]]:
+        """:meth:`trim`'s work, in the calling thread (the worker's)."""
+        shares = [self._cut(text, budget // max(1, len(texts))) for text in texts]
+        left = budget - sum(tokens for _, tokens in shares)
+        out = []
+        for text, (kept, tokens) in zip(texts, shares, strict=True):
+            if left > 0 and len(kept) < len(text):
+                longer, more = self._cut(text, tokens + left)
+                if more >= tokens:
+                    kept, left, tokens = longer, left - (more - tokens), more
+            out.append((kept, tokens))
+        return out
+
+    def _cut(self, text: str, budget: int) -> tuple[str, int]:
+        """The longest prefix of ``text`` whose tokens fit in ``budget``, and its count: the whole
+        text when it fits, else a binary search over prefix lengths (a prefix never needs fewer
+        tokens than one it extends, give or take a merge at the cut: each probe is counted)."""
+        if budget <= 0 or not text:
+            return "", 0
+        high = min(len(text), (budget + 1) * MAX_CHARS_PER_TOKEN)  # longer cannot fit
+        if high == len(text):
+            whole = self._tokens(text)
+            if whole <= budget:
+                return text, whole
+        best: tuple[str, int] = ("", 0)
+        low = 1
+        while low <= high:
+            middle = (low + high) // 2
+            count = self._tokens(text[:middle])
+            if count <= budget:
+                best, low = (text[:middle], count), middle + 1
+            else:
+                high = middle - 1
+        return best
+
     def fit_now(
         self, fmt: PromptFormat, instruction: str, docs: list[RetrievedDoc], max_tokens: int
     ) -> tuple[list[RetrievedDoc], str]:

@@ -31,6 +31,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 50051  # gRPC; 0 picks a free port (tests)
     http_port: int = 8000  # HTTP/JSON, SSE, OpenAI-compatible API and the web app; 0 disables
+    mcp: bool = True  # the MCP server (tools for coding agents) at /mcp on the HTTP port (--no-mcp: off)
     reflection: bool = True
     # Security: a bearer token (or a file holding it); TLS from PEM files, mutual TLS with a client CA
     auth_token: str = dataclasses.field(default="", repr=False)

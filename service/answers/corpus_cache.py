@@ -34,9 +34,10 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from apihelper.errors import ApiHelperError
+from apihelper.errors import ApiHelperError, UnknownCorpusError
 from apihelper.retriever.types import ApiDoc, CorpusInfo, RetrievedDoc, Retriever
-from apihelper.service.answers.check import ApiCatalog, CheckedAnswer, check_answer
+from apihelper.service.answers.check import ApiCatalog, CheckedAnswer, check_answer, check_parsed
+from apihelper.service.answers.parse import ParsedAnswer
 from apihelper.service.prompts import PromptFormat
 
 log = logging.getLogger(__name__)
@@ -323,6 +324,25 @@ class CorpusCache:
         if catalog is not None and len(catalog) > INLINE_CHECK_MAX_DOCS:
             return await asyncio.to_thread(check)
         return check()
+
+    async def corpus_catalog(self, corpus: str) -> ApiCatalog | None:
+        """Every doc of ``corpus`` (None when that cannot be had in ``CATALOG_WAIT_SECONDS``);
+        ``UnknownCorpusError`` when it is not listed. For checking a caller's own call against a
+        corpus, and for looking one API up by key."""
+        infos = await self.infos({corpus})
+        if corpus not in infos:
+            raise UnknownCorpusError(corpus)
+        return await self._catalogs.get([CorpusVersion.of(infos[corpus])], timeout_s=CATALOG_WAIT_SECONDS)
+
+    async def check_parsed(
+        self, answer: ParsedAnswer, docs: Sequence[RetrievedDoc], catalog: ApiCatalog | None
+    ) -> CheckedAnswer:
+        """:meth:`check` for an answer already parsed (a caller's own call), against ``catalog``."""
+        if catalog is not None and len(catalog) > INLINE_CHECK_MAX_DOCS:
+            return await asyncio.to_thread(
+                functools.partial(check_parsed, answer, docs, catalog, base_urls=self._base_urls)
+            )
+        return check_parsed(answer, docs, catalog, base_urls=self._base_urls)
 
     async def close(self) -> None:
         """Cancel the warm-ups and catalog builds still running (at server stop)."""

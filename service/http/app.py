@@ -11,6 +11,9 @@ the metrics (``rpc`` label: the route; outcomes named as gRPC names them), and c
 client that goes away, or a deadline that passes, cancels the handler and so aborts the engine
 request.
 
+``/mcp`` is the MCP server's streamable-HTTP endpoint (``apihelper.service.mcp``, which applies
+the call policy to each tool call itself), behind the same bearer token.
+
 Streams send the first event (the sources) only after retrieval succeeded, so a bad corpus
 name is still a plain 400; an error after that is an ``error`` event (``data`` the error JSON)
 and ends the stream.
@@ -29,7 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from sse_starlette.sse import SendTimeoutError
@@ -57,6 +60,9 @@ from apihelper.service.core import Core
 from apihelper.service.http import convert, openai
 from apihelper.service.http.openapi import openapi_spec
 from apihelper.service.pipeline import CompletionEvent, GenerateParams, PipelineEvent, SourcesEvent
+
+if TYPE_CHECKING:  # the MCP SDK is imported only when MCP is on (apihelper.service.http.server)
+    from apihelper.service.mcp.server import HttpEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +99,40 @@ def static_dir() -> Path:
     return Path(str(files("apihelper.service.http") / "static"))
 
 
-def build_app(core: Core, options: HttpOptions) -> ASGIApp:
+def build_app(core: Core, options: HttpOptions, mcp: HttpEndpoint | None = None) -> ASGIApp:
+    """The routes behind the Host check; ``mcp``: the MCP server's streamable-HTTP endpoint,
+    served at ``/mcp`` behind the bearer token."""
     api = HttpApi(core, options)
-    app = Starlette(routes=api.routes(), exception_handlers={HTTPException: _http_exception})
+    routes = api.routes()
+    if mcp is not None:
+        guarded = _TokenGuard(mcp, api._expected, core.calls)
+        routes.append(Route("/mcp", guarded, methods=["GET", "POST", "DELETE"]))
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_exception})
     return HostGuard(app, options.allowed_hosts, core.calls)
+
+
+class _TokenGuard:
+    """MCP's endpoint behind the bearer token, refusing as :meth:`HttpApi._guard` does (401 with
+    ``WWW-Authenticate: Bearer``, counted as ``UNAUTHENTICATED`` under the route), with a body
+    MCP clients read (a JSON-RPC error)."""
+
+    def __init__(self, mcp: HttpEndpoint, expected: bytes, calls: CallPolicy) -> None:
+        self._mcp = mcp
+        self._expected = expected
+        self._calls = calls
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._expected:
+            given = Headers(scope=scope).get("authorization", "").encode()
+            if not hmac.compare_digest(given, self._expected):
+                exc = UnauthenticatedError("missing or invalid bearer token")
+                self._calls.refused(f"{scope['method']} /mcp", http_outcome(exc).code)
+                body = self._mcp.refusal(exc)
+                response = JSONResponse(body, status_code=http_outcome(exc).status)
+                response.headers["www-authenticate"] = "Bearer"
+                await response(scope, receive, send)
+                return
+        await self._mcp.app(scope, receive, send)
 
 
 # Sent with every response: the page loads only its own script and style, is framed by no site

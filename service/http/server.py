@@ -4,7 +4,8 @@
 over the same core. The composition root owns SIGTERM/SIGINT (uvicorn's own signal capture is
 switched off) and drains both front ends together: ``stop`` closes the listening socket, lets
 requests in flight finish within the grace period, then cancels what is left (which aborts
-their engine requests).
+their engine requests). The MCP server's session manager (``/mcp``, on unless ``mcp`` is off)
+runs from before the first request until HTTP has drained.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import socket
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.metadata import version
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -26,6 +29,9 @@ from apihelper.service.core import Core
 from apihelper.service.http.app import HttpOptions, allowed_hosts, build_app
 from apihelper.service.http.connections import ConnectionLimits, bounded_protocol
 from apihelper.service.settings import Settings, read_auth_token
+
+if TYPE_CHECKING:
+    from apihelper.service.mcp.server import HttpEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +58,42 @@ class HttpFrontend:
     server: uvicorn.Server
     task: asyncio.Task[None]
     port: int
+    mcp: _McpRun | None = None
 
     async def stop(self, grace_seconds: float) -> None:
-        """Stop accepting, give requests in flight ``grace_seconds``, cancel the rest. Safe to
-        call more than once."""
+        """Stop accepting, give requests in flight ``grace_seconds`` (MCP tool calls among them),
+        cancel the rest, then stop MCP's session manager. Safe to call more than once."""
         self.server.config.timeout_graceful_shutdown = math.ceil(grace_seconds)
         self.server.should_exit = True
         await asyncio.shield(self.task)
+        if self.mcp is not None:
+            await self.mcp.stop()
+
+
+class _McpRun:
+    """The MCP server's session manager, running (in a task of its own: its task group must be
+    entered and left in one task) from before HTTP serves until HTTP has drained."""
+
+    def __init__(self, running: contextlib.AbstractAsyncContextManager[None]) -> None:
+        self._stopping = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._task = asyncio.create_task(self._run(running), name="apihelper-mcp")
+
+    async def _run(self, running: contextlib.AbstractAsyncContextManager[None]) -> None:
+        async with running:
+            self._ready.set()
+            await self._stopping.wait()
+
+    async def started(self) -> None:
+        ready = asyncio.ensure_future(self._ready.wait())
+        await asyncio.wait((ready, self._task), return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if self._task.done():
+            self._task.result()  # its failure, raised here
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        await asyncio.shield(self._task)
 
 
 def _connection_cap(asked: int) -> int:
@@ -105,8 +140,33 @@ async def start_http(settings: Settings, core: Core, *, sock: socket.socket | No
         keepalive_timeout_seconds=settings.http_keepalive_timeout_seconds,
         max_connections=_connection_cap(settings.http_max_connections),
     )
+    mcp_app, mcp = None, None
+    if settings.mcp:
+        from apihelper.service.mcp.server import ApiHelperMcp
+
+        server_mcp = ApiHelperMcp(core, version=version("apihelper"))
+        mcp_app = server_mcp.http_app(settings.max_message_bytes)
+        mcp = _McpRun(server_mcp.running())
+        await mcp.started()
+    try:
+        return await _serve(settings, core, options, limits, mcp_app, mcp, sock)
+    except BaseException:
+        if mcp is not None:
+            await mcp.stop()
+        raise
+
+
+async def _serve(
+    settings: Settings,
+    core: Core,
+    options: HttpOptions,
+    limits: ConnectionLimits,
+    mcp_app: HttpEndpoint | None,
+    mcp: _McpRun | None,
+    sock: socket.socket | None,
+) -> HttpFrontend:
     config = uvicorn.Config(
-        build_app(core, options),
+        build_app(core, options, mcp_app),
         # h11 (not httptools, which bounds neither the header block nor its time), with the limits
         # of apihelper.service.http.connections; h11's own buffer bound stays as a backstop.
         http=bounded_protocol(limits),
@@ -140,4 +200,4 @@ async def start_http(settings: Settings, core: Core, *, sock: socket.socket | No
     port = int(sock.getsockname()[1])
     scheme = "https" if settings.tls_cert_file else "http"
     log.info("serving HTTP on %s://%s:%d", scheme, settings.host, port)
-    return HttpFrontend(server, task, port)
+    return HttpFrontend(server, task, port, mcp)

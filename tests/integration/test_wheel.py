@@ -39,5 +39,5 @@ def test_the_wheel_installs_one_import_root_and_working_scripts(tmp_path: Path) 
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     where = _run(str(python), "-c", "import apihelper.service, sys; print(apihelper.service.__file__)", cwd=tmp_path)
     assert where.stdout.strip().startswith(str(site)), where.stdout
-    for script in ("apihelper-serve", "apihelper-build", "apihelper-client"):
+    for script in ("apihelper-serve", "apihelper-build", "apihelper-client", "apihelper-mcp"):
         assert "usage:" in _run(str(env / "bin" / script), "--help", cwd=tmp_path).stdout

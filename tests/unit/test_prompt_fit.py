@@ -67,3 +67,37 @@ def test_an_instruction_that_leaves_no_room_is_a_bad_request() -> None:
         assert info.value.field == "sampling.max_tokens"
     finally:
         fitter.close()
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    texts=st.lists(st.text(alphabet="ab cd\n.", max_size=400), max_size=8),
+    budget=st.integers(min_value=0, max_value=300),
+)
+def test_trimmed_texts_are_prefixes_whose_counts_fit_the_budget(texts: list[str], budget: int) -> None:
+    engine = FakeEngine()
+    fitter = PromptFitter(engine)
+    try:
+        cut = fitter.trim_now(texts, budget)
+    finally:
+        fitter.close()
+    assert len(cut) == len(texts)
+    for text, (kept, tokens) in zip(texts, cut, strict=True):
+        assert text.startswith(kept)
+        assert tokens == (engine.count_tokens(kept) if kept else 0)
+    assert sum(tokens for _, tokens in cut) <= budget
+    if sum(engine.count_tokens(t) for t in texts if t) <= budget:
+        assert [kept for kept, _ in cut] == texts  # everything fits: nothing is cut
+
+
+def test_every_text_shows_its_head_before_one_takes_the_rest() -> None:
+    engine = FakeEngine()
+    fitter = PromptFitter(engine)
+    long = " ".join(f"w{i}" for i in range(500))
+    try:
+        cut = fitter.trim_now([long, long, "short one"], 90)
+    finally:
+        fitter.close()
+    assert all(kept for kept, _ in cut)
+    assert cut[2][0] == "short one"
+    assert cut[0][1] > cut[1][1] >= 90 // 3 - 1  # what the short text left went to the first
