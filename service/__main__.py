@@ -126,6 +126,23 @@ def build_recorder(settings: Settings, engine: Engine, embedding_model: str) -> 
     return prometheus
 
 
+def quiet_teardown() -> None:
+    """After a clean stop ("stopped" is logged), send what the interpreter's teardown writes to
+    stderr nowhere: libraries loaded with torch (triton's nanobind bindings) report hundreds of
+    "leaked" objects at exit, objects that live until exit by design (``gc.freeze`` above).
+    Triton silences its own workers' teardown the same way. Only the clean path does this."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        stderr = sys.stderr.fileno()
+    except (OSError, ValueError):  # stderr is not a file (an embedding caller replaced it)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, stderr)
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv, os.environ)
@@ -139,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("event loop: %s", "uvloop" if factory is not None else "asyncio")
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(serve(settings))
+        quiet_teardown()
     except asyncio.CancelledError:
         log.info("start-up interrupted by a signal; everything built so far was released")
     except ApiHelperError as exc:

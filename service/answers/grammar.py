@@ -45,6 +45,7 @@ import enum
 import hashlib
 import itertools
 import json
+import keyword
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
@@ -555,8 +556,14 @@ def _check_text(fmt: PromptFormat, text: str, what: str) -> None:
         raise _Unwritable(f"{what} contains a lone surrogate")
 
 
+def _python_name(name: str) -> bool:
+    """A name Python syntax can write: an identifier that is not a keyword (``or(...)`` and
+    ``class=1`` do not parse, so the parser could not read them back)."""
+    return bool(_IDENTIFIER_RE.match(name)) and not keyword.iskeyword(name)
+
+
 def _dotted_identifier(name: str) -> bool:
-    return all(_IDENTIFIER_RE.match(part) for part in name.split("."))
+    return all(_python_name(part) for part in name.split("."))
 
 
 def _python_call(fmt: PromptFormat, call: AllowedCall, values: _Values, rules: _Rules) -> str:
@@ -580,7 +587,7 @@ def _python_call(fmt: PromptFormat, call: AllowedCall, values: _Values, rules: _
                 raise _Unwritable(f"positional-only parameter {spec.name!r} after keyword parameters")
             items.append(_Item(f"({value})", spec.required))
             continue
-        if not spec.name.isidentifier():
+        if not (spec.name.isidentifier() and _python_name(spec.name)):
             if spec.required:
                 raise _Unwritable(f"required parameter {spec.name!r} is not a Python identifier")
             continue

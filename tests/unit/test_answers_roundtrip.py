@@ -7,6 +7,7 @@ through its compiled grammar (``tests.unit.grammar_walk``, no model) draw the an
 
 from __future__ import annotations
 
+import keyword
 import random
 import re
 import string
@@ -36,7 +37,10 @@ WALKS = 6  # answers walked per drawn call
 OPTIONS = GrammarOptions(max_string_chars=8, max_prose_chars=12, max_items=3, max_calls=2)
 PROFILE = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-identifier = st.text(string.ascii_lowercase + "_", min_size=1, max_size=8).filter(str.isidentifier)
+identifier = st.text(string.ascii_lowercase + "_", min_size=1, max_size=8).filter(
+    lambda s: s.isidentifier() and not keyword.iskeyword(s)
+)
+keyword_names = st.sampled_from(sorted(keyword.kwlist))
 types = st.lists(st.sampled_from(list(ValueType)), min_size=1, max_size=2, unique=True).map(tuple)
 # A URL (path segment, query value) holds scalars only: a required list has no URL form.
 URL_TYPES = [ValueType.STRING, ValueType.INTEGER, ValueType.NUMBER, ValueType.BOOLEAN]
@@ -195,3 +199,15 @@ def test_the_parser_reads_every_method_the_grammar_writes() -> None:
     for method in HTTP_METHODS:
         parsed = parse_answer(PromptFormat.GORILLA_V0, f"<<<api_call>>>: {method} /things/1")
         assert (parsed.calls[0].method, parsed.calls[0].path) == (method, "/things/1")
+
+
+@pytest.mark.parametrize("fmt", [PromptFormat.GORILLA_V0, PromptFormat.OPENFUNCTIONS_V2])
+@given(name=keyword_names)
+def test_keywords_are_not_written_as_python_names(fmt: PromptFormat, name: str) -> None:
+    """``or(...)`` or ``f(class=1)`` would not parse back: such a call (or optional argument) is
+    left out of the grammar, not written."""
+    kind = CallKind.PYTHON if fmt is PromptFormat.GORILLA_V0 else CallKind.FUNCTION
+    built = build_call_grammar(fmt, [AllowedCall(name, kind), AllowedCall("ok", kind)], OPTIONS)
+    assert [c.name for c in built.calls] == ["ok"] and built.dropped[0][0] == name
+    required = AllowedCall("f", kind, (ParamSpec(name, required=True),))
+    assert build_call_grammar(fmt, [required, AllowedCall("ok", kind)], OPTIONS).dropped[0][0] == "f"

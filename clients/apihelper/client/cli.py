@@ -198,7 +198,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ca-cert", help="PEM root certificate(s) to trust (implies --tls)")
     parser.add_argument("--client-cert", help="PEM client certificate for mutual TLS")
     parser.add_argument("--client-key", help="PEM client key for mutual TLS")
-    parser.add_argument("--timeout", type=float, default=300.0, help="deadline per call, seconds")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=float(os.environ.get("APIHELPER_TIMEOUT", "300")),
+        help="deadline per call, seconds (default: $APIHELPER_TIMEOUT, else 300)",
+    )
     parser.add_argument(
         "--token", default=os.environ.get("APIHELPER_TOKEN"), help="bearer token (default: $APIHELPER_TOKEN)"
     )
