@@ -39,7 +39,7 @@ class ApiDoc:
     BM25-indexed (it may add or drop fields to make search work better). ``views`` are further
     ways the same API is described (one APIBench record of a call, a REST operation's summary and
     description, a function's parameters): each gets a dense vector of its own, carrying the
-    doc's key, so a phrasing is not averaged away in one long text (``retriever.views``).
+    doc's key, so a phrasing is not averaged away in one long text (``ingest --views``).
     """
 
     key: str
