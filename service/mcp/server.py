@@ -102,6 +102,16 @@ class Corpora:
 
 
 @dataclass
+class LinkedApi:
+    """The same API as another corpus describes it (a REST operation and the SDK function that
+    calls it: ``ingest --link``)."""
+
+    corpus: str
+    key: str
+    title: str
+
+
+@dataclass
 class ApiHit:
     key: Annotated[str, Field(description="the API's key in its corpus: 'METHOD /path', a dotted name, a tool name")]
     corpus: str
@@ -110,6 +120,9 @@ class ApiHit:
     text: Annotated[str, Field(description="the doc's text, cut to what is left of max_tokens")]
     tokens: Annotated[int, Field(description="tokens of text, by the served model's tokenizer")]
     truncated: Annotated[bool, Field(description="text is cut short: get_api gives the whole doc")]
+    linked: Annotated[
+        list[LinkedApi], Field(description="the same API in a linked corpus (REST operation <-> SDK function)")
+    ]
 
 
 @dataclass
@@ -378,7 +391,7 @@ class ApiHelperMcp:
         docs = (await self._pipeline.retrieve(params)).docs
         cut = await self._pipeline.trim_texts([d.doc.text for d in docs], max_tokens)
         hits = [
-            ApiHit(d.doc.key, d.corpus, d.doc.title, d.score, text, tokens, len(text) < len(d.doc.text))
+            ApiHit(d.doc.key, d.corpus, d.doc.title, d.score, text, tokens, len(text) < len(d.doc.text), _links(d.doc))
             for d, (text, tokens) in zip(docs, cut, strict=True)
         ]
         return SearchResult(hits, max_tokens, sum(h.tokens for h in hits))
@@ -475,6 +488,18 @@ def _corpus_name(corpus: str) -> str:
 def _corpus(info: CorpusInfo) -> Corpus:
     version = info.last_ingest.isoformat() if info.last_ingest is not None else ""
     return Corpus(info.name, info.format.value, info.doc_count, info.embedding_model, version)
+
+
+def _links(doc: ApiDoc) -> list[LinkedApi]:
+    """The doc's links to another corpus, as ``retriever.links`` stores them in its metadata."""
+    links = doc.metadata.get("links")
+    if not isinstance(links, list):
+        return []
+    return [
+        LinkedApi(str(link["corpus"]), str(link["key"]), str(link.get("title", "")))
+        for link in links
+        if isinstance(link, dict) and "corpus" in link and "key" in link
+    ]
 
 
 def _document(doc: ApiDoc, corpus: str) -> ApiDocument:

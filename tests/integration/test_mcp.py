@@ -36,7 +36,12 @@ LONG_DOC = ApiDoc(
     "Get a session's logs",
     "GET /sessions/{name}/logs: the container logs of a session. " + "Each line is one log record. " * 200,
     "session logs",
-    {"kind": DocKind.REST_OPERATION.value, "method": "GET", "path": "/sessions/{name}/logs"},
+    {
+        "kind": DocKind.REST_OPERATION.value,
+        "method": "GET",
+        "path": "/sessions/{name}/logs",
+        "links": [{"corpus": "sdk", "key": "client.Session.get_logs", "title": "Session.get_logs()"}],
+    },
 )
 DOCS = [MemoryRetriever.DOC, LONG_DOC]
 
@@ -104,6 +109,8 @@ async def test_every_tool_answers() -> None:
         assert sum(engine.count_tokens(r["text"]) for r in found["results"]) <= 40
         assert found["tokens"] == sum(r["tokens"] for r in found["results"]) <= 40
         assert [r["truncated"] for r in found["results"]] == [False, True]
+        # A REST operation linked to the SDK function that calls it shows that function.
+        assert [r["linked"] for r in found["results"]] == [[], LONG_DOC.metadata["links"]]
         assert LONG_DOC.text.startswith(found["results"][1]["text"])
 
         whole = ok(await client.call_tool("search_apis", {"query": "session logs", "max_tokens": 16384}))
