@@ -127,7 +127,8 @@ async def test_the_openai_client_gets_tool_calls(served: RunningServer) -> None:
         for choice in chunk.choices:
             names += [c.function.name for c in choice.delta.tool_calls or () if c.function and c.function.name]
             finish = choice.finish_reason or finish
-    assert chunks > 3
+    # The role, the call and the finish: the call's <tool_call> text is not repeated as content.
+    assert chunks >= 3
     assert finish == "tool_calls" and names, finish
 
 
