@@ -29,6 +29,9 @@ BIN = Path(sys.executable).parent
 TOKEN = "mcp-test-token"
 API_HOST = "https://api.backend.ai"  # where the test says Backend.AI is served (the spec names no server)
 
+# A served process on the dev model: the transformers 5 engine (the compat env has 4.57.1).
+pytestmark = pytest.mark.transformers5
+
 
 @dataclass
 class Served:
