@@ -34,12 +34,14 @@ transformers and torch are imported inside the functions: importing this module 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import importlib.util
 import json
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,10 +136,7 @@ def stage_gguf(
     arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
     context_field = reader.fields.get(f"{arch}.context_length")
     context = int(context_field.parts[context_field.data[0]][0]) if context_field is not None else max_model_len
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    work.chmod(0o755)
-    try:
+    with _published(out_dir) as work:
         target = work / gguf_path.name
         try:
             target.hardlink_to(gguf_path)
@@ -162,12 +161,6 @@ def stage_gguf(
             },
         )
         manifest.write(work)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        work.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -209,10 +202,7 @@ def import_gguf(
     rebuilt = rebuilt.to(torch_dtype).eval()
     rebuilt.generation_config = source.generation_config
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    work.chmod(0o755)  # mkdtemp makes it private; the server may run as another user
-    try:
+    with _published(out_dir) as work:
         rebuilt.save_pretrained(str(work), safe_serialization=True)
         tokenizer.save_pretrained(str(work))
         _portable_tokenizer_config(work / "tokenizer_config.json", int(config.max_position_embeddings))
@@ -245,13 +235,24 @@ def import_gguf(
             },
         )
         manifest.write(work)
+    return ImportReport(out_dir, manifest, seconds, diff, same_token)
+
+
+@contextlib.contextmanager
+def _published(out_dir: Path) -> Iterator[Path]:
+    """A fresh folder beside ``out_dir`` to build in; it replaces ``out_dir`` when the block ends
+    normally, and is removed when it raises (``out_dir`` is then left as it was)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    work.chmod(0o755)  # mkdtemp makes it private; the server may run as another user
+    try:
+        yield work
         if out_dir.exists():
             shutil.rmtree(out_dir)
         work.rename(out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return ImportReport(out_dir, manifest, seconds, diff, same_token)
 
 
 def _plain_config(tf: Any, config: Any, dtype: str) -> Any:
