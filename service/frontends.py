@@ -54,6 +54,8 @@ class RunningServer:
     async def stop(self) -> None:
         """Drain: NOT_SERVING, refuse new calls on every front end, let the streams in flight
         finish within the grace period. Safe to call more than once."""
+        if self.http is not None:
+            self.http.refuse_new_connections()  # before anyone can see NOT_SERVING
         await self.core.drain()
         # HTTP's drain runs beside gRPC's (one grace period for both). gRPC's starts right here,
         # in this step: a call that arrives once health says NOT_SERVING finds the server closed

@@ -60,6 +60,12 @@ class HttpFrontend:
     port: int
     mcp: _McpRun | None = None
 
+    def refuse_new_connections(self) -> None:
+        """Close the listening sockets now, in the caller's step (uvicorn's own loop would see
+        ``should_exit`` up to 0.1 s later and accept in between). Safe to call more than once."""
+        for listener in self.server.servers:
+            listener.close()
+
     async def stop(self, grace_seconds: float) -> None:
         """Stop accepting, give requests in flight ``grace_seconds`` (MCP tool calls among them),
         cancel the rest, then stop MCP's session manager. Safe to call more than once."""
