@@ -92,7 +92,7 @@ from apihelper.service.prompts import PromptFormat
 MAX_REASONS = 12  # per call: a call with 40 unknown fields needs no 40 lines
 MAX_BASE_SEGMENTS = 2  # leading path segments tried as a base path (/api/v1/...) before giving up
 
-_PLACEHOLDER_RE = re.compile(r"^(?:\{[^{}/]+\}|<[^<>/]+>|:[A-Za-z_]\w*)$")
+_PLACEHOLDER_RE = re.compile(r"\{[^{}/]+\}|<[^<>/]+>|:[A-Za-z_]\w*")
 
 
 class Verdict(str, enum.Enum):
@@ -428,12 +428,12 @@ def _strings_in(value: Any) -> Iterator[str]:
             yield from _strings_in(item)
 
 
-_VALUE_PLACEHOLDER_RE = re.compile(r"^(?:<[A-Za-z_][\w .:/-]{0,80}>|\{[A-Za-z_][\w .:/-]{0,80}\})$")
+_VALUE_PLACEHOLDER_RE = re.compile(r"<[A-Za-z_][\w .:/-]{0,80}>|\{[A-Za-z_][\w .:/-]{0,80}\}")
 
 
 def is_placeholder(value: str) -> bool:
     """An explicit placeholder for a value the question does not give: ``<session_id>``, ``{name}``."""
-    return bool(_VALUE_PLACEHOLDER_RE.match(value.strip()))
+    return bool(_VALUE_PLACEHOLDER_RE.fullmatch(value.strip()))
 
 
 def _normalized(text: str) -> str:
@@ -550,7 +550,7 @@ def _match_template(op: RestOperation, segments: Sequence[str]) -> tuple[int, di
                 return None
             score += 2
             continue
-        if _PLACEHOLDER_RE.match(seg):
+        if _PLACEHOLDER_RE.fullmatch(seg):
             # The model wrote a placeholder ("{session_id}", "<id>", ":id"): fine for a template.
             score += 1 if seg.strip("{}<>:") in params else 0
             continue

@@ -185,7 +185,7 @@ class NoAllowedCallsError(ValueError):
 
 
 MAX_LITERAL_CHARS = 4096  # one doc-derived literal (a name, a path, an api_call)
-_IDENTIFIER_RE = re.compile(r"^[^\W\d]\w*$")
+_IDENTIFIER_RE = re.compile(r"[^\W\d]\w*")
 _TEMPLATE_PARAM_RE = re.compile(r"\{([^{}/]+)\}")
 _TEXT_PATH_UNSAFE = re.compile(f"[{REST_TEXT_PATH_END}]")
 # Separators as EBNF literals.
@@ -559,7 +559,7 @@ def _check_text(fmt: PromptFormat, text: str, what: str) -> None:
 def _python_name(name: str) -> bool:
     """A name Python syntax can write: an identifier that is not a keyword (``or(...)`` and
     ``class=1`` do not parse, so the parser could not read them back)."""
-    return bool(_IDENTIFIER_RE.match(name)) and not keyword.iskeyword(name)
+    return bool(_IDENTIFIER_RE.fullmatch(name)) and not keyword.iskeyword(name)
 
 
 def _dotted_identifier(name: str) -> bool:

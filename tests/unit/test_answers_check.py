@@ -7,9 +7,11 @@ Tests that need ../shared skip, saying so, when it is absent; the rest use small
 from __future__ import annotations
 
 import inspect
+import json
 import random
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -496,3 +498,24 @@ def test_every_documented_api_validates_as_itself(
         call = f"{doc.metadata['qualname']}({', '.join(f'{n}=None' for n in required)})"
         answer = check_answer(O, f"<<function>>{call}", [], py)
         assert (answer.verdict, answer.doc_key) == (Verdict.VALID, doc.key), (call, answer.reasons)
+
+
+def test_a_placeholder_path_segment_is_the_whole_segment(tmp_path: Path) -> None:
+    # "$" also matches before a final newline: "<file_id>\n" (%0A in the URL) is not a placeholder.
+    spec = tmp_path / "files.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "openapi": "3.0.0",
+                "info": {"title": "files", "version": "1"},
+                "servers": [{"url": "https://files.example"}],
+                "paths": {"/files/{file_id}.json/versions": {"get": {"operationId": "getFile", "responses": {}}}},
+            }
+        ),
+        encoding="utf-8",
+    )
+    _, loaded = load_corpus(spec)
+    catalog = ApiCatalog(loaded.docs)
+    call = "<<<api_call>>>: requests.get('https://files.example/files/%s/versions')"
+    assert check_answer(G, call % "<file_id>", [], catalog).verdict is Verdict.VALID
+    assert check_answer(G, call % "<file_id>%0A", [], catalog).verdict is Verdict.UNKNOWN_API

@@ -8,6 +8,7 @@ present, the shared Backend.AI spec, client wheel and APIBench API records (docs
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -197,6 +198,15 @@ def test_openfunctions_drops_names_that_are_not_identifiers() -> None:
     built = build_call_grammar(PromptFormat.OPENFUNCTIONS_V2, [SESSION, WEATHER])
     assert [c.name for c in built.calls] == ["get_weather"]
     assert built.dropped[0][0] == SESSION.name
+
+
+def test_a_name_with_a_trailing_newline_is_not_an_identifier() -> None:
+    # "$" also matches before a final newline: the name check must match the whole name.
+    built = build_call_grammar(
+        PromptFormat.OPENFUNCTIONS_V2, [WEATHER, dataclasses.replace(WEATHER, name="get_time\n")]
+    )
+    assert [c.name for c in built.calls] == ["get_weather"]
+    assert [name for name, _ in built.dropped] == ["get_time\n"]
 
 
 def test_chat_tools_grammar() -> None:
