@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 
 from apihelper.errors import EngineUnavailableError, InvalidRequestError
+from apihelper.service.engine.base import EngineBase, check_sampling, incremental_text
 from apihelper.service.engine.protocol import (
     EngineInfo,
     EngineOutput,
@@ -25,7 +26,6 @@ from apihelper.service.engine.protocol import (
     EngineStats,
     FinishReason,
 )
-from apihelper.service.engine.stops import IncrementalText
 from apihelper.service.prompts import ChatPrompt, PromptFormat, render_chatml
 
 # A token is a run of non-space characters with the whitespace before it (like BPE's "Ġword").
@@ -59,7 +59,7 @@ class _Stop:
     reason: FinishReason | None  # None: fail with EngineUnavailableError
 
 
-class FakeEngine:
+class FakeEngine(EngineBase[asyncio.Queue[_Stop]]):
     """``reply`` is the answer text, or a function from the prompt to it."""
 
     def __init__(
@@ -76,19 +76,11 @@ class FakeEngine:
         self._reply = reply
         self._info = EngineInfo(kind="fake", model=model, prompt_format=prompt_format, max_model_len=max_model_len)
         self._token_delay_s = token_delay_s
-        self._in_flight: dict[str, asyncio.Queue[_Stop]] = {}
+        self._in_flight = {}
         self._closed = False
         self.requests: deque[EngineRequest] = deque(maxlen=KEEP_REQUESTS)  # the latest accepted
         self.fail_after: int | None = None  # raise EngineUnavailableError after N tokens
         self.healthy = True  # a failure marks the engine unhealthy, as a dead executor would
-
-    @property
-    def info(self) -> EngineInfo:
-        return self._info
-
-    @property
-    def num_in_flight(self) -> int:
-        return len(self._in_flight)
 
     def count_tokens(self, text: str) -> int:
         return count_pieces(text) + 1  # + <s>
@@ -100,13 +92,9 @@ class FakeEngine:
         if self._closed:
             raise EngineUnavailableError("the fake engine is shut down")
         sampling = request.sampling
-        if sampling.max_tokens < 1:
-            raise InvalidRequestError("sampling.max_tokens", "must be at least 1")
+        check_sampling(sampling)
         prompt_tokens = self.count_tokens(request.prompt)
-        if prompt_tokens + sampling.max_tokens > self._info.max_model_len:
-            raise InvalidRequestError("sampling.max_tokens", "the prompt plus max_tokens exceeds the context")
-        if request.request_id in self._in_flight:
-            raise InvalidRequestError("request_id", "a request with this id is already running")
+        self._admit(request, prompt_tokens)
         if request.guided is not None:
             raise InvalidRequestError("constrain_calls", "the fake engine cannot constrain decoding")
         reply = self._reply(request.prompt) if callable(self._reply) else self._reply
@@ -119,10 +107,7 @@ class FakeEngine:
         def decode(ids: Sequence[int]) -> str:
             return text_reply[: ends[len(ids)]]
 
-        try:
-            text = IncrementalText(decode, sampling.stop)
-        except ValueError as exc:
-            raise InvalidRequestError("sampling.stop", str(exc)) from exc
+        text = incremental_text(decode, sampling.stop)
         control: asyncio.Queue[_Stop] = asyncio.Queue()
         self._in_flight[request.request_id] = control
         self.requests.append(request)
@@ -162,10 +147,8 @@ class FakeEngine:
             if self._in_flight.get(request.request_id) is control:
                 del self._in_flight[request.request_id]
 
-    async def abort(self, request_id: str) -> None:
-        control = self._in_flight.pop(request_id, None)
-        if control is not None:
-            control.put_nowait(_Stop(FinishReason.CANCELLED))
+    def _abort(self, flight: asyncio.Queue[_Stop]) -> None:
+        flight.put_nowait(_Stop(FinishReason.CANCELLED))
 
     async def check_health(self) -> None:
         if self._closed:

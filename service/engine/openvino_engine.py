@@ -53,7 +53,6 @@ import contextlib
 import itertools
 import json
 import logging
-import math
 import os
 import signal
 import socket
@@ -74,6 +73,15 @@ from apihelper.errors import (
     InvalidRequestError,
     MissingDependencyError,
 )
+from apihelper.service.engine.base import (
+    EngineBase,
+    check_sampling,
+    incremental_text,
+    render_with_template,
+    runaway_reason,
+    text_step,
+    wait_for_news,
+)
 from apihelper.service.engine.choice import OPENVINO_KINDS
 from apihelper.service.engine.config import OpenVINOConfig
 from apihelper.service.engine.manifest import manifest_api_choice, read_manifest
@@ -87,7 +95,6 @@ from apihelper.service.engine.protocol import (
     GuidedDecoding,
     SamplingParams,
 )
-from apihelper.service.engine.stops import IncrementalText
 from apihelper.service.prompts import ChatPrompt, PromptFormat
 
 logger = logging.getLogger(__name__)
@@ -346,7 +353,7 @@ class _InFlight:
     first_output_at: float | None = None
 
 
-class OpenVINOEngine:
+class OpenVINOEngine(EngineBase[_InFlight]):
     """An ``Engine`` on OpenVINO GenAI's continuous batching; build it with ``load``."""
 
     def __init__(
@@ -371,7 +378,7 @@ class OpenVINOEngine:
         self._stop_timeout_s = stop_timeout_s
         self._max_tokens_ahead = max_tokens_ahead
         self._stall_timeout_s = stall_timeout_s
-        self._in_flight: dict[str, _InFlight] = {}
+        self._in_flight = {}
         self._by_worker_id: dict[int, _InFlight] = {}
         self._ids = itertools.count(1)
         self._closed = False
@@ -475,47 +482,20 @@ class OpenVINOEngine:
 
     # ------------------------------------------------------------------ Engine protocol
 
-    @property
-    def info(self) -> EngineInfo:
-        return self._info
-
-    @property
-    def num_in_flight(self) -> int:
-        return len(self._in_flight)
-
     def count_tokens(self, text: str) -> int:
         return len(self._encode_sync(text))
 
     def render_chat(self, prompt: ChatPrompt) -> str:
-        if not self._tokenizer.chat_template:
-            raise InvalidRequestError("prompt_format", f"{self._info.model} has no chat template")
-        return str(
-            self._tokenizer.apply_chat_template(
-                prompt.message_dicts(),
-                add_generation_prompt=True,
-                tools=[dict(t) for t in prompt.tools] or None,
-            )
-        )
+        return render_with_template(self._tokenizer, prompt, self._info.model)
 
     async def stream(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         """Generate for ``request``, yielding text deltas; the last output has a finish reason."""
         self._check_alive()
         sampling = request.sampling
         worker_sampling = self._worker_sampling(sampling)
-        try:
-            text = IncrementalText(self._decode, sampling.stop)
-        except ValueError as exc:
-            raise InvalidRequestError("sampling.stop", str(exc)) from exc
+        text = incremental_text(self._decode, sampling.stop)
         prompt_ids = await self._encode(request.prompt)
-        if len(prompt_ids) + sampling.max_tokens > self._info.max_model_len:
-            raise InvalidRequestError(
-                "sampling.max_tokens",
-                f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({sampling.max_tokens}) "
-                f"exceeds the model's {self._info.max_model_len} tokens; lower max_tokens or "
-                "retrieve fewer documents",
-            )
-        if request.request_id in self._in_flight:
-            raise InvalidRequestError("request_id", "a request with this id is already running")
+        self._admit(request, len(prompt_ids))
         grammar = await self._checked_grammar(request.guided)
         self._check_alive()
 
@@ -546,15 +526,13 @@ class OpenVINOEngine:
                     return
                 if flight.finish == "error":
                     raise EngineUnavailableError(f"generation failed in the engine: {flight.error}")
-                finished = flight.finish is not None
-                eos = finished and bool(generated) and generated[-1] in self._eos_token_ids
-                text_ids = generated[:-1] if eos else generated
-                delta, stopped = text.update(text_ids, final=finished)
-                reason: FinishReason | None = None
-                if stopped:
-                    reason = FinishReason.STOP
-                elif finished:
-                    reason = FinishReason.STOP if eos or flight.finish == "stop" else FinishReason.LENGTH
+                delta, reason = text_step(
+                    text,
+                    generated,
+                    finished=flight.finish is not None,
+                    eos_token_ids=self._eos_token_ids,
+                    stopped_by_engine=flight.finish == "stop",
+                )
                 if not delta and reason is None:
                     continue
                 yield EngineOutput(
@@ -569,15 +547,6 @@ class OpenVINOEngine:
                     return
         finally:
             self._release(flight)
-
-    async def abort(self, request_id: str) -> None:
-        """Abort a running request; its stream ends with ``FinishReason.CANCELLED``."""
-        flight = self._in_flight.get(request_id)
-        if flight is None:
-            return
-        self._cancel_in_worker(flight)
-        flight.cancelled = True
-        flight.ready.set()
 
     async def check_health(self) -> None:
         self._check_alive()
@@ -603,16 +572,7 @@ class OpenVINOEngine:
 
     def _worker_sampling(self, sampling: SamplingParams) -> dict[str, Any]:
         """The pipeline's ``GenerationConfig`` fields for ``sampling`` (validated here)."""
-        if sampling.max_tokens < 1:
-            raise InvalidRequestError("sampling.max_tokens", "must be at least 1")
-        if sampling.temperature < 0 or not math.isfinite(sampling.temperature):
-            raise InvalidRequestError("sampling.temperature", "must be a number >= 0")
-        if not 0.0 < sampling.top_p <= 1.0:
-            raise InvalidRequestError("sampling.top_p", "must be in (0, 1]")
-        if sampling.top_k < 0:
-            raise InvalidRequestError("sampling.top_k", "must be >= 0")
-        if sampling.repetition_penalty <= 0 or not math.isfinite(sampling.repetition_penalty):
-            raise InvalidRequestError("sampling.repetition_penalty", "must be a number > 0")
+        check_sampling(sampling)
         fields: dict[str, Any] = {"max_new_tokens": int(sampling.max_tokens)}
         if sampling.repetition_penalty != 1.0:
             fields["repetition_penalty"] = float(sampling.repetition_penalty)
@@ -660,13 +620,7 @@ class OpenVINOEngine:
         """Until ``flight`` has ids the consumer has not taken, an end, a cancel or a failure."""
         flight.waiting = True
         try:
-            while not _has_news(flight):
-                flight.ready.clear()
-                try:
-                    async with asyncio.timeout(self._poll_interval_s):
-                        await flight.ready.wait()
-                except TimeoutError:
-                    self._check_alive()
+            await wait_for_news(flight.ready, lambda: _has_news(flight), self._poll_interval_s, self._check_alive)
         finally:
             flight.waiting = False
             flight.last_take = time.monotonic()
@@ -723,14 +677,13 @@ class OpenVINOEngine:
 
     def _check_runaway(self, flight: _InFlight) -> None:
         ahead = len(flight.generated) - flight.taken
-        why = None
-        if ahead > self._max_tokens_ahead:
-            why = f"{ahead} tokens ahead of its consumer"
-        elif self._stall_timeout_s is not None and time.monotonic() - flight.last_take > self._stall_timeout_s:
-            why = f"its consumer took nothing for {self._stall_timeout_s:g} s"
+        why = runaway_reason(ahead, flight.last_take, self._max_tokens_ahead, self._stall_timeout_s)
         if why is None or flight.cancelled:
             return
         logger.info("openvino engine: request %s ended: %s", flight.request_id, why)
+        self._abort(flight)
+
+    def _abort(self, flight: _InFlight) -> None:
         self._cancel_in_worker(flight)
         flight.cancelled = True
         flight.ready.set()

@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from apihelper.errors import (
     EngineUnavailableError,
     InvalidRequestError,
 )
+from apihelper.service.engine.base import EngineBase, check_sampling, render_with_template
 from apihelper.service.engine.config import TensorRTLLMConfig
 from apihelper.service.engine.protocol import (
     EngineInfo,
@@ -130,7 +130,7 @@ class _InFlight:
 # ---------------------------------------------------------------------- the engine
 
 
-class TensorRTLLMEngine:
+class TensorRTLLMEngine(EngineBase[_InFlight]):
     """An ``Engine`` on a compiled TensorRT-LLM engine; build it with ``load``."""
 
     def __init__(
@@ -166,7 +166,7 @@ class TensorRTLLMEngine:
         self._shutdown_timeout_s = shutdown_timeout_s
         # A stream whose consumer takes nothing for this long is aborted (None: never).
         self._stall_timeout_s = stall_timeout_s
-        self._in_flight: dict[str, _InFlight] = {}
+        self._in_flight = {}
         self._closed = False
         self._unhealthy: str | None = None
         self._latest: IterationStats | None = None
@@ -317,14 +317,6 @@ class TensorRTLLMEngine:
 
     # ------------------------------------------------------------------ Engine protocol
 
-    @property
-    def info(self) -> EngineInfo:
-        return self._info
-
-    @property
-    def num_in_flight(self) -> int:
-        return len(self._in_flight)
-
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` encodes to as a prompt, special tokens included (as the executor
         tokenizes prompts: ``SamplingParams.add_special_tokens`` defaults to True)."""
@@ -333,17 +325,7 @@ class TensorRTLLMEngine:
     def render_chat(self, prompt: ChatPrompt) -> str:
         """With the engine directory's tokenizer's chat template (TensorRT-LLM's tokenizer wraps
         the Hugging Face one and forwards ``apply_chat_template``)."""
-        if not getattr(self._tokenizer, "chat_template", None) and not getattr(
-            getattr(self._tokenizer, "tokenizer", None), "chat_template", None
-        ):
-            raise InvalidRequestError("prompt_format", f"{self._info.model} has no chat template")
-        text = self._tokenizer.apply_chat_template(
-            prompt.message_dicts(),
-            tools=[dict(t) for t in prompt.tools] or None,
-            add_generation_prompt=True,
-            tokenize=False,
-        )
-        return str(text)
+        return render_with_template(self._tokenizer, prompt, self._info.model, tokenize=False)
 
     async def stream(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         """Generate for ``request``, yielding text deltas; the last output has a finish reason."""
@@ -361,15 +343,7 @@ class TensorRTLLMEngine:
                 f"the prompt ({prompt_tokens} tokens) exceeds the engine's max_input_len "
                 f"({self._max_input_len}); shorten the instruction or retrieve fewer documents",
             )
-        if prompt_tokens + sampling.max_tokens > self._info.max_model_len:
-            raise InvalidRequestError(
-                "sampling.max_tokens",
-                f"the prompt ({prompt_tokens} tokens) plus max_tokens ({sampling.max_tokens}) "
-                f"exceeds the engine's {self._info.max_model_len} tokens; lower max_tokens or "
-                "retrieve fewer documents",
-            )
-        if request.request_id in self._in_flight:
-            raise InvalidRequestError("request_id", "a request with this id is already running")
+        self._admit(request, prompt_tokens)
         self._ensure_serving()
 
         flight = _InFlight(request.request_id)
@@ -467,16 +441,6 @@ class TensorRTLLMEngine:
             # (CancelledError) or closed early (GeneratorExit), engine failure, shutdown.
             self._release(flight)
 
-    async def abort(self, request_id: str) -> None:
-        """Abort a running request; its stream ends with ``FinishReason.CANCELLED``."""
-        flight = self._in_flight.get(request_id)
-        if flight is None:
-            return
-        if flight.result is None:
-            flight.abort_requested = True
-            return
-        self._abort_flight(flight)
-
     async def check_health(self) -> None:
         self._ensure_serving()
         self._check_executor()
@@ -523,16 +487,7 @@ class TensorRTLLMEngine:
     def _sampling_params(self, sampling: SamplingParams, guided: GuidedDecoding | None = None) -> Any:
         """TensorRT-LLM ``SamplingParams`` for ``sampling`` (validated here, with field names) and,
         for a guided request, its grammar (the executor's xgrammar compiles and applies it)."""
-        if sampling.max_tokens < 1:
-            raise InvalidRequestError("sampling.max_tokens", "must be at least 1")
-        if sampling.temperature < 0 or not math.isfinite(sampling.temperature):
-            raise InvalidRequestError("sampling.temperature", "must be a number >= 0")
-        if not 0.0 < sampling.top_p <= 1.0:
-            raise InvalidRequestError("sampling.top_p", "must be in (0, 1]")
-        if sampling.top_k < 0:
-            raise InvalidRequestError("sampling.top_k", "must be >= 0")
-        if sampling.repetition_penalty <= 0 or not math.isfinite(sampling.repetition_penalty):
-            raise InvalidRequestError("sampling.repetition_penalty", "must be a number > 0")
+        check_sampling(sampling)
         # max_tokens always: TensorRT-LLM's default is 32.
         kwargs: dict[str, Any] = {"max_tokens": sampling.max_tokens}
         if sampling.temperature == 0.0:
@@ -601,6 +556,12 @@ class TensorRTLLMEngine:
             flight.request_id,
             self._stall_timeout_s,
         )
+        self._abort_flight(flight)
+
+    def _abort(self, flight: _InFlight) -> None:
+        if flight.result is None:
+            flight.abort_requested = True  # aborted once submitted
+            return
         self._abort_flight(flight)
 
     def _abort_flight(self, flight: _InFlight) -> None:

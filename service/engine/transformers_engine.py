@@ -57,6 +57,15 @@ from apihelper.errors import (
     MissingDependencyError,
 )
 from apihelper.service.engine import cb_internals
+from apihelper.service.engine.base import (
+    EngineBase,
+    check_sampling,
+    incremental_text,
+    render_with_template,
+    runaway_reason,
+    text_step,
+    wait_for_news,
+)
 from apihelper.service.engine.config import TransformersConfig
 from apihelper.service.engine.manifest import manifest_api_choice, read_manifest
 from apihelper.service.engine.protocol import (
@@ -68,7 +77,6 @@ from apihelper.service.engine.protocol import (
     GuidedDecoding,
     SamplingParams,
 )
-from apihelper.service.engine.stops import IncrementalText
 from apihelper.service.prompts import ChatPrompt
 
 logger = logging.getLogger(__name__)
@@ -181,10 +189,9 @@ class _InFlight:
         if self.waiting or self.on_runaway is None or not _is_progress(output):
             return
         ahead = len(output.generated_tokens) - self.taken
-        if ahead > self.max_ahead:
-            self.on_runaway(self, f"{ahead} tokens ahead of its consumer")
-        elif self.stall_timeout_s is not None and time.monotonic() - self.last_take > self.stall_timeout_s:
-            self.on_runaway(self, f"its consumer took nothing for {self.stall_timeout_s:g} s")
+        why = runaway_reason(ahead, self.last_take, self.max_ahead, self.stall_timeout_s)
+        if why is not None:
+            self.on_runaway(self, why)
 
     def put_marker(self, marker: _Aborted | _Failed) -> None:
         self.pending.append(marker)
@@ -196,7 +203,7 @@ def _is_progress(item: Any) -> bool:
     return not isinstance(item, (_Aborted, _Failed)) and item.error is None and not item.is_finished()
 
 
-class TransformersEngine:
+class TransformersEngine(EngineBase[_InFlight]):
     """An ``Engine`` on transformers' continuous batching; build it with ``load``."""
 
     def __init__(
@@ -211,19 +218,20 @@ class TransformersEngine:
         poll_interval_s: float = 1.0,
         seeded_sampling: bool = False,
         guidance: Guidance | None = None,
-        chat_template: Callable[[ChatPrompt], str] | None = None,
+        chat_tokenizer: Any = None,
         max_tokens_ahead: int = MAX_TOKENS_AHEAD,
         stall_timeout_s: float | None = None,
     ) -> None:
         """Wrap a started manager. ``load`` is the normal way in; tests pass their own parts.
         ``seeded_sampling``: the manager runs ``seeded_sampling``'s processor (``seed`` kwarg).
         ``guidance``: the manager runs ``grammar_mask``'s processor (guided requests).
-        ``chat_template``: renders chat prompts (the tokenizer's template); None: no chat formats.
+        ``chat_tokenizer``: the Hugging Face tokenizer whose chat template writes chat prompts;
+        None (or one without a template): no chat formats.
         ``max_tokens_ahead``, ``stall_timeout_s``: when a request whose consumer does not drain
         is ended (the module docstring); None: no stall timeout, the token bound only."""
         self._manager = manager
         self._guidance = guidance
-        self._chat_template = chat_template
+        self._chat_tokenizer = chat_tokenizer
         self._tokenizer = tokenizer
         self._info = info
         self._eos_token_ids = tuple(eos_token_ids)
@@ -235,7 +243,7 @@ class TransformersEngine:
         self._poll_interval_s = poll_interval_s
         self._max_tokens_ahead = max_tokens_ahead
         self._stall_timeout_s = stall_timeout_s
-        self._in_flight: dict[str, _InFlight] = {}
+        self._in_flight = {}
         self._ids = itertools.count()
         self._closed = False
         self._warned: set[str] = set()
@@ -434,28 +442,18 @@ class TransformersEngine:
             stop_timeout_s=config.stop_timeout_s,
             seeded_sampling=seeded,
             guidance=guidance,
-            chat_template=_chat_template(tokenizer),
+            chat_tokenizer=tokenizer,
             stall_timeout_s=config.stall_timeout_s,
         )
 
     # ------------------------------------------------------------------ Engine protocol
-
-    @property
-    def info(self) -> EngineInfo:
-        return self._info
-
-    @property
-    def num_in_flight(self) -> int:
-        return len(self._in_flight)
 
     def count_tokens(self, text: str) -> int:
         """Tokens ``text`` encodes to as a prompt (the leading <s> included, as ``stream`` counts)."""
         return len(self._tokenizer.encode(text))
 
     def render_chat(self, prompt: ChatPrompt) -> str:
-        if self._chat_template is None:
-            raise InvalidRequestError("prompt_format", f"{self._info.model} has no chat template")
-        return self._chat_template(prompt)
+        return render_with_template(self._chat_tokenizer, prompt, self._info.model, tokenize=False)
 
     async def stream(self, request: EngineRequest) -> AsyncGenerator[EngineOutput, None]:
         """Generate for ``request``, yielding text deltas; the last output has a finish reason."""
@@ -463,17 +461,9 @@ class TransformersEngine:
             raise EngineUnavailableError("the generation engine is shut down")
         sampling = request.sampling
         processor_kwargs = self._processor_kwargs(sampling)
-        text = _incremental_text(self._tokenizer, sampling.stop)
+        text = incremental_text(self._tokenizer.decode, sampling.stop)
         prompt_ids = await self._encode(request.prompt)
-        if len(prompt_ids) + sampling.max_tokens > self._info.max_model_len:
-            raise InvalidRequestError(
-                "sampling.max_tokens",
-                f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({sampling.max_tokens}) "
-                f"exceeds the model's {self._info.max_model_len} tokens; lower max_tokens or "
-                "retrieve fewer documents",
-            )
-        if request.request_id in self._in_flight:
-            raise InvalidRequestError("request_id", "a request with this id is already running")
+        self._admit(request, len(prompt_ids))
         grammar = await self._compiled(request.guided)
         self._check_alive()
 
@@ -526,14 +516,7 @@ class TransformersEngine:
                 completion_tokens = len(generated)
                 finished = bool(output.is_finished())
                 flight.finished_in_manager = finished
-                eos = finished and bool(generated) and generated[-1] in self._eos_token_ids
-                text_ids = generated[:-1] if eos else generated
-                delta, stopped = text.update(text_ids, final=finished)
-                reason: FinishReason | None = None
-                if stopped:
-                    reason = FinishReason.STOP
-                elif finished:
-                    reason = FinishReason.STOP if eos else FinishReason.LENGTH
+                delta, reason = text_step(text, generated, finished=finished, eos_token_ids=self._eos_token_ids)
                 if not delta and reason is None:
                     continue  # held back (half a character, a possible stop string): wait
                 queue_seconds = None
@@ -556,14 +539,6 @@ class TransformersEngine:
                     return
         finally:
             self._release(flight)
-
-    async def abort(self, request_id: str) -> None:
-        """Abort a running request; its stream ends with ``FinishReason.CANCELLED``."""
-        flight = self._in_flight.get(request_id)
-        if flight is None:
-            return
-        self._release(flight)
-        flight.put_marker(_Aborted())
 
     async def check_health(self) -> None:
         self._check_alive()
@@ -591,14 +566,7 @@ class TransformersEngine:
 
     def _processor_kwargs(self, sampling: SamplingParams) -> dict[str, Any]:
         """The manager's per-request logits-processor arguments for ``sampling``."""
-        if sampling.max_tokens < 1:
-            raise InvalidRequestError("sampling.max_tokens", "must be at least 1")
-        if sampling.temperature < 0 or not math.isfinite(sampling.temperature):
-            raise InvalidRequestError("sampling.temperature", "must be a number >= 0")
-        if not 0.0 < sampling.top_p <= 1.0:
-            raise InvalidRequestError("sampling.top_p", "must be in (0, 1]")
-        if sampling.top_k < 0:
-            raise InvalidRequestError("sampling.top_k", "must be >= 0")
+        check_sampling(sampling)
         if sampling.seed is not None and not self._seeded_sampling:
             self._warn_once(
                 "seed",
@@ -635,13 +603,7 @@ class TransformersEngine:
         (outputs carry every id so far, so only the newest is kept; markers are never dropped)."""
         flight.waiting = True
         try:
-            while not flight.pending:
-                flight.ready.clear()
-                try:
-                    async with asyncio.timeout(self._poll_interval_s):
-                        await flight.ready.wait()
-                except TimeoutError:
-                    self._check_alive()
+            await wait_for_news(flight.ready, lambda: bool(flight.pending), self._poll_interval_s, self._check_alive)
             item = flight.pending.popleft()
         finally:
             flight.waiting = False
@@ -656,6 +618,9 @@ class TransformersEngine:
         if flight.cancelled or flight.finished_in_manager:
             return
         logger.info("transformers engine: request %s ended: %s", flight.request_id, why)
+        self._abort(flight)
+
+    def _abort(self, flight: _InFlight) -> None:
         self._release(flight)
         flight.put_marker(_Aborted())
 
@@ -704,13 +669,6 @@ class TransformersEngine:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _incremental_text(tokenizer: TokenizerLike, stops: Sequence[str]) -> IncrementalText:
-    try:
-        return IncrementalText(tokenizer.decode, stops)
-    except ValueError as exc:
-        raise InvalidRequestError("sampling.stop", str(exc)) from exc
 
 
 def _start_manager(torch: Any, manager: Any) -> None:
@@ -768,23 +726,6 @@ def _install_grammar_mask(manager: Any, tokenizer: Any, vocab_size: int, eos_ids
         tokenizer, vocab_size=vocab_size, stop_token_ids=eos_ids
     )
     return Guidance(constraints, compiler)
-
-
-def _chat_template(tokenizer: Any) -> Callable[[ChatPrompt], str] | None:
-    """The tokenizer's chat template as a function of a prompt, or None when it has none."""
-    if not getattr(tokenizer, "chat_template", None):
-        return None
-
-    def render(prompt: ChatPrompt) -> str:
-        text = tokenizer.apply_chat_template(
-            prompt.message_dicts(),
-            tools=[dict(t) for t in prompt.tools] or None,
-            add_generation_prompt=True,
-            tokenize=False,
-        )
-        return str(text)
-
-    return render
 
 
 def _install_seeded_sampling(manager: Any) -> bool:

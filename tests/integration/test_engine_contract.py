@@ -338,6 +338,7 @@ async def test_prompt_too_long_is_refused_before_submitting(contract: Contract) 
         ({"top_p": 0.0}, "top_p"),
         ({"top_k": -2}, "top_k"),
         ({"stop": ("",)}, "stop"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
     ],
 )
 async def test_invalid_sampling_is_refused(contract: Contract, sampling: dict[str, Any], field: str) -> None:
