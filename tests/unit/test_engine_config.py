@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
@@ -22,34 +23,18 @@ def test_each_engine_gets_its_options_from_the_settings() -> None:
         ],
         {},
     )  # fmt: skip
-    transformers = from_settings(EngineKind.TRANSFORMERS, settings)
-    assert transformers == TransformersConfig(
-        device="cuda:1",
-        prompt_format=PromptFormat.CHAT_TOOLS,
-        max_concurrent=3,
-        max_batch_tokens=64,
-        num_blocks=99,
-        num_threads=2,
-        guided_decoding=False,
-        stall_timeout_s=7.0,
+    shared: dict[str, Any] = {
+        "prompt_format": PromptFormat.CHAT_TOOLS,
+        "guided_decoding": False,
+        "stall_timeout_s": 7.0,
+    }
+    batching: dict[str, Any] = {**shared, "max_concurrent": 3, "max_batch_tokens": 64, "num_threads": 2}
+    assert from_settings(EngineKind.TRANSFORMERS, settings) == TransformersConfig(
+        **batching, device="cuda:1", num_blocks=99
     )
-    openvino = from_settings(EngineKind.OPENVINO, settings)
-    assert openvino == OpenVINOConfig(
-        prompt_format=PromptFormat.CHAT_TOOLS,
-        max_concurrent=3,
-        max_batch_tokens=64,
-        enable_prefix_caching=False,
-        num_threads=2,
-        guided_decoding=False,
-        stall_timeout_s=7.0,
-    )
-    trt = from_settings(EngineKind.TENSORRT_LLM, settings)
-    assert trt == TensorRTLLMConfig(
-        prompt_format=PromptFormat.CHAT_TOOLS,
-        kv_cache_free_gpu_memory_fraction=0.5,
-        enable_block_reuse=False,
-        guided_decoding=False,
-        stall_timeout_s=7.0,
+    assert from_settings(EngineKind.OPENVINO, settings) == OpenVINOConfig(**batching, enable_prefix_caching=False)
+    assert from_settings(EngineKind.TENSORRT_LLM, settings) == TensorRTLLMConfig(
+        **shared, kv_cache_free_gpu_memory_fraction=0.5, enable_block_reuse=False
     )
 
 
@@ -71,6 +56,7 @@ def test_auto_must_be_resolved_first() -> None:
         (TransformersConfig, {"block_size": 2}),
         (TransformersConfig, {"num_threads": 0}),
         (TransformersConfig, {"stall_timeout_s": 0.0}),
+        (TransformersConfig, {"max_batch_tokens": 0}),
         (OpenVINOConfig, {"max_batch_tokens": 0}),
         (OpenVINOConfig, {"kv_cache_gb": -1}),
         (OpenVINOConfig, {"num_threads": 0}),
