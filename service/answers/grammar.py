@@ -318,8 +318,36 @@ def _seq(*exprs: str) -> str:
     return " ".join(e for e in exprs if e != _EMPTY) or _EMPTY
 
 
+@dataclass(frozen=True)
+class _Syntax:
+    """How values are written: Python literals or JSON. ``tag`` names the syntax's rules."""
+
+    tag: str
+    literal: Callable[[JsonScalar], str]
+    string: Callable[[int], str]  # the string rule for strings of at most n characters
+    booleans: str
+    null: str
+
+
+_PYTHON = _Syntax(
+    "py",
+    _python_literal,
+    lambda n: f'("\'" [^\'\\\\<\\r\\n]{{0,{n}}} "\'") | ("\\"" [^"\\\\<\\r\\n]{{0,{n}}} "\\"")',
+    '"True" | "False"',
+    '"None"',
+)
+_JSON = _Syntax(
+    "j",
+    _json_literal,
+    lambda n: f'"\\"" [^"\\\\<\\x00-\\x1f]{{0,{n}}} "\\""',
+    '"true" | "false"',
+    '"null"',
+)
+
+
 class _Values:
-    """Shared value rules (Python-literal and JSON syntax), defined on first use."""
+    """Shared value rules, defined on first use: the scalars both syntaxes write alike, and each
+    syntax's strings, booleans, lists, maps and objects (rules named ``v_<tag>...``)."""
 
     def __init__(self, rules: _Rules, options: GrammarOptions) -> None:
         self.rules = rules
@@ -337,34 +365,41 @@ class _Values:
     def number(self) -> str:
         return self._once("v_num", f'{self.integer()} ("." [0-9]{{1,16}})? ([eE] [+\\-]? [0-9]{{1,3}})?')
 
-    # --- Python literal syntax
-    def py_string(self) -> str:
-        n = self.o.max_string_chars
-        return self._once(
-            "v_pystr",
-            f'("\'" [^\'\\\\<\\r\\n]{{0,{n}}} "\'") | ("\\"" [^"\\\\<\\r\\n]{{0,{n}}} "\\"")',
-        )
+    # --- in a syntax
+    def string(self, syn: _Syntax) -> str:
+        return self._once(f"v_{syn.tag}str", syn.string(self.o.max_string_chars))
 
-    def py_bool(self) -> str:
-        return self._once("v_pybool", '"True" | "False"')
+    def boolean(self, syn: _Syntax) -> str:
+        return self._once(f"v_{syn.tag}bool", syn.booleans)
 
-    def py_scalar(self) -> str:
-        return self._once("v_pyscalar", f'{self.py_string()} | {self.number()} | {self.py_bool()} | "None"')
+    def scalar(self, syn: _Syntax) -> str:
+        body = f"{self.string(syn)} | {self.number()} | {self.boolean(syn)} | {syn.null}"
+        return self._once(f"v_{syn.tag}scalar", body)
 
-    def py_list(self) -> str:
-        if self.rules.has("v_pylist"):
-            return "v_pylist"
-        m = self.o.max_items - 1
-        s = self.py_scalar()
-        return self._once("v_pylist", f'"[" {_at_most(self.rules, "v_pyitems", s, m + 1)} "]"')
+    def list(self, syn: _Syntax) -> str:
+        name = f"v_{syn.tag}list"
+        if self.rules.has(name):
+            return name
+        items = _at_most(self.rules, f"v_{syn.tag}items", self.scalar(syn), self.o.max_items)
+        return self._once(name, f'"[" {items} "]"')
 
-    def py_dict(self) -> str:
-        if self.rules.has("v_pydict"):
-            return "v_pydict"
-        m = self.o.max_items - 1
-        k, s = self.py_string(), self.py_scalar()
-        entries = _at_most(self.rules, "v_pyentries", f'{k} ": " {s}', m + 1)
-        return self._once("v_pydict", f'"{{" {entries} "}}"')
+    def mapping(self, syn: _Syntax) -> str:
+        """An object of any string keys and scalar values."""
+        name = f"v_{syn.tag}map"
+        if self.rules.has(name):
+            return name
+        key, value = self.string(syn), self.scalar(syn)
+        entries = _at_most(self.rules, f"v_{syn.tag}entries", f'{key} ": " {value}', self.o.max_items)
+        return self._once(name, f'"{{" {entries} "}}"')
+
+    def fields(self, syn: _Syntax, specs: Iterable[ParamSpec], depth: int = 0) -> str:
+        """An object of ``specs`` by name (required ones first, optional ones omittable), each
+        value by its own schema."""
+        items = [
+            _Item(f"{ebnf_string(syn.literal(s.name) + ': ')} ({self.value(syn, s, depth)})", s.required)
+            for s in _required_first(specs)
+        ]
+        return f'"{{" {_ordered(self.rules, items, _COMMA)} "}}"'
 
     def _grounded(self, spec: ParamSpec, literal: Callable[[JsonScalar], str]) -> str:
         """The strings ``spec`` may take when values must be grounded: spans of the question,
@@ -374,114 +409,45 @@ class _Values:
         usable = [c for c in choices if c and _writable_string(c, self.o.max_string_chars)]
         return "(" + " | ".join(ebnf_string(literal(c)) for c in usable) + ")"
 
-    def _py_nested(self, spec: ParamSpec, depth: int) -> dict[ValueType, Callable[[], str]]:
+    def _nested(self, syn: _Syntax, spec: ParamSpec, depth: int) -> dict[ValueType, Callable[[], str]]:
+        """The forms ``spec``'s own schema gives (fields, items, values of a map; grounded
+        strings), which replace the loose ones of its types."""
         out: dict[ValueType, Callable[[], str]] = {}
         if spec.fields and depth < MAX_NESTING:
-            fields = [
-                _Item(
-                    f"{ebnf_string(python_string_literal(f.name) + ': ')} ({self.py_value(f, depth + 1)})", f.required
-                )
-                for f in _required_first(spec.fields)
-            ]
-            out[ValueType.OBJECT] = lambda: f'"{{" {_ordered(self.rules, fields, _COMMA)} "}}"'
+            out[ValueType.OBJECT] = lambda: self.fields(syn, spec.fields, depth + 1)
         if spec.items is not None and depth < MAX_NESTING:
-            item = self.py_value(dataclasses.replace(spec.items, required=True), depth + 1)
-            out[ValueType.ARRAY] = lambda: f'"[" {_at_most(self.rules, "v_pyarr", f"({item})", self.o.max_items)} "]"'
+            item = self.value(syn, dataclasses.replace(spec.items, required=True), depth + 1)
+            arr = f"v_{syn.tag}arr"
+            out[ValueType.ARRAY] = lambda: f'"[" {_at_most(self.rules, arr, f"({item})", self.o.max_items)} "]"'
         if spec.extra is not None and depth < MAX_NESTING:
-            value = self.py_value(dataclasses.replace(spec.extra, required=True), depth + 1)
-            entry = f'{self.py_string()} ": " ({value})'
-            out[ValueType.OBJECT] = lambda: f'"{{" {_at_most(self.rules, "v_pymap", entry, self.o.max_items)} "}}"'
+            value = self.value(syn, dataclasses.replace(spec.extra, required=True), depth + 1)
+            entry = f'{self.string(syn)} ": " ({value})'
+            by_key = f"v_{syn.tag}bykey"
+            out[ValueType.OBJECT] = lambda: f'"{{" {_at_most(self.rules, by_key, entry, self.o.max_items)} "}}"'
         if self.o.grounded is not None:
-            out[ValueType.STRING] = lambda: self._grounded(spec, _python_literal)
+            out[ValueType.STRING] = lambda: self._grounded(spec, syn.literal)
         return out
 
-    def py_value(self, spec: ParamSpec, depth: int = 0) -> str:
-        literals = [_python_literal(v) for v in _usable_enum(spec)]
+    def value(self, syn: _Syntax, spec: ParamSpec, depth: int = 0) -> str:
+        """The values ``spec`` may take in ``syn`` (its enum, else its types; null unless required)."""
+        literals = [syn.literal(v) for v in _usable_enum(spec)]
         if literals:
             expr = " | ".join(ebnf_string(lit) for lit in literals)
         else:
             by_type: dict[ValueType, Callable[[], str]] = {
-                ValueType.STRING: self.py_string,
+                ValueType.STRING: lambda: self.string(syn),
                 ValueType.INTEGER: self.integer,
                 ValueType.NUMBER: self.number,
-                ValueType.BOOLEAN: self.py_bool,
-                ValueType.ARRAY: self.py_list,
-                ValueType.OBJECT: self.py_dict,
+                ValueType.BOOLEAN: lambda: self.boolean(syn),
+                ValueType.ARRAY: lambda: self.list(syn),
+                ValueType.OBJECT: lambda: self.mapping(syn),
                 ValueType.ANY: lambda: self._once(
-                    "v_pyany", f"{self.py_scalar()} | {self.py_list()} | {self.py_dict()}"
+                    f"v_{syn.tag}any", f"{self.scalar(syn)} | {self.list(syn)} | {self.mapping(syn)}"
                 ),
-                **self._py_nested(spec, depth),
+                **self._nested(syn, spec, depth),
             }
             expr = " | ".join(by_type[t]() for t in _union(spec))
-        return expr if spec.required else f'{expr} | "None"'
-
-    # --- JSON syntax
-    def json_string(self) -> str:
-        n = self.o.max_string_chars
-        return self._once(
-            "v_jstr",
-            f'"\\"" [^"\\\\<\\x00-\\x1f]{{0,{n}}} "\\""',
-        )
-
-    def json_bool(self) -> str:
-        return self._once("v_jbool", '"true" | "false"')
-
-    def json_scalar(self) -> str:
-        return self._once("v_jscalar", f'{self.json_string()} | {self.number()} | {self.json_bool()} | "null"')
-
-    def json_list(self) -> str:
-        if self.rules.has("v_jlist"):
-            return "v_jlist"
-        m = self.o.max_items - 1
-        s = self.json_scalar()
-        return self._once("v_jlist", f'"[" {_at_most(self.rules, "v_jitems", s, m + 1)} "]"')
-
-    def json_object(self) -> str:
-        if self.rules.has("v_jobj"):
-            return "v_jobj"
-        m = self.o.max_items - 1
-        k, s = self.json_string(), self.json_scalar()
-        entries = _at_most(self.rules, "v_jentries", f'{k} ": " {s}', m + 1)
-        return self._once("v_jobj", f'"{{" {entries} "}}"')
-
-    def _json_nested(self, spec: ParamSpec, depth: int) -> dict[ValueType, Callable[[], str]]:
-        out: dict[ValueType, Callable[[], str]] = {}
-        if spec.fields and depth < MAX_NESTING:
-            fields = [
-                _Item(f"{ebnf_string(_json_literal(f.name) + ': ')} ({self.json_value(f, depth + 1)})", f.required)
-                for f in _required_first(spec.fields)
-            ]
-            out[ValueType.OBJECT] = lambda: f'"{{" {_ordered(self.rules, fields, _COMMA)} "}}"'
-        if spec.items is not None and depth < MAX_NESTING:
-            item = self.json_value(dataclasses.replace(spec.items, required=True), depth + 1)
-            out[ValueType.ARRAY] = lambda: f'"[" {_at_most(self.rules, "v_jarr", f"({item})", self.o.max_items)} "]"'
-        if spec.extra is not None and depth < MAX_NESTING:
-            value = self.json_value(dataclasses.replace(spec.extra, required=True), depth + 1)
-            entry = f'{self.json_string()} ": " ({value})'
-            out[ValueType.OBJECT] = lambda: f'"{{" {_at_most(self.rules, "v_jmap", entry, self.o.max_items)} "}}"'
-        if self.o.grounded is not None:
-            out[ValueType.STRING] = lambda: self._grounded(spec, _json_literal)
-        return out
-
-    def json_value(self, spec: ParamSpec, depth: int = 0) -> str:
-        literals = [_json_literal(v) for v in _usable_enum(spec)]
-        if literals:
-            expr = " | ".join(ebnf_string(lit) for lit in literals)
-        else:
-            by_type: dict[ValueType, Callable[[], str]] = {
-                ValueType.STRING: self.json_string,
-                ValueType.INTEGER: self.integer,
-                ValueType.NUMBER: self.number,
-                ValueType.BOOLEAN: self.json_bool,
-                ValueType.ARRAY: self.json_list,
-                ValueType.OBJECT: self.json_object,
-                ValueType.ANY: lambda: self._once(
-                    "v_jany", f"{self.json_scalar()} | {self.json_list()} | {self.json_object()}"
-                ),
-                **self._json_nested(spec, depth),
-            }
-            expr = " | ".join(by_type[t]() for t in _union(spec))
-        return expr if spec.required else f'{expr} | "null"'
+        return expr if spec.required else f"{expr} | {syn.null}"
 
     # --- URL pieces (REST path segments and query values: no quoting needed, parse-safe)
     def url_value(self, spec: ParamSpec) -> str | None:
@@ -581,7 +547,7 @@ def _python_call(fmt: PromptFormat, call: AllowedCall, values: _Values, rules: _
     for spec in call.params:
         if spec.where is ParamWhere.HEADER:
             continue
-        value = values.py_value(spec)
+        value = values.value(_PYTHON, spec)
         if spec.where is ParamWhere.POSITIONAL:
             if keyword:
                 raise _Unwritable(f"positional-only parameter {spec.name!r} after keyword parameters")
@@ -667,11 +633,7 @@ def _rest_text_call(fmt: PromptFormat, call: AllowedCall, values: _Values, rules
         expr += f" {query}"
     body = by_where[ParamWhere.BODY]
     if body:
-        fields = [
-            _Item(f"{ebnf_string(_json_literal(s.name) + ': ')} ({values.json_value(s)})", s.required)
-            for s in _required_first(body)
-        ]
-        obj = f'"{{" {_ordered(rules, fields, _COMMA)} "}}"'
+        obj = values.fields(_JSON, body)
         expr += f' " " {obj}' if any(s.required for s in body) else f' (" " {obj})?'
     return f"({expr})"
 
@@ -718,11 +680,7 @@ def _rest_requests_call(
     ):
         if not specs:
             continue
-        fields = [
-            _Item(f"{ebnf_string(python_string_literal(s.name) + ': ')} ({values.py_value(s)})", s.required)
-            for s in _required_first(specs)
-        ]
-        obj = f'"{{" {_ordered(rules, fields, _COMMA)} "}}"'
+        obj = values.fields(_PYTHON, specs)
         args.append(_Item(f"{ebnf_string(kw + '=')} {obj}", any(s.required for s in specs)))
     return f'({ebnf_string(f"{REQUESTS_MODULE}.{method.lower()}(")} {_ordered(rules, args, _COMMA)} ")")'
 
@@ -776,14 +734,11 @@ def _function_call(call: AllowedCall, values: _Values, rules: _Rules) -> str:
 def _tool_call(call: AllowedCall, values: _Values, rules: _Rules) -> str:
     """chat_tools: ``{"name": "<name>", "arguments": {...}}``."""
     _check_text(PromptFormat.CHAT_TOOLS, call.name, "name")
-    fields = [
-        _Item(f"{ebnf_string(_json_literal(s.name) + ': ')} ({values.json_value(s)})", s.required)
-        for s in _required_first(p for p in call.params if p.where is not ParamWhere.HEADER)
-    ]
     for s in call.params:
         _check_text(PromptFormat.CHAT_TOOLS, s.name, "parameter name")
-    head = ebnf_string('{"name": ' + _json_literal(call.name) + ', "arguments": {')
-    return f'{head} {_ordered(rules, fields, _COMMA)} "}}}}"'
+    arguments = values.fields(_JSON, (p for p in call.params if p.where is not ParamWhere.HEADER))
+    head = ebnf_string('{"name": ' + _json_literal(call.name) + ', "arguments": ')
+    return f'{head} {arguments} "}}"'
 
 
 # ---------------------------------------------------------------------------------------------
