@@ -156,6 +156,34 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 @dataclass(frozen=True)
+class RankScore:
+    """How rankings found their questions' gold keys: the share found first, in the top 5, and
+    the mean reciprocal rank within the top ``MRR_DEPTH``."""
+
+    n: int
+    top1: float
+    top5: float
+    mrr10: float
+
+    def to_json(self) -> dict[str, float]:
+        return {"top1": round(self.top1, 4), "top5": round(self.top5, 4), "mrr@10": round(self.mrr10, 4)}
+
+
+def rank_score(questions: Sequence[EvalQuestion], rankings: Sequence[Sequence[str]]) -> RankScore:
+    """The ``RankScore`` of ``rankings`` (keys, best first; same order as ``questions``)."""
+    top1 = top5 = rr = 0.0
+    for question, ranked in zip(questions, rankings, strict=True):
+        gold = set(question.answers)
+        rank = next((i for i, key in enumerate(ranked[:MRR_DEPTH]) if key in gold), None)
+        if rank is not None:
+            top1 += rank == 0
+            top5 += rank < 5
+            rr += 1.0 / (rank + 1)
+    n = len(questions)
+    return RankScore(n, top1 / n if n else 0.0, top5 / n if n else 0.0, rr / n if n else 0.0)
+
+
+@dataclass(frozen=True)
 class EvalReport:
     corpus: str
     mode: str
@@ -177,9 +205,7 @@ class EvalReport:
             "k": self.k,
             "n": self.n,
             "doc_count": self.doc_count,
-            "top1": round(self.top1, 4),
-            "top5": round(self.top5, 4),
-            "mrr@10": round(self.mrr10, 4),
+            **RankScore(self.n, self.top1, self.top5, self.mrr10).to_json(),
         }
         if self.domain_top1 is not None:
             out["domain_top1"] = round(self.domain_top1, 4)
@@ -204,16 +230,10 @@ def score(
     if len(questions) != len(answers):
         raise ValueError("questions and answers differ in length")
     n = len(questions)
-    top1 = top5 = rr = 0.0
+    ranks = rank_score(questions, [a.ranked for a in answers])
     domain_hits = 0
     domain_n = 0
     for question, answer in zip(questions, answers, strict=False):
-        gold = set(question.answers)
-        rank = next((i for i, key in enumerate(answer.ranked[:MRR_DEPTH]) if key in gold), None)
-        if rank is not None:
-            top1 += rank == 0
-            top5 += rank < 5
-            rr += 1.0 / (rank + 1)
         if question.domain is not None:
             domain_n += 1
             if answer.domains and same_domain(answer.domains[0], question.domain):
@@ -225,9 +245,9 @@ def score(
         k=k,
         n=n,
         doc_count=doc_count,
-        top1=top1 / n if n else 0.0,
-        top5=top5 / n if n else 0.0,
-        mrr10=rr / n if n else 0.0,
+        top1=ranks.top1,
+        top5=ranks.top5,
+        mrr10=ranks.mrr10,
         domain_top1=domain_hits / domain_n if domain_n else None,
         latency_p50_ms=percentile(latencies, 50),
         latency_p99_ms=percentile(latencies, 99),

@@ -41,7 +41,7 @@ import numpy as np
 
 from apihelper.bench.retrieval import run
 from apihelper.bench.retrieval.baselines import PlainBM25
-from apihelper.retriever.evaluate import EvalQuestion
+from apihelper.retriever.evaluate import EvalQuestion, RankScore, rank_score
 from apihelper.retriever.fusion import Fusion, FusionMethod, Scored, fuse
 from apihelper.retriever.ingest import SUMMARY_WEIGHT, doc_head
 from apihelper.retriever.textnorm import keyword_terms
@@ -212,33 +212,12 @@ def fused_ranking(dense: Ranked, keyword: Ranked, fusion: Fusion) -> list[str]:
     ]
 
 
-@dataclass(frozen=True)
-class Score:
-    n: int
-    top1: float
-    top5: float
-    mrr: float
-
-
-def score(questions: Sequence[EvalQuestion], rankings: Sequence[Sequence[str]]) -> Score:
-    top1 = top5 = rr = 0.0
-    for question, ranked in zip(questions, rankings, strict=True):
-        gold = set(question.answers)
-        rank = next((i for i, key in enumerate(ranked[:10]) if key in gold), None)
-        if rank is not None:
-            top1 += rank == 0
-            top5 += rank < 5
-            rr += 1 / (rank + 1)
-    n = len(questions) or 1
-    return Score(len(questions), top1 / n, top5 / n, rr / n)
-
-
 # Settings are chosen on validation splits only: the bundled query adapter was trained on the
 # train splits of five of the sets, so their train questions would favour it unfairly.
 GROUPS = {"dev": ("validation",), "test": ("test",)}
 
 
-def evaluate_setting(p: Prepared, setting: Setting, group: str) -> Score:
+def evaluate_setting(p: Prepared, setting: Setting, group: str) -> RankScore:
     """``setting`` on one set's split group, through ``retriever.fusion.fuse`` (one query at a time)."""
     qs: list[EvalQuestion] = []
     rankings: list[list[str]] = []
@@ -246,7 +225,7 @@ def evaluate_setting(p: Prepared, setting: Setting, group: str) -> Score:
         qs += p.questions[split]
         dense = p.dense[(setting.adapter, setting.views)][split]
         rankings += [fused_ranking(d, k, setting.fusion) for d, k in zip(dense, p.bm25[split], strict=True)]
-    return score(qs, rankings)
+    return rank_score(qs, rankings)
 
 
 @dataclass(frozen=True)
@@ -298,7 +277,7 @@ def _standardised_rows(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask, z, floor)
 
 
-def fast_score(c: Candidates, fusion: Fusion) -> Score:
+def fast_score(c: Candidates, fusion: Fusion) -> RankScore:
     """What ``evaluate_setting`` gives, computed for all queries at once with numpy (the same
     arithmetic as ``fuse``; ``main`` checks the chosen default against ``fuse`` itself)."""
     in_dense = c.dense_rank <= fusion.candidates
@@ -326,7 +305,7 @@ def fast_score(c: Candidates, fusion: Fusion) -> Score:
     first = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
     n = max(len(first), 1)
     found = first >= 0
-    return Score(
+    return RankScore(
         len(first),
         float((first == 0).sum()) / n,
         float((found & (first < 5)).sum()) / n,
@@ -334,7 +313,7 @@ def fast_score(c: Candidates, fusion: Fusion) -> Score:
     )
 
 
-def evaluate_plain(p: Prepared, which: str, group: str) -> Score:
+def evaluate_plain(p: Prepared, which: str, group: str) -> RankScore:
     qs: list[EvalQuestion] = []
     rankings: list[list[str]] = []
     for split in GROUPS[group]:
@@ -347,18 +326,18 @@ def evaluate_plain(p: Prepared, which: str, group: str) -> Score:
             rankings += [
                 fused_ranking(d, k, PLAIN_RRF) for d, k in zip(p.plain_dense[split], p.plain_bm25[split], strict=True)
             ]
-    return score(qs, rankings)
+    return rank_score(qs, rankings)
 
 
 def choose(
-    results: dict[str, dict[str, dict[str, Score]]], sets: Sequence[str], among: Sequence[str] | None = None
+    results: dict[str, dict[str, dict[str, RankScore]]], sets: Sequence[str], among: Sequence[str] | None = None
 ) -> str:
     """The setting (of ``among``, default all) with the best mean validation top-1 over ``sets``
     (mean validation MRR@10 breaks ties)."""
 
     def merit(label: str) -> tuple[float, float]:
         rows = [results[label][s]["dev"] for s in sets]
-        return (round(sum(r.top1 for r in rows) / len(rows), 6), sum(r.mrr for r in rows) / len(rows))
+        return (round(sum(r.top1 for r in rows) / len(rows), 6), sum(r.mrr10 for r in rows) / len(rows))
 
     return max(among if among is not None else results, key=merit)
 
@@ -419,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             cache.save()
 
     grid = settings_grid()
-    results: dict[str, dict[str, dict[str, Score]]] = {}
+    results: dict[str, dict[str, dict[str, RankScore]]] = {}
     settings = {s.label: s for s in grid}
     arrays = {
         (name, group, signals): Candidates.of(
@@ -487,17 +466,17 @@ def _fusion_json(setting: Setting) -> dict[str, Any]:
     }
 
 
-def _json(rows: dict[str, dict[str, Score]]) -> dict[str, Any]:
+def _json(rows: dict[str, dict[str, RankScore]]) -> dict[str, Any]:
     return {
         name: {
-            g: {"n": s.n, "top1": round(s.top1, 4), "top5": round(s.top5, 4), "mrr": round(s.mrr, 4)}
+            g: {"n": s.n, "top1": round(s.top1, 4), "top5": round(s.top5, 4), "mrr": round(s.mrr10, 4)}
             for g, s in r.items()
         }
         for name, r in rows.items()
     }
 
 
-def views_table(results: dict[str, dict[str, dict[str, Score]]], default: str) -> str:
+def views_table(results: dict[str, dict[str, dict[str, RankScore]]], default: str) -> str:
     """Test top-1 / top-5 of the default with views off and on (and the same without the adapter)."""
     lines = ["", "| setting | views | " + " | ".join(DEV_SETS) + " |", "|---|---|" + "---:|" * len(DEV_SETS)]
     base = default.replace(", views on", ", views off")
@@ -510,7 +489,7 @@ def views_table(results: dict[str, dict[str, dict[str, Score]]], default: str) -
 
 
 def links_table(
-    results: dict[str, dict[str, dict[str, Score]]], plain: dict[str, dict[str, dict[str, Score]]], default: str
+    results: dict[str, dict[str, dict[str, RankScore]]], plain: dict[str, dict[str, dict[str, RankScore]]], default: str
 ) -> str:
     """The default setting on the linked corpora against the unlinked ones (dev and test)."""
     lines = [
@@ -529,8 +508,8 @@ def links_table(
 
 
 def markdown(
-    results: dict[str, dict[str, dict[str, Score]]],
-    plain: dict[str, dict[str, dict[str, Score]]],
+    results: dict[str, dict[str, dict[str, RankScore]]],
+    plain: dict[str, dict[str, dict[str, RankScore]]],
     lodo: dict[str, str],
     default: str,
     wall_s: float,

@@ -39,7 +39,7 @@ from typing import Any
 
 from apihelper.bench.retrieval import bfcl_corpus
 from apihelper.bench.retrieval.splits import SPLIT_NAMES, load_split
-from apihelper.retriever.evaluate import EvalQuestion
+from apihelper.retriever.evaluate import EvalQuestion, rank_score
 from apihelper.retriever.types import CorpusFormat, RetrievalMode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,19 +176,6 @@ def questions_of(qset: QuestionSet, split: str, build_dir: Path) -> list[EvalQue
     return load_split(qset.manifest, split, SHARED, bfcl_questions=bfcl)
 
 
-def _metrics(questions: list[EvalQuestion], rankings: list[list[str]]) -> dict[str, float]:
-    top1 = top5 = rr = 0.0
-    for question, ranked in zip(questions, rankings, strict=True):
-        gold = set(question.answers)
-        rank = next((i for i, key in enumerate(ranked[:10]) if key in gold), None)
-        if rank is not None:
-            top1 += rank == 0
-            top5 += rank < 5
-            rr += 1 / (rank + 1)
-    n = len(questions) or 1
-    return {"top1": round(top1 / n, 4), "top5": round(top5 / n, 4), "mrr@10": round(rr / n, 4)}
-
-
 async def baseline_rows(uri: str, qset: QuestionSet, split: str, questions: list[EvalQuestion]) -> list[dict[str, Any]]:
     """Plain dense and plain BM25 over the corpus as ingested (its docs read back from Milvus)."""
     from apihelper.bench.retrieval.baselines import PlainBM25, PlainDense
@@ -213,7 +200,7 @@ async def baseline_rows(uri: str, qset: QuestionSet, split: str, questions: list
                 "n": len(questions),
                 "doc_count": len(docs),
                 "quality": True,
-                **_metrics(questions, ranked),
+                **rank_score(questions, ranked).to_json(),
             }
             for mode, ranked in (("plain dense", dense), ("plain BM25", keyword))
         ]

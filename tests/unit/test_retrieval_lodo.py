@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from apihelper.bench.retrieval.lodo import Candidates, Score, choose, fast_score, fused_ranking, score
-from apihelper.retriever.evaluate import EvalQuestion
+from apihelper.bench.retrieval.lodo import Candidates, choose, fast_score, fused_ranking
+from apihelper.retriever.evaluate import EvalQuestion, RankScore, rank_score
 from apihelper.retriever.fusion import Fusion, FusionMethod
 
 FUSIONS = [
@@ -33,17 +33,17 @@ def test_fast_score_agrees_with_fuse(seed: int, fusion: Fusion) -> None:
         questions.append(EvalQuestion(id=str(n), question="q", answers=(rng.choice(keys),)))
         dense.append(d)
         keyword.append(kw)
-    slow = score(questions, [fused_ranking(d, k, fusion) for d, k in zip(dense, keyword, strict=True)])
+    slow = rank_score(questions, [fused_ranking(d, k, fusion) for d, k in zip(dense, keyword, strict=True)])
     fast = fast_score(Candidates.of(questions, dense, keyword), fusion)
     assert fast.n == slow.n
     assert fast.top1 == pytest.approx(slow.top1)
     assert fast.top5 == pytest.approx(slow.top5)
-    assert fast.mrr == pytest.approx(slow.mrr)
+    assert fast.mrr10 == pytest.approx(slow.mrr10)
 
 
 def test_choose_looks_only_at_the_sets_it_is_given() -> None:
-    def s(top1: float) -> dict[str, Score]:
-        return {"dev": Score(10, top1, top1, top1), "test": Score(10, 0.0, 0.0, 0.0)}
+    def s(top1: float) -> dict[str, RankScore]:
+        return {"dev": RankScore(10, top1, top1, top1), "test": RankScore(10, 0.0, 0.0, 0.0)}
 
     results = {"a": {"x": s(0.9), "y": s(0.1)}, "b": {"x": s(0.5), "y": s(0.6)}}
     assert choose(results, ["x"]) == "a"
