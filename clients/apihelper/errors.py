@@ -2,9 +2,12 @@
 
 Every error the service, the retriever, the offline tools or the client raise on purpose derives
 from :class:`ApiHelperError`. It sits at the floor of the package: every layer imports it, none
-of it imports anything of apihelper. Each protocol maps the *classes* below to its status codes in
-exactly one place (gRPC: ``apihelper.grpc_status``, both ways, so a client gets the same classes
-back; HTTP: ``apihelper.http_status``); nothing else decides what a client sees.
+of it imports anything of apihelper. What a call that failed with each class ends with is named
+once, here (``OUTCOMES``: gRPC's status names, the vocabulary the metrics count every protocol's
+calls in); each protocol maps the *classes* below to its status codes in exactly one place (gRPC:
+``apihelper.grpc_status``, both ways, so a client gets the same classes back; HTTP:
+``apihelper.http_status``; MCP writes the outcome's name into a tool error:
+``apihelper.service.mcp.errors``); nothing else decides what a client sees.
 
     ApiHelperError
     ├── InvalidRequestError        the request is wrong; names the offending ``field``
@@ -142,3 +145,29 @@ class CorpusLoadError(ApiHelperError):
     def __init__(self, path: str, message: str) -> None:
         super().__init__(f"{path}: {message}")
         self.path = path
+
+
+# ---------------------------------------------------------------------------------------------
+# Outcomes
+
+INTERNAL = "INTERNAL"  # anything not ours: a bug
+INVALID_ARGUMENT = "INVALID_ARGUMENT"
+
+# Most specific first: the first class an error is an instance of decides its outcome.
+OUTCOMES: tuple[tuple[type[ApiHelperError], str], ...] = (
+    (UnknownCorpusError, "NOT_FOUND"),  # before its base class
+    (InvalidRequestError, INVALID_ARGUMENT),
+    (UnauthenticatedError, "UNAUTHENTICATED"),
+    (ResourceExhaustedError, "RESOURCE_EXHAUSTED"),
+    (DeadlineExceededError, "DEADLINE_EXCEEDED"),
+    (UnavailableError, "UNAVAILABLE"),
+    (ConfigurationError, "FAILED_PRECONDITION"),
+)
+
+
+def outcome_of(exc: BaseException) -> str:
+    """The outcome's name of a call that failed with ``exc`` (INTERNAL for what is not ours)."""
+    for cls, name in OUTCOMES:
+        if isinstance(exc, cls):
+            return name
+    return INTERNAL

@@ -12,34 +12,22 @@ from __future__ import annotations
 import grpc
 
 from apihelper.errors import (
+    OUTCOMES,
     ApiHelperError,
-    ConfigurationError,
-    DeadlineExceededError,
     InvalidRequestError,
-    ResourceExhaustedError,
-    UnauthenticatedError,
-    UnavailableError,
     UnknownCorpusError,
+    outcome_of,
 )
 
-# Most specific first: the first class an error is an instance of decides its code.
-CODES: tuple[tuple[type[ApiHelperError], grpc.StatusCode], ...] = (
-    (UnknownCorpusError, grpc.StatusCode.NOT_FOUND),  # before its base class: the first match wins
-    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
-    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
-    (ResourceExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
-    (ConfigurationError, grpc.StatusCode.FAILED_PRECONDITION),
+# gRPC's codes are the outcomes' names (``apihelper.errors.OUTCOMES``).
+CODES: tuple[tuple[type[ApiHelperError], grpc.StatusCode], ...] = tuple(
+    (cls, grpc.StatusCode[name]) for cls, name in OUTCOMES
 )
 
 
 def status_code(exc: BaseException) -> grpc.StatusCode:
     """The status a call that failed with ``exc`` ends with (INTERNAL for what is not ours)."""
-    for cls, code in CODES:
-        if isinstance(exc, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
+    return grpc.StatusCode[outcome_of(exc)]
 
 
 def error_from_status(code: grpc.StatusCode, details: str) -> ApiHelperError:

@@ -4,9 +4,10 @@ The HTTP front end (``apihelper.service.http``) answers a request whose handler 
 :class:`~apihelper.errors.ApiHelperError` with the status :func:`http_status` gives and the body
 :func:`error_body` builds; anything the table does not name is a bug: 500, no details.
 
-Each row also carries the outcome's name in the vocabulary the metrics use for every protocol
-(gRPC's status names: ``apihelper_requests_total{code="INVALID_ARGUMENT"}`` counts bad requests
-whether they came over gRPC or HTTP), so dashboards need no second set of queries.
+Each outcome also carries its name in the vocabulary the metrics use for every protocol
+(``apihelper.errors.outcome_of``, gRPC's status names: ``apihelper_requests_total{code=
+"INVALID_ARGUMENT"}`` counts bad requests whether they came over gRPC or HTTP), so dashboards need
+no second set of queries.
 
 Statuses follow Google's published mapping between gRPC codes and HTTP (INVALID_ARGUMENT and
 FAILED_PRECONDITION 400, UNAUTHENTICATED 401, RESOURCE_EXHAUSTED 429, UNAVAILABLE 503,
@@ -32,6 +33,7 @@ from apihelper.errors import (
     UnavailableError,
     UnknownCorpusError,
     UnsupportedMediaTypeError,
+    outcome_of,
 )
 
 
@@ -45,26 +47,26 @@ OK = HttpOutcome(200, "OK")
 CANCELLED = HttpOutcome(499, "CANCELLED")  # the client went away (nginx's 499; nobody reads it)
 INTERNAL = HttpOutcome(500, "INTERNAL")
 
-# Most specific first: the first class an error is an instance of decides its outcome.
-OUTCOMES: tuple[tuple[type[ApiHelperError], HttpOutcome], ...] = (
-    (RequestTooLargeError, HttpOutcome(413, "INVALID_ARGUMENT")),
-    (UnsupportedMediaTypeError, HttpOutcome(415, "INVALID_ARGUMENT")),
-    (BodyTimeoutError, HttpOutcome(408, "DEADLINE_EXCEEDED")),
-    (UnknownCorpusError, HttpOutcome(404, "NOT_FOUND")),
-    (InvalidRequestError, HttpOutcome(400, "INVALID_ARGUMENT")),
-    (UnauthenticatedError, HttpOutcome(401, "UNAUTHENTICATED")),
-    (ResourceExhaustedError, HttpOutcome(429, "RESOURCE_EXHAUSTED")),
-    (DeadlineExceededError, HttpOutcome(504, "DEADLINE_EXCEEDED")),
-    (UnavailableError, HttpOutcome(503, "UNAVAILABLE")),
-    (ConfigurationError, HttpOutcome(400, "FAILED_PRECONDITION")),
+# Most specific first: the first class an error is an instance of decides its status.
+STATUSES: tuple[tuple[type[ApiHelperError], int], ...] = (
+    (RequestTooLargeError, 413),
+    (UnsupportedMediaTypeError, 415),
+    (BodyTimeoutError, 408),
+    (UnknownCorpusError, 404),
+    (InvalidRequestError, 400),
+    (UnauthenticatedError, 401),
+    (ResourceExhaustedError, 429),
+    (DeadlineExceededError, 504),
+    (UnavailableError, 503),
+    (ConfigurationError, 400),
 )
 
 
 def http_outcome(exc: BaseException) -> HttpOutcome:
     """What a request that failed with ``exc`` ends with (INTERNAL for what is not ours)."""
-    for cls, outcome in OUTCOMES:
+    for cls, status in STATUSES:
         if isinstance(exc, cls):
-            return outcome
+            return HttpOutcome(status, outcome_of(exc))
     return INTERNAL
 
 
@@ -78,7 +80,7 @@ def error_body(exc: BaseException, *, max_chars: int = 400) -> dict[str, Any]:
     of a bad request (``null`` otherwise); ``type`` is the outcome's name; ``code`` the status. An
     error that is not ours says only "internal error"."""
     outcome = http_outcome(exc)
-    message = "internal error" if outcome is INTERNAL else str(exc)
+    message = "internal error" if outcome == INTERNAL else str(exc)
     if len(message) > max_chars:
         message = message[: max_chars - 1] + "…"
     field = exc.field if isinstance(exc, InvalidRequestError) and exc.field else None

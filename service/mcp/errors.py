@@ -1,8 +1,8 @@
 """apihelper's errors on MCP: the one table between the error tree and what a tool call returns.
 
 A tool that fails returns an MCP tool error (``isError: true``) whose text starts with the
-outcome's name in the vocabulary the metrics use for every protocol (gRPC's status names, as in
-``apihelper.grpc_status`` and ``apihelper.http_status``), then the message: an agent reads
+outcome's name in the vocabulary the metrics use for every protocol (``apihelper.errors.outcome_of``:
+gRPC's status names), then the message: an agent reads
 ``INVALID_ARGUMENT: top_k: must be between 1 and 50, got 99`` and knows what to change. A bad
 argument names the tool's own argument (``corpora``, not the pipeline's ``retrieval.corpora``).
 Anything the table does not name is a bug: ``INTERNAL: internal error``, no details. A request
@@ -16,46 +16,15 @@ from typing import Any
 
 from mcp.types import INVALID_REQUEST
 
-from apihelper.errors import (
-    ApiHelperError,
-    ConfigurationError,
-    DeadlineExceededError,
-    InvalidRequestError,
-    ResourceExhaustedError,
-    UnauthenticatedError,
-    UnavailableError,
-    UnknownCorpusError,
-)
-
-INTERNAL = "INTERNAL"
-INVALID_ARGUMENT = "INVALID_ARGUMENT"
-
-# Most specific first: the first class an error is an instance of decides its outcome.
-OUTCOMES: tuple[tuple[type[ApiHelperError], str], ...] = (
-    (UnknownCorpusError, "NOT_FOUND"),
-    (InvalidRequestError, INVALID_ARGUMENT),
-    (UnauthenticatedError, "UNAUTHENTICATED"),
-    (ResourceExhaustedError, "RESOURCE_EXHAUSTED"),
-    (DeadlineExceededError, "DEADLINE_EXCEEDED"),
-    (UnavailableError, "UNAVAILABLE"),
-    (ConfigurationError, "FAILED_PRECONDITION"),
-)
+from apihelper.errors import INTERNAL, InvalidRequestError, outcome_of
 
 MAX_MESSAGE_CHARS = 400
-
-
-def outcome(exc: BaseException) -> str:
-    """The outcome's name of a call that failed with ``exc`` (INTERNAL for what is not ours)."""
-    for cls, code in OUTCOMES:
-        if isinstance(exc, cls):
-            return code
-    return INTERNAL
 
 
 def error_text(exc: BaseException, arguments: Mapping[str, str] = {}) -> str:
     """The text of the tool error for ``exc``. ``arguments`` renames the pipeline's field names
     to the tool's argument names (``retrieval.corpora`` -> ``corpora``)."""
-    code = outcome(exc)
+    code = outcome_of(exc)
     if code == INTERNAL:
         return f"{INTERNAL}: internal error"
     if isinstance(exc, InvalidRequestError) and exc.field:

@@ -50,7 +50,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.types import REQUEST_TIMEOUT, CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field, TypeAdapter, ValidationError
 
-from apihelper.errors import DeadlineExceededError, InvalidRequestError
+from apihelper.errors import INVALID_ARGUMENT, DeadlineExceededError, InvalidRequestError, outcome_of
 from apihelper.retriever.types import ApiDoc, CorpusInfo, RetrievalMode
 from apihelper.service.answers.check import CallCheck, CheckedAnswer
 from apihelper.service.calls import OK, Call
@@ -239,7 +239,7 @@ class ApiHelperMcp:
 
     async def _policy(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         """Every tool call and resource read: counted, under the deadline, cancelled with the
-        client; its outcome from the tool's own error (see :func:`errors.outcome`), or
+        client; its outcome from the tool's own error (see :func:`apihelper.errors.outcome_of`), or
         INVALID_ARGUMENT for arguments the SDK rejected against the input schema."""
         if ctx.method == "tools/call":
             name = (ctx.params or {}).get("name")
@@ -262,7 +262,7 @@ class ApiHelperMcp:
                 if not timer.expired():
                     raise
                 exc = DeadlineExceededError(limit.reason)
-                call.failed(exc, errors.outcome(exc))
+                call.failed(exc, outcome_of(exc))
                 if ctx.method == "tools/call":
                     return CallToolResult(
                         content=[TextContent(type="text", text=errors.error_text(exc))], is_error=True
@@ -293,7 +293,7 @@ class ApiHelperMcp:
             return await work
         except Exception as exc:
             if outcome is not None:
-                outcome.code, outcome.error = errors.outcome(exc), exc
+                outcome.code, outcome.error = outcome_of(exc), exc
             raise error(errors.error_text(exc, fields)) from None
 
     # -- tools ---------------------------------------------------------------------------------
@@ -452,7 +452,7 @@ def _finish(call: Call, outcome: _Outcome, failure: BaseException | None) -> Non
         # What the SDK refused before any tool ran: arguments against the input schema, an unknown
         # tool or resource (protocol errors). Anything else is a bug.
         refused = isinstance(failure, ToolError | MCPError | ValidationError)
-        call.failed(failure, errors.INVALID_ARGUMENT if refused else errors.outcome(failure))
+        call.failed(failure, INVALID_ARGUMENT if refused else outcome_of(failure))
     else:
         call.finish(OK)
 

@@ -6,6 +6,8 @@ import grpc
 import pytest
 
 from apihelper.errors import (
+    INTERNAL,
+    OUTCOMES,
     ApiHelperError,
     ConfigurationError,
     DeadlineExceededError,
@@ -17,6 +19,7 @@ from apihelper.errors import (
     UnauthenticatedError,
     UnavailableError,
     UnknownCorpusError,
+    outcome_of,
 )
 from apihelper.grpc_status import CODES, error_from_status, status_code
 
@@ -58,6 +61,15 @@ def test_the_field_of_a_bad_request_survives_the_wire() -> None:
     unnamed = error_from_status(grpc.StatusCode.INVALID_ARGUMENT, "the request is bad: somehow")
     assert isinstance(unnamed, InvalidRequestError)
     assert unnamed.field == "" and str(unnamed) == "the request is bad: somehow"
+
+
+def test_every_outcome_row_is_reachable() -> None:
+    classes = [cls for cls, _ in OUTCOMES]
+    for i, cls in enumerate(classes):  # no row is shadowed by a more general one above it
+        assert not any(issubclass(cls, earlier) for earlier in classes[:i])
+    assert outcome_of(UnknownCorpusError("x")) == "NOT_FOUND"
+    assert outcome_of(RetrieverUnavailableError("down")) == "UNAVAILABLE"
+    assert outcome_of(ValueError("a bug")) == INTERNAL
 
 
 def test_every_mapped_class_is_an_apihelper_error() -> None:

@@ -21,7 +21,7 @@ from apihelper.errors import (
     UnauthenticatedError,
     UnknownCorpusError,
 )
-from apihelper.http_status import OUTCOMES, error_body, http_outcome, http_status
+from apihelper.http_status import STATUSES, error_body, http_outcome, http_status
 from apihelper.retriever.doc_kinds import DocKind, doc_kind, function_schema
 from apihelper.retriever.loaders import load_corpus
 from apihelper.retriever.samples import sample_corpus_path
@@ -150,7 +150,7 @@ def test_errors_map_to_http_statuses(error: Exception, status: int, code: str) -
 
 
 def test_every_row_of_the_table_is_reachable() -> None:
-    classes = [cls for cls, _ in OUTCOMES]
+    classes = [cls for cls, _ in STATUSES]
     for i, cls in enumerate(classes):  # no row is shadowed by a more general one above it
         assert not any(issubclass(cls, earlier) for earlier in classes[:i])
     assert len(error_body(InvalidRequestError("f", "x" * 1000))["error"]["message"]) == 400
