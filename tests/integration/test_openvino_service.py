@@ -15,11 +15,10 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from apihelper.errors import ConfigurationError
 from apihelper.retriever.types import CorpusFormat
 from apihelper.service.frontends import RunningServer
 from apihelper.v1 import apihelper_pb2 as pb
-from tests.support import BIN, live_server, shared_corpus, sse_events, stub_for
+from tests.support import BIN, bundled_gguf_or_skip, live_server, shared_corpus, sse_events, stub_for
 
 pytest.importorskip("openvino_genai", reason="openvino-genai is not installed (pip install openvino-genai)")
 
@@ -29,12 +28,9 @@ MAX_TOKENS = 160  # what make demo asks for
 
 @pytest.fixture(scope="module")
 def staged_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from apihelper.build.import_gguf import bundled_gguf, is_current, stage_gguf
+    from apihelper.build.import_gguf import is_current, stage_gguf
 
-    try:
-        gguf = bundled_gguf()
-    except ConfigurationError as exc:
-        pytest.skip(f"the SmolLM2 GGUF is not installed ({exc}); make install puts it there")
+    gguf = bundled_gguf_or_skip()
     out = tmp_path_factory.mktemp("smollm2") / "gguf"
     manifest = stage_gguf(gguf, out)
     assert manifest.kind == "gguf" and manifest.details["context_length"] == 8192

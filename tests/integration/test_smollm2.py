@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 
 from apihelper.bench.retrieval.splits import read_manifest
-from apihelper.errors import ConfigurationError
 from apihelper.service.engine.config import TransformersConfig
 from apihelper.v1 import apihelper_pb2 as pb
 from apihelper.v1 import apihelper_pb2_grpc as pb_grpc
-from tests.support import live_server, shared_corpus, stub_for
+from tests.support import bundled_gguf_or_skip, live_server, shared_corpus, stub_for
 
 pytestmark = pytest.mark.transformers5
 
@@ -30,12 +29,9 @@ MAX_TOKENS = 160  # what make demo asks for
 
 @pytest.fixture(scope="module")
 def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from apihelper.build.import_gguf import bundled_gguf, import_gguf
+    from apihelper.build.import_gguf import import_gguf
 
-    try:
-        gguf = bundled_gguf()
-    except ConfigurationError as exc:
-        pytest.skip(f"the SmolLM2 GGUF is not installed ({exc}); make install puts it there")
+    gguf = bundled_gguf_or_skip()
     out = tmp_path_factory.mktemp("smollm2") / "model"
     import_gguf(gguf, out)
     return out

@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from apihelper.errors import ConfigurationError
 from apihelper.retriever.loaders import load_corpus
 from apihelper.retriever.memory import MemoryRetriever
 from apihelper.retriever.types import ApiDoc
 from apihelper.service.prompts import PromptFormat
 from apihelper.v1 import apihelper_pb2 as pb
-from tests.support import live_server, stub_for
+from tests.support import bundled_gguf_or_skip, live_server, stub_for
 
 SAMPLE = Path(__file__).resolve().parents[2] / "retriever" / "samples" / "demo_cloud_openapi.yaml"
 MAX_TOKENS = 160  # what make demo asks for
@@ -31,14 +30,10 @@ def _docs() -> dict[str, ApiDoc]:
 
 async def _ask(question: str, retrieved: list[str]) -> pb.Completion:
     pytest.importorskip("openvino_genai", reason="openvino-genai is not installed (pip install openvino-genai)")
-    from apihelper.build.import_gguf import bundled_gguf
     from apihelper.service.engine.config import OpenVINOConfig
     from apihelper.service.engine.openvino_engine import OpenVINOEngine
 
-    try:
-        gguf = bundled_gguf()
-    except ConfigurationError as exc:
-        pytest.skip(f"the SmolLM2 GGUF is not installed ({exc}); make install puts it there")
+    gguf = bundled_gguf_or_skip()
     docs = _docs()
     retriever = MemoryRetriever(list(docs.values()), retrieved=[docs[k] for k in retrieved])
     engine = await OpenVINOEngine.load(gguf, OpenVINOConfig(prompt_format=PromptFormat.CHAT_TOOLS, num_threads=2))

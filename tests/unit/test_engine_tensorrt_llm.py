@@ -46,6 +46,7 @@ from apihelper.service.engine.protocol import (
 from apihelper.service.engine.tensorrt_llm_engine import TensorRTLLMEngine
 from apihelper.service.engine.trtllm_runtime import TrtllmApi
 from apihelper.service.prompts import PromptFormat
+from tests.support import INVALID_SAMPLING
 
 VERSION = "1.2.1"
 CAPABILITY = "9.0"
@@ -656,16 +657,7 @@ async def test_an_abort_the_executor_never_answers_still_ends_the_stream(tmp_pat
     await engine.shutdown()
 
 
-@pytest.mark.parametrize(
-    ("sampling", "field_name"),
-    [
-        ({"max_tokens": 0}, "sampling.max_tokens"),
-        ({"temperature": -1.0}, "sampling.temperature"),
-        ({"top_p": 0.0}, "sampling.top_p"),
-        ({"top_k": -1}, "sampling.top_k"),
-        ({"stop": ("",)}, "sampling.stop"),
-    ],
-)
+@pytest.mark.parametrize(("sampling", "field_name"), INVALID_SAMPLING)
 async def test_bad_sampling_is_refused(running: Any, tmp_path: Path, sampling: dict[str, Any], field_name: str) -> None:
     llm = FakeLLM()
     engine = await running(llm, tmp_path)
