@@ -4,7 +4,8 @@ port 0 and raw HTTP/2 frames (``tests.rawh2``) where grpcio's client would not m
 - a client with a zero (or tiny) flow-control window that never reads holds a Generate slot no
   longer than the stall timeout, and its engine request is aborted;
 - one connection cannot open more streams than ``max_streams_per_connection``;
-- a client deadline longer than the server's maximum is cut to it;
+- (a client deadline longer than the server's maximum is cut to it: ``test_call_policy``, on
+  gRPC and HTTP alike);
 - normal requests keep their time to first token, and the server its memory, while 64 stalled
   streams exist;
 - health Watch streams are limited, timed out and counted;
@@ -162,23 +163,6 @@ async def test_one_connection_cannot_take_every_slot(stalled_clients: list[RawH2
         await stalled_clients[0].read_until_done(list(stalled_clients[0].results)[4:], 5)
         refused = [r for r in stalled_clients[0].results.values() if r.reset is not None]
         assert len(refused) == 8
-
-
-async def test_client_deadlines_are_cut_to_the_servers_maximum() -> None:
-    engine = FakeEngine(LONG_REPLY, token_delay_s=0.01)
-    async with (
-        live_server(engine, default_deadline_seconds=0.3, max_deadline_seconds=0.5) as server,
-        stub_for(server) as stub,
-    ):
-        request = pb.GenerateRequest(instruction="x", sampling=pb.SamplingParams(max_tokens=1000))
-        started = time.perf_counter()
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            async for _ in stub.Generate(request, timeout=3600):
-                pass
-        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert "maximum deadline of 0.5 s" in (info.value.details() or "")
-        assert time.perf_counter() - started <= budget(2.0)
-        await wait_until(lambda: engine.num_in_flight == 0, 2, "the engine request being aborted")
 
 
 async def test_a_deadline_that_lands_during_a_write_to_a_reading_client_still_sends_its_status() -> None:
