@@ -178,12 +178,18 @@ def read_auth_token(settings: Settings) -> str:
     """The bearer token, from the setting or its file ("" when auth is off)."""
     if not settings.auth_token_file:
         return settings.auth_token
+    return read_token_file(settings.auth_token_file, "auth_token_file")
+
+
+def read_token_file(path: str, option: str) -> str:
+    """The bearer token a file holds (white space around it stripped); an unreadable or empty
+    file is a ``ConfigurationError`` that names ``option``, the setting that pointed to it."""
     try:
-        token = Path(settings.auth_token_file).read_text().strip()
+        token = Path(path).read_text().strip()
     except OSError as exc:
-        raise ConfigurationError(f"auth_token_file: {exc.strerror}: {settings.auth_token_file}") from exc
+        raise ConfigurationError(f"{option}: {exc.strerror}: {path}") from exc
     if not token:
-        raise ConfigurationError(f"auth_token_file {settings.auth_token_file} is empty")
+        raise ConfigurationError(f"{option} {path} is empty")
     return token
 
 

@@ -20,7 +20,6 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,6 +33,7 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
 from apihelper.errors import ConfigurationError
+from apihelper.service.settings import read_token_file
 
 TOKEN_ENV = "APIHELPER_AUTH_TOKEN"
 # Connect, write and pool within 30 s; a tool call (write_call generates) may take the service's
@@ -114,13 +114,7 @@ async def serve_stdio(url: str, token: str) -> None:
 def _token(args: argparse.Namespace) -> str:
     if args.auth_token_file is None:
         return os.environ.get(TOKEN_ENV, "")
-    try:
-        token = Path(args.auth_token_file).read_text().strip()
-    except OSError as exc:
-        raise ConfigurationError(f"--auth-token-file: {exc.strerror}: {args.auth_token_file}") from exc
-    if not token:
-        raise ConfigurationError(f"--auth-token-file {args.auth_token_file} is empty")
-    return token
+    return read_token_file(args.auth_token_file, "--auth-token-file")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

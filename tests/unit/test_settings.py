@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from apihelper.errors import ConfigurationError
-from apihelper.service.settings import Settings, load_settings
+from apihelper.service.settings import Settings, load_settings, read_auth_token, read_token_file
 
 
 def test_defaults() -> None:
@@ -123,3 +123,15 @@ def test_serve_exits_2_with_one_line_before_opening_anything(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "prompt_format" in err and "bogus" in err
     assert opened == []
+
+
+def test_a_token_file_is_read_stripped_and_refused_when_missing_or_empty(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("  s3cret\n")
+    settings = load_settings(["--auth-token-file", str(token)], {})
+    assert read_auth_token(settings) == "s3cret"
+    token.write_text("\n")
+    with pytest.raises(ConfigurationError, match=r"^auth_token_file .* is empty"):
+        read_auth_token(settings)
+    with pytest.raises(ConfigurationError, match=r"^--auth-token-file: .*: .*missing"):
+        read_token_file(str(tmp_path / "missing"), "--auth-token-file")
