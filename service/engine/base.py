@@ -24,6 +24,15 @@ from apihelper.service.engine.stops import IncrementalText
 from apihelper.service.prompts import ChatPrompt
 
 FlightT = TypeVar("FlightT")
+T = TypeVar("T")
+
+# Prompts up to this many characters are tokenized on the event loop (well under a millisecond);
+# longer ones go to a worker thread so they never stall other streams.
+INLINE_TOKENIZE_CHARS = 16_384
+# How far an engine may run ahead of a stream's consumer (tokens) before the request is ended: a
+# consumer this far behind is not reading (a gRPC stream's writes block only once the client's
+# flow-control window, 64 KiB by default, is full).
+MAX_TOKENS_AHEAD = 256
 
 
 class EngineBase(abc.ABC, Generic[FlightT]):
@@ -80,6 +89,14 @@ def check_sampling(sampling: SamplingParams) -> None:
         raise InvalidRequestError("sampling.top_k", "must be >= 0")
     if sampling.repetition_penalty <= 0 or not math.isfinite(sampling.repetition_penalty):
         raise InvalidRequestError("sampling.repetition_penalty", "must be a number > 0")
+
+
+async def tokenized(tokenize: Callable[[str], T], prompt: str) -> T:
+    """``tokenize(prompt)``: on the event loop for a short prompt, in a worker thread for a long
+    one (``INLINE_TOKENIZE_CHARS``)."""
+    if len(prompt) <= INLINE_TOKENIZE_CHARS:
+        return tokenize(prompt)
+    return await asyncio.to_thread(tokenize, prompt)
 
 
 def incremental_text(decode: Callable[[Sequence[int]], str], stops: Sequence[str]) -> IncrementalText:

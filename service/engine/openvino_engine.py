@@ -74,12 +74,14 @@ from apihelper.errors import (
     MissingDependencyError,
 )
 from apihelper.service.engine.base import (
+    MAX_TOKENS_AHEAD,
     EngineBase,
     check_sampling,
     incremental_text,
     render_with_template,
     runaway_reason,
     text_step,
+    tokenized,
     wait_for_news,
 )
 from apihelper.service.engine.choice import OPENVINO_KINDS
@@ -104,9 +106,7 @@ HONOURED_SAMPLING = ("max_tokens", "stop", "temperature", "top_p", "top_k", "rep
 # rng_seed reaches the pipeline's sampler, but a seeded request batched with others samples
 # differently from the same request alone (measured): reproducible alone only.
 SEED_NOTE = "seed: passed to the runtime (rng_seed); reproducible when the request runs alone, not when batched"
-MAX_TOKENS_AHEAD = 256
 DEFAULT_MAX_MODEL_LEN = 2048
-_INLINE_TOKENIZE_CHARS = 16_384
 _CHECKED_GRAMMARS = 256  # grammar keys remembered as parseable
 
 
@@ -483,7 +483,7 @@ class OpenVINOEngine(EngineBase[_InFlight]):
     # ------------------------------------------------------------------ Engine protocol
 
     def count_tokens(self, text: str) -> int:
-        return len(self._encode_sync(text))
+        return len(self._encode(text))
 
     def render_chat(self, prompt: ChatPrompt) -> str:
         return render_with_template(self._tokenizer, prompt, self._info.model)
@@ -494,7 +494,7 @@ class OpenVINOEngine(EngineBase[_InFlight]):
         sampling = request.sampling
         worker_sampling = self._worker_sampling(sampling)
         text = incremental_text(self._decode, sampling.stop)
-        prompt_ids = await self._encode(request.prompt)
+        prompt_ids = await tokenized(self._encode, request.prompt)
         self._admit(request, len(prompt_ids))
         grammar = await self._checked_grammar(request.guided)
         self._check_alive()
@@ -586,14 +586,9 @@ class OpenVINOEngine(EngineBase[_InFlight]):
             fields["rng_seed"] = int(sampling.seed) % 2**64
         return fields
 
-    def _encode_sync(self, text: str) -> list[int]:
+    def _encode(self, text: str) -> list[int]:
         ids = self._tokenizer.encode(text, add_special_tokens=True).input_ids.data
         return [int(i) for i in ids[0]]
-
-    async def _encode(self, prompt: str) -> list[int]:
-        if len(prompt) <= _INLINE_TOKENIZE_CHARS:
-            return self._encode_sync(prompt)
-        return await asyncio.to_thread(self._encode_sync, prompt)
 
     def _decode(self, token_ids: Sequence[int]) -> str:
         return str(self._tokenizer.decode(list(token_ids), skip_special_tokens=True))

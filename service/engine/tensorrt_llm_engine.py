@@ -53,7 +53,7 @@ from apihelper.errors import (
     EngineUnavailableError,
     InvalidRequestError,
 )
-from apihelper.service.engine.base import EngineBase, check_sampling, render_with_template
+from apihelper.service.engine.base import EngineBase, check_sampling, render_with_template, tokenized
 from apihelper.service.engine.config import TensorRTLLMConfig
 from apihelper.service.engine.protocol import (
     EngineInfo,
@@ -86,8 +86,6 @@ _FINISH_REASONS = {
     "timeout": FinishReason.CANCELLED,
     "cancelled": FinishReason.CANCELLED,
 }
-# Prompts up to this many characters are tokenized on the event loop (well under a millisecond).
-_INLINE_TOKENIZE_CHARS = 16_384
 
 
 # ---------------------------------------------------------------------- stream bookkeeping
@@ -336,7 +334,7 @@ class TensorRTLLMEngine(EngineBase[_InFlight]):
             stop_filter = StopFilter(sampling.stop)
         except ValueError as exc:
             raise InvalidRequestError("sampling.stop", str(exc)) from exc
-        prompt_tokens = await self._count_prompt(request.prompt)
+        prompt_tokens = await tokenized(self.count_tokens, request.prompt)
         if prompt_tokens > self._max_input_len:
             raise InvalidRequestError(
                 "instruction",
@@ -517,11 +515,6 @@ class TensorRTLLMEngine(EngineBase[_InFlight]):
         # end_id / pad_id are left unset: the executor takes them from the engine directory's
         # tokenizer, which the build copies from the checkpoint.
         return self._api.SamplingParams(**kwargs)
-
-    async def _count_prompt(self, prompt: str) -> int:
-        if len(prompt) <= _INLINE_TOKENIZE_CHARS:
-            return self.count_tokens(prompt)
-        return await asyncio.to_thread(self.count_tokens, prompt)
 
     async def _next(self, flight: _InFlight, iterator: Any) -> Any:
         """The next output of ``flight``'s request, without ever waiting blind.

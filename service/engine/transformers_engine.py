@@ -58,12 +58,14 @@ from apihelper.errors import (
 )
 from apihelper.service.engine import cb_internals
 from apihelper.service.engine.base import (
+    MAX_TOKENS_AHEAD,
     EngineBase,
     check_sampling,
     incremental_text,
     render_with_template,
     runaway_reason,
     text_step,
+    tokenized,
     wait_for_news,
 )
 from apihelper.service.engine.config import TransformersConfig
@@ -86,13 +88,6 @@ ENGINE_KIND = "transformers"
 RUNNABLE_KINDS = ("dev-model", "hf-checkpoint")
 HONOURED_SAMPLING = ("max_tokens", "stop", "temperature", "top_p", "top_k")
 IGNORED_SAMPLING = ("repetition_penalty",)
-# Prompts up to this many characters are tokenized on the event loop (well under a millisecond);
-# longer ones go to a worker thread so they never stall other streams.
-_INLINE_TOKENIZE_CHARS = 16_384
-# How far the manager may run ahead of a stream's consumer (tokens) before the request is ended:
-# a consumer this far behind is not reading (a gRPC stream's writes block only once the client's
-# flow-control window, 64 KiB by default, is full).
-MAX_TOKENS_AHEAD = 256
 
 
 class ContinuousBatchingManager(Protocol):
@@ -462,7 +457,7 @@ class TransformersEngine(EngineBase[_InFlight]):
         sampling = request.sampling
         processor_kwargs = self._processor_kwargs(sampling)
         text = incremental_text(self._tokenizer.decode, sampling.stop)
-        prompt_ids = await self._encode(request.prompt)
+        prompt_ids = await tokenized(self._tokenizer.encode, request.prompt)
         self._admit(request, len(prompt_ids))
         grammar = await self._compiled(request.guided)
         self._check_alive()
@@ -592,11 +587,6 @@ class TransformersEngine(EngineBase[_InFlight]):
         if sampling.seed is not None and self._seeded_sampling:
             kwargs["seed"] = int(sampling.seed)
         return kwargs
-
-    async def _encode(self, prompt: str) -> list[int]:
-        if len(prompt) <= _INLINE_TOKENIZE_CHARS:
-            return self._tokenizer.encode(prompt)
-        return await asyncio.to_thread(self._tokenizer.encode, prompt)
 
     async def _next_output(self, flight: _InFlight) -> Any:
         """The next item for ``flight``: the newest manager output, or an abort/failure marker
