@@ -27,8 +27,9 @@ import enum
 import hmac
 import json
 import logging
+import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -58,7 +59,9 @@ from apihelper.retriever.types import RetrievedDoc
 from apihelper.service.calls import Call, CallPolicy, Deadline
 from apihelper.service.core import Core
 from apihelper.service.http import convert, openai
+from apihelper.service.http.connections import TRANSPORT_STATE
 from apihelper.service.http.openapi import openapi_spec
+from apihelper.service.http.progress import ClientStalled, until_stalled
 from apihelper.service.pipeline import CompletionEvent, GenerateParams, PipelineEvent, SourcesEvent
 
 if TYPE_CHECKING:  # the MCP SDK is imported only when MCP is on (apihelper.service.http.server)
@@ -68,6 +71,8 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_HEADER = "x-request-timeout"
 PING_SECONDS = 15.0  # an SSE comment this often keeps proxies from closing a quiet stream
+COALESCE_SECONDS = 0.02  # a stream writes at most this often (the frames ready meanwhile at once)
+COALESCE_FRAMES = 32  # frames that may wait for a stream's next write
 
 Frames = list[ServerSentEvent]
 Render = Callable[[PipelineEvent], Frames]
@@ -472,7 +477,7 @@ class HttpApi:
             self._streams.release()
             call.cancelled()  # unless it was counted already: ended, failed or stalled
 
-        frames = self._frames(first, events, render, begun.limit, done, call)
+        frames = _coalesced(self._frames(first, events, render, begun.limit, done, call), COALESCE_SECONDS)
         return _EventStream(frames, close, self._calls.stall_timeout_seconds, call.stalled)
 
     async def _frames(
@@ -566,29 +571,85 @@ def _route_label(request: Request) -> str:
     return f"{request.method} {path}"
 
 
+async def _coalesced(frames: AsyncIterator[ServerSentEvent], seconds: float) -> AsyncGenerator[bytes, None]:
+    """``frames`` as written: at once when nothing was written in the last ``seconds``, else the
+    frames that arrive meanwhile together, ``seconds`` after the last write.
+
+    One write per token made a TCP segment of ~50 bytes each, and a client's kernel that takes
+    such segments without its application reading grows its receive buffer to megabytes
+    (Linux accounts each small segment at several times its size and grows the buffer rather
+    than close the window): the client's progress could not be seen
+    (``apihelper.service.http.progress``). Writes at most every ``seconds`` carry several
+    tokens each at the rates where that matters; a token after a pause is not delayed. At most
+    :data:`COALESCE_FRAMES` frames wait: a write that blocks stops the pipeline in turn, so the
+    engine sees a consumer that falls behind."""
+    ready: asyncio.Queue[ServerSentEvent | None] = asyncio.Queue(COALESCE_FRAMES)
+    failed: list[Exception] = []
+
+    async def pump() -> None:
+        try:
+            async for frame in frames:
+                await ready.put(frame)
+        except Exception as exc:  # a bug of the frames' own: raised below, after what came first
+            failed.append(exc)
+        await ready.put(None)
+
+    loop = asyncio.get_running_loop()
+    pumping = asyncio.ensure_future(pump())
+    written = -math.inf
+    try:
+        ended = False
+        while not ended:
+            batch = [await ready.get()]
+            if (wait := written + seconds - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            while not ready.empty():
+                batch.append(ready.get_nowait())
+            ended = batch[-1] is None
+            chunk = b"".join(frame.encode() for frame in batch if frame is not None)
+            if chunk:
+                yield chunk
+                written = loop.time()
+        if failed:
+            raise failed[0]
+    finally:
+        pumping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pumping
+
+
 class _EventStream(EventSourceResponse):
     """An SSE response that runs ``close`` however it ends: finished, failed, cancelled by a
     disconnect, or never started because the client left first."""
 
     def __init__(
         self,
-        frames: AsyncIterator[ServerSentEvent],
+        frames: AsyncGenerator[bytes, None],
         close: Callable[[], Awaitable[None]],
         send_timeout: float,
         stalled: Callable[[], None],
     ) -> None:
         super().__init__(frames, ping=PING_SECONDS, send_timeout=send_timeout)
+        self._stream_frames = frames
+        self._send_timeout = send_timeout
         self._close = close
         self._stalled = stalled
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        transport = scope.get("state", {}).get(TRANSPORT_STATE)
         try:
-            await super().__call__(scope, receive, send)
-        except* SendTimeoutError:
-            # A send blocked for the stall timeout (the client reads nothing): the stream ends
-            # here, with one log line rather than the server's traceback of a failed app.
+            # The client's progress is watched on its socket: its sends alone would not block for
+            # hundreds of KB (``apihelper.service.http.progress``).
+            await until_stalled(super().__call__(scope, receive, send), transport, self._send_timeout)
+        except* (SendTimeoutError, ClientStalled):
+            # The client took nothing for the stall timeout: the stream ends here, with one log
+            # line rather than the server's traceback of a failed app, and so does its connection
+            # (closing it would wait for its unsent bytes to drain first).
+            if transport is not None:
+                transport.abort()
             self._stalled()
         finally:
+            await self._stream_frames.aclose()  # stops its pump before the pipeline closes
             await self._close()
 
 

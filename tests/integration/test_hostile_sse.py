@@ -1,0 +1,105 @@
+"""Row 7 of issue 25: an SSE client that never reads frees its engine slot within the stall
+timeout, though the kernel would take a whole answer into its buffers; one that reads slowly but
+steadily is not cut. Real client sockets against the real server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+from apihelper.service.engine.fake import FakeEngine
+from apihelper.service.frontends import RunningServer
+from tests.integration.test_hostile_transport import metric, recorder_for
+from tests.support import live_server, wait_until
+
+# ~20,000 tokens of ~50 bytes of SSE each: about 1 MB, several times what the kernel's socket
+# buffers take before a client that reads nothing closes its window, and still far below what the
+# server's autotuned send buffer (4 MiB) holds: no send of the server's ever blocks.
+TOKENS = 20_000
+REPLY = " ".join(f"w{i}" for i in range(TOKENS))
+RPC = "POST /v1/generate"
+
+
+def _engine(token_delay_s: float) -> FakeEngine:
+    return FakeEngine(REPLY, max_model_len=TOKENS + 512, token_delay_s=token_delay_s)
+
+
+def _open_stream(server: RunningServer, max_tokens: int) -> socket.socket:
+    """A client socket that has sent a streaming Generate request (and read nothing)."""
+    body = json.dumps({"instruction": "Create a new session", "sampling": {"max_tokens": max_tokens}}).encode()
+    sock = socket.create_connection(("127.0.0.1", server.http_port))
+    head = (
+        f"POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    sock.sendall(head + body)
+    return sock
+
+
+async def test_an_sse_client_that_never_reads_frees_its_slot_within_the_stall_timeout() -> None:
+    stall_s = 2.0
+    engine = _engine(token_delay_s=0.002)  # the whole answer would take 40 s or more
+    recorder = recorder_for(engine)
+    async with live_server(
+        engine, recorder=recorder, http=True, stream_stall_timeout_seconds=stall_s, shutdown_grace_seconds=0.5
+    ) as server:
+        sock = await asyncio.to_thread(_open_stream, server, TOKENS)
+        try:
+            await wait_until(lambda: engine.num_in_flight == 1, 30, "the stream's engine request starting")
+            started = time.perf_counter()
+            await wait_until(lambda: server.core.streams.active == 0, 60, "the stalled stream's slot being freed")
+            freed = time.perf_counter() - started
+            await wait_until(lambda: engine.num_in_flight == 0, 10, "the engine request being aborted")
+        finally:
+            sock.close()
+        # Every token waits its 2 ms: the whole answer could not have ended before 40 s, so the
+        # slot was freed by the stall, not by the answer's end.
+        assert freed < TOKENS * 0.002, freed
+        print(f"slot freed {freed:.1f} s after the stream began, stall timeout {stall_s} s")
+        assert metric(recorder, "apihelper_stalled_streams_total", rpc=RPC) == 1
+        assert metric(recorder, "apihelper_requests_total", rpc=RPC, code="DEADLINE_EXCEEDED") == 1
+
+
+def _read_slowly(sock: socket.socket, step: int, pause_s: float, log: list[tuple[float, int]]) -> bytes:
+    """Read ``step`` bytes every ``pause_s`` until the chunked stream's last chunk."""
+    got = bytearray()
+    while not got.endswith(b"\r\n0\r\n\r\n"):
+        chunk = sock.recv(step)
+        if not chunk:
+            break
+        got += chunk
+        log.append((time.perf_counter(), len(got)))
+        time.sleep(pause_s)
+    return bytes(got)
+
+
+async def test_an_sse_client_that_reads_slowly_but_steadily_is_not_cut() -> None:
+    """A client reading ~40 KB/s, far slower than the stream is made: its kernel's window closes
+    and opens again as it reads (in steps of ~64 KiB on loopback, every ~1.6 s here), each step
+    progress; with a stall timeout of 6 s it gets the whole answer."""
+    tokens = 10_000
+    engine = _engine(token_delay_s=0.0)
+    recorder = recorder_for(engine)
+    async with live_server(
+        engine, recorder=recorder, http=True, stream_stall_timeout_seconds=6.0, shutdown_grace_seconds=0.5
+    ) as server:
+        sock = await asyncio.to_thread(_open_stream, server, tokens)
+        log: list[tuple[float, int]] = []
+        try:
+            reading = asyncio.ensure_future(asyncio.to_thread(_read_slowly, sock, 2048, 0.05, log))
+            await wait_until(lambda: engine.num_in_flight == 1, 30, "the stream's engine request starting")
+            await wait_until(lambda: engine.num_in_flight == 0 or reading.done(), 120, "the answer being made")
+            read_when_made = log[-1][1] if log else 0
+            got = await reading
+        finally:
+            sock.close()
+        assert got.startswith(b"HTTP/1.1 200"), got[:200]
+        assert b"event: completion" in got
+        # The answer was made while the client was still far behind: the server had bytes waiting
+        # for it most of the time, and the watch saw its window move as it read.
+        print(f"{len(got)} bytes read in {log[-1][0] - log[0][0]:.1f} s; {read_when_made} when the answer was made")
+        assert read_when_made < len(got) // 2
+        assert metric(recorder, "apihelper_stalled_streams_total", rpc=RPC) == 0
+        assert metric(recorder, "apihelper_requests_total", rpc=RPC, code="OK") == 1
