@@ -97,6 +97,10 @@ class Settings:
     enable_block_reuse: bool = True
     # Request limits and defaults
     max_concurrent_streams: int = 64  # Generate streams at once; more get RESOURCE_EXHAUSTED
+    # Generate streams of one client address at once, over all its connections (an IPv6 /64 counts
+    # as one address); more get RESOURCE_EXHAUSTED. 0: no such limit (behind a proxy every client
+    # shares its address).
+    max_streams_per_peer: int = 32
     default_deadline_seconds: float = 300.0  # for calls that set no deadline
     max_deadline_seconds: float = 600.0  # longer client deadlines are cut to this
     max_instruction_bytes: int = 8192
@@ -138,6 +142,8 @@ class Settings:
             raise ConfigurationError("max_concurrent_streams and default_deadline_seconds must be positive")
         if self.max_deadline_seconds < self.default_deadline_seconds:
             raise ConfigurationError("max_deadline_seconds must be at least default_deadline_seconds")
+        if self.max_streams_per_peer < 0:
+            raise ConfigurationError("max_streams_per_peer must be >= 0 (0: no limit per client address)")
         if self.max_streams_per_connection < 1 or self.max_health_watches < 1:
             raise ConfigurationError("max_streams_per_connection and max_health_watches must be positive")
         if self.max_connection_age_seconds < 0:

@@ -56,7 +56,7 @@ from apihelper.errors import (
 )
 from apihelper.http_status import CANCELLED, OK, error_body, http_outcome
 from apihelper.retriever.types import RetrievedDoc
-from apihelper.service.calls import Call, CallPolicy, Deadline
+from apihelper.service.calls import Call, CallPolicy, Deadline, peer_address
 from apihelper.service.core import Core
 from apihelper.service.http import convert, openai
 from apihelper.service.http.connections import TRANSPORT_STATE
@@ -282,7 +282,7 @@ class HttpApi:
     async def inference(self, request: Request) -> Response:
         async def work(body: Any) -> Any:
             params = convert.inference_params(body, self._limits)
-            docs, completion = await self._generate_whole(params)
+            docs, completion = await self._generate_whole(params, _peer(request))
             return convert.inference_json(docs, completion)
 
         return await self._unary(request, "POST /inference", work)
@@ -305,7 +305,7 @@ class HttpApi:
 
             async def work() -> Any:
                 chat = openai.chat_request(body, self._limits, self._model, _request_id())
-                docs, completion = await self._generate_whole(chat.params)
+                docs, completion = await self._generate_whole(chat.params, begun.peer)
                 return openai.chat_completion(completion, docs, chat, openai.now())
 
             return await self._answer(request, begun, work)
@@ -380,7 +380,7 @@ class HttpApi:
             if isinstance(exc, (RequestTooLargeError, BodyTimeoutError, UnsupportedMediaTypeError)):
                 response.headers["connection"] = "close"  # the rest of the body is not read
             return response
-        return _Begun(call, limit, value)
+        return _Begun(call, limit, value, _peer(request))
 
     async def _unary(
         self, request: Request, route: str, work: Callable[[Any], Awaitable[Any]], *, body: _Body = _Body.SMALL
@@ -422,9 +422,10 @@ class HttpApi:
         _check_json(value)
         return value
 
-    async def _generate_whole(self, params: GenerateParams) -> tuple[list[RetrievedDoc], CompletionEvent]:
-        """Run a generation to its end under the stream limit: (the prompt's docs, the completion)."""
-        with self._streams.admit():
+    async def _generate_whole(self, params: GenerateParams, peer: str) -> tuple[list[RetrievedDoc], CompletionEvent]:
+        """Run a generation to its end under the stream limits (``peer``'s too): (the prompt's
+        docs, the completion)."""
+        with self._streams.admit(peer):
             docs: list[RetrievedDoc] = []
             async with contextlib.aclosing(self._pipeline.generate(params)) as events:
                 async for event in events:
@@ -457,7 +458,7 @@ class HttpApi:
         call = begun.call
         try:
             params, render = prepare()
-            self._streams.acquire()
+            self._streams.acquire(begun.peer)
         except Exception as exc:
             return self._fail(call, exc)
         events = self._pipeline.generate(params)
@@ -466,7 +467,7 @@ class HttpApi:
                 first = await anext(events)
         except BaseException as exc:
             await events.aclose()
-            self._streams.release()
+            self._streams.release(begun.peer)
             if not isinstance(exc, Exception):
                 call.cancelled()
                 raise
@@ -474,7 +475,7 @@ class HttpApi:
 
         async def close() -> None:
             await events.aclose()  # a stream the client left before it started: nothing ran on
-            self._streams.release()
+            self._streams.release(begun.peer)
             call.cancelled()  # unless it was counted already: ended, failed or stalled
 
         frames = _coalesced(self._frames(first, events, render, begun.limit, done, call), COALESCE_SECONDS)
@@ -549,6 +550,12 @@ class _Begun:
     call: Call
     limit: Deadline
     body: Any
+    peer: str  # the client address its streams count against
+
+
+def _peer(request: Request) -> str:
+    """The client address a request's streams count against (``calls.peer_address``)."""
+    return peer_address(request.client.host if request.client is not None else "")
 
 
 @contextlib.asynccontextmanager
