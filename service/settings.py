@@ -65,6 +65,8 @@ class Settings:
     http_body_timeout_seconds: float = 30.0  # a request's body must arrive within this (and its deadline): 408
     http_max_connections: int = 512  # open HTTP connections; one more: 503 (kept under half the fd limit)
     http_max_small_body_bytes: int = 65536  # bodies of the routes that take an instruction, not tools
+    # Bytes of request bodies still arriving, over every connection; a chunk past it: 429, closed.
+    http_max_pending_body_bytes: int = 64 * 1024 * 1024
     # Host header allow-list (DNS rebinding): comma-separated names; "" the loopback names and the
     # bound address; "*" any host.
     http_allowed_hosts: str = ""
@@ -162,7 +164,8 @@ class Settings:
 
 
 def _check_http_limits(settings: Settings) -> None:
-    for name in ("http_max_header_bytes", "http_max_headers", "http_max_connections", "http_max_small_body_bytes"):
+    positive = ("http_max_header_bytes", "http_max_headers", "http_max_connections", "http_max_small_body_bytes")
+    for name in (*positive, "http_max_pending_body_bytes"):
         if getattr(settings, name) < 1:
             raise ConfigurationError(f"{name} must be positive")
     for name in ("http_header_timeout_seconds", "http_keepalive_timeout_seconds", "http_body_timeout_seconds"):

@@ -51,6 +51,7 @@ from apihelper.errors import (
     DeadlineExceededError,
     InvalidRequestError,
     RequestTooLargeError,
+    ResourceExhaustedError,
     UnauthenticatedError,
     UnsupportedMediaTypeError,
 )
@@ -90,6 +91,28 @@ class HttpOptions:
     max_small_body_bytes: int = 65536  # the routes that take an instruction, not tools
     body_timeout_seconds: float = 30.0  # a body must arrive within this (and the call's deadline)
     allowed_hosts: frozenset[str] | None = None  # Host header names answered; None: any
+    max_pending_body_bytes: int = 64 * 1024 * 1024  # bodies still arriving, over every connection
+
+
+class BodyBudget:
+    """Bytes of request bodies read so far and not yet parsed, over every connection: each
+    body's limit and timeout alone let 512 connections hold 4 MiB each for 30 s. A chunk past the
+    budget is refused (429, the connection closed: the rest of its body is not read). Single
+    event loop: no lock needed."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        if self.held + size > self.limit:
+            raise ResourceExhaustedError(
+                f"the server holds {self.held} bytes of unfinished request bodies, its limit is {self.limit}"
+            )
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size
 
 
 class _Body(enum.Enum):
@@ -223,6 +246,7 @@ class HttpApi:
         self._calls = core.calls
         self._streams = core.streams
         self._options = options
+        self.bodies = BodyBudget(options.max_pending_body_bytes)
         self._expected = f"Bearer {options.auth_token}".encode() if options.auth_token else b""
         self._started = openai.now()
         self._spec = json.dumps(openapi_spec(core.pipeline.engine_info.model)).encode()
@@ -377,7 +401,9 @@ class HttpApi:
             return Response(status_code=CANCELLED.status)  # nobody reads it
         except Exception as exc:
             response = self._fail(call, exc)
-            if isinstance(exc, (RequestTooLargeError, BodyTimeoutError, UnsupportedMediaTypeError)):
+            if isinstance(
+                exc, (RequestTooLargeError, BodyTimeoutError, UnsupportedMediaTypeError, ResourceExhaustedError)
+            ):
                 response.headers["connection"] = "close"  # the rest of the body is not read
             return response
         return _Begun(call, limit, value, _peer(request))
@@ -405,20 +431,23 @@ class HttpApi:
         try:
             async with asyncio.timeout(seconds):
                 async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
+                    if size + len(chunk) > limit:
                         raise RequestTooLargeError(limit)
+                    self.bodies.take(len(chunk))  # given back below, once parsed or refused
+                    size += len(chunk)
                     chunks.append(chunk)
+            try:
+                value = json.loads(b"".join(chunks))
+            except RecursionError:
+                raise InvalidRequestError("body", f"nests deeper than {MAX_JSON_DEPTH} levels") from None
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise InvalidRequestError("body", f"is not JSON: {exc}") from None
         except ClientDisconnect:
             raise ClientGone from None
         except TimeoutError:
             raise BodyTimeoutError(f"the request body did not arrive within {seconds:g} s") from None
-        try:
-            value = json.loads(b"".join(chunks))
-        except RecursionError:
-            raise InvalidRequestError("body", f"nests deeper than {MAX_JSON_DEPTH} levels") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidRequestError("body", f"is not JSON: {exc}") from None
+        finally:
+            self.bodies.give(size)
         _check_json(value)
         return value
 
