@@ -5,6 +5,7 @@ server from several loopback source addresses and the real gRPC server over two 
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -144,3 +145,40 @@ async def test_two_grpc_channels_from_one_address_cannot_take_every_slot() -> No
             for call in held:
                 call.cancel()
         await wait_until(lambda: server.core.streams.active == 0, 30, "the held streams ending")
+
+
+async def test_mcp_tool_calls_count_against_their_http_client_address() -> None:
+    engine = FakeEngine(SLOW_REPLY, token_delay_s=0.1)  # write_call generates for tens of seconds
+    async with (
+        live_server(
+            engine, http=True, mcp=True, max_concurrent_streams=3, max_streams_per_peer=1, shutdown_grace_seconds=0.5
+        ) as server,
+        AsyncExitStack() as clients,
+    ):
+
+        async def client(source: str) -> httpx.AsyncClient:
+            transport = httpx.AsyncHTTPTransport(local_address=source)
+            return await clients.enter_async_context(httpx.AsyncClient(transport=transport, timeout=120.0))
+
+        url = f"http://127.0.0.1:{server.http_port}/mcp"
+        headers = {"Accept": "application/json, text/event-stream"}
+
+        def write_call(request_id: int) -> dict[str, object]:
+            arguments = {"instruction": "Create a new session"}
+            params = {"name": "write_call", "arguments": arguments}
+            return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+
+        first, second, other = await client("127.0.0.2"), await client("127.0.0.2"), await client("127.0.0.3")
+        held = asyncio.ensure_future(first.post(url, json=write_call(1), headers=headers))
+        try:
+            await wait_until(lambda: server.core.streams.held_by("127.0.0.2") == 1, 30, "127.0.0.2's tool call")
+            refused = (await second.post(url, json=write_call(2), headers=headers)).json()
+            assert refused["result"]["isError"], refused
+            assert "per address is 1" in refused["result"]["content"][0]["text"]
+            admitted = asyncio.ensure_future(other.post(url, json=write_call(3), headers=headers))
+            try:
+                await wait_until(lambda: server.core.streams.held_by("127.0.0.3") == 1, 30, "127.0.0.3's tool call")
+            finally:
+                admitted.cancel()
+        finally:
+            held.cancel()
