@@ -55,6 +55,10 @@ class IngestLimits:
         16 * MIB, "bytes of text the aliases of one YAML file may copy in all (one big value, many aliases)"
     )
     max_docs: int = _limit(200_000, "documents in one corpus; the rest of its input is skipped and reported")
+    max_corpus_metadata_bytes: int = _limit(
+        64 * MIB,
+        "bytes of metadata (as JSON) the docs of one corpus hold in all; the rest of its input is skipped and reported",
+    )
 
     def __post_init__(self) -> None:
         for item in fields(self):

@@ -21,6 +21,9 @@ has one interceptor and sglang one ``handle_request``):
 - **Stalled clients.** A stream whose client takes nothing for ``stall_timeout_seconds`` ends,
   which aborts its engine request; counted as DEADLINE_EXCEEDED and in
   ``apihelper_stream_stalls_total``, one log line.
+- **Streams.** Generate streams at once are limited over every protocol (:class:`StreamLimit`),
+  and so are those of one client address (:func:`peer_address`: an IPv4 address, an IPv6 /64),
+  however many connections it opens: past either limit a stream is refused at once.
 - **Cancellation.** A client that goes away cancels the handler; the cancellation reaches the
   engine stream, which aborts the request. Counted as CANCELLED (DEADLINE_EXCEEDED when it was
   the client's own deadline that passed).
@@ -33,13 +36,17 @@ to :meth:`Call.failed`. Protocol types never reach this module.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from urllib.parse import unquote
 
-from apihelper.errors import InvalidRequestError
+from apihelper.errors import InvalidRequestError, ResourceExhaustedError
 from apihelper.service.metrics import Recorder
 
 log = logging.getLogger(__name__)
@@ -170,3 +177,80 @@ class Call:
     def cancelled(self, *, expired: bool = False) -> None:
         """The client went away (``expired``: its own deadline passed)."""
         self.finish(DEADLINE_EXCEEDED if expired else CANCELLED)
+
+
+class StreamLimit:
+    """Generate streams at once, over every protocol (``limit``), and of one client address
+    (``per_peer``; 0: no such limit, for a server behind a proxy whose address every client
+    shares). Past either a stream is refused at once (``ResourceExhaustedError``) rather than
+    queued without bound: the client can retry elsewhere. A client's connections each have
+    their own stream limit (gRPC's ``max_streams_per_connection``, one HTTP request at a time),
+    so without ``per_peer`` two connections from one address could take every slot. Single
+    event loop: no lock needed."""
+
+    def __init__(self, limit: int, per_peer: int = 0) -> None:
+        if limit < 1 or per_peer < 0:
+            raise ValueError("the stream limit must be positive, the limit per client address not negative")
+        self.limit = limit
+        self.per_peer = per_peer
+        self.active = 0
+        self._by_peer: Counter[str] = Counter()
+
+    def acquire(self, peer: str) -> None:
+        """A stream of ``peer`` (a :func:`peer_address`) begins, or is refused."""
+        if self.active >= self.limit:
+            raise ResourceExhaustedError(f"{self.active} streams in progress, the limit is {self.limit}")
+        if self.per_peer and self._by_peer[peer] >= self.per_peer:
+            raise ResourceExhaustedError(
+                f"{self._by_peer[peer]} streams of this client address in progress, the limit per address is "
+                f"{self.per_peer}"
+            )
+        self.active += 1
+        self._by_peer[peer] += 1
+
+    def release(self, peer: str) -> None:
+        self.active -= 1
+        self._by_peer[peer] -= 1
+        if self._by_peer[peer] <= 0:
+            del self._by_peer[peer]  # the counter holds the addresses streaming now, no others
+
+    def held_by(self, peer: str) -> int:
+        return self._by_peer[peer]
+
+    @contextlib.contextmanager
+    def admit(self, peer: str) -> Iterator[None]:
+        self.acquire(peer)
+        try:
+            yield
+        finally:
+            self.release(peer)
+
+
+# A host usually holds a whole IPv6 /64: its streams count as one address's.
+IPV6_PREFIX = 64
+
+
+def peer_address(peer: str) -> str:
+    """The client address a stream counts against, from how a front end names its peer: gRPC's
+    ``ipv4:10.0.0.5:5555``, ``ipv6:[2001:db8::1]:5555`` (brackets maybe percent-encoded),
+    ``unix:/run/x.sock``, or an HTTP client's host (``10.0.0.5``, ``::1``). An IPv4 address
+    (an IPv4-mapped IPv6 one too) counts whole, an IPv6 address by its /64; anything else
+    (a Unix socket, an unknown form) as itself."""
+    text = unquote(peer)
+    for scheme in ("ipv4:", "ipv6:"):
+        if text.startswith(scheme):
+            text = text[len(scheme) :]
+            if text.startswith("["):  # [address]:port
+                text = text[1:].split("]", 1)[0]
+            elif scheme == "ipv4:":  # address:port
+                text = text.rsplit(":", 1)[0]
+            break
+    try:
+        address = ipaddress.ip_address(text.split("%", 1)[0])  # an IPv6 zone (fe80::1%eth0) aside
+    except ValueError:
+        return peer
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/{IPV6_PREFIX}", strict=False))
+    return str(address)

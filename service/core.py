@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from apihelper.errors import ApiHelperError, ResourceExhaustedError
+from apihelper.errors import ApiHelperError
 from apihelper.retriever.types import Retriever
-from apihelper.service.calls import CallPolicy
+from apihelper.service.calls import CallPolicy, StreamLimit
 from apihelper.service.engine.protocol import Engine
 from apihelper.service.metrics import NullRecorder, Recorder
 from apihelper.service.pipeline import Pipeline
@@ -50,34 +50,6 @@ def request_limits(settings: Settings, engine: Engine) -> RequestLimits:
         default_max_tokens=min(settings.default_max_tokens, engine.info.max_model_len // 2),
         max_model_len=engine.info.max_model_len,
     )
-
-
-class StreamLimit:
-    """Generate streams at once, over every protocol. Past the limit a stream is refused at once
-    (``ResourceExhaustedError``) rather than queued without bound: the client can retry
-    elsewhere. Single event loop: no lock needed."""
-
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError("the stream limit must be positive")
-        self.limit = limit
-        self.active = 0
-
-    def acquire(self) -> None:
-        if self.active >= self.limit:
-            raise ResourceExhaustedError(f"{self.active} streams in progress, the limit is {self.limit}")
-        self.active += 1
-
-    def release(self) -> None:
-        self.active -= 1
-
-    @contextlib.contextmanager
-    def admit(self) -> Iterator[None]:
-        self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
 
 
 # (serving, final): final is True once, when the service starts draining (NOT_SERVING for good).
@@ -174,7 +146,7 @@ async def start_core(
     core = Core(
         pipeline=Pipeline(retriever, engine, recorder, base_urls=api_base_urls(settings)),
         limits=request_limits(settings, engine),
-        streams=StreamLimit(settings.max_concurrent_streams),
+        streams=StreamLimit(settings.max_concurrent_streams, settings.max_streams_per_peer),
         health=health,
         recorder=recorder,
         calls=CallPolicy(

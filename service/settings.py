@@ -65,6 +65,8 @@ class Settings:
     http_body_timeout_seconds: float = 30.0  # a request's body must arrive within this (and its deadline): 408
     http_max_connections: int = 512  # open HTTP connections; one more: 503 (kept under half the fd limit)
     http_max_small_body_bytes: int = 65536  # bodies of the routes that take an instruction, not tools
+    # Bytes of request bodies still arriving, over every connection; a chunk past it: 429, closed.
+    http_max_pending_body_bytes: int = 64 * 1024 * 1024
     # Host header allow-list (DNS rebinding): comma-separated names; "" the loopback names and the
     # bound address; "*" any host.
     http_allowed_hosts: str = ""
@@ -97,6 +99,10 @@ class Settings:
     enable_block_reuse: bool = True
     # Request limits and defaults
     max_concurrent_streams: int = 64  # Generate streams at once; more get RESOURCE_EXHAUSTED
+    # Generate streams of one client address at once, over all its connections (an IPv6 /64 counts
+    # as one address); more get RESOURCE_EXHAUSTED. 0: no such limit (behind a proxy every client
+    # shares its address).
+    max_streams_per_peer: int = 32
     default_deadline_seconds: float = 300.0  # for calls that set no deadline
     max_deadline_seconds: float = 600.0  # longer client deadlines are cut to this
     max_instruction_bytes: int = 8192
@@ -138,6 +144,8 @@ class Settings:
             raise ConfigurationError("max_concurrent_streams and default_deadline_seconds must be positive")
         if self.max_deadline_seconds < self.default_deadline_seconds:
             raise ConfigurationError("max_deadline_seconds must be at least default_deadline_seconds")
+        if self.max_streams_per_peer < 0:
+            raise ConfigurationError("max_streams_per_peer must be >= 0 (0: no limit per client address)")
         if self.max_streams_per_connection < 1 or self.max_health_watches < 1:
             raise ConfigurationError("max_streams_per_connection and max_health_watches must be positive")
         if self.max_connection_age_seconds < 0:
@@ -156,7 +164,8 @@ class Settings:
 
 
 def _check_http_limits(settings: Settings) -> None:
-    for name in ("http_max_header_bytes", "http_max_headers", "http_max_connections", "http_max_small_body_bytes"):
+    positive = ("http_max_header_bytes", "http_max_headers", "http_max_connections", "http_max_small_body_bytes")
+    for name in (*positive, "http_max_pending_body_bytes"):
         if getattr(settings, name) < 1:
             raise ConfigurationError(f"{name} must be positive")
     for name in ("http_header_timeout_seconds", "http_keepalive_timeout_seconds", "http_body_timeout_seconds"):

@@ -270,13 +270,14 @@ async def start_inprocess(
     from apihelper.service.http.server import bind
     from apihelper.service.settings import Settings
 
-    # One client channel carries every stream here: the per-connection limit (a defence against
-    # one hostile peer) is lifted to the server's whole limit.
+    # One client channel carries every stream here: the per-connection and per-address limits (a
+    # defence against one hostile peer) are lifted to the server's whole limit.
     settings = Settings(
         port=0,
         http_port=0,
         max_concurrent_streams=max_streams,
         max_streams_per_connection=max_streams,
+        max_streams_per_peer=0,
         metrics_port=0,
         shutdown_grace_seconds=2.0,
     )

@@ -148,6 +148,7 @@ def _clean_result(path: Path, result: LoadResult, limits: IngestLimits) -> LoadR
         for p in result.problems
     ]
     docs: list[ApiDoc] = []
+    metadata_bytes = 0  # the corpus's so far: each file's own limits bound one file, not their sum
     for doc in result.docs:
         if len(docs) >= limits.max_docs:
             problems.append(
@@ -162,6 +163,11 @@ def _clean_result(path: Path, result: LoadResult, limits: IngestLimits) -> LoadR
         if not cleaned.key:
             problems.append(LoadProblem(str(path), "a doc whose key is empty once cleaned was skipped"))
             continue
+        metadata_bytes += len(json.dumps(cleaned.metadata, ensure_ascii=False, default=str).encode())
+        if metadata_bytes > limits.max_corpus_metadata_bytes:
+            message = f"more metadata at {cleaned.key[:80]!r}; it and the rest skipped"
+            problems.append(LoadProblem(str(path), str(LimitExceeded(limits, "max_corpus_metadata_bytes", message))))
+            break
         docs.append(cleaned)
     return LoadResult(docs, problems)
 

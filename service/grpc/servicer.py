@@ -31,7 +31,7 @@ import grpc
 
 from apihelper.errors import DeadlineExceededError
 from apihelper.grpc_status import status_code
-from apihelper.service.calls import DEADLINE_EXCEEDED, OK
+from apihelper.service.calls import DEADLINE_EXCEEDED, OK, peer_address
 from apihelper.service.core import Core
 from apihelper.service.grpc import convert, status
 from apihelper.v1 import apihelper_pb2 as pb
@@ -171,7 +171,7 @@ class ApiHelperServicer(pb_grpc.ApiHelperServicer):
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext[pb.GenerateRequest, pb.GenerateResponse]
     ) -> None:
         async with self._rpc("Generate", context) as deadline:
-            with self._streams.admit():  # over the limit: RESOURCE_EXHAUSTED at once
+            with self._streams.admit(peer_address(context.peer())):  # over a limit: RESOURCE_EXHAUSTED at once
                 params = convert.generate_params(request, self._limits)
                 async with contextlib.aclosing(self._pipeline.generate(params)) as events:
                     async for event in events:

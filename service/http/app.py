@@ -27,8 +27,9 @@ import enum
 import hmac
 import json
 import logging
+import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -50,15 +51,18 @@ from apihelper.errors import (
     DeadlineExceededError,
     InvalidRequestError,
     RequestTooLargeError,
+    ResourceExhaustedError,
     UnauthenticatedError,
     UnsupportedMediaTypeError,
 )
 from apihelper.http_status import CANCELLED, OK, error_body, http_outcome
 from apihelper.retriever.types import RetrievedDoc
-from apihelper.service.calls import Call, CallPolicy, Deadline
+from apihelper.service.calls import Call, CallPolicy, Deadline, peer_address
 from apihelper.service.core import Core
 from apihelper.service.http import convert, openai
+from apihelper.service.http.connections import TRANSPORT_STATE
 from apihelper.service.http.openapi import openapi_spec
+from apihelper.service.http.progress import ClientStalled, until_stalled
 from apihelper.service.pipeline import CompletionEvent, GenerateParams, PipelineEvent, SourcesEvent
 
 if TYPE_CHECKING:  # the MCP SDK is imported only when MCP is on (apihelper.service.http.server)
@@ -68,6 +72,8 @@ log = logging.getLogger(__name__)
 
 TIMEOUT_HEADER = "x-request-timeout"
 PING_SECONDS = 15.0  # an SSE comment this often keeps proxies from closing a quiet stream
+COALESCE_SECONDS = 0.02  # a stream writes at most this often (the frames ready meanwhile at once)
+COALESCE_FRAMES = 32  # frames that may wait for a stream's next write
 
 Frames = list[ServerSentEvent]
 Render = Callable[[PipelineEvent], Frames]
@@ -85,6 +91,28 @@ class HttpOptions:
     max_small_body_bytes: int = 65536  # the routes that take an instruction, not tools
     body_timeout_seconds: float = 30.0  # a body must arrive within this (and the call's deadline)
     allowed_hosts: frozenset[str] | None = None  # Host header names answered; None: any
+    max_pending_body_bytes: int = 64 * 1024 * 1024  # bodies still arriving, over every connection
+
+
+class BodyBudget:
+    """Bytes of request bodies read so far and not yet parsed, over every connection: each
+    body's limit and timeout alone let 512 connections hold 4 MiB each for 30 s. A chunk past the
+    budget is refused (429, the connection closed: the rest of its body is not read). Single
+    event loop: no lock needed."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> None:
+        if self.held + size > self.limit:
+            raise ResourceExhaustedError(
+                f"the server holds {self.held} bytes of unfinished request bodies, its limit is {self.limit}"
+            )
+        self.held += size
+
+    def give(self, size: int) -> None:
+        self.held -= size
 
 
 class _Body(enum.Enum):
@@ -218,6 +246,7 @@ class HttpApi:
         self._calls = core.calls
         self._streams = core.streams
         self._options = options
+        self.bodies = BodyBudget(options.max_pending_body_bytes)
         self._expected = f"Bearer {options.auth_token}".encode() if options.auth_token else b""
         self._started = openai.now()
         self._spec = json.dumps(openapi_spec(core.pipeline.engine_info.model)).encode()
@@ -277,7 +306,7 @@ class HttpApi:
     async def inference(self, request: Request) -> Response:
         async def work(body: Any) -> Any:
             params = convert.inference_params(body, self._limits)
-            docs, completion = await self._generate_whole(params)
+            docs, completion = await self._generate_whole(params, _peer(request))
             return convert.inference_json(docs, completion)
 
         return await self._unary(request, "POST /inference", work)
@@ -300,7 +329,7 @@ class HttpApi:
 
             async def work() -> Any:
                 chat = openai.chat_request(body, self._limits, self._model, _request_id())
-                docs, completion = await self._generate_whole(chat.params)
+                docs, completion = await self._generate_whole(chat.params, begun.peer)
                 return openai.chat_completion(completion, docs, chat, openai.now())
 
             return await self._answer(request, begun, work)
@@ -372,10 +401,12 @@ class HttpApi:
             return Response(status_code=CANCELLED.status)  # nobody reads it
         except Exception as exc:
             response = self._fail(call, exc)
-            if isinstance(exc, (RequestTooLargeError, BodyTimeoutError, UnsupportedMediaTypeError)):
+            if isinstance(
+                exc, (RequestTooLargeError, BodyTimeoutError, UnsupportedMediaTypeError, ResourceExhaustedError)
+            ):
                 response.headers["connection"] = "close"  # the rest of the body is not read
             return response
-        return _Begun(call, limit, value)
+        return _Begun(call, limit, value, _peer(request))
 
     async def _unary(
         self, request: Request, route: str, work: Callable[[Any], Awaitable[Any]], *, body: _Body = _Body.SMALL
@@ -400,26 +431,30 @@ class HttpApi:
         try:
             async with asyncio.timeout(seconds):
                 async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
+                    if size + len(chunk) > limit:
                         raise RequestTooLargeError(limit)
+                    self.bodies.take(len(chunk))  # given back below, once parsed or refused
+                    size += len(chunk)
                     chunks.append(chunk)
+            try:
+                value = json.loads(b"".join(chunks))
+            except RecursionError:
+                raise InvalidRequestError("body", f"nests deeper than {MAX_JSON_DEPTH} levels") from None
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise InvalidRequestError("body", f"is not JSON: {exc}") from None
         except ClientDisconnect:
             raise ClientGone from None
         except TimeoutError:
             raise BodyTimeoutError(f"the request body did not arrive within {seconds:g} s") from None
-        try:
-            value = json.loads(b"".join(chunks))
-        except RecursionError:
-            raise InvalidRequestError("body", f"nests deeper than {MAX_JSON_DEPTH} levels") from None
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise InvalidRequestError("body", f"is not JSON: {exc}") from None
+        finally:
+            self.bodies.give(size)
         _check_json(value)
         return value
 
-    async def _generate_whole(self, params: GenerateParams) -> tuple[list[RetrievedDoc], CompletionEvent]:
-        """Run a generation to its end under the stream limit: (the prompt's docs, the completion)."""
-        with self._streams.admit():
+    async def _generate_whole(self, params: GenerateParams, peer: str) -> tuple[list[RetrievedDoc], CompletionEvent]:
+        """Run a generation to its end under the stream limits (``peer``'s too): (the prompt's
+        docs, the completion)."""
+        with self._streams.admit(peer):
             docs: list[RetrievedDoc] = []
             async with contextlib.aclosing(self._pipeline.generate(params)) as events:
                 async for event in events:
@@ -452,7 +487,7 @@ class HttpApi:
         call = begun.call
         try:
             params, render = prepare()
-            self._streams.acquire()
+            self._streams.acquire(begun.peer)
         except Exception as exc:
             return self._fail(call, exc)
         events = self._pipeline.generate(params)
@@ -461,7 +496,7 @@ class HttpApi:
                 first = await anext(events)
         except BaseException as exc:
             await events.aclose()
-            self._streams.release()
+            self._streams.release(begun.peer)
             if not isinstance(exc, Exception):
                 call.cancelled()
                 raise
@@ -469,10 +504,10 @@ class HttpApi:
 
         async def close() -> None:
             await events.aclose()  # a stream the client left before it started: nothing ran on
-            self._streams.release()
+            self._streams.release(begun.peer)
             call.cancelled()  # unless it was counted already: ended, failed or stalled
 
-        frames = self._frames(first, events, render, begun.limit, done, call)
+        frames = _coalesced(self._frames(first, events, render, begun.limit, done, call), COALESCE_SECONDS)
         return _EventStream(frames, close, self._calls.stall_timeout_seconds, call.stalled)
 
     async def _frames(
@@ -544,6 +579,12 @@ class _Begun:
     call: Call
     limit: Deadline
     body: Any
+    peer: str  # the client address its streams count against
+
+
+def _peer(request: Request) -> str:
+    """The client address a request's streams count against (``calls.peer_address``)."""
+    return peer_address(request.client.host if request.client is not None else "")
 
 
 @contextlib.asynccontextmanager
@@ -566,29 +607,85 @@ def _route_label(request: Request) -> str:
     return f"{request.method} {path}"
 
 
+async def _coalesced(frames: AsyncIterator[ServerSentEvent], seconds: float) -> AsyncGenerator[bytes, None]:
+    """``frames`` as written: at once when nothing was written in the last ``seconds``, else the
+    frames that arrive meanwhile together, ``seconds`` after the last write.
+
+    One write per token made a TCP segment of ~50 bytes each, and a client's kernel that takes
+    such segments without its application reading grows its receive buffer to megabytes
+    (Linux accounts each small segment at several times its size and grows the buffer rather
+    than close the window): the client's progress could not be seen
+    (``apihelper.service.http.progress``). Writes at most every ``seconds`` carry several
+    tokens each at the rates where that matters; a token after a pause is not delayed. At most
+    :data:`COALESCE_FRAMES` frames wait: a write that blocks stops the pipeline in turn, so the
+    engine sees a consumer that falls behind."""
+    ready: asyncio.Queue[ServerSentEvent | None] = asyncio.Queue(COALESCE_FRAMES)
+    failed: list[Exception] = []
+
+    async def pump() -> None:
+        try:
+            async for frame in frames:
+                await ready.put(frame)
+        except Exception as exc:  # a bug of the frames' own: raised below, after what came first
+            failed.append(exc)
+        await ready.put(None)
+
+    loop = asyncio.get_running_loop()
+    pumping = asyncio.ensure_future(pump())
+    written = -math.inf
+    try:
+        ended = False
+        while not ended:
+            batch = [await ready.get()]
+            if (wait := written + seconds - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            while not ready.empty():
+                batch.append(ready.get_nowait())
+            ended = batch[-1] is None
+            chunk = b"".join(frame.encode() for frame in batch if frame is not None)
+            if chunk:
+                yield chunk
+                written = loop.time()
+        if failed:
+            raise failed[0]
+    finally:
+        pumping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pumping
+
+
 class _EventStream(EventSourceResponse):
     """An SSE response that runs ``close`` however it ends: finished, failed, cancelled by a
     disconnect, or never started because the client left first."""
 
     def __init__(
         self,
-        frames: AsyncIterator[ServerSentEvent],
+        frames: AsyncGenerator[bytes, None],
         close: Callable[[], Awaitable[None]],
         send_timeout: float,
         stalled: Callable[[], None],
     ) -> None:
         super().__init__(frames, ping=PING_SECONDS, send_timeout=send_timeout)
+        self._stream_frames = frames
+        self._send_timeout = send_timeout
         self._close = close
         self._stalled = stalled
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        transport = scope.get("state", {}).get(TRANSPORT_STATE)
         try:
-            await super().__call__(scope, receive, send)
-        except* SendTimeoutError:
-            # A send blocked for the stall timeout (the client reads nothing): the stream ends
-            # here, with one log line rather than the server's traceback of a failed app.
+            # The client's progress is watched on its socket: its sends alone would not block for
+            # hundreds of KB (``apihelper.service.http.progress``).
+            await until_stalled(super().__call__(scope, receive, send), transport, self._send_timeout)
+        except* (SendTimeoutError, ClientStalled):
+            # The client took nothing for the stall timeout: the stream ends here, with one log
+            # line rather than the server's traceback of a failed app, and so does its connection
+            # (closing it would wait for its unsent bytes to drain first).
+            if transport is not None:
+                transport.abort()
             self._stalled()
         finally:
+            await self._stream_frames.aclose()  # stops its pump before the pipeline closes
             await self._close()
 
 

@@ -47,6 +47,10 @@ class ConnectionLimits:
 # How long a refused connection's incoming bytes are still read (and dropped) after its answer.
 LINGER_SECONDS = 1.0
 _BLOCK_END = re.compile(rb"\n\r?\n")  # the blank line after the headers (h11 takes a bare LF too)
+# The key of a request's ``state`` (ASGI's ``scope["state"]``) under which the protocol leaves
+# its connection's transport: a stream watches its client's progress on it
+# (``apihelper.service.http.progress``) and aborts it when the client takes nothing.
+TRANSPORT_STATE = "apihelper.transport"
 _PHRASES = {408: b"Request Timeout", 431: b"Request Header Fields Too Large", 503: b"Service Unavailable"}
 
 
@@ -62,6 +66,7 @@ def bounded_protocol(limits: ConnectionLimits) -> type[H11Protocol]:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self.app_state = {**self.app_state, TRANSPORT_STATE: transport}  # copied into each request's scope
             if len(self.connections) > limits.max_connections:
                 self._refused = True
                 log.warning("HTTP: %d connections open, the limit; one more refused", limits.max_connections)

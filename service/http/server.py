@@ -137,6 +137,7 @@ async def start_http(settings: Settings, core: Core, *, sock: socket.socket | No
         send_timeout_seconds=settings.stream_stall_timeout_seconds,  # the same stall timeout as gRPC
         max_small_body_bytes=min(settings.http_max_small_body_bytes, settings.max_message_bytes),
         body_timeout_seconds=settings.http_body_timeout_seconds,
+        max_pending_body_bytes=settings.http_max_pending_body_bytes,
         allowed_hosts=allowed_hosts(settings.http_allowed_hosts, settings.host),
     )
     limits = ConnectionLimits(

@@ -53,7 +53,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from apihelper.errors import INVALID_ARGUMENT, DeadlineExceededError, InvalidRequestError, outcome_of
 from apihelper.retriever.types import ApiDoc, CorpusInfo, RetrievalMode
 from apihelper.service.answers.check import CallCheck, CheckedAnswer
-from apihelper.service.calls import OK, Call
+from apihelper.service.calls import OK, Call, peer_address
 from apihelper.service.core import Core
 from apihelper.service.engine.protocol import SamplingParams
 from apihelper.service.mcp import errors, render
@@ -189,12 +189,17 @@ class HttpEndpoint:
     refusal: Callable[[BaseException], dict[str, Any]]  # the body of a request refused before MCP (401)
 
 
+# The peer of calls that came over stdio: the one local client that started the server.
+STDIO_PEER = "stdio"
+
+
 @dataclass
 class _Outcome:
     """How the tool's own work ended (set by :meth:`ApiHelperMcp._run`), for the middleware."""
 
     code: str | None = None
     error: BaseException | None = None
+    peer: str = STDIO_PEER  # the client address its streams count against
 
 
 _OUTCOME: contextvars.ContextVar[_Outcome | None] = contextvars.ContextVar("apihelper_mcp_outcome", default=None)
@@ -250,7 +255,8 @@ class ApiHelperMcp:
             return await call_next(ctx)
         policy = self._core.calls
         call = policy.start(rpc)
-        outcome = _Outcome()
+        client = getattr(ctx.request, "client", None)  # the HTTP request (none over stdio)
+        outcome = _Outcome(peer=peer_address(client.host) if client is not None else STDIO_PEER)
         token = _OUTCOME.set(outcome)
         try:
             limit = policy.deadline(None, client_ends=False)
@@ -416,7 +422,9 @@ class ApiHelperMcp:
             request_id=uuid.uuid4().hex,
         )
         completion, sources = None, []
-        with self._core.streams.admit():  # a generation counts against the limit gRPC streams meet
+        outcome = _OUTCOME.get()
+        peer = outcome.peer if outcome is not None else STDIO_PEER
+        with self._core.streams.admit(peer):  # a generation counts against the limits gRPC streams meet
             async with contextlib.aclosing(self._pipeline.generate(params)) as events:
                 async for event in events:
                     if isinstance(event, SourcesEvent):

@@ -134,7 +134,9 @@ async def test_cancellation_storm_leaves_nothing_behind() -> None:
     engine = FakeEngine(token_delay_s=0.002)
     rng = random.Random(7)
     async with (
-        live_server(engine, max_concurrent_streams=1000, max_streams_per_connection=1000) as server,
+        live_server(
+            engine, max_concurrent_streams=1000, max_streams_per_connection=1000, max_streams_per_peer=0
+        ) as server,
         stub_for(server) as stub,
     ):
 

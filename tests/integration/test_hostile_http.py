@@ -235,6 +235,44 @@ async def test_a_slow_body_meets_the_request_deadline_and_the_body_timeout() -> 
         writer.close()
 
 
+async def test_unfinished_bodies_share_one_budget_over_every_connection() -> None:
+    """Row 6, the rest: bodies still arriving hold at most ``http_max_pending_body_bytes`` in all
+    (each one's limit and timeout alone let 512 connections hold 4 MiB each for 30 s). Three
+    bodies of 120,000 bytes cannot all be held under 256 KiB (two can): whichever is read last is
+    refused, 429 with the connection closed; a small request still fits; the budget comes back
+    when the holders go."""
+    async with (
+        live_server(http=True, http_max_pending_body_bytes=256 * 1024, http_body_timeout_seconds=300.0) as server,
+        http_client(server) as client,
+    ):
+        connections = [await _connect(server.http_port) for _ in range(3)]
+        for _, writer in connections:
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000000\r\n\r\n" + b" " * 120_000  # JSON's leading blanks: valid so far
+            )
+        answers = [asyncio.ensure_future(_answer_or_close(reader, budget(120.0))) for reader, _ in connections]
+        try:
+            done, _ = await asyncio.wait(answers, return_when=asyncio.FIRST_COMPLETED)
+            answer = done.pop().result()
+            assert answer.startswith(b"HTTP/1.1 429 "), answer[:300]
+            assert b"unfinished request bodies" in answer and b"connection: close" in answer.lower()
+            chat = {"model": "fake", "messages": [{"role": "user", "content": "x"}]}
+            small = await client.post("/v1/chat/completions", json=chat)
+            assert small.status_code == 200, small.text  # 240,000 held, and a small body fits
+        finally:
+            for task in answers:
+                task.cancel()
+            for _, writer in connections:
+                writer.close()
+        # Their shares come back: a body as large as two of them fits now.
+        big = {"model": "fake", "messages": [{"role": "user", "content": "x" + " " * 240_000}]}
+        deadline = time.monotonic() + budget(30.0)
+        while (await client.post("/v1/chat/completions", json=big)).status_code == 429:
+            assert time.monotonic() < deadline, "the closed bodies' budget did not come back"
+            await asyncio.sleep(0.1)
+
+
 async def test_only_the_allowed_hosts_and_only_json_bodies_and_the_page_is_not_framed() -> None:
     """Row 9: DNS rebinding (another Host) 400, the health probes excepted; a body that is not
     application/json 415; CSP and frame headers on the page and the API."""

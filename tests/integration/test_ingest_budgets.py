@@ -91,3 +91,20 @@ def test_yaml_aliases_of_one_big_value_are_counted_by_size(tmp_path: Path) -> No
     assert run.returncode == 3, run.stdout + run.stderr[-4000:]
     assert "--max-yaml-alias-bytes=" in run.stderr
     assert run.peak_rss_bytes < 1024 * MIB, run.peak_rss_bytes / MIB
+
+
+def test_a_corpus_metadata_budget_stops_a_corpus_whose_every_file_is_within_its_own(tmp_path: Path) -> None:
+    """Per corpus, not per file: 300 small operations, each far under every per-operation and
+    per-file cap, whose metadata together passes ``--max-corpus-metadata-bytes``: the operations
+    up to it are ingested, the limit named, the other corpus ingested whole."""
+    spec = tmp_path / "many.json"
+    spec.write_text(json.dumps(fanout_operations(300, 6, 2)))  # 43 schema nodes per operation
+    good = tmp_path / "zoo.yaml"
+    good.write_text(GOOD_SPEC)
+    args = [*_args(tmp_path / "milvus.db", {"many": spec, "zoo": good}), "--max-corpus-metadata-bytes", "100000"]
+    run = run_ingest(args, timeout_s=budget(120))
+    assert run.returncode == 3, run.stdout + run.stderr[-4000:]
+    assert "--max-corpus-metadata-bytes=100000" in run.stderr and "the rest skipped" in run.stderr
+    added = re.search(r"corpus 'many': (\d+) added", run.stdout)
+    assert added is not None and 0 < int(added.group(1)) < 300, run.stdout
+    assert "corpus 'zoo': 1 added" in run.stdout

@@ -286,7 +286,13 @@ async def test_64_mcp_calls_beside_64_grpc_streams_add_up_and_drain_together() -
     that is draining rightly refuses)."""
     recorder = Recording()
     engine = FakeEngine(token_delay_s=0.05)
-    settings = Settings(port=0, max_concurrent_streams=128, max_streams_per_connection=100, shutdown_grace_seconds=120)
+    settings = Settings(
+        port=0,
+        max_concurrent_streams=128,
+        max_streams_per_connection=100,
+        max_streams_per_peer=0,  # the 128 calls stand for many clients, all at 127.0.0.1
+        shutdown_grace_seconds=120,
+    )
     async with live_server(engine, MemoryRetriever(DOCS), http=True, recorder=recorder, settings=settings) as running:
         url = f"http://127.0.0.1:{running.http_port}/mcp"
         limits = httpx.Limits(max_connections=64)

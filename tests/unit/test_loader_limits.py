@@ -154,6 +154,22 @@ def test_docs_are_capped_and_cleaned(tmp_path: Path) -> None:
     assert clean_text("a\ud800b", multiline=False) == "a\ufffdb"
 
 
+def test_a_corpus_metadata_is_budgeted_in_all_whatever_each_file_holds(tmp_path: Path) -> None:
+    """Row 4 of issue 25, per corpus: docs each far under every per-file limit, whose metadata
+    together passes the corpus's budget: the docs up to it are kept, the rest skipped, the limit
+    named."""
+    path = tmp_path / "d.jsonl"
+    each = {"schema": {"type": "object", "description": "x" * 1000}}
+    size = len(json.dumps(each).encode())
+    path.write_text("\n".join(json.dumps({"id": f"k{i}", "text": "t", "metadata": each}) for i in range(6)))
+    budget = 3 * size + size // 2
+    _, result = load_corpus(path, CorpusFormat.JSONL, limits=IngestLimits(max_corpus_metadata_bytes=budget))
+    assert [d.key for d in result.docs] == ["k0", "k1", "k2"]
+    assert [p.message for p in result.problems if f"--max-corpus-metadata-bytes={budget}" in p.message]
+    _, whole = load_corpus(path, CorpusFormat.JSONL)  # the default holds it all
+    assert len(whole.docs) == 6 and not whole.problems
+
+
 def test_the_corpora_and_security_pages_list_every_limit_with_its_default() -> None:
     root = Path(__file__).resolve().parents[2]
     for page in (root / "docs" / "corpora.md", root / "docs" / "security.md"):
