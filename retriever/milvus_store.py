@@ -45,7 +45,9 @@ operation and Milvus' reason, never the token or URI credentials).
 Search: keyword queries go through the same ``keyword_terms`` as the stored keywords. Hybrid
 search runs a dense and a BM25 search for candidates and fuses them here
 (``retriever.fusion``, ``DEFAULT_FUSION`` unless the caller passes another), not with a Milvus
-ranker; docs/retrieval.md has the numbers behind that choice.
+ranker; docs/retrieval.md has the numbers behind that choice. A search returns each hit's key
+and content hash only; the docs come from an LRU of recently returned docs when the hash matches,
+the others are read by primary key in one round trip.
 
 Reading a whole corpus (``corpus_docs``, for the service's validation catalog, which needs the
 APIs a search did not return) pages through it with a query iterator and rebuilds each ApiDoc

@@ -5,7 +5,7 @@
 Eight dev distributions (Backend.AI REST, Backend.AI functional, TorchHub, BFCL live_multiple,
 multiple, parallel_multiple, simple_java, simple_javascript). For each in turn, every setting
 candidate (query adapter on/off, one vector per doc or one per view, fusion method and weight,
-candidates per side) is scored on the *other seven* sets' train + validation splits (mean top-1
+candidates per side) is scored on the *other seven* sets' validation splits (mean top-1
 over sets, each set weighing the same; mean MRR@10 breaks ties), and the winner is scored on the
 held-out set's test split. The default is the setting that wins over all eight; its test-split
 figures are reported beside plain dense, plain BM25 and plain RRF (k 60) of the two.
@@ -17,6 +17,10 @@ cosine over MiniLM vectors (what Milvus' HNSW returns on these sizes); the BM25 
 (k1 1.2, b 0.75, Milvus' parameters) over ``keyword_terms(index_text)``. Vectors are cached on
 disk by text digest (``--cache``), so a second run embeds nothing. ``run.py`` confirms the chosen
 default through Milvus.
+
+Then the second stage (``retriever.rerank``): for each held-out set, on the fold's fusion, its
+field weights and depth are tuned on the other seven sets' train + validation questions and the
+held-out set is scored on its test split and on validation + test (``rerank_lodo``).
 
 The query adapter (``retriever/models/query_adapter.npz``) was trained on the train splits of
 TorchHub and BFCL live_multiple / multiple: with it on, those three held-out rows are not blind
