@@ -156,53 +156,36 @@ class MilvusRetriever:
     async def _hybrid(
         self, query: str, names: Sequence[str], top_k: int
     ) -> tuple[list[list[RetrievedDoc]], float, float]:
-        """Hybrid search: BM25 candidates of every corpus are fetched while the query is embedded
-        (they do not need its vector), then the dense ones; both are fused (and re-ranked) in a
-        worker thread. Returns the results (one merged list), embedding seconds and the seconds
-        after the embedding (the dense searches, what was left of the BM25 ones, fusion).
+        """Hybrid search: embed, then the dense and BM25 candidates of every corpus, fused (and
+        re-ranked) in one worker thread. Returns the results (one merged list), embedding
+        seconds and search seconds.
         """
         limit = hybrid_candidates(top_k, self._fusion.candidates)
-        alike = {name: self._embedded_alike(name) for name in names}
         started = time.perf_counter()
+        vector = await asyncio.to_thread(self._embedder.embed_query, query)
+        embedded = time.perf_counter()
+        alike = {name: self._embedded_alike(name) for name in names}
 
-        def keyword_all() -> list[RetrievedDoc]:
+        def search_all() -> list[RetrievedDoc]:
             # Candidates of every corpus are pooled before fusion, so scores compare across corpora.
-            return [
-                hit
-                for name in names
-                for hit in self._store.search(
+            dense: list[RetrievedDoc] = []
+            keyword: list[RetrievedDoc] = []
+            for name in names:
+                if alike[name]:
+                    dense += self._store.search(
+                        name, mode=RetrievalMode.DENSE, query_text=query, query_vector=vector, top_k=limit
+                    )
+                keyword += self._store.search(
                     name, mode=RetrievalMode.KEYWORD, query_text=query, query_vector=None, top_k=limit
                 )
-            ]
+            return fuse_hits(
+                dense, keyword, top_k, query=query, fusion=self._fusion, rerank=self._rerank, fields_of=self._fields
+            )
 
-        def embed_then_dense() -> tuple[list[RetrievedDoc], float]:
-            vector = self._embedder.embed_query(query)
-            embedded = time.perf_counter()
-            hits = [
-                hit
-                for name in names
-                if alike[name]
-                for hit in self._store.search(
-                    name, mode=RetrievalMode.DENSE, query_text=query, query_vector=vector, top_k=limit
-                )
-            ]
-            return hits, embedded
-
-        # Two threads: the embedding is CPU work in torch, the searches wait on Milvus, so on
-        # 2 cores the BM25 round trips hide behind the embedding.
-        (dense, embedded), keyword = await asyncio.gather(
-            asyncio.to_thread(embed_then_dense), asyncio.to_thread(keyword_all)
-        )
-        hits = await asyncio.to_thread(
-            fuse_hits,
-            dense,
-            keyword,
-            top_k,
-            query=query,
-            fusion=self._fusion,
-            rerank=self._rerank,
-            fields_of=self._fields,
-        )
+        # One thread for all corpora and both searches: running the BM25 search beside the
+        # embedding gained nothing measurable on 2 shared cores (docs/retrieval.md), and one
+        # thread keeps a single search at a time on a Milvus that is reloading a collection.
+        hits = await asyncio.to_thread(search_all)
         return [hits], embedded - started, time.perf_counter() - embedded
 
     async def list_corpora(self) -> list[CorpusInfo]:

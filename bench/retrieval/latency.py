@@ -7,8 +7,7 @@ End to end: ``MilvusRetriever.retrieve`` in hybrid mode, top 5, query-embedding 
 before each query (as a new question would find it), every stage on (query adapter, fusion,
 ranking priors and, with ``--rerank``, the second stage). Per stage, the same query is then run
 through each stage alone, one after another: query embedding, dense search, BM25 search, fusion,
-re-rank. The retriever overlaps the BM25 search with the embedding, so the stages add up to more
-than the end-to-end time. Percentiles are nearest-rank; the load average is printed with every
+re-rank (the end-to-end time adds the thread hand-offs and the corpus lookup). Percentiles are nearest-rank; the load average is printed with every
 row, since on a shared machine it moves the figures more than any change here.
 """
 
