@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from apihelper.retriever.ranking import asks_for_cli, diversify, doc_prior, variant_group
-from apihelper.retriever.types import RetrievedDoc
+from apihelper.retriever.rerank import OFF, Rerank, doc_fields, rescore
+from apihelper.retriever.types import ApiDoc, RetrievedDoc
 
 T = TypeVar("T")
 
@@ -166,10 +167,15 @@ def fuse_hits(
     *,
     query: str = "",
     fusion: Fusion = DEFAULT_FUSION,
+    rerank: Rerank = OFF,
+    fields_of: Callable[[ApiDoc], tuple[frozenset[str], ...]] = doc_fields,
 ) -> list[RetrievedDoc]:
     """The hybrid result from dense and keyword candidates of retrieved docs, ordered by the rules
     of ``retriever.ranking``: the audience prior (``query`` tells whether it asks for the command
-    line), then variants of one callable behind the other results.
+    line), then the second stage (``retriever.rerank``: the best ``rerank.depth`` re-scored by
+    field-aware word overlap with ``query``; off by default; ``fields_of`` may cache the docs'
+    fields), then variants of one callable behind
+    the other results.
 
     The candidates may come from several corpora: fusing the pooled lists standardises every
     score against the same distribution, so the corpora's results are comparable. (Fusing each
@@ -189,6 +195,13 @@ def fuse_hits(
         method=fusion.method,
         rrf_k=fusion.rrf_k,
     )
+    if rerank.enabled:
+        fused = [
+            Scored(s.key, score, s.item)
+            for s, score in rescore(
+                query, fused, doc=lambda s: s.item.doc, score=lambda s: s.score, rerank=rerank, fields_of=fields_of
+            )
+        ]
     ordered = diversify(fused, lambda s: f"{s.item.corpus}\x00{variant_group(s.item.doc)}")[:top_k]
     # A variant moved behind others scores no more than what now precedes it: scores stay
     # non-increasing, so a later sort by score (the cross-corpus merge) keeps this order.

@@ -24,7 +24,8 @@ from pathlib import Path
 from apihelper.errors import ConfigurationError, UnknownCorpusError
 from apihelper.retriever.embedding import TextEmbedder
 from apihelper.retriever.fusion import DEFAULT_FUSION, Fusion, fuse_hits
-from apihelper.retriever.milvus_store import MilvusStore
+from apihelper.retriever.milvus_store import MilvusStore, hybrid_candidates
+from apihelper.retriever.rerank import OFF, FieldCache, Rerank
 from apihelper.retriever.types import ApiDoc, CorpusInfo, RetrievalMode, RetrievalResult, RetrievedDoc
 
 log = logging.getLogger(__name__)
@@ -44,10 +45,13 @@ class MilvusRetriever:
         *,
         corpora_ttl_s: float = DEFAULT_CORPORA_TTL_SECONDS,
         fusion: Fusion = DEFAULT_FUSION,
+        rerank: Rerank = OFF,
     ) -> None:
         self._store = store
         self._embedder = embedder
         self._fusion = fusion
+        self._rerank = rerank
+        self._fields = FieldCache()
         self._ttl = corpora_ttl_s
         self._infos: dict[str, CorpusInfo] = {}  # corpus -> as last listed
         self._infos_at = float("-inf")
@@ -152,10 +156,11 @@ class MilvusRetriever:
     async def _hybrid(
         self, query: str, names: Sequence[str], top_k: int
     ) -> tuple[list[list[RetrievedDoc]], float, float]:
-        """Hybrid search: embed, then fuse dense and BM25 candidates per corpus, in one thread.
-
-        Returns the results (one merged list), embedding seconds and search seconds.
+        """Hybrid search: embed, then the dense and BM25 candidates of every corpus, fused (and
+        re-ranked) in one worker thread. Returns the results (one merged list), embedding
+        seconds and search seconds.
         """
+        limit = hybrid_candidates(top_k, self._fusion.candidates)
         started = time.perf_counter()
         vector = await asyncio.to_thread(self._embedder.embed_query, query)
         embedded = time.perf_counter()
@@ -166,20 +171,20 @@ class MilvusRetriever:
             dense: list[RetrievedDoc] = []
             keyword: list[RetrievedDoc] = []
             for name in names:
-                d, k = self._store.hybrid_candidates(
-                    name,
-                    query_text=query,
-                    query_vector=vector,
-                    top_k=top_k,
-                    dense=alike[name],
-                    candidates=self._fusion.candidates,
+                if alike[name]:
+                    dense += self._store.search(
+                        name, mode=RetrievalMode.DENSE, query_text=query, query_vector=vector, top_k=limit
+                    )
+                keyword += self._store.search(
+                    name, mode=RetrievalMode.KEYWORD, query_text=query, query_vector=None, top_k=limit
                 )
-                dense += d
-                keyword += k
-            return fuse_hits(dense, keyword, top_k, query=query, fusion=self._fusion)
+            return fuse_hits(
+                dense, keyword, top_k, query=query, fusion=self._fusion, rerank=self._rerank, fields_of=self._fields
+            )
 
-        # One thread for all corpora: two Milvus round trips per corpus take ~5 ms; handing each
-        # corpus to its own thread gained nothing on 2 cores (the GIL serialises the decoding).
+        # One thread for all corpora and both searches: running the BM25 search beside the
+        # embedding gained nothing measurable on 2 shared cores (docs/retrieval.md), and one
+        # thread keeps a single search at a time on a Milvus that is reloading a collection.
         hits = await asyncio.to_thread(search_all)
         return [hits], embedded - started, time.perf_counter() - embedded
 
@@ -214,6 +219,7 @@ async def open_retriever(
     timeout_s: float = 10.0,
     warm_up: bool = True,
     query_adapter: str | Path = "bundled",
+    rerank: Rerank = OFF,
 ) -> MilvusRetriever:
     """Connect to Milvus (Lite path or server URI) and return a ready retriever.
 
@@ -221,7 +227,7 @@ async def open_retriever(
     query adapter ``query_adapter`` ("bundled", "none" or a file; ``retriever.adapter``); with
     ``warm_up`` its model is loaded now (in a thread) so the first request is not slow.
     Raises RetrieverUnavailableError when Milvus cannot be reached, ConfigurationError for a bad
-    URI or model. Corpora built with another embedding model are logged (their dense and hybrid
+    URI or model. ``rerank``: the second stage (``retriever.rerank``; off by default). Corpora built with another embedding model are logged (their dense and hybrid
     searches would compare vectors of different models).
     """
     if embedder is None:
@@ -230,7 +236,7 @@ async def open_retriever(
 
         embedder = query_embedder(Embedder(), query_adapter)
     store = await asyncio.to_thread(MilvusStore, uri, token, timeout_s=timeout_s)
-    retriever = MilvusRetriever(store, embedder, corpora_ttl_s=corpora_ttl_s)
+    retriever = MilvusRetriever(store, embedder, corpora_ttl_s=corpora_ttl_s, rerank=rerank)
     try:
         if warm_up:
             warm = getattr(embedder, "warm_up", None)

@@ -45,7 +45,9 @@ operation and Milvus' reason, never the token or URI credentials).
 Search: keyword queries go through the same ``keyword_terms`` as the stored keywords. Hybrid
 search runs a dense and a BM25 search for candidates and fuses them here
 (``retriever.fusion``, ``DEFAULT_FUSION`` unless the caller passes another), not with a Milvus
-ranker; docs/retrieval.md has the numbers behind that choice.
+ranker; docs/retrieval.md has the numbers behind that choice. A search returns each hit's key
+and content hash only; the docs come from an LRU of recently returned docs when the hash matches,
+the others are read by primary key in one round trip.
 
 Reading a whole corpus (``corpus_docs``, for the service's validation catalog, which needs the
 APIs a search did not return) pages through it with a query iterator and rebuilds each ApiDoc
@@ -67,6 +69,7 @@ import json
 import logging
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -96,6 +99,11 @@ MAX_METADATA_BYTES = 60000  # Milvus rejects JSON values over 64 KiB by default
 # Candidates each side of a hybrid search fetches before fusion (at least top_k).
 HYBRID_CANDIDATES = DEFAULT_FUSION.candidates
 OUTPUT_FIELDS = ["key", "title", "text", "index_text", "metadata"]  # every ApiDoc field
+# What a search returns per hit: the doc itself comes from the store's doc cache, or one ``get`` by
+# primary key for the hits it lacks (docs are kilobytes of JSON: decoding 2 x 50 per hybrid query
+# cost ~3 ms a search on 2 cores).
+HIT_FIELDS = ["key", "content_hash"]
+DOC_CACHE_SIZE = 4096  # docs kept by (corpus, key), checked against each hit's content_hash
 # Every stored field but the BM25 function's output (Milvus computes it from keywords).
 COPIED_FIELDS = ["pk", "key", "view", "title", "text", "index_text", "keywords", "dense", "metadata", "content_hash"]
 # Rows per page when a whole corpus is read (corpus_docs): about 1000 x a few KB per round trip.
@@ -261,7 +269,9 @@ class MilvusStore:
     ``http(s)://host:19530``. ``token``: "user:password" or an API key for a server.
     """
 
-    def __init__(self, uri: str, token: str | None = None, *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, uri: str, token: str | None = None, *, timeout_s: float = 10.0, doc_cache_size: int = DOC_CACHE_SIZE
+    ) -> None:
         try:
             from pymilvus import MilvusClient
         except ImportError as exc:
@@ -272,6 +282,10 @@ class MilvusStore:
         self._schema: dict[str, str] = {}  # corpus -> schema version, read when it is loaded
         self._views: dict[str, bool] = {}  # corpus -> whether it holds view rows, read when it is loaded
         self._lock = threading.Lock()
+        # (corpus, key) -> (content_hash, doc), least recently used first
+        self._doc_cache: OrderedDict[tuple[str, str], tuple[str, ApiDoc]] = OrderedDict()
+        self._doc_cache_size = doc_cache_size
+        self._doc_cache_lock = threading.Lock()
         self._lite_path: str | None = None
         if is_local_uri(uri):
             path = Path(uri).expanduser()
@@ -754,42 +768,18 @@ class MilvusStore:
     ) -> list[RetrievedDoc]:
         """Best ``top_k`` docs of one corpus by one method (dense or keyword), best first; scores
         are higher-is-better: cosine similarity (dense), BM25 (keyword; absolute value, Lite
-        reports it negated). Hybrid retrieval pools :meth:`hybrid_candidates` of every corpus
-        and fuses them (``retriever.fusion``), so it is not a mode here.
+        reports it negated). Hybrid retrieval pools both methods' candidates of every corpus
+        (:func:`hybrid_candidates` of them each) and fuses them (``retriever.fusion``), so it is not a mode here.
         """
         if mode is RetrievalMode.NONE or top_k <= 0:
             return []
         if mode is RetrievalMode.HYBRID:
-            raise ValueError("hybrid search fuses hybrid_candidates of every corpus: see MilvusRetriever")
+            raise ValueError("hybrid search fuses dense and keyword candidates of every corpus: see MilvusRetriever")
         if mode is RetrievalMode.DENSE:
             if query_vector is None:
                 raise ValueError("dense search needs a query vector")
             return self._loaded_retry(corpus, lambda: self._dense(corpus, query_vector, top_k))
         return self._loaded_retry(corpus, lambda: self._keyword(corpus, query_text, top_k))
-
-    def hybrid_candidates(
-        self,
-        corpus: str,
-        *,
-        query_text: str,
-        query_vector: Sequence[float],
-        top_k: int,
-        dense: bool = True,
-        candidates: int = HYBRID_CANDIDATES,
-    ) -> tuple[list[RetrievedDoc], list[RetrievedDoc]]:
-        """The dense and BM25 candidate lists of one corpus (``candidates`` each, at least
-        ``top_k``), for fusion by the caller; with ``dense`` False (the corpus's vectors are
-        another model's) the BM25 list only."""
-        if top_k <= 0:
-            return [], []
-        limit = hybrid_candidates(top_k, candidates)
-        return self._loaded_retry(
-            corpus,
-            lambda: (
-                self._dense(corpus, query_vector, limit) if dense else [],
-                self._keyword(corpus, query_text, limit),
-            ),
-        )
 
     def _loaded_retry(self, corpus: str, search: Callable[[], _T]) -> _T:
         """Run ``search`` on a loaded collection; load once more and retry if it was released
@@ -829,7 +819,7 @@ class MilvusStore:
                 anns_field="dense",
                 limit=limit,
                 search_params=params,
-                output_fields=OUTPUT_FIELDS,
+                output_fields=HIT_FIELDS,
                 timeout=self._timeout,
                 **grouping,
             )
@@ -849,21 +839,59 @@ class MilvusStore:
                 anns_field="sparse",
                 limit=limit,
                 search_params=params,
-                output_fields=OUTPUT_FIELDS,
+                output_fields=HIT_FIELDS,
                 timeout=self._timeout,
             )
         return self._hits(corpus, result, negate=True)
 
-    @staticmethod
-    def _hits(corpus: str, result: Any, *, negate: bool) -> list[RetrievedDoc]:
+    def _hits(self, corpus: str, result: Any, *, negate: bool) -> list[RetrievedDoc]:
         hits = list(result[0]) if result else []
-        out = []
+        found: list[tuple[str, str, float]] = []
         for hit in hits:
+            entity = hit.get("entity") or {}
             distance = float(hit.get("distance", 0.0))
-            doc = _doc_of(hit.get("entity") or {})
             # BM25 distances are negative on Lite (positive on a server): abs() serves both.
-            out.append(RetrievedDoc(doc=doc, corpus=corpus, score=abs(distance) if negate else distance))
+            found.append((str(entity.get("key", "")), str(entity.get("content_hash", "")), distance))
+        docs = self._docs(corpus, [(key, digest) for key, digest, _ in found])
+        out = [
+            RetrievedDoc(doc=docs[key], corpus=corpus, score=abs(distance) if negate else distance)
+            for key, _, distance in found
+            if key in docs  # gone between the search and the read (a re-ingest deleted it)
+        ]
         out.sort(key=lambda r: r.score, reverse=True)
+        return out
+
+    def _docs(self, corpus: str, wanted: Sequence[tuple[str, str]]) -> dict[str, ApiDoc]:
+        """The docs of (key, content_hash) pairs: from the cache where the hash matches, the rest
+        read by primary key in one round trip (and cached)."""
+        out: dict[str, ApiDoc] = {}
+        missing: dict[str, str] = {}
+        with self._doc_cache_lock:
+            for key, digest in wanted:
+                cached = self._doc_cache.get((corpus, key))
+                if cached is not None and cached[0] == digest:
+                    self._doc_cache.move_to_end((corpus, key))
+                    out[key] = cached[1]
+                else:
+                    missing[key] = digest
+        if not missing:
+            return out
+        with self._guard("read docs"):
+            rows = self._client.get(
+                collection_name(corpus),
+                ids=[doc_pk(key) for key in missing],
+                output_fields=[*OUTPUT_FIELDS, "content_hash"],
+                timeout=self._timeout,
+            )
+        with self._doc_cache_lock:
+            for row in rows or []:
+                doc = _doc_of(row)
+                out[doc.key] = doc
+                if self._doc_cache_size > 0:
+                    self._doc_cache[(corpus, doc.key)] = (str(row.get("content_hash", "")), doc)
+                    self._doc_cache.move_to_end((corpus, doc.key))
+            while len(self._doc_cache) > self._doc_cache_size:
+                self._doc_cache.popitem(last=False)
         return out
 
     def close(self) -> None:

@@ -61,6 +61,7 @@ async def serve(settings: Settings) -> None:
     from apihelper.retriever.adapter import query_embedder
     from apihelper.retriever.embedding import Embedder
     from apihelper.retriever.milvus_retriever import open_retriever
+    from apihelper.retriever.rerank import LODO_RERANK, OFF
     from apihelper.service.frontends import start_server
 
     stop = asyncio.Event()
@@ -79,7 +80,12 @@ async def serve(settings: Settings) -> None:
             loop.add_signal_handler(sig, on_signal)
             stack.callback(loop.remove_signal_handler, sig)
         embedder = query_embedder(await asyncio.to_thread(Embedder), settings.query_adapter)
-        retriever = await open_retriever(settings.milvus_uri, settings.milvus_token, embedder)
+        retriever = await open_retriever(
+            settings.milvus_uri,
+            settings.milvus_token,
+            embedder,
+            rerank=LODO_RERANK if settings.retrieval_rerank else OFF,
+        )
         stack.push_async_callback(retriever.close)
         engine = await build_engine(settings)
         stack.push_async_callback(engine.shutdown)

@@ -77,6 +77,8 @@ class Settings:
     milvus_token: str = dataclasses.field(default="", repr=False)
     # Query adapter over the embedding model (apihelper.retriever.adapter): bundled | none | a file
     query_adapter: str = "bundled"
+    # Second-stage re-ranker of hybrid results (apihelper.retriever.rerank, LODO-chosen weights)
+    retrieval_rerank: bool = False
     # Engine
     # auto: tensorrt_llm for an engine directory, openvino for a GGUF file or an OpenVINO IR on a
     # CPU (where openvino-genai is installed), transformers otherwise (apihelper.service.engine.choice)

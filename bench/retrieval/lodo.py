@@ -5,7 +5,7 @@
 Eight dev distributions (Backend.AI REST, Backend.AI functional, TorchHub, BFCL live_multiple,
 multiple, parallel_multiple, simple_java, simple_javascript). For each in turn, every setting
 candidate (query adapter on/off, one vector per doc or one per view, fusion method and weight,
-candidates per side) is scored on the *other seven* sets' train + validation splits (mean top-1
+candidates per side) is scored on the *other seven* sets' validation splits (mean top-1
 over sets, each set weighing the same; mean MRR@10 breaks ties), and the winner is scored on the
 held-out set's test split. The default is the setting that wins over all eight; its test-split
 figures are reported beside plain dense, plain BM25 and plain RRF (k 60) of the two.
@@ -17,6 +17,10 @@ cosine over MiniLM vectors (what Milvus' HNSW returns on these sizes); the BM25 
 (k1 1.2, b 0.75, Milvus' parameters) over ``keyword_terms(index_text)``. Vectors are cached on
 disk by text digest (``--cache``), so a second run embeds nothing. ``run.py`` confirms the chosen
 default through Milvus.
+
+Then the second stage (``retriever.rerank``): for each held-out set, on the fold's fusion, its
+field weights and depth are tuned on the other seven sets' train + validation questions and the
+held-out set is scored on its test split and on validation + test (``rerank_lodo``).
 
 The query adapter (``retriever/models/query_adapter.npz``) was trained on the train splits of
 TorchHub and BFCL live_multiple / multiple: with it on, those three held-out rows are not blind
@@ -44,6 +48,7 @@ from apihelper.bench.retrieval.baselines import PlainBM25
 from apihelper.retriever.evaluate import EvalQuestion, RankScore, rank_score
 from apihelper.retriever.fusion import Fusion, FusionMethod, Scored, fuse
 from apihelper.retriever.ingest import SUMMARY_WEIGHT, doc_head
+from apihelper.retriever.rerank import FIELDS, Rerank, doc_fields, field_coverages
 from apihelper.retriever.textnorm import keyword_terms
 from apihelper.retriever.types import ApiDoc
 
@@ -141,6 +146,7 @@ class Prepared:
 
     name: str
     questions: dict[str, list[EvalQuestion]]
+    fields: dict[str, tuple[frozenset[str], ...]] = field(default_factory=dict)  # key -> rerank.doc_fields
     dense: dict[tuple[bool, bool], dict[str, list[Ranked]]] = field(default_factory=dict)  # (adapter, views)
     bm25: dict[str, list[Ranked]] = field(default_factory=dict)
     plain_dense: dict[str, list[Ranked]] = field(default_factory=dict)
@@ -184,7 +190,7 @@ def prepare(
     plain = cache.matrix([d.text for d in docs])
     bm25 = PlainBM25(docs, texts=[keyword_terms(d.index_text) for d in docs], tokens=str.split)
     plain_bm25 = PlainBM25(docs)
-    out = Prepared(name, questions)
+    out = Prepared(name, questions, {d.key: doc_fields(d) for d in docs})
     for split, qs in questions.items():
         texts = [q.question for q in qs]
         q = cache.matrix(texts)
@@ -314,9 +320,13 @@ def fast_score(c: Candidates, fusion: Fusion) -> RankScore:
 
 
 def evaluate_plain(p: Prepared, which: str, group: str) -> RankScore:
+    return evaluate_plain_splits(p, which, GROUPS[group])
+
+
+def evaluate_plain_splits(p: Prepared, which: str, splits: Sequence[str]) -> RankScore:
     qs: list[EvalQuestion] = []
     rankings: list[list[str]] = []
-    for split in GROUPS[group]:
+    for split in splits:
         qs += p.questions[split]
         if which == "plain dense":
             rankings += [[k for k, _ in r[:10]] for r in p.plain_dense[split]]
@@ -340,6 +350,179 @@ def choose(
         return (round(sum(r.top1 for r in rows) / len(rows), 6), sum(r.mrr10 for r in rows) / len(rows))
 
     return max(among if among is not None else results, key=merit)
+
+
+# The second stage (retriever.rerank) on top of a fold's fusion: its weights are tuned by
+# coordinate ascent over RERANK_GRID on the other seven sets' train + validation questions (more
+# questions than validation alone; the adapter's advantage on the train splits of five sets can only
+# make the tuning trust the fused score more, i.e. re-rank less), each set weighing the same.
+RERANK_DEPTHS = (10, 20)
+RERANK_GRID = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+TUNE_SPLITS = ("train", "validation")
+
+
+@dataclass(frozen=True)
+class RerankArrays:
+    """Per question, the best ``depth`` fused candidates: fused score (``-inf`` padding), the
+    field coverages of ``retriever.rerank`` (computed among those candidates, as the retriever
+    does) and whether each is an answer."""
+
+    base: np.ndarray  # questions x depth
+    cov: np.ndarray  # questions x depth x fields
+    gold: np.ndarray  # questions x depth, bool
+
+
+def rerank_arrays(p: Prepared, setting: Setting, splits: Sequence[str], depth: int) -> RerankArrays:
+    f = setting.fusion
+    rows: list[tuple[list[float], list[tuple[float, ...]], list[bool]]] = []
+    for split in splits:
+        dense = p.dense[(setting.adapter, setting.views)][split]
+        for question, d, kw in zip(p.questions[split], dense, p.bm25[split], strict=True):
+            fused = fuse(
+                [Scored(k, s, k) for k, s in d[: f.candidates]],
+                [Scored(k, s, k) for k, s in kw[: f.candidates]],
+                keyword_weight=f.keyword_weight,
+                top_k=depth,
+                method=f.method,
+                rrf_k=f.rrf_k,
+            )
+            terms = frozenset(keyword_terms(question.question).split())
+            cov = field_coverages(terms, [p.fields[s.key] for s in fused])
+            answers = set(question.answers)
+            rows.append(([s.score for s in fused], cov, [s.key in answers for s in fused]))
+    base = np.full((len(rows), depth), -np.inf)
+    cov_array = np.zeros((len(rows), depth, len(FIELDS)))
+    gold = np.zeros((len(rows), depth), dtype=bool)
+    for i, (scores, cov, hits) in enumerate(rows):
+        base[i, : len(scores)] = scores
+        if cov:
+            cov_array[i, : len(cov)] = np.asarray(cov)
+        gold[i, : len(hits)] = hits
+    return RerankArrays(base, cov_array, gold)
+
+
+def rerank_score(a: RerankArrays, weights: Sequence[float]) -> RankScore:
+    """Top-1 / top-5 / MRR@10 of the re-ranked candidates (a question whose answer is not among
+    them counts as a miss; with depth >= 10 that is what the fused top 10 gives too)."""
+    scores = a.base + a.cov @ np.asarray(weights, dtype=float)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    hit = np.take_along_axis(a.gold & np.isfinite(a.base), order, axis=1)
+    first = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
+    n = max(len(first), 1)
+    found = first >= 0
+    return RankScore(
+        len(first),
+        float((first == 0).sum()) / n,
+        float((found & (first < 5)).sum()) / n,
+        float((1.0 / (first[found] + 1)).sum()) / n,
+    )
+
+
+def tune_rerank(arrays: dict[int, list[RerankArrays]]) -> Rerank:
+    """Weights (and depth) with the best mean top-1 over the given sets (mean MRR@10 breaks ties),
+    by coordinate ascent from all zero (off); a weight moves only for a strict gain."""
+
+    def merit(arrs: list[RerankArrays], w: Sequence[float]) -> tuple[float, float]:
+        rows = [rerank_score(a, w) for a in arrs]
+        return (round(sum(r.top1 for r in rows) / len(rows), 6), round(sum(r.mrr10 for r in rows) / len(rows), 6))
+
+    best: tuple[tuple[float, float], Rerank] | None = None
+    for depth in RERANK_DEPTHS:
+        w = [0.0] * len(FIELDS)
+        current = merit(arrays[depth], w)
+        for _ in range(4):
+            moved = False
+            for i in range(len(FIELDS)):
+                for value in RERANK_GRID:
+                    trial = [*w[:i], value, *w[i + 1 :]]
+                    m = merit(arrays[depth], trial)
+                    if m > current:
+                        current, w, moved = m, trial, True
+            if not moved:
+                break
+        chosen = Rerank(**dict(zip(FIELDS, w, strict=True)), depth=depth)
+        if best is None or current > best[0]:
+            best = (current, chosen)
+    assert best is not None
+    return best[1]
+
+
+def rerank_label(r: Rerank) -> str:
+    if not r.enabled:
+        return "off"
+    parts = [f"{name} {w:g}" for name, w in zip(FIELDS, r.weights, strict=True) if w > 0]
+    return ", ".join(parts) + f"; depth {r.depth}"
+
+
+# Held-out figures of the re-ranker: the test split, and validation + test where the test split
+# is small (each of those questions is as unseen by a fold as the test ones).
+HELD_OUT_GROUPS = {"test": ("test",), "validation+test": ("validation", "test")}
+
+
+def rerank_lodo(
+    prepared: dict[str, Prepared],
+    settings: dict[str, Setting],
+    lodo: dict[str, str],
+    default: str,
+    plain: dict[str, dict[str, dict[str, RankScore]]],
+) -> tuple[str, dict[str, Any]]:
+    """Per held-out set: the fold's fusion, re-rank weights tuned on the other seven, the held-out
+    figures with and without the re-ranker; then the default (tuned on all eight). Markdown, JSON."""
+    cache: dict[tuple[str, str, tuple[str, ...], int], RerankArrays] = {}
+
+    def arrays(name: str, label: str, splits: tuple[str, ...], depth: int) -> RerankArrays:
+        if (name, label, splits, depth) not in cache:
+            cache[(name, label, splits, depth)] = rerank_arrays(prepared[name], settings[label], splits, depth)
+        return cache[(name, label, splits, depth)]
+
+    def tuned(label: str, sets: Sequence[str]) -> Rerank:
+        return tune_rerank({d: [arrays(s, label, TUNE_SPLITS, d) for s in sets] for d in RERANK_DEPTHS})
+
+    folds = {held: tuned(lodo[held], [s for s in DEV_SETS if s != held]) for held in DEV_SETS}
+    default_rerank = tuned(default, DEV_SETS)
+    lines = [
+        "| held-out set | split (n) | re-rank weights (tuned on the other seven) | fused top-1 | re-ranked top-1 "
+        "| plain RRF | re-ranked - plain RRF | fused top-5 | re-ranked top-5 |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    payload: dict[str, Any] = {"folds": {}, "default": {"fusion": default, "rerank": rerank_label(default_rerank)}}
+    for held in DEV_SETS:
+        r = folds[held]
+        for group, splits in HELD_OUT_GROUPS.items():
+            a = arrays(held, lodo[held], splits, r.depth)
+            before, after = rerank_score(a, [0.0] * len(FIELDS)), rerank_score(a, r.weights)
+            rrf = evaluate_plain_splits(prepared[held], "plain RRF", splits)
+            lines.append(
+                f"| {held} | {group} ({after.n}) | {rerank_label(r)} | {before.top1:.3f} | {after.top1:.3f} | "
+                f"{rrf.top1:.3f} | {100 * (after.top1 - rrf.top1):+.1f} | {before.top5:.3f} | {after.top5:.3f} |"
+            )
+            payload["folds"].setdefault(held, {"rerank": rerank_label(r), "fusion": lodo[held]})[group] = {
+                "fused_top1": round(before.top1, 4),
+                "reranked_top1": round(after.top1, 4),
+                "plain_rrf_top1": round(rrf.top1, 4),
+                "n": after.n,
+            }
+    lines += [
+        "",
+        f"Default re-ranker (tuned on all eight, on the default fusion): **{rerank_label(default_rerank)}**.",
+        "",
+    ]
+    lines += [
+        "| set | split (n) | default fused top-1 | default + re-rank top-1 | plain RRF | difference |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name in DEV_SETS:
+        for group, splits in HELD_OUT_GROUPS.items():
+            a = arrays(name, default, splits, default_rerank.depth)
+            before, after = rerank_score(a, [0.0] * len(FIELDS)), rerank_score(a, default_rerank.weights)
+            rrf = evaluate_plain_splits(prepared[name], "plain RRF", splits)
+            lines.append(
+                f"| {name} | {group} ({after.n}) | {before.top1:.3f} | {after.top1:.3f} | {rrf.top1:.3f} | "
+                f"{100 * (after.top1 - rrf.top1):+.1f} |"
+            )
+    payload["default"]["weights"] = dict(zip(FIELDS, default_rerank.weights, strict=True))
+    payload["default"]["depth"] = default_rerank.depth
+    return "\n".join(lines) + "\n", payload
 
 
 # The two corpora that explain each other (an OpenAPI spec and the SDK calling it): their
@@ -439,6 +622,10 @@ def main(argv: list[str] | None = None) -> int:
     text += "\nWithout the query adapter (chosen among adapter-off settings the same way):\n\n"
     text += markdown(results, plain, lodo_unadapted, choose(results, DEV_SETS, unadapted), 0.0).split("\n\n")[0] + "\n"
     text += views_table(results, default)
+    rerank_text, rerank_payload = rerank_lodo(
+        {name: prepared[name] for name in DEV_SETS}, settings, lodo, default, plain
+    )
+    text += "\nSecond stage (retriever.rerank), leave-one-distribution-out:\n\n" + rerank_text
     print(text)
     if args.out:
         args.out.write_text(text, encoding="utf-8")
@@ -449,6 +636,7 @@ def main(argv: list[str] | None = None) -> int:
             "default_fusion": _fusion_json(settings[default]),
             "settings": {label: _json(r) for label, r in results.items()},
             "plain": {which: _json(r) for which, r in plain.items()},
+            "rerank": rerank_payload,
         }
         args.json_out.write_text(json.dumps(payload, indent=1), encoding="utf-8")
     return 0

@@ -18,6 +18,7 @@ from apihelper.retriever.embedding import Embedder
 from apihelper.retriever.ingest import format_report, ingest_corpus
 from apihelper.retriever.milvus_retriever import MilvusRetriever, open_retriever
 from apihelper.retriever.milvus_store import MilvusStore
+from apihelper.retriever.rerank import LODO_RERANK
 from apihelper.retriever.samples import sample_corpus_path
 from apihelper.retriever.types import CorpusFormat, IngestReport, RetrievalMode
 from tests.support import BACKEND_AI_SPEC, BACKEND_AI_WHEEL_24, SHARED_CORPORA, FakeEmbedder, shared_corpus
@@ -108,6 +109,9 @@ async def test_list_corpora_fields(retriever: MilvusRetriever, embedder: Embedde
 async def test_change_and_remove_docs(store: MilvusStore, embedder: Embedder, tmp_path: Path) -> None:
     first = await asyncio.to_thread(ingest_corpus, store, embedder, "demo_edit", sample_corpus_path(), progress=False)
     assert first.added == 20
+    retriever = MilvusRetriever(store, embedder)
+    before = await retriever.retrieve("my account", corpora=["demo_edit"], top_k=20, mode=RetrievalMode.HYBRID)
+    assert "GET /users/me" in keys_of(before.docs)  # now in the store's doc cache, old title
     spec = yaml.safe_load(sample_corpus_path().read_text())
     spec["paths"]["/users/me"]["get"]["summary"] = "Show my account with its zebra badge"
     del spec["paths"]["/keypairs/{access_key}"]
@@ -117,7 +121,7 @@ async def test_change_and_remove_docs(store: MilvusStore, embedder: Embedder, tm
     report = await asyncio.to_thread(ingest_corpus, store, embedder, "demo_edit", modified, progress=False)
     assert (report.added, report.updated, report.deleted, report.unchanged) == (0, 1, 1, 18)
 
-    retriever = MilvusRetriever(store, embedder)
+    # The changed doc's new content_hash makes the doc cache read it afresh.
     found = await retriever.retrieve("zebra badge", corpora=["demo_edit"], top_k=3, mode=RetrievalMode.KEYWORD)
     assert found.docs[0].doc.key == "GET /users/me"
     assert found.docs[0].doc.title == "Show my account with its zebra badge"
@@ -157,6 +161,16 @@ async def test_create_a_new_session_hybrid(retriever: MilvusRetriever) -> None:
     assert "POST /session" in keys, keys
     assert len(keys) == 5
     assert result.embed_seconds > 0 and result.search_seconds > 0
+    scores = [d.score for d in result.docs]
+    assert scores == sorted(scores, reverse=True)
+
+
+async def test_hybrid_with_the_second_stage(store: MilvusStore, embedder: Embedder, first_ingest: object) -> None:
+    reranked = MilvusRetriever(store, embedder, rerank=LODO_RERANK)
+    result = await reranked.retrieve("Create a new session", corpora=["rest"], top_k=5, mode=RetrievalMode.HYBRID)
+    keys = keys_of(result.docs)
+    assert "POST /session" in keys, keys
+    assert len(set(keys)) == 5
     scores = [d.score for d in result.docs]
     assert scores == sorted(scores, reverse=True)
 

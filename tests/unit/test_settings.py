@@ -28,6 +28,9 @@ def test_sources_in_order_of_precedence(tmp_path: Path) -> None:
 def test_bool_flags_and_env() -> None:
     assert load_settings(["--no-reflection"], {}).reflection is False
     assert load_settings([], {"APIHELPER_REFLECTION": "off"}).reflection is False
+    assert load_settings([], {}).retrieval_rerank is False  # the second stage is opt-in
+    assert load_settings(["--retrieval-rerank"], {}).retrieval_rerank is True
+    assert load_settings([], {"APIHELPER_RETRIEVAL_RERANK": "true"}).retrieval_rerank is True
 
 
 @pytest.mark.parametrize(
