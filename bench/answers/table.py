@@ -1,9 +1,14 @@
 """The policies table of docs/answers.md from bench/answers/policies.sh's output: per set and
-policy, the right-API rate (eval-answers' ``right_api`` label, or each label it gives) beside
-the retriever's top-1 on the same questions (Backend.AI sets: the first source is the answer or
-an alternative), and our verdicts.
+policy, the right-API rate beside the retriever's top-1 on the same questions, the set's own
+accuracy labels (BFCL's AST checker, Gorilla's AST rule), and our verdicts.
 
-    .venv/bin/python bench/answers/table.py DATA_DIR [QUESTIONS_JSONL]
+Right API: the answer's first call resolves (our verdict's ``matched_key``) to a gold key of the
+question; retriever top-1: the first retrieved doc is a gold key. Gold keys come from the question
+files given (any format eval-answers reads): the answer and its alternatives (Backend.AI, and
+BFCL's ``bfcl_corpus`` questions, whose answers are the pooled corpus' keys), an APIBench
+record's ``api_call``.
+
+    .venv/bin/python bench/answers/table.py DATA_DIR [QUESTIONS ...]
 """
 
 from __future__ import annotations
@@ -13,30 +18,36 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from apihelper.build.evaluation.questions import ApibenchGold, KeyGold, load_questions
 
-def _gold(questions: Path | None) -> dict[str, set[str]]:
-    if questions is None or not questions.is_file():
-        return {}
+
+def _gold(paths: list[Path]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
-    for line in questions.read_text(encoding="utf-8").splitlines():
-        q = json.loads(line)
-        out[str(q["id"])] = {str(q["answer"]), *map(str, q.get("alt_answers") or [])}
+    for path in paths:
+        for q in load_questions(path):
+            if isinstance(q.gold, KeyGold):
+                out[q.id] = set(q.gold.keys)
+            elif isinstance(q.gold, ApibenchGold):
+                out[q.id] = {q.gold.api_call}
     return out
 
 
-def _top1(rows: list[dict[str, Any]], gold: dict[str, set[str]]) -> str:
+def _rate(rows: list[dict[str, Any]], gold: dict[str, set[str]], key: str) -> str:
     known = [r for r in rows if r["id"] in gold]
     if not known:
         return "-"
-    hits = sum(1 for r in known if r.get("sources") and r["sources"][0] in gold[r["id"]])
+    if key == "top1":
+        hits = sum(1 for r in known if r.get("sources") and r["sources"][0] in gold[r["id"]])
+    else:
+        hits = sum(1 for r in known if r.get("api_calls") and r["api_calls"][0].get("matched_key") in gold[r["id"]])
     return f"{hits / len(known):.3f}"
 
 
 def main(argv: list[str]) -> int:
     data = Path(argv[1])
-    gold = _gold(Path(argv[2]) if len(argv) > 2 else None)
-    print("| set | policy | n | label: correct rate | retriever top-1 | our verdicts |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    gold = _gold([Path(p) for p in argv[2:] if Path(p).is_file()])
+    print("| set | policy | n | right API | retriever top-1 | set's labels: correct rate | our verdicts |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for summary_path in sorted(data.glob("*.summary.json")):
         name = summary_path.name.removesuffix(".summary.json")
         set_name, _, policy = name.rpartition("-")
@@ -44,7 +55,8 @@ def main(argv: list[str]) -> int:
         rows = [json.loads(line) for line in (data / f"{name}.jsonl").read_text().splitlines() if line.strip()]
         labels = ", ".join(f"{k} {v['rates']['correct']:.3f}" for k, v in summary["labels"].items())
         verdicts = ", ".join(f"{k} {v}" for k, v in sorted(summary["verdicts"].items(), key=lambda kv: -kv[1]))
-        print(f"| {set_name} | {policy} | {summary['n']} | {labels} | {_top1(rows, gold)} | {verdicts} |")
+        right, top1 = _rate(rows, gold, "right"), _rate(rows, gold, "top1")
+        print(f"| {set_name} | {policy} | {summary['n']} | {right} | {top1} | {labels} | {verdicts} |")
     return 0
 
 
