@@ -107,7 +107,7 @@ def test_create_session_offers_no_schema_text_and_required_nested_fields(demo_do
     assert json.loads(checked.calls[0].raw)["arguments"]["resources"] == {"cpu": 1, "memory_gb": 0.5}
 
 
-EVENTS = {
+EVENTS: dict[str, object] = {
     "name": "find_events",
     "description": "Find cultural events in a city.",
     "parameters": {
