@@ -39,6 +39,7 @@ from apihelper.service.answers.grounding import (
     named_values,
     names_value,
     question_numbers,
+    stated_form,
 )
 from apihelper.service.answers.parse import url_host
 from apihelper.service.prompts import PromptFormat
@@ -147,7 +148,8 @@ def _spec(name: str, schema: Any, required: bool, where: ParamWhere, depth: int 
             extra = _spec("value", more, True, ParamWhere.KEYWORD, depth + 1, question)
     types = value_types(schema)
     enum = _named_enum(enum_values(schema), question) or _grounded_enum(_one_variant(schema), types, question)
-    return ParamSpec(name, types, required, where, enum, fields, items, offered(schema), extra)
+    form = stated_form(shape.get("format"), shape.get("description")) if isinstance(shape, Mapping) else ""
+    return ParamSpec(name, types, required, where, enum, fields, items, offered(schema), extra, form)
 
 
 def _named_enum(values: tuple[JsonScalar, ...], question: str) -> tuple[JsonScalar, ...]:

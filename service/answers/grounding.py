@@ -101,9 +101,49 @@ def question_dates(question: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+_CLOCK_RE = re.compile(
+    r"(?<![\w:.])(\d{1,2})(?::(\d{2}))?\s?([ap])\.?m\b\.?|(?<![\w:.])(\d{1,2}):(\d{2})(?![\w:])", re.I
+)
+
+
+def question_times(question: str) -> tuple[str, ...]:
+    """The clock times the question writes ("11PM", "3:30 pm", "9:00"), each as 24-hour "HH:MM"
+    ("23:00", "15:30", "09:00")."""
+    out: dict[str, None] = {}
+    for m in _CLOCK_RE.finditer(question[:MAX_QUESTION_CHARS]):
+        if m.group(3):
+            hour, minute = int(m.group(1)), int(m.group(2) or 0)
+            if not 1 <= hour <= 12:
+                continue
+            hour = hour % 12 + (12 if m.group(3).lower() == "p" else 0)
+        else:
+            hour, minute = int(m.group(4)), int(m.group(5))
+        if hour < 24 and minute < 60:
+            out[f"{hour:02d}:{minute:02d}"] = None
+    return tuple(out)
+
+
+# Value forms a schema states (its ``format``, or the form its description spells out), as the
+# regular expression a grounded string must match.
+FORM_DATE = r"\d{4}-\d{2}-\d{2}"
+FORM_TIME = r"\d{2}:\d{2}"
+
+
+def stated_form(schema_format: object, description: object) -> str:
+    """The form a string parameter's schema states: an ISO date (``format: date``, or
+    "YYYY-MM-DD" in its description without a time), a 24-hour time (``format: time``, or
+    "HH:MM" without a date); "" when it states none of these."""
+    text = description if isinstance(description, str) else ""
+    if schema_format == "date" or ("YYYY-MM-DD" in text and "HH" not in text):
+        return FORM_DATE
+    if schema_format == "time" or ("HH:MM" in text and "YYYY" not in text):
+        return FORM_TIME
+    return ""
+
+
 def question_spans(question: str, max_chars: int = 128) -> tuple[str, ...]:
-    """Quoted strings of the question first, then its dates in ISO form (:func:`question_dates`),
-    then its words and runs of up to :data:`MAX_SPAN_WORDS` words, ends stripped of
+    """Quoted strings of the question first, then its dates in ISO form (:func:`question_dates`)
+    and its times as "HH:MM" (:func:`question_times`), then its words and runs of up to :data:`MAX_SPAN_WORDS` words, ends stripped of
     punctuation; each at most ``max_chars``."""
     text = question[:MAX_QUESTION_CHARS]
     spans: dict[str, None] = {}
@@ -111,8 +151,8 @@ def question_spans(question: str, max_chars: int = 128) -> tuple[str, ...]:
         quoted = next(g for g in match.groups() if g is not None).strip()
         if quoted:
             spans[quoted] = None
-    for date in question_dates(text):
-        spans[date] = None
+    for derived in (*question_dates(text), *question_times(text)):
+        spans[derived] = None
     words = text.split()
     for size in range(1, MAX_SPAN_WORDS + 1):
         for start in range(len(words) - size + 1):
@@ -205,6 +245,8 @@ def grounded_numbers(
 
 
 __all__ = [
+    "FORM_DATE",
+    "FORM_TIME",
     "echoes_name",
     "grounded_numbers",
     "in_bounds",
@@ -214,4 +256,6 @@ __all__ = [
     "question_dates",
     "question_numbers",
     "question_spans",
+    "question_times",
+    "stated_form",
 ]

@@ -17,12 +17,16 @@ from apihelper.service.answers.allowed_calls import allowed_calls
 from apihelper.service.answers.check import ApiCatalog, Verdict, check_answer, ungrounded_values
 from apihelper.service.answers.grammar import GrammarOptions, build_call_grammar
 from apihelper.service.answers.grounding import (
+    FORM_DATE,
+    FORM_TIME,
     mentions,
     named_values,
     names_value,
     question_dates,
     question_numbers,
     question_spans,
+    question_times,
+    stated_form,
 )
 from apihelper.service.prompts import PromptFormat
 from tests.unit.grammar_walk import char_compiler, walk
@@ -155,3 +159,38 @@ def test_dates_written_with_their_year_are_offered_in_iso_form() -> None:
     assert question_dates("sometime in March") == ()
     values = [("date", "2023-03-14"), ("until", "2023-03-15")]
     assert ungrounded_values(values, frozenset(), question) == [("until", "2023-03-15")]
+
+
+def test_times_in_24_hour_form_and_a_stated_form_narrows_the_spans(tmp_path: Path) -> None:
+    assert question_times("at 11PM, 3:30 pm, 9:00 or 10:00 AM; not 2023.10.1 nor 13:61") == (
+        "23:00",
+        "15:30",
+        "09:00",
+        "10:00",
+    )
+    assert stated_form(None, "The date, in the format 'YYYY-MM-DD'.") == FORM_DATE
+    assert stated_form(None, "When, as 'YYYY-MM-DD HH:MM:SS'.") == ""  # a date-time is neither
+    assert stated_form("time", "") == FORM_TIME
+    pickup: dict[str, object] = {
+        "name": "rent_car",
+        "description": "Rent a car.",
+        "parameters": {
+            "type": "dict",
+            "required": ["pickup_time"],
+            "properties": {"pickup_time": {"type": "string", "description": "When, as 'HH:MM' (24-hour)."}},
+        },
+    }
+    question = "Pick it up on 2023.10.1 at 10:00 AM"
+    (call,) = allowed_calls(PromptFormat.CHAT_TOOLS, _function_docs(tmp_path, pickup), question)
+    assert call.params[0].form == FORM_TIME
+    options = GrammarOptions(max_prose_chars=0, max_calls=1, grounded=question_spans(question))
+    ebnf = build_call_grammar(PromptFormat.CHAT_TOOLS, [call], options).ebnf
+    import xgrammar as xgr
+
+    def accepts(value: str) -> bool:
+        answer = f'<tool_call>[{{"name": "rent_car", "arguments": {{"pickup_time": "{value}"}}}}]</tool_call>'
+        return bool(xgr.GrammarMatcher(char_compiler().compile_grammar(ebnf)).accept_string(answer))
+
+    assert accepts("10:00") and accepts("<pickup_time>")
+    assert not accepts("2023-10-01") and not accepts("Pick")
+    assert ungrounded_values([("pickup_time", "10:00"), ("t", "11:00")], frozenset(), question) == [("t", "11:00")]
