@@ -61,4 +61,8 @@ done
 kill -TERM "$SERVER"
 wait "$SERVER" || true
 trap - EXIT
-"$BIN/python" bench/answers/table.py "$DATA" "$SHARED/backend.ai/dev_questions.jsonl"
+# Gold keys for right API and retriever top-1: the Backend.AI questions, TorchHub's, and the BFCL
+# questions bfcl_corpus wrote (their answers are the pooled corpus' keys); TorchHub by Gorilla's AST
+# rule against its API database.
+"$BIN/python" bench/answers/table.py "$DATA" "$SHARED/backend.ai/dev_questions.jsonl" \
+  "$SHARED/apibench/torchhub_eval.json" "$DATA"/bfcl/*.questions.jsonl --api-db "$SHARED/apibench/torchhub_api.jsonl"

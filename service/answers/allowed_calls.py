@@ -33,7 +33,14 @@ from apihelper.service.answers.grammar import (
     ParamWhere,
     ValueType,
 )
-from apihelper.service.answers.grounding import grounded_numbers, mentions, question_numbers
+from apihelper.service.answers.grounding import (
+    grounded_numbers,
+    mentions,
+    named_values,
+    names_value,
+    question_numbers,
+    stated_form,
+)
 from apihelper.service.answers.parse import url_host
 from apihelper.service.prompts import PromptFormat
 
@@ -83,11 +90,15 @@ MAX_SPEC_DEPTH = 3  # nested object/array levels described by their own schema
 
 def _asked(name: str, schema: Any, required: bool, question: str) -> bool:
     """Whether an answer to ``question`` may write the parameter: a required one always; an
-    optional one only when the question mentions it (no question: always)."""
+    optional one only when the question mentions it or names one of its enum values other than
+    the default (no question: always)."""
     if required or not question:
         return True
     description = schema.get("description") if isinstance(schema, Mapping) else None
-    return mentions(question, name, description if isinstance(description, str) else "")
+    if mentions(question, name, description if isinstance(description, str) else ""):
+        return True
+    shape = _one_variant(schema)
+    return isinstance(shape, Mapping) and names_value(question, enum_values(shape), shape.get("default"))
 
 
 def _number(value: Any) -> float | None:
@@ -136,8 +147,16 @@ def _spec(name: str, schema: Any, required: bool, where: ParamWhere, depth: int 
         if isinstance(more, Mapping) and more and not fields and ValueType.OBJECT in schema_types:
             extra = _spec("value", more, True, ParamWhere.KEYWORD, depth + 1, question)
     types = value_types(schema)
-    enum = enum_values(schema) or _grounded_enum(_one_variant(schema), types, question)
-    return ParamSpec(name, types, required, where, enum, fields, items, offered(schema), extra)
+    enum = _named_enum(enum_values(schema), question) or _grounded_enum(_one_variant(schema), types, question)
+    form = stated_form(shape.get("format"), shape.get("description")) if isinstance(shape, Mapping) else ""
+    return ParamSpec(name, types, required, where, enum, fields, items, offered(schema), extra, form)
+
+
+def _named_enum(values: tuple[JsonScalar, ...], question: str) -> tuple[JsonScalar, ...]:
+    """An enum's values, or only those the question names when it names some: a small model
+    asked "Find a Theater event" otherwise writes the enum's first value ("Music")."""
+    named = set(named_values(question, values)) if question else set()
+    return tuple(v for v in values if v in named) if named else values
 
 
 def _one_variant(schema: Any) -> Any:

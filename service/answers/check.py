@@ -78,6 +78,7 @@ from apihelper.service.answers.api_docs import (
     string_values,
     template_params,
 )
+from apihelper.service.answers.grounding import question_dates, question_times
 from apihelper.service.answers.parse import (
     Argument,
     ArgWhere,
@@ -444,14 +445,17 @@ def ungrounded_values(
     values: Iterable[tuple[str, Any]], offered: frozenset[str], question: str
 ) -> list[tuple[str, Any]]:
     """The (name, value) string leaves (nested objects and arrays walked) that are neither in
-    ``question`` (case and spacing aside) nor among ``offered`` nor a placeholder nor empty.
+    ``question`` (case and spacing aside) nor one of its dates or times in the form a schema takes
+    (``grounding.question_dates``, ``question_times``) nor among ``offered``
+    nor a placeholder nor empty.
     Numbers and booleans are grounded by their type: the schema says what they may be."""
     said = _normalized(question)
+    derived = {*question_dates(question), *question_times(question)}
     missing: list[tuple[str, Any]] = []
     for name, value in values:
         for path, leaf in _string_leaves(name, value):
             text = leaf.strip()
-            if not text or is_placeholder(text) or leaf in offered or _normalized(text) in said:
+            if not text or is_placeholder(text) or leaf in offered or _normalized(text) in said or text in derived:
                 continue
             missing.append((path, leaf))
     return missing

@@ -122,6 +122,9 @@ class ParamSpec:
     # Strings the schema itself offers (examples, a default): grounded values in any case.
     offered: tuple[str, ...] = ()
     extra: ParamSpec | None = None  # a map's values (an object with additionalProperties only)
+    # A form the schema states for a string (``grounding.stated_form``: a date, a time): grounded
+    # spans of that form, when the question has some, are the only spans offered.
+    form: str = ""
 
     def __post_init__(self) -> None:
         if not self.types:
@@ -405,6 +408,8 @@ class _Values:
         """The strings ``spec`` may take when values must be grounded: spans of the question,
         what its schema offers, and its placeholder."""
         grounded = [g for g in self.o.grounded or () if not echoes_name(g, spec.name)]
+        if spec.form:
+            grounded = [g for g in grounded if re.fullmatch(spec.form, g)] or grounded
         choices = dict.fromkeys([*grounded, *spec.offered, f"<{spec.name}>"])
         usable = [c for c in choices if c and _writable_string(c, self.o.max_string_chars)]
         return "(" + " | ".join(ebnf_string(literal(c)) for c in usable) + ")"

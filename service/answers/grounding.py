@@ -10,6 +10,7 @@ are offered only when :func:`mentions` says the question speaks of them.
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Iterable
 
@@ -68,15 +69,90 @@ _STOPWORDS = frozenset(
 )
 
 
+_MONTH = (
+    r"(jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?"
+    r"|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
+)
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAY = r"(\d{1,2})(?:st|nd|rd|th)?"
+_NUMERIC_DATE_RE = re.compile(r"(?<![\w.])(\d{4})[-./](\d{1,2})[-./](\d{1,2})(?![\w])")
+_MONTH_DAY_YEAR_RE = re.compile(rf"\b{_MONTH}\.?\s+{_DAY},?\s+(\d{{4}})\b", re.IGNORECASE)
+_DAY_MONTH_YEAR_RE = re.compile(rf"\b{_DAY}\s+(?:of\s+)?{_MONTH}\.?,?\s+(\d{{4}})\b", re.IGNORECASE)
+
+
+def question_dates(question: str) -> tuple[str, ...]:
+    """The calendar dates the question writes with their year ("March 14th, 2023", "13th of Feb
+    2024", "2023.4.15"), each in ISO form ("2023-03-14"): the form date parameters take, which a
+    string copied from the question cannot be."""
+    text = question[:MAX_QUESTION_CHARS]
+    found: list[tuple[int, int, int]] = []
+    for m in _NUMERIC_DATE_RE.finditer(text):
+        found.append((int(m.group(1)), int(m.group(2)), int(m.group(3))))
+    for m in _MONTH_DAY_YEAR_RE.finditer(text):
+        found.append((int(m.group(3)), _MONTHS.index(m.group(1)[:3].lower()) + 1, int(m.group(2))))
+    for m in _DAY_MONTH_YEAR_RE.finditer(text):
+        found.append((int(m.group(3)), _MONTHS.index(m.group(2)[:3].lower()) + 1, int(m.group(1))))
+    out: dict[str, None] = {}
+    for year, month, day in found:
+        try:
+            out[datetime.date(year, month, day).isoformat()] = None
+        except ValueError:
+            continue
+    return tuple(out)
+
+
+_CLOCK_RE = re.compile(
+    r"(?<![\w:.])(\d{1,2})(?::(\d{2}))?\s?([ap])\.?m\b\.?|(?<![\w:.])(\d{1,2}):(\d{2})(?![\w:])", re.I
+)
+
+
+def question_times(question: str) -> tuple[str, ...]:
+    """The clock times the question writes ("11PM", "3:30 pm", "9:00"), each as 24-hour "HH:MM"
+    ("23:00", "15:30", "09:00")."""
+    out: dict[str, None] = {}
+    for m in _CLOCK_RE.finditer(question[:MAX_QUESTION_CHARS]):
+        if m.group(3):
+            hour, minute = int(m.group(1)), int(m.group(2) or 0)
+            if not 1 <= hour <= 12:
+                continue
+            hour = hour % 12 + (12 if m.group(3).lower() == "p" else 0)
+        else:
+            hour, minute = int(m.group(4)), int(m.group(5))
+        if hour < 24 and minute < 60:
+            out[f"{hour:02d}:{minute:02d}"] = None
+    return tuple(out)
+
+
+# Value forms a schema states (its ``format``, or the form its description spells out), as the
+# regular expression a grounded string must match.
+FORM_DATE = r"\d{4}-\d{2}-\d{2}"
+FORM_TIME = r"\d{2}:\d{2}"
+
+
+def stated_form(schema_format: object, description: object) -> str:
+    """The form a string parameter's schema states: an ISO date (``format: date``, or
+    "YYYY-MM-DD" in its description without a time), a 24-hour time (``format: time``, or
+    "HH:MM" without a date); "" when it states none of these."""
+    text = description if isinstance(description, str) else ""
+    if schema_format == "date" or ("YYYY-MM-DD" in text and "HH" not in text):
+        return FORM_DATE
+    if schema_format == "time" or ("HH:MM" in text and "YYYY" not in text):
+        return FORM_TIME
+    return ""
+
+
 def question_spans(question: str, max_chars: int = 128) -> tuple[str, ...]:
-    """Quoted strings of the question first, then its words and runs of up to
-    :data:`MAX_SPAN_WORDS` words, ends stripped of punctuation; each at most ``max_chars``."""
+    """Quoted strings of the question first, then its dates in ISO form (:func:`question_dates`)
+    and its times as "HH:MM" (:func:`question_times`), then its words and runs of up to :data:`MAX_SPAN_WORDS` words, ends stripped of
+    punctuation; each at most ``max_chars``."""
     text = question[:MAX_QUESTION_CHARS]
     spans: dict[str, None] = {}
     for match in _QUOTED_RE.finditer(text):
         quoted = next(g for g in match.groups() if g is not None).strip()
         if quoted:
             spans[quoted] = None
+    for derived in (*question_dates(text), *question_times(text)):
+        spans[derived] = None
     words = text.split()
     for size in range(1, MAX_SPAN_WORDS + 1):
         for start in range(len(words) - size + 1):
@@ -111,6 +187,26 @@ def mentions(question: str, name: str, description: str = "") -> bool:
         return True
     described = {_stem(w) for w in _words(description) if len(w) >= 5 and w not in _STOPWORDS}
     return len(described & asked) >= 2
+
+
+def named_values(question: str, values: Iterable[object]) -> tuple[str, ...]:
+    """The enum values (strings of 3+ characters) ``question`` names, as a whole word or phrase,
+    case aside: "Find a Theater event" names ``event_type`` "Theater"."""
+    text = question[:MAX_QUESTION_CHARS].lower()
+    found: list[str] = []
+    for value in values:
+        if not isinstance(value, str) or len(value.strip()) < 3:
+            continue
+        if re.search(r"(?<!\w)" + re.escape(value.strip().lower()) + r"(?!\w)", text):
+            found.append(value)
+    return tuple(found)
+
+
+def names_value(question: str, values: Iterable[object], default: object = None) -> bool:
+    """Whether ``question`` names one of a parameter's enum values (:func:`named_values`) other
+    than its ``default``: "showing at imax" asks for ``show_type`` "imax" though it never says
+    "show type". Naming the default asks for nothing (leaving the parameter out gives it)."""
+    return any(v != default for v in named_values(question, values))
 
 
 def echoes_name(span: str, name: str) -> bool:
@@ -148,4 +244,18 @@ def grounded_numbers(
     return tuple(dict.fromkeys(fits))
 
 
-__all__ = ["echoes_name", "grounded_numbers", "in_bounds", "mentions", "question_numbers", "question_spans"]
+__all__ = [
+    "FORM_DATE",
+    "FORM_TIME",
+    "echoes_name",
+    "grounded_numbers",
+    "in_bounds",
+    "mentions",
+    "named_values",
+    "names_value",
+    "question_dates",
+    "question_numbers",
+    "question_spans",
+    "question_times",
+    "stated_form",
+]

@@ -12,11 +12,22 @@ from pathlib import Path
 import pytest
 
 from apihelper.retriever.loaders import load_corpus
-from apihelper.retriever.types import ApiDoc
+from apihelper.retriever.types import ApiDoc, CorpusFormat
 from apihelper.service.answers.allowed_calls import allowed_calls
-from apihelper.service.answers.check import ApiCatalog, Verdict, check_answer
+from apihelper.service.answers.check import ApiCatalog, Verdict, check_answer, ungrounded_values
 from apihelper.service.answers.grammar import GrammarOptions, build_call_grammar
-from apihelper.service.answers.grounding import mentions, question_numbers, question_spans
+from apihelper.service.answers.grounding import (
+    FORM_DATE,
+    FORM_TIME,
+    mentions,
+    named_values,
+    names_value,
+    question_dates,
+    question_numbers,
+    question_spans,
+    question_times,
+    stated_form,
+)
 from apihelper.service.prompts import PromptFormat
 from tests.unit.grammar_walk import char_compiler, walk
 
@@ -98,3 +109,88 @@ def test_create_session_offers_no_schema_text_and_required_nested_fields(demo_do
     checked = check_answer(PromptFormat.CHAT_TOOLS, answer, [], ApiCatalog(demo_docs), question=CREATE)
     assert checked.verdict is Verdict.VALID, checked.reasons
     assert json.loads(checked.calls[0].raw)["arguments"]["resources"] == {"cpu": 1, "memory_gb": 0.5}
+
+
+EVENTS: dict[str, object] = {
+    "name": "find_events",
+    "description": "Find cultural events in a city.",
+    "parameters": {
+        "type": "dict",
+        "required": ["event_type", "city"],
+        "properties": {
+            "event_type": {"type": "string", "enum": ["Music", "Theater"], "description": "The kind of event."},
+            "city": {"type": "string", "description": "The city of the event."},
+            "show_type": {
+                "type": "string",
+                "enum": ["regular", "imax", "dontcare"],
+                "default": "dontcare",
+                "description": "The format of the showing.",
+            },
+        },
+    },
+}
+
+
+def _function_docs(tmp_path: Path, *functions: dict[str, object]) -> list[ApiDoc]:
+    path = tmp_path / "functions.jsonl"
+    path.write_text("".join(json.dumps(f) + "\n" for f in functions), encoding="utf-8")
+    _, result = load_corpus(path, CorpusFormat.FUNCTIONS)
+    return result.docs
+
+
+def test_named_enum_values_ask_for_a_parameter_and_narrow_its_choice(tmp_path: Path) -> None:
+    assert named_values("Find a Theater event at IMAX", ["Music", "Theater", "imax", "3d"]) == ("Theater", "imax")
+    assert named_values("some music, theatrically", ["Music", "Theater"]) == ("Music",)  # whole words only
+    assert not names_value("any imax or regular", ["regular"], default="regular")  # the default asks nothing
+    docs = _function_docs(tmp_path, EVENTS)
+    (call,) = allowed_calls(PromptFormat.CHAT_TOOLS, docs, "Is there a Theater event showing at imax in Oslo?")
+    by_name = {p.name: p for p in call.params}
+    assert by_name["event_type"].enum == ("Theater",)
+    assert by_name["show_type"].enum == ("imax",) and not by_name["show_type"].required
+    (plain,) = allowed_calls(PromptFormat.CHAT_TOOLS, docs, "Anything on in Oslo?")
+    assert [p.name for p in plain.params] == ["event_type", "city"]  # show_type neither mentioned nor named
+    assert plain.params[0].enum == ("Music", "Theater")  # nothing named: every value stays
+
+
+def test_dates_written_with_their_year_are_offered_in_iso_form() -> None:
+    question = "Book it for March 14th, 2023, back on 2nd of apr 2023 (or 2023.4.15); not 2023-02-30 nor 10.0.0.1"
+    assert question_dates(question) == ("2023-04-15", "2023-03-14", "2023-04-02")
+    assert question_spans(question)[:3] == ("2023-04-15", "2023-03-14", "2023-04-02")
+    assert question_dates("sometime in March") == ()
+    values = [("date", "2023-03-14"), ("until", "2023-03-15")]
+    assert ungrounded_values(values, frozenset(), question) == [("until", "2023-03-15")]
+
+
+def test_times_in_24_hour_form_and_a_stated_form_narrows_the_spans(tmp_path: Path) -> None:
+    assert question_times("at 11PM, 3:30 pm, 9:00 or 10:00 AM; not 2023.10.1 nor 13:61") == (
+        "23:00",
+        "15:30",
+        "09:00",
+        "10:00",
+    )
+    assert stated_form(None, "The date, in the format 'YYYY-MM-DD'.") == FORM_DATE
+    assert stated_form(None, "When, as 'YYYY-MM-DD HH:MM:SS'.") == ""  # a date-time is neither
+    assert stated_form("time", "") == FORM_TIME
+    pickup: dict[str, object] = {
+        "name": "rent_car",
+        "description": "Rent a car.",
+        "parameters": {
+            "type": "dict",
+            "required": ["pickup_time"],
+            "properties": {"pickup_time": {"type": "string", "description": "When, as 'HH:MM' (24-hour)."}},
+        },
+    }
+    question = "Pick it up on 2023.10.1 at 10:00 AM"
+    (call,) = allowed_calls(PromptFormat.CHAT_TOOLS, _function_docs(tmp_path, pickup), question)
+    assert call.params[0].form == FORM_TIME
+    options = GrammarOptions(max_prose_chars=0, max_calls=1, grounded=question_spans(question))
+    ebnf = build_call_grammar(PromptFormat.CHAT_TOOLS, [call], options).ebnf
+    import xgrammar as xgr
+
+    def accepts(value: str) -> bool:
+        answer = f'<tool_call>[{{"name": "rent_car", "arguments": {{"pickup_time": "{value}"}}}}]</tool_call>'
+        return bool(xgr.GrammarMatcher(char_compiler().compile_grammar(ebnf)).accept_string(answer))
+
+    assert accepts("10:00") and accepts("<pickup_time>")
+    assert not accepts("2023-10-01") and not accepts("Pick")
+    assert ungrounded_values([("pickup_time", "10:00"), ("t", "11:00")], frozenset(), question) == [("t", "11:00")]

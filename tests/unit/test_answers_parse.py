@@ -558,3 +558,14 @@ def test_rest_calls_carry_the_host_they_name(answer: str, host: str) -> None:
     call = parse_call(answer)
     assert call.style is CallStyle.REST, call
     assert call.host == host
+
+
+def test_a_positional_argument_after_a_keyword_one_is_read() -> None:
+    # APIBench's MEAL-V2 records: Python refuses the call as written, Gorilla's reading does not.
+    call = parse_call(
+        "torch.hub.load(repo_or_dir='szq0214/MEAL-V2', 'meal_v2', model='mealv2_resnest50_cutmix', pretrained=True)"
+    )
+    assert call.style is CallStyle.PYTHON and call.name == "torch.hub.load"
+    assert [a.value for a in call.args] == ["meal_v2", "szq0214/MEAL-V2", "mealv2_resnest50_cutmix", True]
+    tricky = parse_call("f(a=1, 2, b='x,)', [3, 4])")  # commas and brackets inside strings and lists
+    assert [(a.name, a.value) for a in tricky.args] == [("", 2), ("", [3, 4]), ("a", 1), ("b", "x,)")]
