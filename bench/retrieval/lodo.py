@@ -305,9 +305,14 @@ def fast_score(c: Candidates, fusion: Fusion) -> RankScore:
             dense_alone, c.dense_score, np.where(keyword_alone, c.keyword_score, (1 - w) * z_dense + w * z_keyword)
         )
         present = np.where(dense_alone, in_dense, np.where(keyword_alone, in_keyword, in_dense | in_keyword))
-    fused = np.where(present, fused, -np.inf)
-    order = np.argsort(-fused, axis=1, kind="stable")[:, :10]
-    hit = np.take_along_axis(c.gold & present, order, axis=1)
+    return _ranked_score(np.where(present, fused, -np.inf), c.gold & present)
+
+
+def _ranked_score(scores: np.ndarray, gold: np.ndarray) -> RankScore:
+    """The ``RankScore`` of ranking each row's candidates by ``scores`` (higher first, ties in
+    candidate order), ``gold`` marking the right ones; a row without one in its top 10 misses."""
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+    hit = np.take_along_axis(gold, order, axis=1)
     first = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
     n = max(len(first), 1)
     found = first >= 0
@@ -405,17 +410,7 @@ def rerank_score(a: RerankArrays, weights: Sequence[float]) -> RankScore:
     """Top-1 / top-5 / MRR@10 of the re-ranked candidates (a question whose answer is not among
     them counts as a miss; with depth >= 10 that is what the fused top 10 gives too)."""
     scores = a.base + a.cov @ np.asarray(weights, dtype=float)
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :10]
-    hit = np.take_along_axis(a.gold & np.isfinite(a.base), order, axis=1)
-    first = np.where(hit.any(axis=1), hit.argmax(axis=1), -1)
-    n = max(len(first), 1)
-    found = first >= 0
-    return RankScore(
-        len(first),
-        float((first == 0).sum()) / n,
-        float((found & (first < 5)).sum()) / n,
-        float((1.0 / (first[found] + 1)).sum()) / n,
-    )
+    return _ranked_score(scores, a.gold & np.isfinite(a.base))
 
 
 def tune_rerank(arrays: dict[int, list[RerankArrays]]) -> Rerank:

@@ -44,7 +44,7 @@ from apihelper.service.answers.formats import (
     REST_METHODS,
     REST_TEXT_PATH_END,
 )
-from apihelper.service.answers.tool_calls import parse_tool_calls
+from apihelper.service.answers.tool_calls import outside_strings, parse_tool_calls
 from apihelper.service.prompts import PromptFormat
 
 # Bounds on the work done for one answer: a model (or a prompt injection in a retrieved doc) can
@@ -440,25 +440,13 @@ def _top_level_args(text: str) -> list[str] | None:
     """``text`` split at the commas outside brackets and strings; None when a bracket or a
     string is left open."""
     parts: list[str] = []
-    depth, start, quote, i = 0, 0, "", 0
-    while i < len(text):
-        c = text[i]
-        if quote:
-            if c == "\\":
-                i += 1
-            elif c == quote:
-                quote = ""
-        elif c in "'\"":
-            quote = c
-        elif c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif c == "," and depth == 0:
+    start, closed = 0, False
+    for i, c, depth in outside_strings(text):
+        if c == "," and depth == 0:
             parts.append(text[start:i])
             start = i + 1
-        i += 1
-    if quote or depth:
+        closed = c == "" and depth == 0
+    if not closed:
         return None
     parts.append(text[start:])
     return parts

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,6 +238,16 @@ def _python_literal(text: str) -> Any:
 def _balanced_end(text: str) -> int | None:
     """Index just past the bracket that closes ``text[0]``, skipping quoted strings; None if it
     never closes. Linear in ``len(text)``."""
+    for i, c, depth in outside_strings(text):
+        if depth == 0 and c and c in "]})":
+            return i + 1
+    return None
+
+
+def outside_strings(text: str) -> Iterator[tuple[int, str, int]]:
+    """Each character of ``text`` outside quoted strings (``'`` or ``"``, backslash escapes), as
+    (index, character, bracket depth after it); then ``(len(text), "", depth)`` when no string is
+    left open. Linear in ``len(text)``."""
     depth = 0
     quote = ""
     i = 0
@@ -250,14 +260,15 @@ def _balanced_end(text: str) -> int | None:
                 quote = ""
         elif c in "'\"":
             quote = c
-        elif c in "[{(":
-            depth += 1
-        elif c in "]})":
-            depth -= 1
-            if depth == 0:
-                return i + 1
+        else:
+            if c in "[{(":
+                depth += 1
+            elif c in "]})":
+                depth -= 1
+            yield i, c, depth
         i += 1
-    return None
+    if not quote:
+        yield len(text), "", depth
 
 
 def _as_call(item: Any) -> tuple[ToolCall | None, str]:
