@@ -13,6 +13,7 @@ is the torch one within cosine 0.99998 (a test checks it). Documents are still e
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -63,7 +64,12 @@ class OpenVINOQueryEncoder:
         self._lower = bool(getattr(transformer, "do_lower_case", False))
         example = dict(self._tokenizer(["an example query"], return_tensors="pt"))
         self._inputs = list(example)
-        converted = ov.convert_model(transformer.auto_model.eval(), example_input=example)
+        with warnings.catch_warnings():
+            # Tracing warns that branches on tensor shapes (padding, causality) become constants:
+            # they hold here, where one unpadded query is encoded at a time by a bidirectional
+            # encoder; left alone they filled the server's log at every start.
+            warnings.simplefilter("ignore")
+            converted = ov.convert_model(transformer.auto_model.eval(), example_input=example)
         self._compiled = ov.Core().compile_model(
             converted, "CPU", {"INFERENCE_NUM_THREADS": max(1, threads), "PERFORMANCE_HINT": "LATENCY"}
         )
