@@ -11,9 +11,10 @@ request:
    than :data:`MAX_CHARS_PER_TOKEN` times the room left cannot fit and is not tokenized at all;
 2. the prefix that fits is found by arithmetic (the prompt without docs, plus what the docs'
    shared lead costs once, plus each doc's own tokens);
-3. the prompt is rendered and counted once to confirm (a doc is dropped and the count repeated
-   only where tokens merge across a boundary, one doc at a time from a prompt that is already
-   about the context's size).
+3. the prompt is rendered and counted once to confirm; only where tokens merge across a doc's
+   boundary otherwise than alone is the count repeated, one doc at a time from a prompt that is
+   already about the context's size: a doc dropped while the estimate was short, the next doc
+   taken while the prompt with it still fits.
 
 All tokenizer work runs in one worker thread (:meth:`PromptFitter.fit` awaits it), so the event
 loop, and every other request over every front end, carries on meanwhile; the single worker keeps
@@ -118,11 +119,23 @@ class PromptFitter:
                 f"context of {self._engine.info.max_model_len} tokens",
             )
         kept = self._prefix_by_arithmetic(fmt, docs, budget - base)
-        while True:
-            prompt = self._render(fmt, instruction, kept)
-            if not kept or self._tokens(prompt) <= budget:
-                return kept, prompt
-            kept.pop()
+        prompt = self._render(fmt, instruction, kept)
+        used = self._tokens(prompt)
+        if used > budget:  # tokens merged less across a boundary than alone: drop from the end
+            while kept and used > budget:
+                kept.pop()
+                prompt = self._render(fmt, instruction, kept)
+                used = self._tokens(prompt)
+            return kept, prompt
+        # ... or more (a separator that shares a token with its neighbour): take the next docs
+        # while the whole prompt still fits.
+        while len(kept) < len(docs) and len(docs[len(kept)].doc.text) <= (budget - used + 1) * MAX_CHARS_PER_TOKEN:
+            longer = self._render(fmt, instruction, [*kept, docs[len(kept)]])
+            count = self._tokens(longer)
+            if count > budget:
+                break
+            kept, prompt, used = [*kept, docs[len(kept)]], longer, count
+        return kept, prompt
 
     def _prefix_by_arithmetic(self, fmt: PromptFormat, docs: list[RetrievedDoc], room: int) -> list[RetrievedDoc]:
         """The longest prefix of ``docs`` whose estimated tokens fit in ``room``."""
