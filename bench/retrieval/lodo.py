@@ -7,8 +7,11 @@ multiple, parallel_multiple, simple_java, simple_javascript). For each in turn, 
 candidate (query adapter on/off, one vector per doc or one per view, fusion method and weight,
 candidates per side) is scored on the *other seven* sets' validation splits (mean top-1
 over sets, each set weighing the same; mean MRR@10 breaks ties), and the winner is scored on the
-held-out set's test split. The default is the setting that wins over all eight; its test-split
-figures are reported beside plain dense, plain BM25 and plain RRF (k 60) of the two.
+held-out set's test split. The default follows the issue's rule: of the settings never below plain
+RRF on any held-out set (blind figures), the best on all eight validation splits (the best on
+validation alone where none is left); its held-out figures are reported beside plain dense, plain
+BM25 and plain RRF (k 60) of the two, and ``retriever.fusion.DEFAULT_FUSION``, Settings
+``query_adapter`` and ``ingest``'s views default are set to it.
 
 Everything is computed in memory from the same docs the loaders give ingest (``index_text`` for
 the dense and BM25 sides, ``views`` for the multi-vector side, ``text`` for the plain baselines)
@@ -714,7 +717,11 @@ def main(argv: list[str] | None = None) -> int:
         for which in ("plain dense", "plain BM25", "plain RRF")
     }
     lodo = {held: choose(blind[held], [s for s in DEV_SETS if s != held]) for held in DEV_SETS}
-    default = choose(results, DEV_SETS)
+    # The issue's rule: a setting below plain RRF on any (blind) held-out set is not the default;
+    # among the others, the best on validation (all eight). Where none is left, validation alone.
+    validation_choice = choose(results, DEV_SETS)
+    holding = never_below_rrf(blind, plain, list(settings))
+    default = choose(results, DEV_SETS, holding) if holding else validation_choice
     # The same choice among settings without the adapter.
     unadapted = [label for label, s in settings.items() if not s.adapter]
     lodo_unadapted = {held: choose(results, [s for s in DEV_SETS if s != held], unadapted) for held in DEV_SETS}
@@ -726,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{name}/{group}: fuse gives {slow.top1}, the shortcut {results[default][name][group].top1}"
                 )
     text = markdown(blind, results, plain, lodo, default, time.perf_counter() - started)
-    text += rule_table(blind, results, plain, settings)
+    text += rule_table(blind, results, plain, settings, validation_choice)
     text += links_table(blind, plain, default)
     text += "\nWithout the query adapter (chosen among adapter-off settings the same way):\n\n"
     text += (
@@ -745,6 +752,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = {
             "lodo": lodo,
             "default": default,
+            "validation_choice": validation_choice,
             "default_fusion": _fusion_json(settings[default]),
             "settings": {label: _json(r) for label, r in results.items()},
             "blind_test": {
@@ -780,10 +788,10 @@ def _json(rows: dict[str, dict[str, RankScore]]) -> dict[str, Any]:
 
 
 def views_table(blind: dict[str, Results], default: str) -> str:
-    """Held-out test top-1 / top-5 (each fold's adapter) of the default with views off and on, and
-    the same without the adapter."""
+    """Held-out test top-1 / top-5 (each fold's adapter) of the default's fusion with views off and
+    on, with the adapter and without it."""
     lines = ["", "| setting | views | " + " | ".join(DEV_SETS) + " |", "|---|---|" + "---:|" * len(DEV_SETS)]
-    base = default.replace(", views on", ", views off")
+    base = default.replace(", views on", ", views off").replace("adapter off", "adapter on")
     for label in (base, base.replace("adapter on", "adapter off")):
         for views in ("off", "on"):
             row = label.replace("views off", f"views {views}")
@@ -810,31 +818,45 @@ def links_table(blind: dict[str, Results], plain: Results, default: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def rule_table(blind: dict[str, Results], results: Results, plain: Results, settings: dict[str, Setting]) -> str:
-    """The issue's rule on the blind held-out figures: the settings never below plain RRF on any
-    held-out test split, the best of them on validation (all eight, mean top-1), and how many
-    settings reach plain RRF + 3 points on six of eight without falling below it anywhere."""
+def never_below_rrf(blind: dict[str, Results], plain: Results, labels: Sequence[str]) -> list[str]:
+    """The settings whose blind held-out test top-1 is at or above plain RRF's on every set."""
+    return [
+        label
+        for label in labels
+        if all(blind[s][label][s]["test"].top1 >= plain["plain RRF"][s]["test"].top1 - 1e-9 for s in DEV_SETS)
+    ]
+
+
+def rule_table(
+    blind: dict[str, Results], results: Results, plain: Results, settings: dict[str, Setting], validation_choice: str
+) -> str:
+    """The issue's rule on the blind held-out figures: how many settings are never below plain RRF
+    on any held-out test split, how many also reach plain RRF + 3 points on six of eight, and the
+    validation choice (all eight) among all settings and among those never below."""
 
     def gains(label: str) -> list[float]:
         return [blind[s][label][s]["test"].top1 - plain["plain RRF"][s]["test"].top1 for s in DEV_SETS]
 
-    never_below = [label for label in settings if min(gains(label)) > -1e-9]
-    accepted = [label for label in never_below if sum(g >= 0.03 - 1e-9 for g in gains(label)) >= 6]
+    def mean(label: str) -> float:
+        return sum(results[label][s]["dev"].top1 for s in DEV_SETS) / len(DEV_SETS)
+
+    holding = never_below_rrf(blind, plain, list(settings))
+    accepted = [label for label in holding if sum(g >= 0.03 - 1e-9 for g in gains(label)) >= 6]
     lines = [
         "",
-        f"Blind held-out test splits against plain RRF: {len(never_below)} of {len(settings)} settings are never "
+        f"Blind held-out test splits against plain RRF: {len(holding)} of {len(settings)} settings are never "
         f"below it; {len(accepted)} are also >= +3 points on six of eight.",
+        "",
+        "| setting (blind test top-1) | mean validation top-1 | " + " | ".join(DEV_SETS) + " |",
+        "|---|---:|" + "---:|" * len(DEV_SETS),
     ]
-    if never_below:
-        best = choose(results, DEV_SETS, never_below)
-        mean = sum(results[best][s]["dev"].top1 for s in DEV_SETS) / len(DEV_SETS)
-        lines += [
-            f"Best of those on validation (mean top-1 {mean:.4f}): **{best}**.",
-            "",
-            "| setting (blind test top-1) | " + " | ".join(DEV_SETS) + " |",
-            "|---|" + "---:|" * len(DEV_SETS),
-            f"| {best} | " + " | ".join(f"{blind[s][best][s]['test'].top1:.3f}" for s in DEV_SETS) + " |",
-        ]
+    shown = [validation_choice] + ([choose(results, DEV_SETS, holding)] if holding else [])
+    for label in dict.fromkeys(shown):
+        lines.append(
+            f"| {label} | {mean(label):.4f} | "
+            + " | ".join(f"{blind[s][label][s]['test'].top1:.3f}" for s in DEV_SETS)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -863,7 +885,12 @@ def markdown(
             f"{plain['plain dense'][held]['test'].top1:.3f} | {plain['plain BM25'][held]['test'].top1:.3f} | "
             f"{100 * (chosen.top1 - rrf.top1):+.1f} | {100 * (dflt.top1 - rrf.top1):+.1f} |"
         )
-    lines += ["", f"Default (chosen on all eight dev sets' validation splits): **{default}**.", ""]
+    lines += [
+        "",
+        f"Default (of the settings never below plain RRF on a blind held-out set, the best on all eight "
+        f"validation splits; the best on validation alone where none is): **{default}**.",
+        "",
+    ]
     lines += [
         "| setting (blind test top-1) | " + " | ".join(DEV_SETS) + " |",
         "|---|" + "---:|" * len(DEV_SETS),
