@@ -211,9 +211,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--views",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="one more vector per way a doc is described (each APIBench record of a call, a REST summary, "
-        "a function's parameters; docs/retrieval.md); default: one vector per doc",
+        "a function's parameters; docs/retrieval.md); on by default, --no-views: one vector per doc",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--verbose", action="store_true", help="print the traceback of an internal error")

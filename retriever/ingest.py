@@ -22,8 +22,9 @@ the normalised keyword field.
 
 Views (``ApiDoc.views``: each APIBench record of a call, a REST operation's summary and its
 path with parameters, ...) get a dense vector and a row of their own (``MilvusStore``: one vector
-per way an API is described) when ``views`` is True. Off by default: leave-one-distribution-out
-validation did not choose them (docs/retrieval.md). They are part of a doc's content hash, so
+per way an API is described) when ``views`` is True, the default: with a blind query adapter,
+leave-one-distribution-out validation chose them (docs/retrieval.md); ``views=False`` stores one
+vector per doc. They are part of a doc's content hash, so
 turning them on or off rewrites the docs that have them.
 
 A file that yields no docs at all raises CorpusLoadError and leaves the collection alone
@@ -85,7 +86,7 @@ def ingest_corpus(
     include: Sequence[str] | None = None,
     batch_size: int = EMBED_BATCH,
     limits: IngestLimits = DEFAULT_LIMITS,
-    views: bool = False,
+    views: bool = True,
     linked: tuple[str, Sequence[ApiDoc]] | None = None,
 ) -> IngestReport:
     """Make corpus ``name`` hold exactly the docs of ``path``; see the module docstring.

@@ -2,9 +2,9 @@
 
 :class:`MilvusRetriever` implements :class:`retriever.types.Retriever`. Every blocking call
 (query embedding, pymilvus) runs in a worker thread via ``asyncio.to_thread``; searches over
-several corpora run concurrently and are merged by score, best first. Hybrid search fuses dense
-and BM25 candidates per corpus (``retriever.fusion``: standardised scores, so roughly comparable
-across corpora); dense scores are cosine similarities; keyword scores are BM25 (comparable only
+several corpora run concurrently and are merged by score, best first. Hybrid search pools the
+dense and BM25 candidates of every corpus and fuses them (``retriever.fusion``, ``DEFAULT_FUSION``
+unless another is passed); dense scores are cosine similarities; keyword scores are BM25 (comparable only
 roughly across corpora).
 
 Corpora ingested after start-up are seen without a restart: the corpus list is cached for
@@ -218,7 +218,7 @@ async def open_retriever(
     corpora_ttl_s: float = DEFAULT_CORPORA_TTL_SECONDS,
     timeout_s: float = 10.0,
     warm_up: bool = True,
-    query_adapter: str | Path = "bundled",
+    query_adapter: str | Path = "none",
     rerank: Rerank = OFF,
 ) -> MilvusRetriever:
     """Connect to Milvus (Lite path or server URI) and return a ready retriever.

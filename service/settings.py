@@ -75,8 +75,9 @@ class Settings:
     # Retrieval: a Milvus Lite directory, or http(s)://host:19530 for a Milvus server
     milvus_uri: str = "data/milvus.db"
     milvus_token: str = dataclasses.field(default="", repr=False)
-    # Query adapter over the embedding model (apihelper.retriever.adapter): bundled | none | a file
-    query_adapter: str = "bundled"
+    # Query adapter over the embedding model (apihelper.retriever.adapter): none | bundled | a file
+    # (none: blind leave-one-distribution-out figures show no gain from it, docs/retrieval.md)
+    query_adapter: str = "none"
     # Second-stage re-ranker of hybrid results (apihelper.retriever.rerank, LODO-chosen weights)
     retrieval_rerank: bool = False
     # Engine

@@ -289,12 +289,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", default=",".join(s.name for s in SETS))
     parser.add_argument("--no-baselines", action="store_true", help="skip plain dense and plain BM25")
     parser.add_argument("--data-dir", type=Path, help="keep the Milvus Lite database here (default: a temp dir)")
-    parser.add_argument("--views", action="store_true", help="ingest a vector per view of a doc too (ingest --views)")
+    parser.add_argument(
+        "--views",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ingest a vector per view of a doc too (as ingest does by default; --no-views: one per doc)",
+    )
     parser.add_argument("--link", metavar="A,B", help="two corpora that explain each other, e.g. rest,functional")
     parser.add_argument(
         "--query-adapter",
-        default="bundled",
-        help='"bundled" (the shipped adapter), "none" (plain MiniLM queries) or a file',
+        default="none",
+        help='"none" (plain MiniLM queries, the default), "bundled" (the shipped adapter) or a file',
     )
     args = parser.parse_args(argv)
 

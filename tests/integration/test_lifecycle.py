@@ -146,7 +146,7 @@ async def test_sigterm_drains_in_flight_streams_then_exits_0(dev_model_dir: Path
 
 def test_ingest_killed_at_any_point_converges(tmp_path: Path) -> None:
     from apihelper.retriever.loaders import load_corpus
-    from apihelper.retriever.milvus_store import MilvusStore
+    from apihelper.retriever.milvus_store import MAX_VIEWS, MilvusStore
 
     db = tmp_path / "milvus.db"
     corpus = f"functional={_functional_corpus()}:python"
@@ -164,8 +164,8 @@ def test_ingest_killed_at_any_point_converges(tmp_path: Path) -> None:
     assert again.returncode == 0 and "0 docs written" in output, output
 
     _, loaded = load_corpus(_functional_corpus(), None)
-    # What ingest stores by default: each doc without its views (index rows only with --views).
-    expected = {d.key: dataclasses.replace(d, views=()).content_hash for d in loaded.docs}
+    # What ingest stores by default: each doc with its views (at most MAX_VIEWS; --no-views: none).
+    expected = {d.key: dataclasses.replace(d, views=d.views[:MAX_VIEWS]).content_hash for d in loaded.docs}
     store = MilvusStore(str(db))
     try:
         # Keys are primary keys (a hash of the key), so a duplicate cannot exist; what must hold

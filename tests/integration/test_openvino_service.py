@@ -49,7 +49,7 @@ async def served(staged_model: Path, tmp_path_factory: pytest.TempPathFactory) -
     from apihelper.service.settings import Settings
 
     uri = str(tmp_path_factory.mktemp("milvus") / "milvus.db")
-    embedder = query_embedder(await asyncio.to_thread(Embedder), "bundled")
+    embedder = query_embedder(await asyncio.to_thread(Embedder), Settings().query_adapter)  # as served
     store = MilvusStore(uri)
     try:
         await asyncio.to_thread(ingest_corpus, store, embedder, "rest", DEMO_SPEC, CorpusFormat.OPENAPI, False)

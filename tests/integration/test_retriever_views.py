@@ -78,7 +78,7 @@ def test_views_are_searched_collapsed_by_key_and_counted_once(store: MilvusStore
     assert (unchanged.added, unchanged.updated, unchanged.unchanged) == (0, 0, 2)
 
     # Without views a doc is one vector again: the merged text no longer matches the view exactly.
-    flat = ingest_corpus(store, embedder, "zoo", source, CorpusFormat.APIBENCH, progress=False)  # the default
+    flat = ingest_corpus(store, embedder, "zoo", source, CorpusFormat.APIBENCH, progress=False, views=False)
     assert flat.updated == 2
     hits = dense_hits(store, embedder, SECOND_VIEW)
     assert hits[0][0] == "hub.load('zoo', 'dogs')" and hits[0][1] < 0.99

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from apihelper.retriever.fusion import fuse_hits
+from apihelper.retriever.fusion import Fusion, fuse_hits
 from apihelper.retriever.types import ApiDoc, RetrievedDoc
 
 
@@ -10,14 +10,29 @@ def _hit(corpus: str, key: str, score: float) -> RetrievedDoc:
     return RetrievedDoc(ApiDoc(key, key, key, key), corpus, score)
 
 
-def test_an_irrelevant_corpus_best_hit_does_not_outrank_relevant_ones() -> None:
-    # Dense cosine scores: corpus "rest" matches the query well, "functional" barely.
+def _two_corpora() -> tuple[list[RetrievedDoc], list[RetrievedDoc]]:
+    # Dense cosine scores: corpus "rest" matches the query well, "functional" barely; BM25 finds
+    # two rest docs and, weakly, one functional one.
     dense = [_hit("rest", f"POST /r{i}", 0.80 - 0.02 * i) for i in range(5)]
     dense += [_hit("functional", f"pkg.f{i}", 0.20 - 0.01 * i) for i in range(5)]
     keyword = [_hit("rest", "POST /r0", 9.0), _hit("rest", "POST /r1", 7.0), _hit("functional", "pkg.f0", 1.0)]
-    fused = fuse_hits(dense, keyword, top_k=5)
+    return dense, keyword
+
+
+def test_standardised_fusion_keeps_an_irrelevant_corpus_best_hit_below_relevant_ones() -> None:
+    dense, keyword = _two_corpora()
+    fused = fuse_hits(dense, keyword, top_k=5, fusion=Fusion())
     assert [h.corpus for h in fused] == ["rest"] * 5
     assert fused[0].doc.key == "POST /r0"
+
+
+def test_rrf_default_ranks_a_keyword_hit_of_another_corpus_by_its_rank() -> None:
+    # The default (BM25-heavy RRF, docs/retrieval.md) fuses ranks, not scores: the functional
+    # doc BM25 ranks third comes third, above rest docs only dense found. The cost of the
+    # default across corpora; standardised fusion (above) keeps the score margins.
+    dense, keyword = _two_corpora()
+    fused = fuse_hits(dense, keyword, top_k=5)
+    assert [h.doc.key for h in fused[:3]] == ["POST /r0", "POST /r1", "pkg.f0"]
 
 
 def test_same_key_in_two_corpora_stays_two_hits() -> None:

@@ -148,9 +148,9 @@ def test_link_and_views_flags_reach_ingest(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setattr(ingest, "ingest_corpus", fake_ingest)
     argv = ["ingest", "--quiet", "--milvus-uri", "x.db", "--corpus", "a=a.json", "--corpus", "b=b.json"]
     with pytest.raises(SystemExit):
-        cli.main([*argv, "--link", "a,b", "--views"])
-    assert seen == {"a": (True, ("b", [doc])), "b": (True, ("a", [doc]))}
+        cli.main([*argv, "--link", "a,b"])
+    assert seen == {"a": (True, ("b", [doc])), "b": (True, ("a", [doc]))}  # views on by default
     seen.clear()
     with pytest.raises(SystemExit):
-        cli.main(argv)
+        cli.main([*argv, "--no-views"])
     assert seen == {"a": (False, None), "b": (False, None)}
