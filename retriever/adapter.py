@@ -129,7 +129,7 @@ class AdaptedEmbedder:
             clear()
 
 
-def query_embedder(base: TextEmbedder, adapter: str | Path = "bundled") -> TextEmbedder:
+def query_embedder(base: TextEmbedder, adapter: str | Path) -> TextEmbedder:
     """``base`` with a query adapter: ``"bundled"`` (the shipped one, when present), ``"none"``
     (``base`` as it is) or the path of an adapter file. Raises ConfigurationError for a bad file."""
     if str(adapter) == "none":

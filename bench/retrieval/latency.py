@@ -1,14 +1,15 @@
 """Hybrid query latency, end to end and per stage, on a Milvus database with corpora in it.
 
     .venv/bin/python bench/retrieval/latency.py --milvus-uri DB --corpus NAME [--corpus ...]
-        [--questions torchhub] [--n 150] [--rerank]
+        [--questions torchhub] [--n 150] [--rerank] [--query-adapter none]
 
 End to end: ``MilvusRetriever.retrieve`` in hybrid mode, top 5, query-embedding cache cleared
-before each query (as a new question would find it), every stage on (query adapter, fusion,
-ranking priors and, with ``--rerank``, the second stage). Per stage, the same query is then run
-through each stage alone, one after another: query embedding, dense search, BM25 search, fusion,
-re-rank (the end-to-end time adds the thread hand-offs and the corpus lookup). Percentiles are nearest-rank; the load average is printed with every
-row, since on a shared machine it moves the figures more than any change here.
+before each query (as a new question would find it), every stage on: the query adapter where
+``--query-adapter`` names one, fusion, ranking priors and, with ``--rerank``, the second stage.
+Per stage, the same query is then run through each stage alone, one after another: query
+embedding, dense search, BM25 search, fusion, re-rank (the end-to-end time adds the thread
+hand-offs and the corpus lookup). Percentiles are nearest-rank; the load average is printed with
+every row, since on a shared machine it moves the figures more than any change here.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ STAGES = ("end to end", "embed", "dense", "bm25", "fusion", "re-rank")
 TOP_K = 5
 
 
-async def measure(uri: str, corpora: list[str], questions: list[str], rerank: bool) -> list[str]:
+async def measure(uri: str, corpora: list[str], questions: list[str], rerank: bool, adapter: str) -> list[str]:
     from apihelper.retriever.adapter import query_embedder
     from apihelper.retriever.embedding import Embedder
 
     base = Embedder()
     base.warm_up()
-    embedder = query_embedder(base, "bundled")
+    embedder = query_embedder(base, adapter)
     store = MilvusStore(uri)
     lines = []
     try:
@@ -92,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", default="torchhub", help="the question set to send (its train split)")
     parser.add_argument("--n", type=int, default=150, help="questions per corpus")
     parser.add_argument("--rerank", action="store_true", help="with the second stage (retriever.rerank)")
+    parser.add_argument(
+        "--query-adapter",
+        default="none",
+        help='"none" (plain MiniLM queries, the default), "bundled" (the shipped adapter) or a file',
+    )
     args = parser.parse_args(argv)
     if not run.SHARED.is_dir():
         print(f"{run.SHARED} is missing: the questions come from ../shared/corpora", file=sys.stderr)
@@ -100,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="apihelper-latency-") as tmp:
         run.build_bfcl(Path(tmp))
         questions = [q.question for q in run.questions_of(sets[args.questions], "train", Path(tmp))][: args.n]
-    lines = asyncio.run(measure(args.milvus_uri, args.corpus, questions, args.rerank))
-    print(f"re-rank {'on' if args.rerank else 'off'}; {os.cpu_count()} CPUs")
+    lines = asyncio.run(measure(args.milvus_uri, args.corpus, questions, args.rerank, args.query_adapter))
+    print(f"re-rank {'on' if args.rerank else 'off'}; query adapter {args.query_adapter}; {os.cpu_count()} CPUs")
     print("| corpus | stage | n | p50 ms | p99 ms | load average |\n|---|---|---:|---:|---:|---:|")
     print("\n".join(lines))
     return 0

@@ -14,7 +14,6 @@ from typing import Any
 
 from apihelper.bench.retrieval.bfcl_corpus import build, read_jsonl
 from apihelper.bench.retrieval.splits import read_manifest
-from apihelper.retriever.adapter import query_embedder
 from apihelper.service.engine.fake import FakeEngine
 from apihelper.service.prompts import PromptFormat
 from apihelper.v1 import apihelper_pb2 as pb
@@ -48,7 +47,7 @@ async def test_bfcl_functions_ingest_retrieve_and_validate_over_grpc(tmp_path: P
     question = next(q for q in built.questions if q["id"] in train)
     truth = answers[question["id"]]["ground_truth"][0]
 
-    embedder = query_embedder(await asyncio.to_thread(Embedder))
+    embedder = await asyncio.to_thread(Embedder)  # docs only: a query adapter changes queries
     uri = str(tmp_path / "milvus.db")
     store = MilvusStore(uri)
     try:

@@ -38,7 +38,6 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 async def test_constrained_smollm2_never_calls_an_unknown_api(smollm2_dir: Path, tmp_path: Path) -> None:
-    from apihelper.retriever.adapter import query_embedder
     from apihelper.retriever.embedding import Embedder
     from apihelper.retriever.ingest import ingest_corpus
     from apihelper.retriever.milvus_retriever import open_retriever
@@ -50,7 +49,7 @@ async def test_constrained_smollm2_never_calls_an_unknown_api(smollm2_dir: Path,
     by_id = {q["id"]: q for q in map(json.loads, lines)}
     train = read_manifest("backendai_rest").splits["train"][:QUESTIONS]
 
-    embedder = query_embedder(await asyncio.to_thread(Embedder))
+    embedder = await asyncio.to_thread(Embedder)  # docs only: a query adapter changes queries
     uri = str(tmp_path / "milvus.db")
     store = MilvusStore(uri)
     try:
