@@ -21,8 +21,9 @@ One collection per corpus version, served under the alias ``apihelper_<corpus>``
 Views (schema 3): a doc's ``ApiDoc.views`` (other ways the same API is described) are stored as
 further rows carrying the doc's key and fields, each with the dense vector of its view text and
 no keywords (BM25 sees each doc once). Dense search of a collection holding views (property
-``apihelper.views``) groups hits by key (Milvus grouping search: a doc's best row, one hit per
-doc); reading a corpus, counting and hashing see the view-0 rows.
+``apihelper.views``) collapses hits by key (a doc's best row, one hit per doc: over-fetched rows
+collapsed, or Milvus grouping search where they hold too few docs); reading a corpus, counting and
+hashing see the view-0 rows.
 
 Corpus info (format, source, embedding model and dim, doc count, last ingest time) is kept as
 *collection properties* ("apihelper.*" keys, set at creation and changed with
@@ -91,6 +92,7 @@ STAGED_PREFIX = "apihelperv_"  # the collections holding corpus versions: apihel
 CORPUS_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")  # fullmatch: "$" would let "name\n" pass
 SCHEMA_VERSION = "3"
 MAX_VIEWS = 16  # views stored per doc (further ones are left out)
+OVERFETCH = 4  # a views collection's dense search reads this many rows per hit wanted, then collapses
 
 MAX_KEY_BYTES = 4096
 MAX_TITLE_BYTES = 1024
@@ -797,7 +799,7 @@ class MilvusStore:
 
     def _has_views(self, corpus: str) -> bool:
         """Whether the collection of ``corpus`` holds view rows (read when it was loaded; a
-        grouping search costs ~2 ms more, so collections without views are searched plainly)."""
+        collection without views is searched plainly, its rows being its docs)."""
         if corpus not in self._views:
             props = self._properties(corpus)
             self._views[corpus] = (props.get(_P_SCHEMA) or "1") not in ("1", "2") and props.get(_P_VIEWS) == "1"
@@ -809,11 +811,27 @@ class MilvusStore:
             self._client.alter_collection_properties(collection, properties={_P_VIEWS: "1"}, timeout=self._timeout)
 
     def _dense(self, corpus: str, vector: Sequence[float], limit: int) -> list[RetrievedDoc]:
+        if not self._has_views(corpus):
+            return self._hits(corpus, self._dense_rows(corpus, vector, limit, group=False), negate=False)
+        # Views: one hit per doc, its best row. The best rows of the first ``limit * OVERFETCH``
+        # rows, collapsed by key, are that: a key none of them carries scores below all of them.
+        # Only when they hold fewer than ``limit`` keys (and the collection more rows) is Milvus'
+        # grouping search asked, which costs 2-3 times a plain search of those rows.
+        fetched = limit * OVERFETCH
+        result = self._dense_rows(corpus, vector, fetched, group=False)
+        rows = list(result[0]) if result else []
+        best: dict[str, Any] = {}  # key -> its first row: rows come best first
+        for row in rows:
+            best.setdefault(str((row.get("entity") or {}).get("key", "")), row)
+        if len(best) < limit and len(rows) == fetched:
+            return self._hits(corpus, self._dense_rows(corpus, vector, limit, group=True), negate=False)
+        return self._hits(corpus, [list(best.values())[:limit]], negate=False)
+
+    def _dense_rows(self, corpus: str, vector: Sequence[float], limit: int, *, group: bool) -> Any:
         params = {"metric_type": "COSINE", "params": {"ef": max(64, limit * 2)}}
-        # Views: one hit per doc, its best row (Milvus grouping search; Lite has it too).
-        grouping = {"group_by_field": "key"} if self._has_views(corpus) else {}
+        grouping = {"group_by_field": "key"} if group else {}
         with self._guard("dense search"):
-            result = self._client.search(
+            return self._client.search(
                 collection_name(corpus),
                 data=[list(vector)],
                 anns_field="dense",
@@ -823,7 +841,6 @@ class MilvusStore:
                 timeout=self._timeout,
                 **grouping,
             )
-        return self._hits(corpus, result, negate=False)
 
     def _keyword(self, corpus: str, query_text: str, limit: int) -> list[RetrievedDoc]:
         # Schema 2 stores keyword_terms(index_text): the query gets the same treatment.

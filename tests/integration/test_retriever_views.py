@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,6 +97,43 @@ def test_views_are_searched_collapsed_by_key_and_counted_once(store: MilvusStore
     )
     assert removed.deleted == 1
     assert [key for key, _ in dense_hits(store, embedder, SECOND_VIEW)] == ["hub.load('zoo', 'ears')"]
+
+
+@pytest.mark.parametrize("overfetch", [1, 4])
+def test_collapsing_over_fetched_rows_and_grouping_search_agree(
+    store: MilvusStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overfetch: int
+) -> None:
+    """A views collection's dense search collapses over-fetched rows by key; when those rows hold
+    too few docs (here: one doc's views fill them all) it asks Milvus' grouping search. Both paths
+    give each doc once, at its best row's score."""
+    import apihelper.retriever.milvus_store as milvus_store
+
+    monkeypatch.setattr(milvus_store, "OVERFETCH", overfetch)
+    embedder = FakeEmbedder(dim=64)
+    dogs = [
+        {**RECORDS[0], "description": f"tells a beagle from a poodle, variant {n}", "domain": f"Vision {n}"}
+        for n in range(6)
+    ]
+    cats = {**RECORDS[0], "api_name": "cats", "api_call": "hub.load('zoo', 'cats')", "description": "a beagle"}
+    source = write_jsonl(tmp_path / "zoo_api.jsonl", [*dogs, cats, RECORDS[2]])
+    ingest_corpus(store, embedder, "zoo", source, CorpusFormat.APIBENCH, progress=False, views=True)
+
+    grouped: list[bool] = []
+    rows = store._dense_rows
+
+    def dense_rows(corpus: str, vector: Sequence[float], limit: int, *, group: bool) -> Any:
+        grouped.append(group)
+        return rows(corpus, vector, limit, group=group)
+
+    monkeypatch.setattr(store, "_dense_rows", dense_rows)
+    query = "classify dog breeds: tells a beagle from a poodle"
+    hits = store.search(
+        "zoo", mode=RetrievalMode.DENSE, query_text=query, query_vector=embedder.embed_query(query), top_k=2
+    )
+    keys = [h.doc.key for h in hits]
+    assert keys == ["hub.load('zoo', 'dogs')", "hub.load('zoo', 'cats')"], keys
+    assert hits[0].score > hits[1].score
+    assert grouped == ([False, True] if overfetch == 1 else [False])  # 2 rows: both the dogs' views
 
 
 SDK = '''
